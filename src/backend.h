@@ -1,0 +1,93 @@
+/* backend.h - the small interface between model code and the hardware.
+ *
+ * Model code (qwen3.c, drafter.c, ...) calls only these function pointers, on buffers that
+ * the backend allocated: on the CPU they are host memory, on CUDA device memory. Model code
+ * never tests which backend runs it. Every op is eager and synchronous from the caller's view
+ * (a CUDA backend may queue work on one stream; to_host synchronises).
+ *
+ * Exactness contract (what speculative decoding, batching and resume rest on): every output
+ * row of every op is computed by the same arithmetic, in the same order, whatever the number
+ * of rows in the call and the number of threads. So a token's logits are bitwise the same
+ * alone, in a batch of 17, or inside a verification block.
+ *
+ * Conventions: activations are F32, row-major. A Weight is [rows][cols] as PyTorch stores
+ * nn.Linear ([out][in]); matmul computes out[i][o] = sum_k x[i][k] * W[o][k]. */
+#ifndef DSPARK_BACKEND_H
+#define DSPARK_BACKEND_H
+
+#include "base.h"
+
+typedef struct {
+    const void *host;  /* F32/BF16/F16 data in host memory (usually the checkpoint mmap) */
+    void *dev;         /* backend copy, NULL when the backend reads host memory directly */
+    ds_dtype dtype;
+    int rows, cols;    /* a 1-D weight (norm) has rows == 1 */
+} Weight;
+
+/* KV cache of one model: per layer and sequence slot, max_ctx rows of kv_dim floats.
+ * Layout [n_layers][n_slots][max_ctx][kv_dim], in backend memory. Lengths are the caller's:
+ * truncation (rollback after verification) is just the caller using a shorter length. */
+typedef struct {
+    float *k, *v;
+    int n_layers, n_slots, max_ctx, kv_dim;
+} KvCache;
+
+typedef struct Backend Backend;
+struct Backend {
+    const char *name;
+    bool host_memory;  /* buffers are plain host memory (to_host/to_device are memcpy) */
+    int n_threads;
+
+    /* ---- memory ---- */
+    void *(*alloc)(Backend *be, size_t bytes);          /* zeroed; NULL on failure */
+    void (*free)(Backend *be, void *p);
+    void (*to_device)(Backend *be, void *dst, const void *src, size_t bytes);
+    void (*to_host)(Backend *be, void *dst, const void *src, size_t bytes);
+    void (*copy)(Backend *be, void *dst, const void *src, size_t bytes);  /* device to device */
+    /* Make w usable by this backend (CUDA: copy to the GPU). CPU: nothing. */
+    ds_status (*upload_weight)(Backend *be, Weight *w, char *err);
+    void (*release_weight)(Backend *be, Weight *w);
+    void (*synchronize)(Backend *be);
+
+    /* ---- ops ---- */
+    /* out[i][:] = table[ids[i]][:] (F32), ids in backend memory */
+    void (*embed)(Backend *be, float *out, const Weight *table, const int32_t *ids, int n);
+    /* out[n][w->rows] = x[n][w->cols] . W^T */
+    void (*matmul)(Backend *be, float *out, const float *x, const Weight *w, int n);
+    /* RMSNorm of n rows of `dim` (w has dim entries): out = x / sqrt(mean(x^2) + eps) * w.
+     * Used for the q/k norms too, with n = tokens * heads and dim = head_dim. out may be x. */
+    void (*rmsnorm)(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps);
+    /* Rotary embedding in place (rotate-half layout, as transformers' Qwen3):
+     * x is [n][n_heads][head_dim]; token i rotated by pos[i]. */
+    void (*rope)(Backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim, float theta);
+    /* Write k, v ([n][kv_dim]) to the cache of `layer` at (slot[i], pos[i]). */
+    void (*kv_write)(Backend *be, KvCache *kv, int layer, const float *k, const float *v,
+                     const int32_t *slot, const int32_t *pos, int n);
+    /* Grouped-query attention of n query tokens: token i attends to cache rows [0, kv_len[i])
+     * of its slot (causal decoding: kv_len = pos + 1; a draft block: start + block_size).
+     * q is [n][n_heads][head_dim] -> out [n][n_heads][head_dim]. scale = 1/sqrt(head_dim). */
+    void (*attention)(Backend *be, float *out, const float *q, const KvCache *kv, int layer,
+                      const int32_t *slot, const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim);
+    /* out = silu(gate) * up, n elements. out may be gate. */
+    void (*swiglu)(Backend *be, float *out, const float *gate, const float *up, size_t n);
+    /* x += y, n elements */
+    void (*add)(Backend *be, float *x, const float *y, size_t n);
+    /* dst[i][0:cols] = src[rows[i]][0:cols] with row strides (in floats); rows NULL = identity */
+    void (*gather_rows)(Backend *be, float *dst, int dst_stride, const float *src, int src_stride,
+                        const int32_t *rows, int n, int cols);
+
+    void (*destroy)(Backend *be);
+    void *impl;
+};
+
+/* CPU backend (always present). n_threads <= 0: OpenMP default. */
+Backend *backend_cpu_create(int n_threads);
+/* "cpu" or "cuda". Fails with a one-line error when the device is not available. */
+ds_status backend_create(const char *device, int n_threads, Backend **out, char *err);
+
+static inline Weight weight_view(const void *host, ds_dtype dtype, int rows, int cols) {
+    Weight w = {host, NULL, dtype, rows, cols};
+    return w;
+}
+
+#endif

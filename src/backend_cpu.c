@@ -1,0 +1,204 @@
+/* backend_cpu.c - the reference CPU backend: OpenMP threads, F32 activations, weights read
+ * straight from the checkpoint mmap (BF16/F16 widened to F32 in registers).
+ *
+ * Determinism: every dot product is summed in 16 fixed lanes (lane = k mod 16) and reduced
+ * by the same fixed tree; threads split output columns, never a reduction. So a row's result
+ * does not depend on the batch it is in or on the thread count (backend.h's contract).
+ * Faster ISA paths (kernels_avx512.c) keep that property within themselves; the choice is
+ * made once per process. */
+#include "backend.h"
+#include "kernels.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *cpu_alloc(Backend *be, size_t bytes) {
+    (void)be;
+    void *p = ds_malloc_aligned(bytes);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+static void cpu_free(Backend *be, void *p) { (void)be; ds_free_aligned(p); }
+static void cpu_memcpy(Backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (dst != src && bytes) memmove(dst, src, bytes);
+}
+static ds_status cpu_upload_weight(Backend *be, Weight *w, char *err) { (void)be; (void)w; (void)err; return DS_OK; }
+static void cpu_release_weight(Backend *be, Weight *w) { (void)be; (void)w; }
+static void cpu_sync(Backend *be) { (void)be; }
+
+static void cpu_embed(Backend *be, float *out, const Weight *table, const int32_t *ids, int n) {
+    (void)be;
+    for (int i = 0; i < n; i++) kern_row_to_f32(out + (size_t)i * table->cols, table, ids[i]);
+}
+
+static void cpu_matmul(Backend *be, float *out, const float *x, const Weight *w, int n) {
+    (void)be;
+    kern_matmul(out, x, w, n);
+}
+
+static void cpu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
+    (void)be;
+    #pragma omp parallel for schedule(static) if (n >= 64)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
+        float r = 1.0f / sqrtf(ss + eps);
+        for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
+    }
+}
+
+static void cpu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim, float theta) {
+    (void)be;
+    int half = head_dim / 2;
+    float inv_freq[512];
+    DS_ASSERT(half <= 512);
+    /* transformers: inv_freq = 1 / theta^(arange(0, hd, 2) / hd), in float32 */
+    for (int j = 0; j < half; j++) inv_freq[j] = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+    #pragma omp parallel for schedule(static) if (n >= 16)
+    for (int i = 0; i < n; i++) {
+        float c[256], s[256];
+        for (int j = 0; j < half; j++) {
+            float f = (float)pos[i] * inv_freq[j];
+            c[j] = cosf(f);
+            s[j] = sinf(f);
+        }
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + ((size_t)i * n_heads + h) * head_dim;
+            for (int j = 0; j < half; j++) {
+                float a = v[j], b = v[j + half];
+                v[j] = a * c[j] - b * s[j];
+                v[j + half] = b * c[j] + a * s[j];
+            }
+        }
+    }
+}
+
+static inline size_t kv_offset(const KvCache *kv, int layer, int slot, int pos) {
+    return (((size_t)layer * kv->n_slots + slot) * kv->max_ctx + pos) * kv->kv_dim;
+}
+
+static void cpu_kv_write(Backend *be, KvCache *kv, int layer, const float *k, const float *v, const int32_t *slot,
+                         const int32_t *pos, int n) {
+    (void)be;
+    for (int i = 0; i < n; i++) {
+        DS_ASSERT(slot[i] >= 0 && slot[i] < kv->n_slots && pos[i] >= 0 && pos[i] < kv->max_ctx);
+        size_t o = kv_offset(kv, layer, slot[i], pos[i]);
+        memcpy(kv->k + o, k + (size_t)i * kv->kv_dim, sizeof(float) * kv->kv_dim);
+        memcpy(kv->v + o, v + (size_t)i * kv->kv_dim, sizeof(float) * kv->kv_dim);
+    }
+}
+
+/* One pass, online softmax (running max and sum), keys in order 0..kv_len-1. */
+static void cpu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                          const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
+    (void)be;
+    int group = n_heads / n_kv_heads;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < n; i++) {
+        for (int h = 0; h < n_heads; h++) {
+            const float *qi = q + ((size_t)i * n_heads + h) * head_dim;
+            float *oi = out + ((size_t)i * n_heads + h) * head_dim;
+            int kvh = h / group, len = kv_len[i];
+            DS_ASSERT(len >= 1 && len <= kv->max_ctx);
+            const float *kbase = kv->k + kv_offset(kv, layer, slot[i], 0) + (size_t)kvh * head_dim;
+            const float *vbase = kv->v + kv_offset(kv, layer, slot[i], 0) + (size_t)kvh * head_dim;
+            float acc[512];
+            DS_ASSERT(head_dim <= 512);
+            for (int d = 0; d < head_dim; d++) acc[d] = 0.0f;
+            float m = -INFINITY, l = 0.0f;
+            for (int j = 0; j < len; j++) {
+                float s = kern_dot_f32(qi, kbase + (size_t)j * kv->kv_dim, head_dim) * scale;
+                const float *vj = vbase + (size_t)j * kv->kv_dim;
+                if (s > m) {
+                    float corr = expf(m - s); /* exp(-inf) = 0 on the first key */
+                    l *= corr;
+                    for (int d = 0; d < head_dim; d++) acc[d] *= corr;
+                    m = s;
+                }
+                float p = expf(s - m);
+                l += p;
+                for (int d = 0; d < head_dim; d++) acc[d] += p * vj[d];
+            }
+            float inv = 1.0f / l;
+            for (int d = 0; d < head_dim; d++) oi[d] = acc[d] * inv;
+        }
+    }
+}
+
+static void cpu_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
+    (void)be;
+    #pragma omp parallel for schedule(static) if (n >= 65536)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = (g / (1.0f + expf(-g))) * up[i];
+    }
+}
+
+static void cpu_add(Backend *be, float *x, const float *y, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+static void cpu_gather_rows(Backend *be, float *dst, int dst_stride, const float *src, int src_stride,
+                            const int32_t *rows, int n, int cols) {
+    (void)be;
+    for (int i = 0; i < n; i++)
+        memmove(dst + (size_t)i * dst_stride, src + (size_t)(rows ? rows[i] : i) * src_stride, sizeof(float) * cols);
+}
+
+static void cpu_destroy(Backend *be) { ds_free(be); }
+
+Backend *backend_cpu_create(int n_threads) {
+    Backend *be = ds_calloc(1, sizeof *be);
+    if (!be) return NULL;
+    be->name = "cpu";
+    be->host_memory = true;
+    if (n_threads > 0) omp_set_num_threads(n_threads);
+    be->n_threads = omp_get_max_threads();
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->to_device = cpu_memcpy;
+    be->to_host = cpu_memcpy;
+    be->copy = cpu_memcpy;
+    be->upload_weight = cpu_upload_weight;
+    be->release_weight = cpu_release_weight;
+    be->synchronize = cpu_sync;
+    be->embed = cpu_embed;
+    be->matmul = cpu_matmul;
+    be->rmsnorm = cpu_rmsnorm;
+    be->rope = cpu_rope;
+    be->kv_write = cpu_kv_write;
+    be->attention = cpu_attention;
+    be->swiglu = cpu_swiglu;
+    be->add = cpu_add;
+    be->gather_rows = cpu_gather_rows;
+    be->destroy = cpu_destroy;
+    kern_init();
+    return be;
+}
+
+#ifdef DSPARK_HAVE_CUDA
+Backend *backend_cuda_create(int n_threads, char *err);
+#endif
+
+ds_status backend_create(const char *device, int n_threads, Backend **out, char *err) {
+    *out = NULL;
+    if (!device || strcmp(device, "cpu") == 0) {
+        *out = backend_cpu_create(n_threads);
+        return *out ? DS_OK : ds_err(err, DS_ENOMEM, "out of memory creating the CPU backend");
+    }
+    if (strcmp(device, "cuda") == 0) {
+#ifdef DSPARK_HAVE_CUDA
+        *out = backend_cuda_create(n_threads, err);
+        return *out ? DS_OK : DS_EDEVICE;
+#else
+        return ds_err(err, DS_EUNSUPPORTED, "--device cuda: this build has no CUDA backend (rebuild with nvcc present)");
+#endif
+    }
+    return ds_err(err, DS_EARG, "--device '%s': unknown device (expected cpu or cuda)", device);
+}

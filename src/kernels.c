@@ -1,0 +1,88 @@
+/* kernels.c - portable deterministic kernels and the ISA dispatch (see kernels.h). */
+#include "kernels.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+static kern_matmul_cols_fn g_fast_cols;
+static const char *g_path = "portable";
+
+void kern_init(void) {
+    static int done;
+    if (done) return;
+    done = 1;
+    const char *force = getenv("DSPARK_KERNELS");
+    if (force && strcmp(force, "portable") == 0) return;
+    if (kern_avx512_available()) { g_fast_cols = kern_matmul_cols_avx512; g_path = "avx512"; }
+}
+const char *kern_path_name(void) { return g_path; }
+
+/* fixed reduction tree over 16 lanes */
+static inline float reduce16(float *acc) {
+    for (int s = 8; s; s >>= 1)
+        for (int j = 0; j < s; j++) acc[j] += acc[j + s];
+    return acc[0];
+}
+
+float kern_dot_f32(const float *a, const float *b, int n) {
+    float acc[16] = {0};
+    int k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (int j = 0; j < 16; j++) acc[j] += a[k + j] * b[k + j];
+    for (; k < n; k++) acc[k & 15] += a[k] * b[k];
+    return reduce16(acc);
+}
+
+static float dot_bf16(const float *x, const uint16_t *w, int n) {
+    float acc[16] = {0};
+    int k = 0;
+    for (; k + 16 <= n; k += 16)
+        for (int j = 0; j < 16; j++) acc[j] += x[k + j] * ds_bf16_to_f32(w[k + j]);
+    for (; k < n; k++) acc[k & 15] += x[k] * ds_bf16_to_f32(w[k]);
+    return reduce16(acc);
+}
+
+static float dot_f16(const float *x, const uint16_t *w, int n) {
+    float acc[16] = {0};
+    for (int k = 0; k < n; k++) acc[k & 15] += x[k] * ds_f16_to_f32(w[k]);
+    return reduce16(acc);
+}
+
+void kern_row_to_f32(float *out, const Weight *w, int r) {
+    size_t off = (size_t)r * w->cols;
+    switch (w->dtype) {
+    case DS_BF16: for (int k = 0; k < w->cols; k++) out[k] = ds_bf16_to_f32(((const uint16_t *)w->host)[off + k]); break;
+    case DS_F16: for (int k = 0; k < w->cols; k++) out[k] = ds_f16_to_f32(((const uint16_t *)w->host)[off + k]); break;
+    default: memcpy(out, (const float *)w->host + off, sizeof(float) * w->cols); break;
+    }
+}
+
+static void matmul_cols_portable(float *out, const float *x, const Weight *w, int n, int o0, int o1) {
+    int K = w->cols, O = w->rows;
+    for (int o = o0; o < o1; o++) {
+        size_t wo = (size_t)o * K;
+        for (int i = 0; i < n; i++) {
+            const float *xi = x + (size_t)i * K;
+            float v;
+            switch (w->dtype) {
+            case DS_BF16: v = dot_bf16(xi, (const uint16_t *)w->host + wo, K); break;
+            case DS_F16: v = dot_f16(xi, (const uint16_t *)w->host + wo, K); break;
+            default: v = kern_dot_f32(xi, (const float *)w->host + wo, K); break;
+            }
+            out[(size_t)i * O + o] = v;
+        }
+    }
+}
+
+void kern_matmul(float *out, const float *x, const Weight *w, int n) {
+    int O = w->rows;
+    /* chunks of 16 output columns: enough work per task, and a chunk boundary never splits a
+     * reduction, so the thread count cannot change any value */
+    int n_chunks = (O + 15) / 16;
+    #pragma omp parallel for schedule(static) if ((size_t)O * w->cols * (size_t)n >= 32768)
+    for (int c = 0; c < n_chunks; c++) {
+        int o0 = c * 16, o1 = o0 + 16 < O ? o0 + 16 : O;
+        if (!(g_fast_cols && g_fast_cols(out, x, w, n, o0, o1))) matmul_cols_portable(out, x, w, n, o0, o1);
+    }
+}
