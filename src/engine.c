@@ -180,6 +180,7 @@ int engine_step(Engine *e, char *err) {
     pthread_mutex_lock(&e->lock);
     e->stats.active = active;
     e->stats.tokens_generated += (uint64_t)n_rows;
+    e->stats.rounds += (uint64_t)n_rows;
     e->stats.prompt_tokens += (uint64_t)(n - n_decode);
     e->stats.steps++;
     e->stats.step_seconds_total += ds_now() - t0;

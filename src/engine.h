@@ -58,6 +58,8 @@ typedef struct {
 
 typedef struct {
     uint64_t requests_finished, tokens_generated, prompt_tokens, steps;
+    uint64_t rounds;           /* request-rounds: a request verified once (tau = tokens / rounds) */
+    uint64_t drafts_verified;  /* draft tokens sent to verification (mean verify length) */
     double step_seconds_total;
     int active, waiting;
 } EngineStats;
