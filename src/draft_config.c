@@ -38,8 +38,15 @@ ds_status draft_config_load(DraftConfig *c, const char *path, char *err) {
         if (!ds_file_exists(path)) return ds_err(err, DS_EIO, "%s: cannot open", path);
         return ds_err(err, DS_EFORMAT, "%s: bad JSON at line %d column %d: %s", path, je.line, je.column, je.text);
     }
+    ds_status rc = draft_config_parse(c, root, path, err);
+    json_decref(root);
+    return rc;
+}
+
+ds_status draft_config_parse(DraftConfig *c, json_t *root, const char *path, char *err) {
+    memset(c, 0, sizeof *c);
     ds_status rc = qwen3_config_parse(&c->base, root, path, err);
-    if (rc) goto done;
+    if (rc) return rc;
     if (strcmp(c->base.architecture, "Qwen3DSparkModel") != 0) {
         rc = ds_err(err, DS_EUNSUPPORTED, "%s: architecture '%s' is not a DSpark/DFlash drafter (expected Qwen3DSparkModel)", path,
                     c->base.architecture[0] ? c->base.architecture : "(none)");
@@ -93,7 +100,6 @@ ds_status draft_config_load(DraftConfig *c, const char *path, char *err) {
         }
     }
 done:
-    json_decref(root);
     return rc;
 }
 
