@@ -17,7 +17,21 @@ CC=${CC:-clang}
 flags=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
        -fno-sanitize-recover=undefined -Isrc -Ifuzz)
 srcs=(src/base.c src/safetensors.c src/npy.c src/qwen3.c src/draft_config.c fuzz/fuzz_targets.c)
-libs=($(pkg-config --cflags --libs jansson) -lm)
+# JANSSON_SRC=<jansson 2.14 source tree>: build jansson instrumented too, so libFuzzer's
+# coverage sees inside the JSON parser (much better guidance); else link Debian's libjansson.
+if [ -n "${JANSSON_SRC:-}" ]; then
+  jb=$out/jansson-build
+  if [ ! -f "$jb/lib/libjansson.a" ]; then
+    cmake -S "$JANSSON_SRC" -B "$jb" -DCMAKE_C_COMPILER="$CC" -DJANSSON_BUILD_DOCS=OFF -DJANSSON_EXAMPLES=OFF \
+      -DJANSSON_WITHOUT_TESTS=ON -DJANSSON_BUILD_SHARED_LIBS=OFF \
+      -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -g -O1 -fno-omit-frame-pointer" >/dev/null
+    cmake --build "$jb" -j2 >/dev/null
+  fi
+  flags+=(-I"$jb/include")
+  libs=("$jb/lib/libjansson.a" -lm)
+else
+  libs=($(pkg-config --cflags --libs jansson) -lm)
+fi
 if [ -f src/tokenizer.c ]; then
   flags+=(-DFUZZ_HAVE_TOKENIZER=1)
   srcs+=($(ls src/tokenizer*.c src/chat_template*.c 2>/dev/null || true))

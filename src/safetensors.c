@@ -36,6 +36,32 @@ static ds_status map_file(StFile *f, const char *path, char *err) {
     return DS_OK;
 }
 
+static int cmp_data(const void *a, const void *b) {
+    const char *x = (*(const StTensor *const *)a)->data, *y = (*(const StTensor *const *)b)->data;
+    return x < y ? -1 : x > y;
+}
+
+/* Two tensors of one file must not share bytes (the reference implementation rejects it too):
+ * a writer bug that would otherwise alias two weights silently. */
+static ds_status check_no_overlap(const StModel *m, int first, const char *path, char *err) {
+    int n = m->n_tensors - first;
+    if (n < 2) return DS_OK;
+    const StTensor **by = ds_malloc(sizeof *by * (size_t)n);
+    if (!by) return ds_err(err, DS_ENOMEM, "%s: out of memory", path);
+    for (int i = 0; i < n; i++) by[i] = &m->tensors[first + i];
+    qsort(by, (size_t)n, sizeof *by, cmp_data);
+    ds_status rc = DS_OK;
+    const StTensor *prev = NULL;
+    for (int i = 0; i < n && !rc; i++) {
+        if (!by[i]->nbytes) continue;
+        if (prev && (const char *)by[i]->data < (const char *)prev->data + prev->nbytes)
+            rc = ds_err(err, DS_EFORMAT, "%s: tensors '%s' and '%s' overlap in the data section", path, prev->name, by[i]->name);
+        prev = by[i];
+    }
+    ds_free(by);
+    return rc;
+}
+
 /* Parse one file's header, appending its tensors to m->tensors. f->map holds f->size >= 8
  * bytes (a mapping, or the caller's buffer for st_open_buffer). */
 static ds_status parse_file(StModel *m, int fi, char *err) {
@@ -55,6 +81,7 @@ static ds_status parse_file(StModel *m, int fi, char *err) {
     if (!json_is_object(root)) { json_decref(root); return ds_err(err, DS_EFORMAT, "%s: header is not a JSON object", f->path); }
     size_t data_start = 8 + (size_t)hlen, data_size = f->size - data_start;
     size_t count = json_object_size(root);
+    int first = m->n_tensors;
     StTensor *grown = ds_realloc(m->tensors, (size_t)(m->n_tensors + (int)count + 1) * sizeof(StTensor));
     if (!grown) { json_decref(root); return ds_err(err, DS_ENOMEM, "%s: out of memory", f->path); }
     m->tensors = grown;
@@ -115,6 +142,7 @@ static ds_status parse_file(StModel *m, int fi, char *err) {
         m->n_tensors++;
     }
     json_decref(root);
+    if (!rc) rc = check_no_overlap(m, first, f->path, err);
     return rc;
 }
 
