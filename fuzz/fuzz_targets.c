@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "draft_config.h"
+#include "npy.h"
 #include "qwen3.h"
 #include "safetensors.h"
 
@@ -43,5 +44,24 @@ int fuzz_config(const uint8_t *data, size_t size) {
     if (rq == DS_OK && rd == DS_OK) draft_config_validate(&d, &q, "config.json", err);
     if (rq == DS_OK) DS_ASSERT(q.n_heads > 0 && q.n_kv_heads > 0 && q.n_heads % q.n_kv_heads == 0 && q.head_dim > 0);
     json_decref(root);
+    return 0;
+}
+
+int fuzz_npy(const uint8_t *data, size_t size) {
+    char err[DS_ERR_LEN];
+    NpyArray a;
+    if (npy_parse(data, size, "fuzz.npy", &a, err) != DS_OK) {
+        DS_ASSERT(err[0] && !strchr(err, '\n'));
+        return 0;
+    }
+    size_t numel = 1;
+    for (int d = 0; d < a.n_dims; d++) numel *= (size_t)a.shape[d];
+    DS_ASSERT(numel == a.numel);
+    /* every byte the shape promises must be there (ASan checks the allocation) */
+    volatile uint8_t sink = 0;
+    size_t nb = a.numel * ds_dtype_size(a.dtype);
+    if (nb) sink ^= ((const uint8_t *)a.data)[0] ^ ((const uint8_t *)a.data)[nb - 1];
+    (void)sink;
+    npy_free(&a);
     return 0;
 }

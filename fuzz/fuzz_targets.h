@@ -12,4 +12,7 @@ int fuzz_safetensors(const uint8_t *data, size_t size);
 /* The bytes are a config.json: qwen3_config_parse and draft_config_parse (+ validate). */
 int fuzz_config(const uint8_t *data, size_t size);
 
+/* The bytes are a .npy file: npy_parse, then touch every element. */
+int fuzz_npy(const uint8_t *data, size_t size);
+
 #endif

@@ -1,6 +1,7 @@
 /* test_safetensors.c - the safetensors reader on hand-made headers (st_open_buffer, the
  * fuzz harness's entry) and on the fixture (st_open == st_open_buffer), plus the config.json
- * parsers on edge values the fuzzers pointed at (numbers beyond int / float range).
+ * parsers on edge values the fuzzers pointed at (numbers beyond int / float range), and
+ * malformed .npy headers (npy_parse).
  * ctest: labels=unit */
 #include <jansson.h>
 
@@ -181,7 +182,49 @@ static void test_draft_config_edges(void) {
     CHECK(parse_draft(",\"block_size\":4,\"target_layer_ids\":[2,1]", &d, err) == DS_EFORMAT && strstr(err, "increasing"));
 }
 
+/* .npy: a header missing the ':' after a key crashed the old parser (NULL + 1); a shape whose
+ * element count wraps around size_t was accepted with numel 0 */
+static void npy_bad(const char *dict, size_t data, const char *needle) {
+    uint8_t buf[512];
+    size_t h = strlen(dict);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (uint8_t)h;
+    buf[9] = 0;
+    memcpy(buf + 10, dict, h);
+    memset(buf + 10 + h, 0, data);
+    char err[DS_ERR_LEN];
+    NpyArray a;
+    ds_status rc = npy_parse(buf, 10 + h + data, "x.npy", &a, err);
+    CHECK_MSG(rc == DS_EFORMAT && strstr(err, "x.npy") && strstr(err, needle), "%s -> %d '%s'", dict, rc, err);
+    if (rc == DS_OK) npy_free(&a);
+}
+
+static void test_npy_malformed(void) {
+    npy_bad("{'descr': '<f4', 'shape': (1,), 'fortran_order'}", 4, "bad header");
+    npy_bad("{'fortran_order': False, 'shape': (1,), 'descr'}", 4, "bad header");
+    npy_bad("{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }", 0, "bad shape");
+    npy_bad("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, }", 24, "bad shape");
+    npy_bad("{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }", 8, "unsupported dtype");
+    npy_bad("{'descr': '<f4', 'fortran_order': True, 'shape': (1,), }", 4, "fortran_order");
+    npy_bad("{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", 8, "truncated data");
+    /* the good case of the same builder: (2, 3) float32 */
+    uint8_t buf[512];
+    const char *dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+    size_t h = strlen(dict);
+    memcpy(buf, "\x93NUMPY\x01\x00", 8);
+    buf[8] = (uint8_t)h;
+    buf[9] = 0;
+    memcpy(buf + 10, dict, h);
+    memset(buf + 10 + h, 0, 24);
+    char err[DS_ERR_LEN];
+    NpyArray a;
+    CHECK_OK(npy_parse(buf, 10 + h + 24, "x.npy", &a, err), err);
+    CHECK(a.n_dims == 2 && a.shape[0] == 2 && a.shape[1] == 3 && a.numel == 6 && a.dtype == DS_F32);
+    npy_free(&a);
+}
+
 int main(void) {
+    RUN(test_npy_malformed);
     RUN(test_good_headers);
     RUN(test_bad_headers);
     RUN(test_fixture_both_ways);
