@@ -17,9 +17,16 @@ const char *markov_type_name(MarkovType t) {
 static ds_status req_int(json_t *root, const char *key, int *out, const char *path, char *err) {
     json_t *v = json_object_get(root, key);
     if (!v) return ds_err(err, DS_EFORMAT, "%s: missing key '%s'", path, key);
-    if (!json_is_integer(v)) return ds_err(err, DS_EFORMAT, "%s: key '%s' must be an integer", path, key);
+    if (!json_is_integer(v) || json_integer_value(v) < -(1 << 30) || json_integer_value(v) > (1 << 30))
+        return ds_err(err, DS_EFORMAT, "%s: key '%s' must be an integer (|value| <= 2^30)", path, key);
     *out = (int)json_integer_value(v);
     return DS_OK;
+}
+
+/* absent or null: *out unchanged */
+static ds_status opt_int(json_t *root, const char *key, int *out, const char *path, char *err) {
+    json_t *v = json_object_get(root, key);
+    return !v || json_is_null(v) ? DS_OK : req_int(root, key, out, path, err);
 }
 
 static ds_status req_bool(json_t *root, const char *key, bool *out, const char *path, char *err) {
@@ -38,8 +45,15 @@ ds_status draft_config_load(DraftConfig *c, const char *path, char *err) {
         if (!ds_file_exists(path)) return ds_err(err, DS_EIO, "%s: cannot open", path);
         return ds_err(err, DS_EFORMAT, "%s: bad JSON at line %d column %d: %s", path, je.line, je.column, je.text);
     }
+    ds_status rc = draft_config_parse(c, root, path, err);
+    json_decref(root);
+    return rc;
+}
+
+ds_status draft_config_parse(DraftConfig *c, json_t *root, const char *path, char *err) {
+    memset(c, 0, sizeof *c);
     ds_status rc = qwen3_config_parse(&c->base, root, path, err);
-    if (rc) goto done;
+    if (rc) return rc;
     if (strcmp(c->base.architecture, "Qwen3DSparkModel") != 0) {
         rc = ds_err(err, DS_EUNSUPPORTED, "%s: architecture '%s' is not a DSpark/DFlash drafter (expected Qwen3DSparkModel)", path,
                     c->base.architecture[0] ? c->base.architecture : "(none)");
@@ -51,10 +65,9 @@ ds_status draft_config_load(DraftConfig *c, const char *path, char *err) {
         (rc = req_bool(root, "enable_confidence_head", &c->enable_confidence_head, path, err)))
         goto done;
     c->num_anchors = 512;
-    json_t *na = json_object_get(root, "num_anchors");
-    if (json_is_integer(na)) c->num_anchors = (int)json_integer_value(na);
-    json_t *nt = json_object_get(root, "num_target_layers");
-    if (json_is_integer(nt)) c->num_target_layers = (int)json_integer_value(nt);
+    if ((rc = opt_int(root, "num_anchors", &c->num_anchors, path, err)) ||
+        (rc = opt_int(root, "num_target_layers", &c->num_target_layers, path, err)))
+        goto done;
     if (c->block_size < 1 || c->block_size > 64) { rc = ds_err(err, DS_EFORMAT, "%s: block_size %d out of range [1, 64]", path, c->block_size); goto done; }
     if (c->markov_rank < 0) { rc = ds_err(err, DS_EFORMAT, "%s: markov_rank must be >= 0", path); goto done; }
     json_t *ids = json_object_get(root, "target_layer_ids");
@@ -64,7 +77,14 @@ ds_status draft_config_load(DraftConfig *c, const char *path, char *err) {
     }
     for (size_t i = 0; i < json_array_size(ids); i++) {
         json_t *e = json_array_get(ids, i);
-        if (!json_is_integer(e)) { rc = ds_err(err, DS_EFORMAT, "%s: target_layer_ids[%zu] is not an integer", path, i); goto done; }
+        if (!json_is_integer(e) || json_integer_value(e) > (1 << 30)) {
+            rc = ds_err(err, DS_EFORMAT, "%s: target_layer_ids[%zu] is not an integer in range", path, i);
+            goto done;
+        }
+        if (json_integer_value(e) < -1) {
+            rc = ds_err(err, DS_EFORMAT, "%s: target_layer_ids[%zu] = %lld (minimum -1)", path, i, (long long)json_integer_value(e));
+            goto done;
+        }
         c->target_layer_ids[i] = (int)json_integer_value(e);
         if (i > 0 && c->target_layer_ids[i] <= c->target_layer_ids[i - 1]) {
             rc = ds_err(err, DS_EFORMAT, "%s: target_layer_ids must be strictly increasing", path);
@@ -93,7 +113,6 @@ ds_status draft_config_load(DraftConfig *c, const char *path, char *err) {
         }
     }
 done:
-    json_decref(root);
     return rc;
 }
 

@@ -30,6 +30,8 @@ typedef struct {
 const char *markov_type_name(MarkovType t); /* "vanilla", "gated", "rnn", "none" */
 
 ds_status draft_config_load(DraftConfig *c, const char *path, char *err);
+/* The same from a parsed JSON value (`path` only names it in errors); the fuzz harness's entry. */
+ds_status draft_config_parse(DraftConfig *c, json_t *root, const char *path, char *err);
 /* Checks the drafter against the target: hidden size, vocab, heads, layer ids in range and
  * not the target's last layer, mask token inside the vocabulary. */
 ds_status draft_config_validate(const DraftConfig *c, const Qwen3Config *target, const char *path, char *err);

@@ -14,6 +14,8 @@ typedef struct {
 } NpyArray;
 
 ds_status npy_read(const char *path, NpyArray *out, char *err);
+/* The same from memory (`name` only names it in errors); the fuzz harness's entry. */
+ds_status npy_parse(const void *data, size_t len, const char *name, NpyArray *out, char *err);
 void npy_free(NpyArray *a);
 /* Atomic write of a float32 / int64 array. */
 ds_status npy_write(const char *path, ds_dtype dtype, int n_dims, const int64_t *shape, const void *data, char *err);

@@ -6,6 +6,7 @@
  * Final: logits = rmsnorm(x) lm_head^T, only for the rows asked for. */
 #include "qwen3.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -29,6 +30,11 @@ static ds_status get_num(json_t *root, const char *key, float *out, const char *
     if (!json_is_number(v)) return ds_err(err, DS_EFORMAT, "%s: key '%s' must be a number", path, key);
     *out = (float)json_number_value(v);
     return DS_OK;
+}
+
+/* a token id: an integer in [0, 2^30] (bigger ones would not survive the int conversion) */
+static bool is_token_id(json_t *v) {
+    return json_is_integer(v) && json_integer_value(v) >= 0 && json_integer_value(v) <= (1 << 30);
 }
 
 ds_status qwen3_config_parse(Qwen3Config *c, json_t *root, const char *path, char *err) {
@@ -68,13 +74,13 @@ ds_status qwen3_config_parse(Qwen3Config *c, json_t *root, const char *path, cha
     if (rs && !json_is_null(rs)) return ds_err(err, DS_EUNSUPPORTED, "%s: rope_scaling is not supported", path);
     c->bos_token_id = -1;
     json_t *bos = json_object_get(root, "bos_token_id");
-    if (json_is_integer(bos)) c->bos_token_id = (int)json_integer_value(bos);
+    if (is_token_id(bos)) c->bos_token_id = (int)json_integer_value(bos);
     json_t *eos = json_object_get(root, "eos_token_id");
-    if (json_is_integer(eos)) c->eos_token_ids[c->n_eos++] = (int)json_integer_value(eos);
+    if (is_token_id(eos)) c->eos_token_ids[c->n_eos++] = (int)json_integer_value(eos);
     else if (json_is_array(eos)) {
         size_t i;
         json_t *e;
-        json_array_foreach(eos, i, e) if (json_is_integer(e) && c->n_eos < QWEN3_MAX_EOS) c->eos_token_ids[c->n_eos++] = (int)json_integer_value(e);
+        json_array_foreach(eos, i, e) if (is_token_id(e) && c->n_eos < QWEN3_MAX_EOS) c->eos_token_ids[c->n_eos++] = (int)json_integer_value(e);
     }
     if (c->vocab_size <= 0 || c->hidden_size <= 0 || c->intermediate_size <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
         c->n_kv_heads <= 0 || c->head_dim <= 0 || c->head_dim % 2 || c->head_dim > 512)
@@ -82,7 +88,12 @@ ds_status qwen3_config_parse(Qwen3Config *c, json_t *root, const char *path, cha
     if (c->n_heads % c->n_kv_heads)
         return ds_err(err, DS_EFORMAT, "%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads,
                       c->n_kv_heads);
-    if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 0)) return ds_err(err, DS_EFORMAT, "%s: rms_norm_eps and rope theta must be > 0", path);
+    /* the model code forms these products as int */
+    if ((int64_t)c->n_heads * c->head_dim > (1 << 30) || (int64_t)c->hidden_size * c->n_heads > (1 << 30))
+        return ds_err(err, DS_EFORMAT, "%s: num_attention_heads * head_dim is too large", path);
+    /* a JSON number beyond float range (1e39) would become inf */
+    if (!(c->rms_norm_eps > 0) || !(c->rope_theta > 0) || !isfinite(c->rms_norm_eps) || !isfinite(c->rope_theta))
+        return ds_err(err, DS_EFORMAT, "%s: rms_norm_eps and rope theta must be finite and > 0", path);
     return DS_OK;
 }
 

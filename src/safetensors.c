@@ -36,10 +36,38 @@ static ds_status map_file(StFile *f, const char *path, char *err) {
     return DS_OK;
 }
 
-/* Parse one file's header, appending its tensors to m->tensors. */
+static int cmp_data(const void *a, const void *b) {
+    const char *x = (*(const StTensor *const *)a)->data, *y = (*(const StTensor *const *)b)->data;
+    return x < y ? -1 : x > y;
+}
+
+/* Two tensors of one file must not share bytes (the reference implementation rejects it too):
+ * a writer bug that would otherwise alias two weights silently. */
+static ds_status check_no_overlap(const StModel *m, int first, const char *path, char *err) {
+    int n = m->n_tensors - first;
+    if (n < 2) return DS_OK;
+    const StTensor **by = ds_malloc(sizeof *by * (size_t)n);
+    if (!by) return ds_err(err, DS_ENOMEM, "%s: out of memory", path);
+    for (int i = 0; i < n; i++) by[i] = &m->tensors[first + i];
+    qsort(by, (size_t)n, sizeof *by, cmp_data);
+    ds_status rc = DS_OK;
+    const StTensor *prev = NULL;
+    for (int i = 0; i < n && !rc; i++) {
+        if (!by[i]->nbytes) continue;
+        if (prev && (const char *)by[i]->data < (const char *)prev->data + prev->nbytes)
+            rc = ds_err(err, DS_EFORMAT, "%s: tensors '%s' and '%s' overlap in the data section", path, prev->name, by[i]->name);
+        prev = by[i];
+    }
+    ds_free(by);
+    return rc;
+}
+
+/* Parse one file's header, appending its tensors to m->tensors. f->map holds f->size >= 8
+ * bytes (a mapping, or the caller's buffer for st_open_buffer). */
 static ds_status parse_file(StModel *m, int fi, char *err) {
     StFile *f = &m->files[fi];
     const unsigned char *p = f->map;
+    if (f->size < 8) return ds_err(err, DS_EFORMAT, "%s: truncated (%zu bytes, no header)", f->path, f->size);
     uint64_t hlen = 0;
     for (int i = 0; i < 8; i++) hlen |= (uint64_t)p[i] << (8 * i);
     if (hlen > f->size - 8)
@@ -53,6 +81,7 @@ static ds_status parse_file(StModel *m, int fi, char *err) {
     if (!json_is_object(root)) { json_decref(root); return ds_err(err, DS_EFORMAT, "%s: header is not a JSON object", f->path); }
     size_t data_start = 8 + (size_t)hlen, data_size = f->size - data_start;
     size_t count = json_object_size(root);
+    int first = m->n_tensors;
     StTensor *grown = ds_realloc(m->tensors, (size_t)(m->n_tensors + (int)count + 1) * sizeof(StTensor));
     if (!grown) { json_decref(root); return ds_err(err, DS_ENOMEM, "%s: out of memory", f->path); }
     m->tensors = grown;
@@ -113,7 +142,17 @@ static ds_status parse_file(StModel *m, int fi, char *err) {
         m->n_tensors++;
     }
     json_decref(root);
+    if (!rc) rc = check_no_overlap(m, first, f->path, err);
     return rc;
+}
+
+/* Sort by name (st_find bisects) and reject a name that two shards both hold. */
+static ds_status sort_and_check_unique(StModel *m, char *err) {
+    if (m->n_tensors) qsort(m->tensors, (size_t)m->n_tensors, sizeof(StTensor), cmp_tensor);
+    for (int i = 1; i < m->n_tensors; i++)
+        if (strcmp(m->tensors[i - 1].name, m->tensors[i].name) == 0)
+            return ds_err(err, DS_ECKPT, "%s: tensor '%s' appears twice", m->files[m->tensors[i].file_index].path, m->tensors[i].name);
+    return DS_OK;
 }
 
 static ds_status add_file(StModel *m, const char *path, char *err) {
@@ -158,17 +197,21 @@ ds_status st_open(StModel *m, const char *path, char *err) {
             bool seen = false;
             if (!ds_path_join(buf, sizeof buf, path, json_string_value(val))) { rc = ds_err(err, DS_EARG, "path too long"); break; }
             for (int i = 0; i < m->n_files; i++) if (strcmp(m->files[i].path, buf) == 0) seen = true;
+            if (!seen && !ds_file_exists(buf)) {
+                rc = ds_err(err, DS_EIO, "%s: tensor '%s': shard %s does not exist", index_path, key, buf);
+                break;
+            }
             if (!seen && (rc = add_file(m, buf, err))) break;
         }
-        if (!rc) qsort(m->tensors, (size_t)m->n_tensors, sizeof(StTensor), cmp_tensor);
+        if (!rc && m->n_tensors) qsort(m->tensors, (size_t)m->n_tensors, sizeof(StTensor), cmp_tensor);
         /* every tensor the index names must be in the shard it names, and vice versa */
         if (!rc) json_object_foreach(wm, key, val) {
             const StTensor *t = st_find(m, key);
             ds_path_join(buf, sizeof buf, path, json_string_value(val));
             if (!t) { rc = ds_err(err, DS_ECKPT, "%s: tensor '%s' is listed in the index but missing from the shard", buf, key); break; }
             if (strcmp(m->files[t->file_index].path, buf) != 0) {
-                rc = ds_err(err, DS_ECKPT, "%s: tensor '%s' is in %s, not in the shard the index names", index_path, key,
-                            m->files[t->file_index].path);
+                rc = ds_err(err, DS_ECKPT, "%s: tensor '%s' is in %s, not in %s as the index says", index_path, key,
+                            m->files[t->file_index].path, buf);
                 break;
             }
         }
@@ -180,22 +223,31 @@ ds_status st_open(StModel *m, const char *path, char *err) {
         }
         json_decref(root);
     }
-    if (rc) { st_close(m); return rc; }
-    qsort(m->tensors, (size_t)m->n_tensors, sizeof(StTensor), cmp_tensor);
-    for (int i = 1; i < m->n_tensors; i++)
-        if (strcmp(m->tensors[i - 1].name, m->tensors[i].name) == 0) {
-            rc = ds_err(err, DS_ECKPT, "%s: tensor '%s' appears twice", m->files[m->tensors[i].file_index].path, m->tensors[i].name);
-            st_close(m);
-            return rc;
-        }
-    return DS_OK;
+    if (!rc) rc = sort_and_check_unique(m, err);
+    if (rc) st_close(m);
+    return rc;
+}
+
+ds_status st_open_buffer(StModel *m, const void *data, size_t size, const char *name, char *err) {
+    memset(m, 0, sizeof *m);
+    m->files = ds_calloc(1, sizeof(StFile));
+    if (!m->files) return ds_err(err, DS_ENOMEM, "%s: out of memory", name);
+    m->n_files = 1;
+    m->files[0].path = ds_strdup(name);
+    m->files[0].map = (void *)data; /* borrowed: st_close leaves it alone (borrowed = true) */
+    m->files[0].size = size;
+    m->files[0].borrowed = true;
+    ds_status rc = parse_file(m, 0, err);
+    if (!rc) rc = sort_and_check_unique(m, err);
+    if (rc) st_close(m);
+    return rc;
 }
 
 void st_close(StModel *m) {
     for (int i = 0; i < m->n_tensors; i++) ds_free(m->tensors[i].name);
     ds_free(m->tensors);
     for (int i = 0; i < m->n_files; i++) {
-        if (m->files[i].map) munmap(m->files[i].map, m->files[i].size);
+        if (m->files[i].map && !m->files[i].borrowed) munmap(m->files[i].map, m->files[i].size);
         ds_free(m->files[i].path);
     }
     ds_free(m->files);
@@ -237,6 +289,10 @@ ds_status st_take(StModel *m, const char *name, int n_dims, const int64_t *shape
     if (t->dtype != DS_F32 && t->dtype != DS_BF16 && t->dtype != DS_F16)
         return ds_err(err, DS_ECKPT, "%s: tensor '%s' has dtype %s, expected F32, BF16 or F16", st_file_of(m, t), name,
                       ds_dtype_name(t->dtype));
+    /* the kernels read the data as float / uint16_t arrays: a misaligned offset would be UB */
+    if ((uintptr_t)t->data % ds_dtype_size(t->dtype))
+        return ds_err(err, DS_ECKPT, "%s: tensor '%s' data is not aligned to %zu bytes", st_file_of(m, t), name,
+                      ds_dtype_size(t->dtype));
     mt->taken = true;
     if (out) *out = t;
     return DS_OK;

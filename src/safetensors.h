@@ -28,6 +28,7 @@ typedef struct {
     char *path;
     void *map;
     size_t size;
+    bool borrowed;      /* map is the caller's buffer (st_open_buffer), not an mmap */
 } StFile;
 
 typedef struct {
@@ -39,6 +40,9 @@ typedef struct {
 
 /* path: a .safetensors file, or a directory holding model.safetensors or an index + shards. */
 ds_status st_open(StModel *m, const char *path, char *err);
+/* Parse one safetensors file held in memory (data, size stay the caller's and must outlive m;
+ * `name` is used in error messages). Same checks as st_open; the fuzz harness's entry. */
+ds_status st_open_buffer(StModel *m, const void *data, size_t size, const char *name, char *err);
 void st_close(StModel *m);
 
 const StTensor *st_find(const StModel *m, const char *name);
