@@ -18,7 +18,11 @@ void spec_stats_add(SpecStats *a, const SpecStats *s) {
     a->proposed += s->proposed;
     a->accepted += s->accepted;
     a->tau_sum += s->tau_sum;
-    for (int j = 0; j < SPEC_MAX_BLOCK; j++) { a->accepted_at[j] += s->accepted_at[j]; a->proposed_at[j] += s->proposed_at[j]; }
+    for (int j = 0; j < SPEC_MAX_BLOCK; j++) { 
+        a->accepted_at[j] += s->accepted_at[j];
+        a->proposed_at[j] += s->proposed_at[j];
+        a->reached_at[j] += s->reached_at[j];
+    }
     a->prefill_s += s->prefill_s;
     a->draft_s += s->draft_s;
     a->verify_s += s->verify_s;
@@ -167,7 +171,10 @@ ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, con
         int a = vr.n_accepted, tau = 0;
         stats->rounds++;
         stats->proposed += L;
-        for (int j = 0; j < L && j < SPEC_MAX_BLOCK; j++) stats->proposed_at[j]++;
+        for (int j = 0; j < L && j < SPEC_MAX_BLOCK; j++) {
+            stats->proposed_at[j]++;
+            if (j <= a) stats->reached_at[j]++;
+        }
         for (int j = 0; j < a && !done; j++) {
             int32_t x = s->drafts[j];
             s->tokens[n++] = x;

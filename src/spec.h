@@ -68,6 +68,7 @@ typedef struct {
     int tau_sum;                    /* accepted drafts + bonus per round (no bonus when an accepted stop ends it) */
     int accepted_at[SPEC_MAX_BLOCK];  /* rounds with a > j */
     int proposed_at[SPEC_MAX_BLOCK];  /* rounds that verified slot j */
+    int reached_at[SPEC_MAX_BLOCK];   /* rounds that verified slot j with slots < j accepted */
     double prefill_s, draft_s, verify_s, total_s;
     bool stopped;                   /* ended on a stop token */
 } SpecStats;
