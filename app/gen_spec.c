@@ -6,8 +6,7 @@
 uint64_t gen_spec_sample_seed(uint64_t seed, int i, int n);
 uint64_t gen_spec_sample_seed(uint64_t seed, int i, int n) { return n == 1 ? seed : ds_hash64(seed, (uint64_t)i); }
 
-ds_status gen_spec_run(SpecDecoder *sd, const int32_t *prompt, int n_prompt, const GenSpecOptions *o, FILE *out, SpecStats *total,
-                       char *err) {
+ds_status gen_spec_run(SpecDecoder *sd, const int32_t *prompt, int n_prompt, const GenSpecOptions *o, SpecStats *total, char *err) {
     int32_t *buf = ds_malloc(sizeof(int32_t) * (size_t)(o->max_new > 0 ? o->max_new : 1));
     if (!buf) return ds_err(err, DS_ENOMEM, "out of memory");
     float thr = o->confidence_threshold;
@@ -21,11 +20,7 @@ ds_status gen_spec_run(SpecDecoder *sd, const int32_t *prompt, int n_prompt, con
         ds_status rc = spec_generate(sd, prompt, n_prompt, &p, buf, &n, &st, err);
         if (rc) { ds_free(buf); return rc; }
         spec_stats_add(total, &st);
-        if (o->print_ids && out) {
-            for (int k = 0; k < n; k++) fprintf(out, k ? " %d" : "%d", buf[k]);
-            fputc('\n', out);
-            fflush(out);
-        }
+        if (o->on_sample) o->on_sample(o->user, i, buf, n);
     }
     ds_free(buf);
     return DS_OK;

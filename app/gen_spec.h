@@ -17,14 +17,15 @@ typedef struct {
     float confidence_threshold; /* 0: verify the full block */
     int32_t stop_ids[SPEC_MAX_STOP];
     int n_stop;
-    bool print_ids;             /* one line of ids per sample */
-    int ctx;                    /* target context positions */
+    /* called once per sample with its generated ids (NULL: nothing) */
+    void (*on_sample)(void *user, int i, const int32_t *ids, int n);
+    void *user;
 } GenSpecOptions;
 
-/* Runs all samples through sd (its source decides plain vs speculative); prints ids lines to
- * out when print_ids; accumulates into *total. */
-ds_status gen_spec_run(SpecDecoder *sd, const int32_t *prompt, int n_prompt, const GenSpecOptions *o, FILE *out, SpecStats *total,
-                       char *err);
+/* Runs all samples through sd (its source decides plain vs speculative), accumulating into
+ * *total. Sample i uses seed ds_hash64(seed, i), or seed itself when there is one sample (so
+ * one plain sample reproduces plain `dspark generate --seed`). */
+ds_status gen_spec_run(SpecDecoder *sd, const int32_t *prompt, int n_prompt, const GenSpecOptions *o, SpecStats *total, char *err);
 /* rounds, tau, per-position acceptance (prefix survival and conditional), times, tokens/s */
 void gen_spec_print_stats(FILE *f, const char *label, const SpecStats *s, int block);
 
