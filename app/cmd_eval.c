@@ -4,8 +4,10 @@
  * arena-hard-v2 500; --max-samples overrides), rows over the cap shuffled with CPython's
  * random.Random(seed).shuffle and the first `cap` kept; sample idx seeded with seed + idx;
  * temperature 1.0 and 2048 new tokens by default; first turn only.
- * Prompts: a row's "prompt_ids" (token ids) when present; text "turns" need the tokenizer and
- * the target's chat template (not in this build yet: a clear error). Prompts longer than the
+ * Prompts: the first of a row's "turns" as one user message rendered with the target's chat
+ * template (generation prompt, thinking disabled, no system prompt: DeepSpec's), or the raw
+ * turn when the tokenizer has no chat template (the JSON config says which); a row's
+ * "prompt_ids" (token ids) are used as they are. Prompts longer than the
  * context minus the generation budget are left-truncated and counted; -n is clamped to the
  * context.
  * Reports per dataset: tau (accepted drafts + bonus per round), proposal length, DeepSpec's
@@ -19,6 +21,8 @@
 
 #include "args.h"
 #include "commands.h"
+#include "chat.h"
+#include "gen_common.h"
 #include "gen_spec.h"
 #include "pyrandom.h"
 
@@ -33,7 +37,7 @@ static int deepspec_cap(const char *name) {
 typedef struct { int32_t *ids; int n; } Prompt;
 
 /* Read FILE.jsonl: one prompt per non-blank line. */
-static ds_status read_prompts(const char *path, int vocab, Prompt **out, int *n_out, char *err) {
+static ds_status read_prompts(const char *path, int vocab, const Tokenizer *tok, Prompt **out, int *n_out, char *err) {
     char *text;
     size_t len;
     ds_status rc = ds_read_file(path, &text, &len, err);
@@ -50,15 +54,26 @@ static ds_status read_prompts(const char *path, int vocab, Prompt **out, int *n_
         json_error_t je;
         json_t *row = json_loads(s, 0, &je);
         if (!json_is_object(row)) { rc = ds_err(err, DS_EFORMAT, "%s:%d: not a JSON object (%s)", path, line_no, je.text); json_decref(row); goto fail; }
-        json_t *ids = json_object_get(row, "prompt_ids");
+        json_t *ids = json_object_get(row, "prompt_ids"), *turns = json_object_get(row, "turns");
+        if (n == cap) p = ds_realloc(p, sizeof(Prompt) * (cap *= 2));
+        if (!json_is_array(ids) && json_is_array(turns) && json_is_string(json_array_get(turns, 0))) {
+            if (!tok) {
+                rc = ds_err(err, DS_EUNSUPPORTED, "%s:%d: text turns need the target's tokenizer.json (or give \"prompt_ids\")", path, line_no);
+                json_decref(row);
+                goto fail;
+            }
+            const char *text = json_string_value(json_array_get(turns, 0)); /* first turn only (DeepSpec) */
+            rc = gen_prompt_ids(tok, text, chat_has_template(tok), false, &p[n].ids, &p[n].n, err);
+            json_decref(row);
+            if (rc) goto fail;
+            n++;
+            continue;
+        }
         if (!json_is_array(ids) || json_array_size(ids) == 0) {
-            rc = ds_err(err, DS_EUNSUPPORTED, json_object_get(row, "turns")
-                ? "%s:%d: text \"turns\" need the tokenizer and chat template (not in this build yet); give \"prompt_ids\""
-                : "%s:%d: no \"prompt_ids\" list", path, line_no);
+            rc = ds_err(err, DS_EFORMAT, "%s:%d: needs a non-empty \"turns\" list of strings or \"prompt_ids\"", path, line_no);
             json_decref(row);
             goto fail;
         }
-        if (n == cap) p = ds_realloc(p, sizeof(Prompt) * (cap *= 2));
         p[n].n = (int)json_array_size(ids);
         p[n].ids = ds_malloc(sizeof(int32_t) * p[n].n);
         for (int i = 0; i < p[n].n; i++) {
@@ -133,7 +148,13 @@ int cmd_eval(int argc, char **argv) {
     DrafterSource ds = {0};
     SpecDecoder sd = {0}, plain = {0};
     json_t *report = json_object(), *dsets = json_array(), *config = json_object(), *trunc = json_object();
+    Tokenizer *tok = NULL;
+    GenDefaults gd;
     if (backend_create(device, threads, &be, err) || qwen3_load(&m, model, be, err) || drafter_load(&d, draft, &m, be, err)) goto fail;
+    char tpath[1200];
+    snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model);
+    if (ds_file_exists(tpath) && gen_load_tokenizer(model, &tok, err)) goto fail; /* optional: prompt_ids rows need none */
+    if (gen_defaults_load(&gd, model, &m.cfg, tok, err)) goto fail;
     const int B = d.cfg.block_size;
     if (!ctx) ctx = m.cfg.max_position_embeddings < 8192 ? m.cfg.max_position_embeddings : 8192;
     if (max_new > ctx - 1) max_new = ctx - 1;
@@ -142,7 +163,7 @@ int cmd_eval(int argc, char **argv) {
         (!no_plain && spec_init(&plain, &m, NULL, ctx, chunk, err)))
         goto fail;
     SpecParams p = {.sampler = {(float)temp, 0, 1.0f}, .max_new = max_new};
-    for (int i = 0; i < m.cfg.n_eos && i < SPEC_MAX_STOP; i++) p.stop_ids[p.n_stop++] = m.cfg.eos_token_ids[i];
+    for (int i = 0; i < gd.n_stop && p.n_stop < SPEC_MAX_STOP; i++) p.stop_ids[p.n_stop++] = gd.stop_ids[i];
     float thr = (float)conf_thr;
     if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
     int32_t *out = ds_malloc(sizeof(int32_t) * (size_t)max_new);
@@ -154,7 +175,7 @@ int cmd_eval(int argc, char **argv) {
         if (dot) *dot = 0;
         Prompt *pr = NULL;
         int n_rows = 0;
-        if (read_prompts(path, m.cfg.vocab_size, &pr, &n_rows, err)) { ds_free(out); goto fail; }
+        if (read_prompts(path, m.cfg.vocab_size, tok, &pr, &n_rows, err)) { ds_free(out); goto fail; }
         int cap = max_samples ? max_samples : deepspec_cap(name);
         int32_t *order = ds_malloc(sizeof(int32_t) * (size_t)(n_rows ? n_rows : 1));
         for (int i = 0; i < n_rows; i++) order[i] = i;
@@ -225,7 +246,9 @@ int cmd_eval(int argc, char **argv) {
     json_object_set_new(config, "confidence_threshold", json_real(conf_thr));
     json_object_set_new(config, "context", json_integer(ctx));
     json_object_set_new(config, "block_size", json_integer(B));
-    json_object_set_new(config, "prompts", json_string("prompt_ids from the JSONL rows (no chat template applied)"));
+    json_object_set_new(config, "prompts", json_string(!tok ? "prompt_ids from the JSONL rows"
+        : chat_has_template(tok) ? "first turn through the chat template (generation prompt, thinking disabled, no system prompt)"
+        : "raw first turn: the tokenizer has no chat template"));
     json_object_set_new(config, "truncated_prompts", trunc);
     trunc = NULL;
     json_object_set_new(report, "config", config);
@@ -247,6 +270,7 @@ fail:
     if (ds.d) spec_drafter_source_free(&ds);
     if (d.layers) drafter_free(&d);
     if (m.layers) qwen3_free(&m);
+    if (tok) tokenizer_free(tok);
     if (be) be->destroy(be);
     return status;
 }

@@ -37,7 +37,23 @@ assert r["config"]["seed"] == 980406
 PY
 check "JSON shape" '[ $rc -eq 0 ]'
 "$B" eval --model "$D/target" --draft "$D/draft-gated" --data "$T/text.jsonl" 2>"$T/err2"; rc=$?
-check "text rows need the tokenizer" '[ $rc -eq 1 ] && [ $(wc -l < "$T/err2") -eq 1 ] && grep -q "text.jsonl:1" "$T/err2"'
+check "text rows need a tokenizer" '[ $rc -eq 1 ] && [ $(wc -l < "$T/err2") -eq 1 ] && grep -q "text.jsonl:1" "$T/err2"'
+# text turns through the chat template: tiny-chat has a tokenizer and the same shapes as the fixture target
+python3 -c "
+import json
+with open('$T/mt-bench.jsonl', 'w') as f:
+    for q in ['What is two plus two?', 'Name a colour.', 'Say hi.']:
+        f.write(json.dumps({'turns': [q, 'second turn, ignored']}) + '\\n')
+"
+"$B" eval --model "$DSPARK_TEST_DATA/tiny-chat" --draft "$D/draft-rnn" --data "$T/mt-bench.jsonl" -n 8 --json "$T/c.json" --threads 1 2>"$T/err3"; rc=$?
+check "eval with text turns" '[ $rc -eq 0 ]'
+python3 -c "
+import json
+r = json.load(open('$T/c.json'))
+assert 'chat template' in r['config']['prompts'], r['config']['prompts']
+assert r['datasets'][0]['name'] == 'mt-bench' and r['datasets'][0]['samples'] == 3
+"; rc=$?
+check "chat template used, all 3 rows (mt-bench cap 80)" '[ $rc -eq 0 ]'
 "$B" eval --model "$D/target" --data "$T/custom.jsonl" >/dev/null 2>&1; rc=$?
 check "missing --draft" '[ $rc -eq 2 ]'
 exit $fail
