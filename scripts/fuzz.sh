@@ -55,8 +55,13 @@ case $cmd in
     build
     rm -rf "tests/data/fuzz/$target.new" && mkdir -p "tests/data/fuzz/$target.new"
     export DSPARK_FUZZ_DATA=${DSPARK_FUZZ_DATA:-$PWD/tests/data}
-    "$bin" -merge=1 "tests/data/fuzz/$target.new" "$out/corpus/$target" $( [ -d tests/data/fuzz/$target ] && echo tests/data/fuzz/$target )
+    # -use_counters=0: keep the inputs that add coverage edges, not hit-count buckets (the same
+    # edges from about a third of the bytes: the corpora live in the repository)
+    "$bin" -merge=1 -use_counters=0 "tests/data/fuzz/$target.new" "$out/corpus/$target" $( [ -d tests/data/fuzz/$target ] && echo tests/data/fuzz/$target ) \
+        $( [ -d fuzz/seeds/$target ] && echo fuzz/seeds/$target )
     rm -rf "tests/data/fuzz/$target" && mv "tests/data/fuzz/$target.new" "tests/data/fuzz/$target"
+    # crash regressions stay whether or not they add coverage now
+    for f in fuzz/seeds/$target/regress-*; do [ -f "$f" ] && cp "$f" "tests/data/fuzz/$target/"; done
     du -sh "tests/data/fuzz/$target" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac
