@@ -32,6 +32,9 @@ typedef struct {
     int n_layers, n_slots, max_ctx, kv_dim;
 } KvCache;
 
+enum { ACT_NONE = 0, ACT_SIGMOID = 1, ACT_TANH = 2 };
+enum { EW_MUL = 0, EW_LERP = 1 };
+
 typedef struct Backend Backend;
 struct Backend {
     const char *name;
@@ -75,6 +78,11 @@ struct Backend {
     /* dst[i][0:cols] = src[rows[i]][0:cols] with row strides (in floats); rows NULL = identity */
     void (*gather_rows)(Backend *be, float *dst, int dst_stride, const float *src, int src_stride,
                         const int32_t *rows, int n, int cols);
+    /* (drafter sequential heads) x[n][dim] += bias (bias NULL: none), then x = act(x) in place */
+    void (*bias_act)(Backend *be, float *x, const Weight *bias, int n, int dim, int act);
+    /* (drafter sequential heads) elementwise over n: EW_MUL out = a*b;
+     * EW_LERP out = c*a + (1-c)*b (the RNN head's g*s + (1-g)*tanh(cand)). out may alias a or b. */
+    void (*ew)(Backend *be, int op, float *out, const float *a, const float *b, const float *c, size_t n);
 
     void (*destroy)(Backend *be);
     void *impl;

@@ -151,6 +151,27 @@ static void cpu_gather_rows(Backend *be, float *dst, int dst_stride, const float
         memmove(dst + (size_t)i * dst_stride, src + (size_t)(rows ? rows[i] : i) * src_stride, sizeof(float) * cols);
 }
 
+static void cpu_bias_act(Backend *be, float *x, const Weight *bias, int n, int dim, int act) {
+    (void)be;
+    for (int i = 0; i < n; i++) {
+        float *xi = x + (size_t)i * dim;
+        for (int k = 0; k < dim; k++) {
+            float v = xi[k] + (bias ? kern_weight_at(bias, k) : 0.0f);
+            if (act == ACT_SIGMOID) v = 1.0f / (1.0f + expf(-v));
+            else if (act == ACT_TANH) v = tanhf(v);
+            xi[k] = v;
+        }
+    }
+}
+
+static void cpu_ew(Backend *be, int op, float *out, const float *a, const float *b, const float *c, size_t n) {
+    (void)be;
+    for (size_t i = 0; i < n; i++) {
+        if (op == EW_MUL) out[i] = a[i] * b[i];
+        else out[i] = c[i] * a[i] + (1.0f - c[i]) * b[i];
+    }
+}
+
 static void cpu_destroy(Backend *be) { ds_free(be); }
 
 Backend *backend_cpu_create(int n_threads) {
@@ -177,6 +198,8 @@ Backend *backend_cpu_create(int n_threads) {
     be->swiglu = cpu_swiglu;
     be->add = cpu_add;
     be->gather_rows = cpu_gather_rows;
+    be->bias_act = cpu_bias_act;
+    be->ew = cpu_ew;
     be->destroy = cpu_destroy;
     kern_init();
     return be;

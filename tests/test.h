@@ -13,6 +13,7 @@
 #include "npy.h"
 
 static int g_checks_passed, g_checks_failed;
+static int g_expect_failure; /* set around a check that must fail: no FAIL line printed */
 static const char *g_current_test = "";
 
 #define CHECK(cond) do { \
@@ -41,6 +42,7 @@ static inline int check_close(const char *name, const float *got, const float *r
         if (!(d <= atol + rtol * fabs((double)ref[i]))) bad = 1;
         if (d > max_abs || isnan(d)) { max_abs = isnan(d) ? INFINITY : d; worst = i; }
     }
+    if (bad && g_expect_failure) return 0;
     if (bad) {
         g_checks_failed++;
         fprintf(stderr, "FAIL %s:%d [%s]: %s: max|err| %.3g at %zu (got %.7g ref %.7g), atol %.1g rtol %.1g\n", file, line,
