@@ -1,3 +1,175 @@
+/* cmd_generate.c - `dspark generate`: plain decoding of one prompt, streaming text (or ids).
+ *
+ * stdout carries only the generated text (or, with --print-ids, only the new ids on one line,
+ * ending with the stop token when one ended generation); a stats line goes to stderr. */
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "args.h"
 #include "commands.h"
-int cmd_generate(int argc, char **argv) { (void)argc; (void)argv; fprintf(stderr, "not yet\n"); return 2; }
+#include "gen_common.h"
+
+#define PREFILL_CHUNK 256
+
+typedef struct {
+    const char *model, *prompt, *chat, *prompt_ids, *device, *stop;
+    int max_new, top_k, seed, threads;
+    double temp, top_p;
+    bool print_ids, think;
+} GenArgs;
+
+/* Decode n_new tokens after the prompt; returns the number generated or -1. Stops on a stop
+ * token (kept in out_ids) or when n_new or the context is reached. */
+static int generate_plain(Qwen3Model *m, Qwen3State *st, const GenDefaults *gd, const SamplerParams *sp, Rng *rng,
+                          const int32_t *prompt, int n_prompt, int n_new, const Tokenizer *tok, bool print_ids,
+                          int32_t *out_ids, double *t_prefill, double *t_decode, char *err) {
+    const int V = m->cfg.vocab_size;
+    SampleScratch sc;
+    float *probs = ds_malloc(sizeof(float) * V);
+    if (!probs || sample_scratch_init(&sc, V, err)) { ds_free(probs); return -1; }
+    int32_t pos[PREFILL_CHUNK];
+    double t0 = ds_now();
+    for (int off = 0; off < n_prompt; off += PREFILL_CHUNK) {
+        int n = n_prompt - off < PREFILL_CHUNK ? n_prompt - off : PREFILL_CHUNK;
+        for (int i = 0; i < n; i++) pos[i] = off + i;
+        int32_t last = n - 1;
+        bool final = off + n == n_prompt;
+        Qwen3Batch b = {.n = n, .tokens = prompt + off, .pos = pos, .logit_rows = &last, .n_logits = final ? 1 : 0};
+        if (qwen3_forward(m, st, &b, err)) { ds_free(probs); sample_scratch_free(&sc); return -1; }
+    }
+    double t1 = ds_now();
+    *t_prefill = t1 - t0;
+    DecodeStream ds = {0};
+    char text[4096];
+    int n_out = 0;
+    for (; n_out < n_new; n_out++) {
+        sample_dist(sp, st->logits_host, V, probs, &sc);
+        int32_t tok_id = sample_from(probs, V, rng_uniform(rng));
+        out_ids[n_out] = tok_id;
+        bool stop = gen_is_stop(gd, tok_id);
+        if (print_ids) {
+            printf(n_out ? " %d" : "%d", tok_id);
+        } else if (!stop && tok) {
+            size_t k = tokenizer_decode_step(tok, &ds, tok_id, text, sizeof text);
+            fwrite(text, 1, k, stdout);
+            fflush(stdout);
+        }
+        if (stop) { n_out++; break; }
+        int32_t p = n_prompt + n_out, row = 0;
+        if (n_out + 1 == n_new || p >= st->kv.max_ctx) { n_out++; break; }
+        Qwen3Batch b = {.n = 1, .tokens = &tok_id, .pos = &p, .logit_rows = &row, .n_logits = 1};
+        if (qwen3_forward(m, st, &b, err)) { ds_free(probs); sample_scratch_free(&sc); return -1; }
+    }
+    *t_decode = ds_now() - t1;
+    if (!print_ids && tok) fwrite(text, 1, tokenizer_decode_flush(&ds, text, sizeof text), stdout);
+    if (print_ids) printf("\n"); /* text mode prints exactly the generated text, nothing more */
+    fflush(stdout);
+    ds_free(probs);
+    sample_scratch_free(&sc);
+    return n_out;
+}
+
+int cmd_generate(int argc, char **argv) {
+    GenArgs a = {.device = "cpu", .max_new = 128, .seed = 0, .temp = -1, .top_p = -1, .top_k = -1};
+    ArgSpec specs[] = {
+        {"--model", ARG_STR, &a.model, "DIR", "target model directory (Hugging Face Qwen3)", 0, -1},
+        {"--prompt", ARG_STR, &a.prompt, "TEXT", "raw prompt text", 0, -1},
+        {"--chat", ARG_STR, &a.chat, "TEXT", "one user turn, rendered with the chat template", 0, -1},
+        {"--prompt-ids", ARG_STR, &a.prompt_ids, "1,2,3", "prompt token ids (no tokenizer needed)", 0, -1},
+        {"--max-new|-n", ARG_INT, &a.max_new, "N", "new tokens at most (default 128)", 1, 1 << 24},
+        {"--temp", ARG_FLOAT, &a.temp, "T", "temperature, 0 = greedy (default: generation_config.json, else 1.0)", 0, 100},
+        {"--top-k", ARG_INT, &a.top_k, "K", "top-k, 0 = off (default: generation_config.json, else off)", 0, 1 << 30},
+        {"--top-p", ARG_FLOAT, &a.top_p, "P", "top-p in (0,1] (default: generation_config.json, else 1)", 1e-9, 1},
+        {"--seed", ARG_INT, &a.seed, "S", "random seed (default 0)", 0, 2147483647},
+        {"--threads", ARG_INT, &a.threads, "N", "CPU threads (default: all cores)", 1, 1024},
+        {"--print-ids", ARG_FLAG, &a.print_ids, NULL, "print only the new token ids, space-separated, on one line", 0, -1},
+        {"--think", ARG_FLAG, &a.think, NULL, "with --chat: enable the thinking block", 0, -1},
+        {"--stop", ARG_STR, &a.stop, "1,2", "extra stop token ids", 0, -1},
+        {"--device", ARG_STR, &a.device, "DEV", "cpu (default) or cuda", 0, -1},
+    };
+    int n_specs = sizeof specs / sizeof specs[0];
+    int rc = args_parse("generate", "--model DIR (--prompt TEXT | --chat TEXT | --prompt-ids LIST) [flags]", specs, n_specs, argc, argv);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (!a.model) { fprintf(stderr, "dspark generate: --model is required (see --help)\n"); return 2; }
+    if (!!a.prompt + !!a.chat + !!a.prompt_ids != 1) {
+        fprintf(stderr, "dspark generate: give exactly one of --prompt, --chat, --prompt-ids\n");
+        return 2;
+    }
+    char err[DS_ERR_LEN];
+    int status = 1;
+    Backend *be = NULL;
+    Tokenizer *tok = NULL;
+    Qwen3Model m;
+    Qwen3State st;
+    memset(&m, 0, sizeof m);
+    memset(&st, 0, sizeof st);
+    int32_t *prompt = NULL, *out_ids = NULL;
+    int n_prompt = 0;
+    bool have_state = false;
+    if (backend_create(a.device, a.threads, &be, err)) goto fail;
+    if (qwen3_load(&m, a.model, be, err)) goto fail;
+    /* the tokenizer is loaded only when text is involved */
+    if (!(a.prompt_ids && a.print_ids) && gen_load_tokenizer(a.model, &tok, err)) goto fail;
+    GenDefaults gd;
+    if (gen_defaults_load(&gd, a.model, &m.cfg, tok, err)) goto fail;
+    if (a.stop) {
+        int *ids, n = args_parse_ids("--stop", a.stop, &ids);
+        if (n < 0) { status = 2; goto done; }
+        for (int i = 0; i < n; i++) gen_add_stop(&gd, ids[i]);
+        ds_free(ids);
+    }
+    SamplerParams sp = gd.sampler;
+    if (a.temp >= 0) sp.temperature = (float)a.temp;
+    if (a.top_k >= 0) sp.top_k = a.top_k;
+    if (a.top_p > 0) sp.top_p = (float)a.top_p;
+    if (a.prompt_ids) {
+        int *ids;
+        n_prompt = args_parse_ids("--prompt-ids", a.prompt_ids, &ids);
+        if (n_prompt < 0) { status = 2; goto done; }
+        prompt = ds_malloc(sizeof(int32_t) * (n_prompt ? n_prompt : 1));
+        for (int i = 0; i < n_prompt; i++) {
+            if (ids[i] >= m.cfg.vocab_size) {
+                fprintf(stderr, "dspark generate: --prompt-ids: id %d out of range [0, %d)\n", ids[i], m.cfg.vocab_size);
+                ds_free(ids);
+                status = 2;
+                goto done;
+            }
+            prompt[i] = ids[i];
+        }
+        ds_free(ids);
+    } else if (gen_prompt_ids(tok, a.prompt ? a.prompt : a.chat, a.chat != NULL, a.think, &prompt, &n_prompt, err)) {
+        goto fail;
+    }
+    if (n_prompt == 0) { fprintf(stderr, "dspark generate: the prompt is empty\n"); status = 2; goto done; }
+    int ctx = m.cfg.max_position_embeddings;
+    if (n_prompt >= ctx) {
+        fprintf(stderr, "dspark generate: prompt of %d tokens does not fit the context (%d)\n", n_prompt, ctx);
+        status = 2;
+        goto done;
+    }
+    int max_new = a.max_new < ctx - n_prompt ? a.max_new : ctx - n_prompt;
+    if (qwen3_state_init(&st, &m, PREFILL_CHUNK, 1, 0, 1, n_prompt + max_new, err)) goto fail;
+    have_state = true;
+    out_ids = ds_malloc(sizeof(int32_t) * max_new);
+    Rng rng;
+    rng_seed(&rng, (uint64_t)a.seed, 0);
+    double t_pre = 0, t_dec = 0;
+    int n_out = generate_plain(&m, &st, &gd, &sp, &rng, prompt, n_prompt, max_new, tok, a.print_ids, out_ids, &t_pre, &t_dec, err);
+    if (n_out < 0) goto fail;
+    fprintf(stderr, "prompt %d tokens, generated %d tokens, prefill %.1f tok/s, decode %.2f tok/s (%s, %d threads, T %.2f top-k %d top-p %.2f)\n",
+            n_prompt, n_out, n_prompt / (t_pre > 0 ? t_pre : 1e-9), n_out > 1 ? (n_out - 1) / (t_dec > 0 ? t_dec : 1e-9) : 0.0,
+            be->name, be->n_threads, sp.temperature, sp.top_k, sp.top_p);
+    status = 0;
+    goto done;
+fail:
+    fprintf(stderr, "dspark generate: %s\n", err);
+done:
+    if (have_state) qwen3_state_free(&st, &m);
+    ds_free(prompt);
+    ds_free(out_ids);
+    if (tok) tokenizer_free(tok);
+    if (m.layers) qwen3_free(&m);
+    if (be) be->destroy(be);
+    return status;
+}

@@ -98,7 +98,10 @@ static void cpu_attention(Backend *be, float *out, const float *q, const KvCache
     (void)be;
     int group = n_heads / n_kv_heads;
     float scale = 1.0f / sqrtf((float)head_dim);
-    #pragma omp parallel for collapse(2) schedule(static)
+    /* a parallel region costs microseconds (much more when the other core is busy): only
+     * for enough work */
+    long work = (long)n * n_heads * kv_len[0] * head_dim;
+    #pragma omp parallel for collapse(2) schedule(static) if (work >= 65536)
     for (int i = 0; i < n; i++) {
         for (int h = 0; h < n_heads; h++) {
             const float *qi = q + ((size_t)i * n_heads + h) * head_dim;

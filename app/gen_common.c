@@ -1,0 +1,73 @@
+/* gen_common.c - see gen_common.h. */
+#include "gen_common.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "chat.h"
+
+void gen_add_stop(GenDefaults *g, int32_t id) {
+    if (id < 0 || gen_is_stop(g, id) || g->n_stop >= GEN_MAX_STOP) return;
+    g->stop_ids[g->n_stop++] = id;
+}
+
+bool gen_is_stop(const GenDefaults *g, int32_t id) {
+    for (int i = 0; i < g->n_stop; i++) if (g->stop_ids[i] == id) return true;
+    return false;
+}
+
+ds_status gen_defaults_load(GenDefaults *g, const char *model_dir, const Qwen3Config *cfg, const Tokenizer *tok, char *err) {
+    memset(g, 0, sizeof *g);
+    g->sampler = (SamplerParams){1.0f, 0, 1.0f};
+    char path[1200];
+    snprintf(path, sizeof path, "%s/generation_config.json", model_dir);
+    bool eos_from_file = false;
+    if (ds_file_exists(path)) {
+        json_error_t je;
+        json_t *root = json_load_file(path, 0, &je);
+        if (!root) return ds_err(err, DS_EFORMAT, "%s: bad JSON at line %d: %s", path, je.line, je.text);
+        if (!json_is_object(root)) { json_decref(root); return ds_err(err, DS_EFORMAT, "%s: not a JSON object", path); }
+        g->from_file = true;
+        json_t *v;
+        if (json_is_number(v = json_object_get(root, "temperature"))) g->sampler.temperature = (float)json_number_value(v);
+        if (json_is_integer(v = json_object_get(root, "top_k"))) g->sampler.top_k = (int)json_integer_value(v);
+        if (json_is_number(v = json_object_get(root, "top_p"))) g->sampler.top_p = (float)json_number_value(v);
+        if (json_is_false(json_object_get(root, "do_sample"))) g->sampler.temperature = 0;
+        json_t *eos = json_object_get(root, "eos_token_id");
+        if (json_is_integer(eos)) { gen_add_stop(g, (int32_t)json_integer_value(eos)); eos_from_file = true; }
+        else if (json_is_array(eos)) {
+            size_t i;
+            json_t *e;
+            json_array_foreach(eos, i, e) if (json_is_integer(e)) gen_add_stop(g, (int32_t)json_integer_value(e));
+            eos_from_file = true;
+        }
+        json_decref(root);
+        ds_status rc = sampler_params_check(&g->sampler, err);
+        if (rc) return ds_err(err, rc, "%s: %s", path, err);
+    }
+    if (!eos_from_file)
+        for (int i = 0; i < cfg->n_eos; i++) gen_add_stop(g, cfg->eos_token_ids[i]);
+    if (tok) gen_add_stop(g, tokenizer_token_id(tok, "<|im_end|>"));
+    return DS_OK;
+}
+
+ds_status gen_load_tokenizer(const char *model_dir, Tokenizer **out, char *err) {
+    *out = NULL;
+    char path[1200];
+    snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
+    if (!ds_file_exists(path)) return ds_err(err, DS_EIO, "%s: no tokenizer.json (text needs one; use --prompt-ids and --print-ids without)", model_dir);
+    return tokenizer_load(out, model_dir, err);
+}
+
+ds_status gen_prompt_ids(const Tokenizer *tok, const char *text, bool chat, bool think, int32_t **ids, int *n, char *err) {
+    if (!chat) return tokenizer_encode(tok, text, strlen(text), ids, n, err);
+    if (!chat_has_template(tok)) return ds_err(err, DS_EUNSUPPORTED, "this tokenizer has no (supported) chat template; use --prompt");
+    ChatMessage msg = {"user", text};
+    char *rendered = NULL;
+    ds_status rc = chat_render(tok, &msg, 1, true, think, &rendered, err);
+    if (rc) return rc;
+    rc = tokenizer_encode(tok, rendered, strlen(rendered), ids, n, err);
+    ds_free(rendered);
+    return rc;
+}

@@ -1,0 +1,32 @@
+/* gen_common.h - what generate, eval and serve share: generation defaults read from the
+ * model directory (generation_config.json), stop tokens, and prompt construction. */
+#ifndef DSPARK_GEN_COMMON_H
+#define DSPARK_GEN_COMMON_H
+
+#include "qwen3.h"
+#include "sample.h"
+#include "tokenizer.h"
+
+#define GEN_MAX_STOP 32
+
+typedef struct {
+    SamplerParams sampler;   /* the model's recommended settings, or T 1.0 / top-k off / top-p 1 */
+    bool from_file;          /* generation_config.json was found */
+    int32_t stop_ids[GEN_MAX_STOP];
+    int n_stop;
+} GenDefaults;
+
+/* Stop tokens: eos_token_id of generation_config.json (int or list), else config.json's;
+ * plus <|im_end|> when the tokenizer (may be NULL) has it. Sampling defaults from
+ * generation_config.json (do_sample false = greedy). */
+ds_status gen_defaults_load(GenDefaults *g, const char *model_dir, const Qwen3Config *cfg, const Tokenizer *tok, char *err);
+void gen_add_stop(GenDefaults *g, int32_t id);
+bool gen_is_stop(const GenDefaults *g, int32_t id);
+
+/* A tokenizer directory for a model: the model dir itself (tokenizer.json). NULL if none. */
+ds_status gen_load_tokenizer(const char *model_dir, Tokenizer **out, char *err);
+
+/* Token ids of a prompt: raw text, or one user turn through the chat template. */
+ds_status gen_prompt_ids(const Tokenizer *tok, const char *text, bool chat, bool think, int32_t **ids, int *n, char *err);
+
+#endif

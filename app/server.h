@@ -1,0 +1,28 @@
+/* server.h - the OpenAI-compatible HTTP server (server.c, libmicrohttpd). */
+#ifndef DSPARK_SERVER_H
+#define DSPARK_SERVER_H
+
+#include "engine.h"
+#include "sample.h"
+#include "tokenizer.h"
+
+typedef struct {
+    const char *host;          /* loopback by default */
+    int port;
+    const char *model_name;    /* what /v1/models reports */
+    size_t max_body_bytes;
+    int max_connections;
+    int default_max_tokens;    /* chat completions without max_tokens */
+    SamplerParams sampler;     /* defaults when a request gives none */
+    int32_t stop_ids[16];
+    int n_stop;
+} ServerConfig;
+
+/* Loads the model after the socket is open (so /health can answer 503 meanwhile). Returns 0
+ * and the engine + tokenizer (tokenizer may be NULL), or non-zero after printing an error. */
+typedef int (*ServerLoadFn)(void *ctx, Engine **engine, const Tokenizer **tok);
+
+/* Runs until SIGTERM/SIGINT, then stops accepting, drains running requests, and returns 0. */
+int server_run(const ServerConfig *cfg, ServerLoadFn load, void *load_ctx);
+
+#endif
