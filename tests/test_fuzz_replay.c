@@ -54,6 +54,14 @@ static void test_npy_corpus(void) {
     CHECK(n >= 10);
 }
 
+/* encode / decode / chat render with the real Qwen3 tokenizer (loaded once, ~1 s) */
+static void test_tokenizer_corpus(void) {
+    int n = replay_dir("tokenizer", fuzz_tokenizer);
+    fprintf(stderr, "  tokenizer: %d inputs\n", n);
+    CHECK(n >= 10);
+    fuzz_tokenizer_cleanup();
+}
+
 /* a few inputs written here, not found by the fuzzer: edge sizes */
 static void test_edge_inputs(void) {
     static const uint8_t zero8[8] = {0}, one[1] = {'{'};
@@ -71,5 +79,6 @@ int main(void) {
     RUN(test_safetensors_corpus);
     RUN(test_config_corpus);
     RUN(test_npy_corpus);
+    RUN(test_tokenizer_corpus);
     return test_summary();
 }
