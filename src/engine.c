@@ -21,18 +21,45 @@ ds_status engine_init(Engine *e, Qwen3Model *m, const EngineConfig *cfg, char *e
     e->cfg = *cfg;
     if (cfg->n_slots < 1 || cfg->max_ctx < 2 || cfg->max_batch_tokens < cfg->n_slots)
         return ds_err(err, DS_EARG, "engine: need n_slots >= 1, max_ctx >= 2, max_batch_tokens >= n_slots");
-    int T = cfg->max_batch_tokens;
-    ds_status rc = qwen3_state_init(&e->st, m, T, cfg->n_slots, 0, cfg->n_slots, cfg->max_ctx, err);
+    const int *fl = NULL;
+    if (cfg->sources) {
+        ProposalSource *s0 = cfg->sources[0];
+        e->block = s0->block_size < SPEC_MAX_BLOCK ? s0->block_size : SPEC_MAX_BLOCK;
+        e->n_features = s0->n_feature_layers;
+        fl = s0->feature_layers;
+        for (int i = 1; i < cfg->n_slots; i++)
+            if (cfg->sources[i]->block_size != s0->block_size || cfg->sources[i]->n_feature_layers != s0->n_feature_layers)
+                return ds_err(err, DS_EARG, "engine: proposal sources differ in block size or feature layers");
+    }
+    (void)fl;
+    int T = cfg->max_batch_tokens, V = m->cfg.vocab_size, S = cfg->n_slots, B = e->block;
+    ds_status rc = qwen3_state_init(&e->st, m, T, T, e->n_features, S, cfg->max_ctx, err);
     if (rc) return rc;
-    e->slots = ds_calloc((size_t)cfg->n_slots, sizeof(EngineRequest *));
+    e->slots = ds_calloc((size_t)S, sizeof(EngineRequest *));
     e->b_tokens = ds_malloc(sizeof(int32_t) * T);
     e->b_pos = ds_malloc(sizeof(int32_t) * T);
     e->b_slot = ds_malloc(sizeof(int32_t) * T);
     e->b_rows = ds_malloc(sizeof(int32_t) * T);
     e->b_row_req = ds_malloc(sizeof(EngineRequest *) * T);
-    e->probs = ds_malloc(sizeof(float) * m->cfg.vocab_size);
-    if (!e->slots || !e->b_tokens || !e->b_pos || !e->b_slot || !e->b_rows || !e->b_row_req || !e->probs ||
-        sample_scratch_init(&e->scratch, m->cfg.vocab_size, err)) {
+    e->probs = ds_malloc(sizeof(float) * V);
+    e->slot_tokens = ds_malloc(sizeof(int32_t) * (size_t)S * (cfg->max_ctx + B + 1));
+    e->slot_q = ds_malloc(sizeof(float) * (size_t)S * (B ? B : 1) * V);
+    e->slot_drafts = ds_malloc(sizeof(int32_t) * (size_t)S * (B + 1));
+    e->slot_conf = ds_malloc(sizeof(float) * (size_t)S * (B + 1));
+    e->slot_avail = ds_calloc((size_t)S, sizeof(int));
+    e->slot_len = ds_calloc((size_t)S, sizeof(int));
+    e->slot_row0 = ds_calloc((size_t)S, sizeof(int));
+    e->slot_prefill_row0 = ds_calloc((size_t)S, sizeof(int));
+    e->slot_prefill_n = ds_calloc((size_t)S, sizeof(int));
+    e->slot_prefill_pos = ds_calloc((size_t)S, sizeof(int));
+    e->slot_src_broken = ds_calloc((size_t)S, sizeof(bool));
+    e->conf_ptrs = ds_calloc((size_t)S, sizeof(float *));
+    e->pt = ds_malloc(sizeof(float) * (size_t)(B + 1) * V);
+    e->resid = ds_malloc(sizeof(float) * V);
+    if (!e->slots || !e->b_tokens || !e->b_pos || !e->b_slot || !e->b_rows || !e->b_row_req || !e->probs || !e->slot_tokens ||
+        !e->slot_q || !e->slot_drafts || !e->slot_conf || !e->slot_avail || !e->slot_len || !e->slot_row0 || !e->slot_prefill_row0 ||
+        !e->slot_prefill_n || !e->slot_prefill_pos || !e->slot_src_broken || !e->conf_ptrs || !e->pt || !e->resid ||
+        sample_scratch_init(&e->scratch, V, err)) {
         engine_free(e);
         return ds_err(err, DS_ENOMEM, "engine: out of memory");
     }
@@ -46,6 +73,9 @@ void engine_free(Engine *e) {
     ds_free(e->slots);
     ds_free(e->b_tokens); ds_free(e->b_pos); ds_free(e->b_slot); ds_free(e->b_rows); ds_free(e->b_row_req);
     ds_free(e->probs);
+    ds_free(e->slot_tokens); ds_free(e->slot_q); ds_free(e->slot_drafts); ds_free(e->slot_conf); ds_free(e->slot_avail);
+    ds_free(e->slot_len); ds_free(e->slot_row0); ds_free(e->slot_prefill_row0); ds_free(e->slot_prefill_n);
+    ds_free(e->slot_prefill_pos); ds_free(e->slot_src_broken); ds_free(e->conf_ptrs); ds_free(e->pt); ds_free(e->resid);
     sample_scratch_free(&e->scratch);
     if (e->model) { pthread_mutex_destroy(&e->lock); pthread_cond_destroy(&e->wake); }
     memset(e, 0, sizeof *e);
@@ -64,7 +94,7 @@ ds_status engine_submit(Engine *e, EngineRequest *r, char *err) {
     ds_status rc = sampler_params_check(&r->sampler, err);
     if (rc) return rc;
     r->slot = -1;
-    r->n_prefilled = r->n_generated = 0;
+    r->n_prefilled = r->n_generated = r->n_committed = 0;
     r->pending = -1;
     r->cancel = 0;
     r->next = NULL;
@@ -120,6 +150,14 @@ static void admit(Engine *e) {
         e->stats.active++;
     }
     pthread_mutex_unlock(&e->lock);
+    for (int s = 0; s < e->cfg.n_slots; s++) {
+        EngineRequest *r = e->slots[s];
+        if (!r || r->n_committed) continue; /* newly admitted: n_committed is 0 until now */
+        memcpy(e->slot_tokens + (size_t)s * (e->cfg.max_ctx + e->block + 1), r->prompt, sizeof(int32_t) * (size_t)r->n_prompt);
+        r->n_committed = r->n_prompt;
+        e->slot_src_broken[s] = false;
+        if (e->cfg.sources) e->cfg.sources[s]->reset(e->cfg.sources[s]->self);
+    }
     while (cancelled) {
         EngineRequest *r = cancelled;
         cancelled = r->next;
@@ -127,69 +165,189 @@ static void admit(Engine *e) {
     }
 }
 
+static bool is_stop(const EngineRequest *r, int32_t t) {
+    for (int k = 0; k < r->n_stop; k++) if (r->stop_ids[k] == t) return true;
+    return false;
+}
+
+/* Commit one token to r; returns false when r finished (and was retired). */
+static bool commit(Engine *e, EngineRequest *r, int32_t tok) {
+    int s = r->slot;
+    e->slot_tokens[(size_t)s * (e->cfg.max_ctx + e->block + 1) + r->n_committed++] = tok;
+    r->pending = tok;
+    r->n_generated++;
+    if (r->n_generated == 1) r->t_first_token = ds_now();
+    bool stop = is_stop(r, tok);
+    bool keep = r->on_token ? r->on_token(r->user, tok, stop) : true;
+    if (stop) finish(e, r, FINISH_STOP);
+    else if (!keep) finish(e, r, FINISH_CANCELLED);
+    else if (r->n_generated >= r->max_new || r->n_committed >= e->cfg.max_ctx) finish(e, r, FINISH_LENGTH);
+    else return true;
+    return false;
+}
+
+/* Draft a block for decoding request r in slot s (same RNG order as spec_generate). */
+static ds_status draft(Engine *e, EngineRequest *r, int s, char *err) {
+    const int V = e->model->cfg.vocab_size;
+    ProposalSource *src = e->cfg.sources[s];
+    int32_t *tokens = e->slot_tokens + (size_t)s * (e->cfg.max_ctx + e->block + 1);
+    const int start = r->n_committed - 1;
+    int avail = 0;
+    e->slot_avail[s] = 0;
+    if (e->slot_src_broken[s]) return DS_OK;
+    ds_status rc = src->begin(src->self, tokens, start, &avail, err);
+    if (rc) return rc;
+    if (avail > e->block) avail = e->block;
+    bool greedy = sampler_is_greedy(&r->sampler);
+    int32_t prev = tokens[start];
+    for (int j = 0; j < avail; j++) {
+        const float *logits;
+        if ((rc = src->slot(src->self, j, prev, &logits, &e->slot_conf[(size_t)s * (e->block + 1) + j], err))) return rc;
+        float *qj = e->slot_q + ((size_t)s * e->block + j) * V;
+        sample_dist(&r->sampler, logits, V, qj, &e->scratch);
+        prev = greedy ? argmax_f32(qj, V) : sample_from(qj, V, rng_uniform(&r->rng));
+        e->slot_drafts[(size_t)s * (e->block + 1) + j] = prev;
+    }
+    e->slot_avail[s] = avail;
+    return DS_OK;
+}
+
 int engine_step(Engine *e, char *err) {
     admit(e);
-    const int T = e->cfg.max_batch_tokens, V = e->model->cfg.vocab_size;
-    int n = 0, n_rows = 0, n_decode = 0;
-    /* decoding requests first (one token each: latency), then prompt chunks in slot order */
-    for (int pass = 0; pass < 2; pass++) {
-        for (int s = 0; s < e->cfg.n_slots && n < T; s++) {
-            EngineRequest *r = e->slots[s];
-            if (!r) continue;
-            if (pass == 0 && __atomic_load_n(&r->cancel, __ATOMIC_SEQ_CST)) { finish(e, r, FINISH_CANCELLED); continue; }
-            bool decoding = r->n_prefilled == r->n_prompt;
-            if (pass == 0 && decoding) {
-                e->b_tokens[n] = r->pending;
-                e->b_pos[n] = r->n_prompt + r->n_generated - 1;
-                e->b_slot[n] = s;
-                e->b_rows[n_rows] = n;
-                e->b_row_req[n_rows++] = r;
-                n++;
-                n_decode++;
-            } else if (pass == 1 && !decoding) {
-                int k = r->n_prompt - r->n_prefilled;
-                if (k > T - n) k = T - n;
-                for (int i = 0; i < k; i++) {
-                    e->b_tokens[n + i] = r->prompt[r->n_prefilled + i];
-                    e->b_pos[n + i] = r->n_prefilled + i;
-                    e->b_slot[n + i] = s;
-                }
-                r->n_prefilled += k;
-                n += k;
-                if (r->n_prefilled == r->n_prompt) {
-                    e->b_rows[n_rows] = n - 1;
-                    e->b_row_req[n_rows++] = r;
-                }
-            }
+    const int T = e->cfg.max_batch_tokens, V = e->model->cfg.vocab_size, S = e->cfg.n_slots;
+    const int stride = e->cfg.max_ctx + e->block + 1, feat_stride = e->n_features * e->model->cfg.hidden_size;
+    int n = 0, n_rows = 0, n_decode = 0, n_prefill_tok = 0;
+    for (int s = 0; s < S; s++) {
+        EngineRequest *r = e->slots[s];
+        if (r && __atomic_load_n(&r->cancel, __ATOMIC_SEQ_CST)) finish(e, r, FINISH_CANCELLED);
+    }
+    /* 1. drafts for every decoding request, then the verification lengths */
+    int n_req = 0, req_slot[1024], req_avail[1024], req_len[1024];
+    for (int s = 0; s < S; s++) {
+        EngineRequest *r = e->slots[s];
+        e->slot_len[s] = -1; /* not verified this step */
+        if (!r || r->n_prefilled < r->n_prompt) continue;
+        if (e->cfg.sources && draft(e, r, s, err)) {
+            /* a failing drafter must not fail the request: continue it without drafts */
+            e->slot_src_broken[s] = true;
+            e->slot_avail[s] = 0;
+        }
+        if (n_req < 1024) {
+            req_slot[n_req] = s;
+            req_avail[n_req] = e->cfg.sources ? e->slot_avail[s] : 0;
+            e->conf_ptrs[n_req] = e->slot_conf + (size_t)s * (e->block + 1);
+            n_req++;
+        }
+    }
+    for (int i = 0; i < n_req; i++) req_len[i] = req_avail[i];
+    if (n_req && e->cfg.sched.choose) e->cfg.sched.choose(e->cfg.sched.ctx, n_req, e->conf_ptrs, req_avail, req_len);
+    /* 2. the batch: each decoding request's [anchor, drafts...], then prompt chunks */
+    for (int i = 0; i < n_req && n < T; i++) {
+        int s = req_slot[i];
+        EngineRequest *r = e->slots[s];
+        int L = req_len[i] < 0 ? 0 : req_len[i] > req_avail[i] ? req_avail[i] : req_len[i];
+        /* never verify past the budget, the context or the step's token budget */
+        if (L > r->max_new - r->n_generated - 1) L = r->max_new - r->n_generated - 1;
+        if (L > e->cfg.max_ctx - r->n_committed) L = e->cfg.max_ctx - r->n_committed;
+        if (L > T - n - 1) L = T - n - 1;
+        if (L < 0) L = 0;
+        const int start = r->n_committed - 1;
+        const int32_t *tokens = e->slot_tokens + (size_t)s * stride;
+        e->slot_len[s] = L;
+        e->slot_row0[s] = n;
+        for (int j = 0; j <= L; j++) {
+            e->b_tokens[n + j] = j ? e->slot_drafts[(size_t)s * (e->block + 1) + j - 1] : tokens[start];
+            e->b_pos[n + j] = start + j;
+            e->b_slot[n + j] = s;
+            e->b_rows[n_rows] = n + j;
+            e->b_row_req[n_rows++] = r;
+        }
+        n += L + 1;
+        n_decode += L + 1;
+    }
+    for (int s = 0; s < S && n < T; s++) {
+        EngineRequest *r = e->slots[s];
+        e->slot_prefill_n[s] = 0;
+        if (!r || r->n_prefilled == r->n_prompt) continue;
+        int k = r->n_prompt - r->n_prefilled;
+        if (k > T - n) k = T - n;
+        for (int i = 0; i < k; i++) {
+            e->b_tokens[n + i] = r->prompt[r->n_prefilled + i];
+            e->b_pos[n + i] = r->n_prefilled + i;
+            e->b_slot[n + i] = s;
+        }
+        e->slot_prefill_row0[s] = n;
+        e->slot_prefill_n[s] = k;
+        e->slot_prefill_pos[s] = r->n_prefilled;
+        r->n_prefilled += k;
+        n += k;
+        n_prefill_tok += k;
+        if (r->n_prefilled == r->n_prompt) {
+            e->b_rows[n_rows] = n - 1;
+            e->b_row_req[n_rows++] = r;
         }
     }
     if (n == 0) return 0;
     double t0 = ds_now();
-    Qwen3Batch b = {.n = n, .tokens = e->b_tokens, .pos = e->b_pos, .slot = e->b_slot, .logit_rows = e->b_rows, .n_logits = n_rows};
+    Qwen3Batch b = {.n = n, .tokens = e->b_tokens, .pos = e->b_pos, .slot = e->b_slot, .logit_rows = e->b_rows, .n_logits = n_rows,
+                    .feature_layers = e->cfg.sources ? e->cfg.sources[0]->feature_layers : NULL, .n_feature_layers = e->n_features};
     ds_status rc = qwen3_forward(e->model, &e->st, &b, err);
     if (rc) {
         /* a forward failure fails the requests in this batch, not the engine */
-        for (int s = 0; s < e->cfg.n_slots; s++) if (e->slots[s]) finish(e, e->slots[s], FINISH_ERROR);
+        for (int s = 0; s < S; s++) if (e->slots[s]) finish(e, e->slots[s], FINISH_ERROR);
         return -1;
     }
-    for (int i = 0; i < n_rows; i++) {
-        EngineRequest *r = e->b_row_req[i];
-        sample_dist(&r->sampler, e->st.logits_host + (size_t)i * V, V, e->probs, &e->scratch);
-        int32_t tok = sample_from(e->probs, V, rng_uniform(&r->rng));
-        r->pending = tok;
-        r->n_generated++;
-        if (r->n_generated == 1) r->t_first_token = ds_now();
-        bool stop = false;
-        for (int k = 0; k < r->n_stop; k++) stop |= r->stop_ids[k] == tok;
-        bool keep = r->on_token ? r->on_token(r->user, tok, stop) : true;
-        if (stop) finish(e, r, FINISH_STOP);
-        else if (!keep) finish(e, r, FINISH_CANCELLED);
-        else if (r->n_generated >= r->max_new) finish(e, r, FINISH_LENGTH);
+    /* 3. prompt chunks: their features feed the drafters; a finished prompt samples token 1 */
+    uint64_t committed = 0, rounds = 0, drafts_verified = 0;
+    int row = n_decode; /* logit rows: decode rows first, in batch order */
+    for (int s = 0; s < S; s++) {
+        EngineRequest *r = e->slots[s];
+        if (!r || !e->slot_prefill_n[s]) continue;
+        if (e->cfg.sources && !e->slot_src_broken[s]) {
+            ProposalSource *src = e->cfg.sources[s];
+            if (src->context(src->self, e->st.features + (size_t)e->slot_prefill_row0[s] * feat_stride, e->slot_prefill_n[s],
+                             e->slot_prefill_pos[s], err))
+                e->slot_src_broken[s] = true;
+        }
+        if (r->n_prefilled == r->n_prompt) {
+            sample_dist(&r->sampler, e->st.logits_host + (size_t)row * V, V, e->probs, &e->scratch);
+            int32_t tok = sampler_is_greedy(&r->sampler) ? argmax_f32(e->probs, V) : sample_from(e->probs, V, rng_uniform(&r->rng));
+            row++;
+            committed++;
+            commit(e, r, tok);
+        }
+    }
+    /* 4. verification of every decoding request */
+    row = 0;
+    for (int i = 0; i < n_req; i++) {
+        int s = req_slot[i];
+        EngineRequest *r = e->slots[s];
+        if (!r) continue;
+        int L = e->slot_len[s];
+        if (L < 0) continue; /* left out of this step by the token budget: drafts again next step */
+        for (int j = 0; j <= L; j++) sample_dist(&r->sampler, e->st.logits_host + (size_t)(row + j) * V, V, e->pt + (size_t)j * V, &e->scratch);
+        const int32_t *drafts = e->slot_drafts + (size_t)s * (e->block + 1);
+        VerifyResult vr = verify_block(e->pt, e->slot_q + (size_t)s * e->block * V, drafts, L, V, sampler_is_greedy(&r->sampler),
+                                       &r->rng, e->resid, VERIFY_EXACT, NULL);
+        const int start = r->n_committed - 1, row0 = e->slot_row0[s];
+        rounds++;
+        drafts_verified += (uint64_t)L;
+        bool alive = true;
+        for (int j = 0; j < vr.n_accepted && alive; j++) { alive = commit(e, r, drafts[j]); committed++; }
+        if (alive) { alive = commit(e, r, vr.next); committed++; }
+        /* the drafter's context grows by the anchor and the accepted drafts */
+        if (alive && e->cfg.sources && !e->slot_src_broken[s]) {
+            ProposalSource *src = e->cfg.sources[s];
+            if (src->context(src->self, e->st.features + (size_t)row0 * feat_stride, vr.n_accepted + 1, start, err))
+                e->slot_src_broken[s] = true;
+        }
+        row += L + 1;
     }
     pthread_mutex_lock(&e->lock);
-    e->stats.tokens_generated += (uint64_t)n_rows;
-    e->stats.rounds += (uint64_t)n_rows;
-    e->stats.prompt_tokens += (uint64_t)(n - n_decode);
+    e->stats.tokens_generated += committed;
+    e->stats.rounds += rounds;
+    e->stats.drafts_verified += drafts_verified;
+    e->stats.prompt_tokens += (uint64_t)n_prefill_tok;
     e->stats.steps++;
     e->stats.step_seconds_total += ds_now() - t0;
     pthread_mutex_unlock(&e->lock);

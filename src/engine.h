@@ -18,6 +18,7 @@
 
 #include "qwen3.h"
 #include "sample.h"
+#include "spec.h"
 
 #define ENGINE_MAX_STOP 16
 
@@ -43,6 +44,7 @@ struct EngineRequest {
     int slot;                            /* -1 while waiting */
     int n_prefilled;                     /* prompt tokens already in the KV cache */
     int n_generated;
+    int n_committed;                     /* prompt + generated tokens (slot_tokens) */
     int32_t pending;                     /* last sampled token, fed at the next step */
     Rng rng;
     double t_submit, t_first_token;
@@ -50,10 +52,23 @@ struct EngineRequest {
     EngineRequest *next;                 /* waiting queue */
 };
 
+/* Chooses how many drafted slots each decoding request verifies this step, looking at all of
+ * them at once (the hardware-aware scheduler of issue 6 lives behind this). conf[r] holds the
+ * pre-sigmoid confidence logits of request r's n_drafted[r] slots; write len[r] in
+ * [0, n_drafted[r]]. NULL choose = verify everything drafted. */
+typedef struct {
+    void (*choose)(void *ctx, int n_req, const float *const *conf, const int *n_drafted, int *len);
+    void *ctx;
+} EngineScheduler;
+
 typedef struct {
     int n_slots;           /* concurrent requests (KV slots) */
     int max_ctx;           /* positions per slot */
     int max_batch_tokens;  /* tokens per forward (prefill chunks + decode tokens) */
+    /* speculative decoding: one proposal source per slot (NULL array = plain decoding); all
+     * must want the same target feature layers and block size */
+    ProposalSource **sources;
+    EngineScheduler sched;
 } EngineConfig;
 
 typedef struct {
@@ -76,6 +91,17 @@ typedef struct {
     int32_t *b_tokens, *b_pos, *b_slot, *b_rows;
     EngineRequest **b_row_req;           /* which request a logit row belongs to */
     float *probs;
+    /* speculative decoding, per slot: committed tokens, drafts, their distributions */
+    int block;                           /* drafted slots per round (0: plain) */
+    int n_features;
+    int32_t *slot_tokens;                /* [n_slots][max_ctx + block + 1] */
+    float *slot_q;                       /* [n_slots][block][V] */
+    int32_t *slot_drafts;                /* [n_slots][block] */
+    float *slot_conf;                    /* [n_slots][block] */
+    int *slot_avail, *slot_len, *slot_row0, *slot_prefill_row0, *slot_prefill_n, *slot_prefill_pos;
+    bool *slot_src_broken;
+    const float **conf_ptrs;             /* [n_slots] for the scheduler */
+    float *pt, *resid;                   /* [block+1][V], [V] */
     SampleScratch scratch;
     EngineStats stats;
     volatile int stopping;
