@@ -1,5 +1,7 @@
 /* cmd_serve.c - `dspark serve`: flags, model loading, then server_run (server.c). */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "args.h"
@@ -9,14 +11,58 @@
 #include "server.h"
 
 typedef struct {
-    const char *model, *device;
+    const char *model, *device, *draft, *policy;
     int threads, slots, ctx, batch_tokens;
     Backend *be;
     Qwen3Model m;
     Tokenizer *tok;
     Engine engine;
     ServerConfig *cfg;
+    Drafter drafter;
+    bool have_drafter;
+    DrafterSource *sources;
+    ProposalSource **src_ptrs;
+    int n_sources;
+    /* verification policy: full, fixed:L, threshold:C */
+    int fixed_len;
+    double threshold;
 } ServeCtx;
+
+/* fixed:L and threshold:C as an EngineScheduler (full = no scheduler) */
+static void choose_policy(void *ctx, int n_req, const float *const *conf, const int *n_drafted, int *len) {
+    const ServeCtx *x = ctx;
+    for (int i = 0; i < n_req; i++) {
+        int L = n_drafted[i];
+        if (x->fixed_len >= 0 && L > x->fixed_len) L = x->fixed_len;
+        if (x->threshold > 0)
+            for (int j = 0; j < L; j++)
+                if (1.0 / (1.0 + exp(-(double)conf[i][j])) < x->threshold) { L = j; break; }
+        len[i] = L;
+    }
+}
+
+static int parse_policy(ServeCtx *x) {
+    x->fixed_len = -1;
+    x->threshold = 0;
+    const char *p = x->policy;
+    char *end;
+    if (strcmp(p, "full") == 0) return 0;
+    if (strncmp(p, "fixed:", 6) == 0) {
+        long v = strtol(p + 6, &end, 10);
+        if (*end || end == p + 6 || v < 0 || v > 64) goto bad;
+        x->fixed_len = (int)v;
+        return 0;
+    }
+    if (strncmp(p, "threshold:", 10) == 0) {
+        double v = strtod(p + 10, &end);
+        if (*end || end == p + 10 || !(v >= 0 && v <= 1)) goto bad;
+        x->threshold = v;
+        return 0;
+    }
+bad:
+    fprintf(stderr, "dspark serve: --policy '%s': expected full, fixed:L (0..64) or threshold:C (0..1)\n", p);
+    return 2;
+}
 
 static int load(void *p, Engine **engine, const Tokenizer **tok) {
     ServeCtx *x = p;
@@ -32,6 +78,22 @@ static int load(void *p, Engine **engine, const Tokenizer **tok) {
     for (int i = 0; i < gd.n_stop && i < 16; i++) x->cfg->stop_ids[x->cfg->n_stop++] = gd.stop_ids[i];
     int ctx = x->ctx < x->m.cfg.max_position_embeddings ? x->ctx : x->m.cfg.max_position_embeddings;
     EngineConfig ec = {.n_slots = x->slots, .max_ctx = ctx, .max_batch_tokens = x->batch_tokens};
+    if (x->draft) {
+        if (drafter_load(&x->drafter, x->draft, &x->m, x->be, err)) goto fail;
+        x->have_drafter = true;
+        x->sources = ds_calloc((size_t)x->slots, sizeof(DrafterSource));
+        x->src_ptrs = ds_calloc((size_t)x->slots, sizeof(ProposalSource *));
+        for (int i = 0; i < x->slots; i++) {
+            if (spec_drafter_source_init(&x->sources[i], &x->drafter, ctx, x->batch_tokens, err)) goto fail;
+            x->n_sources++;
+            x->src_ptrs[i] = &x->sources[i].src;
+        }
+        ec.sources = x->src_ptrs;
+        if (x->fixed_len >= 0 || x->threshold > 0) ec.sched = (EngineScheduler){choose_policy, x};
+        if (ec.max_batch_tokens < x->slots * (x->drafter.cfg.block_size + 1))
+            fprintf(stderr, "dspark serve: note: --batch-tokens %d < slots x (block + 1) = %d: some requests verify fewer drafts\n",
+                    ec.max_batch_tokens, x->slots * (x->drafter.cfg.block_size + 1));
+    }
     if (engine_init(&x->engine, &x->m, &ec, err)) goto fail;
     *engine = &x->engine;
     *tok = x->tok;
@@ -49,11 +111,13 @@ int cmd_serve(int argc, char **argv) {
     return 1;
 #else
     ServerConfig cfg = {.host = "127.0.0.1", .port = 8000, .max_body_bytes = 1 << 20, .max_connections = 256, .default_max_tokens = 256, .drain_seconds = 30};
-    ServeCtx x = {.device = "cpu", .slots = 8, .ctx = 4096, .batch_tokens = 256, .cfg = &cfg};
+    ServeCtx x = {.device = "cpu", .slots = 8, .ctx = 4096, .batch_tokens = 256, .cfg = &cfg, .policy = "full"};
     const char *name = NULL;
     int max_body_kb = 1024;
     ArgSpec specs[] = {
         {"--model", ARG_STR, &x.model, "DIR", "target model directory", 0, -1},
+        {"--draft", ARG_STR, &x.draft, "DIR", "DSpark/DFlash drafter (speculative decoding)", 0, -1},
+        {"--policy", ARG_STR, &x.policy, "P", "verification length: full, fixed:L, threshold:C (default full)", 0, -1},
         {"--host", ARG_STR, &cfg.host, "ADDR", "IPv4 address to bind (default 127.0.0.1: loopback only)", 0, -1},
         {"--port", ARG_INT, &cfg.port, "N", "TCP port (default 8000)", 1, 65535},
         {"--model-name", ARG_STR, &name, "NAME", "model id reported by /v1/models (default: the directory name)", 0, -1},
@@ -71,6 +135,8 @@ int cmd_serve(int argc, char **argv) {
     if (rc) return rc == 1 ? 0 : 2;
     if (!x.model) { fprintf(stderr, "dspark serve: --model is required (see --help)\n"); return 2; }
     if (x.batch_tokens < x.slots) { fprintf(stderr, "dspark serve: --batch-tokens must be >= --slots\n"); return 2; }
+    if (parse_policy(&x)) return 2;
+    if (!x.draft && strcmp(x.policy, "full") != 0) { fprintf(stderr, "dspark serve: --policy needs --draft\n"); return 2; }
     if (!name) {
         const char *slash = strrchr(x.model, '/');
         name = slash && slash[1] ? slash + 1 : x.model;
@@ -79,6 +145,10 @@ int cmd_serve(int argc, char **argv) {
     cfg.max_body_bytes = (size_t)max_body_kb * 1024;
     int status = server_run(&cfg, load, &x);
     if (x.engine.model) engine_free(&x.engine);
+    for (int i = 0; i < x.n_sources; i++) spec_drafter_source_free(&x.sources[i]);
+    ds_free(x.sources);
+    ds_free(x.src_ptrs);
+    if (x.have_drafter) drafter_free(&x.drafter);
     if (x.tok) tokenizer_free(x.tok);
     if (x.m.layers) qwen3_free(&x.m);
     if (x.be) x.be->destroy(x.be);

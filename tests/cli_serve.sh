@@ -20,7 +20,7 @@ node -e 'const fs=require("fs"); const [p,n,c,h]=process.argv.slice(1);
 PORT=$(( 20000 + $$ % 20000 ))
 "$BIN" serve --model "$MODEL" --port $PORT --slots 4 --batch-tokens 64 --ctx 512 2> "$TMP/server.log" &
 PID=$!
-trap 'kill -9 $PID 2>/dev/null || true' EXIT
+trap 'kill -9 $PID ${PID2:-} 2>/dev/null || true' EXIT
 for i in $(seq 1 100); do
   if node -e "fetch('http://127.0.0.1:$PORT/health').then(r=>process.exit(r.status==200?0:1)).catch(()=>process.exit(1))"; then break; fi
   sleep 0.1
@@ -32,4 +32,22 @@ for i in $(seq 1 100); do kill -0 $PID 2>/dev/null || break; sleep 0.1; done
 if kill -0 $PID 2>/dev/null; then echo "FAIL server did not exit after SIGTERM"; kill -9 $PID; rc=1; fi
 wait $PID || { echo "FAIL server exit status $?"; cat "$TMP/server.log"; rc=1; }
 grep -q "stopped" "$TMP/server.log" || { echo "FAIL no clean shutdown"; cat "$TMP/server.log"; rc=1; }
+# the same greedy completion through a speculative server (DSpark drafter, fixed:2 policy)
+PORT2=$((PORT + 1))
+"$BIN" serve --model "$MODEL" --draft "$DATA/tiny-qwen3/draft-vanilla" --policy fixed:2 --port $PORT2 --slots 2 \
+  --batch-tokens 32 --ctx 512 2> "$TMP/server2.log" &
+PID2=$!
+for i in $(seq 1 100); do
+  if node -e "fetch('http://127.0.0.1:$PORT2/health').then(r=>process.exit(r.status==200?0:1)).catch(()=>process.exit(1))"; then break; fi
+  sleep 0.1
+done
+node -e '
+const fs = require("fs"); const [base, exp] = process.argv.slice(1); const e = JSON.parse(fs.readFileSync(exp, "utf8"));
+fetch(base + "/v1/completions", {method: "POST", body: JSON.stringify({prompt: e.prompt, max_tokens: e.n, temperature: 0})})
+  .then(r => r.json()).then(j => { if (j.choices[0].text !== e.completion) { console.log("FAIL speculative server text differs"); process.exit(1); }
+    return fetch(base + "/metrics"); }).then(r => r.text()).then(m => {
+    const d = Number(/dspark_drafts_verified_total (\d+)/.exec(m)[1]);
+    if (!(d > 0)) { console.log("FAIL no drafts verified"); process.exit(1); } console.log("speculative server ok, drafts verified " + d); })
+  .catch(err => { console.log("FAIL " + err); process.exit(1); });' "http://127.0.0.1:$PORT2" "$TMP/expect.json" || rc=1
+kill -TERM $PID2; wait $PID2 || { echo "FAIL speculative server exit status"; cat "$TMP/server2.log"; rc=1; }
 exit $rc
