@@ -45,6 +45,11 @@ static void print_sample(void *user, int i, const int32_t *ids, int n) {
     fflush(stdout);
 }
 
+static double median3(const double *v) {
+    double a = v[0], b = v[1], c = v[2];
+    return a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
+}
+
 /* Statistics on stderr: rounds, tau, accept_rate@k, conditional acceptance, times, tokens/s;
  * --compare runs plain decoding on the same samples and prints the speedup. */
 static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd, const SamplerParams *sp, const int32_t *prompt,
@@ -72,12 +77,26 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
     if (gen_spec_run(&sd, prompt, n_prompt, &o, &st, err)) goto done;
     gen_spec_print_stats(stderr, a->draft ? "spec" : "plain", &st, block);
     if (a->compare) {
+        /* speedup against the same binary without the drafter, same threads: three runs of
+         * each, interleaved (spec, plain, spec, plain, ...), median tokens/s of each */
         if (spec_init(&plain, m, NULL, ctx, chunk, err)) goto done;
         o.on_sample = NULL;
-        if (gen_spec_run(&plain, prompt, n_prompt, &o, &st_plain, err)) goto done;
+        double xs[3], ys[3];
+        xs[0] = st.total_s > 0 ? st.generated / st.total_s : 0;
+        for (int rep = 0; rep < 3; rep++) {
+            SpecStats sp2 = {0};
+            st_plain = (SpecStats){0};
+            if (gen_spec_run(&plain, prompt, n_prompt, &o, &st_plain, err)) goto done;
+            ys[rep] = st_plain.total_s > 0 ? st_plain.generated / st_plain.total_s : 0;
+            if (rep < 2) {
+                if (gen_spec_run(&sd, prompt, n_prompt, &o, &sp2, err)) goto done;
+                xs[rep + 1] = sp2.total_s > 0 ? sp2.generated / sp2.total_s : 0;
+            }
+        }
         gen_spec_print_stats(stderr, "plain", &st_plain, 0);
-        double x = st.total_s > 0 ? st.generated / st.total_s : 0, y = st_plain.total_s > 0 ? st_plain.generated / st_plain.total_s : 0;
-        fprintf(stderr, "[compare] speedup %.2fx (%.1f vs %.1f tokens/s)\n", y > 0 ? x / y : 0, x, y);
+        double x = median3(xs), y = median3(ys);
+        fprintf(stderr, "[compare] speedup %.2fx (median of 3 interleaved runs: %.1f vs %.1f tokens/s)\n", y > 0 ? x / y : 0, x, y);
+        fprintf(stderr, "tau %.2f  speedup %.2fx\n", st.rounds ? (double)st.tau_sum / st.rounds : 0.0, y > 0 ? x / y : 0);
     }
     status = 0;
 done:
