@@ -17,6 +17,7 @@
  *    "accept_rate_at": [...], "cond_accept": [...], "tokens_per_s", "plain_tokens_per_s", "speedup"}]} */
 #include <jansson.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "args.h"
@@ -114,8 +115,21 @@ static json_t *rate_array(const int *num, const int *den, int B) {
     return a;
 }
 
+/* --record: one line per verification round, {"z": [confidence logits], "y": [0/1]} over the
+ * verified slots, y_j = 1 iff slots 0..j were all accepted (the input of `dspark calibrate`) */
+static void record_round(void *user, const float *conf, int n_drafted, int n_verified, int n_accepted) {
+    FILE *f = user;
+    (void)n_drafted;
+    if (!f || n_verified <= 0) return;
+    fputs("{\"z\": [", f);
+    for (int j = 0; j < n_verified; j++) fprintf(f, j ? ", %.9g" : "%.9g", conf[j]);
+    fputs("], \"y\": [", f);
+    for (int j = 0; j < n_verified; j++) fprintf(f, j ? ", %d" : "%d", j < n_accepted);
+    fputs("]}\n", f);
+}
+
 int cmd_eval(int argc, char **argv) {
-    const char *model = NULL, *draft = NULL, *json_out = NULL, *device = "cpu";
+    const char *model = NULL, *draft = NULL, *json_out = NULL, *device = "cpu", *record = NULL;
     ArgList data = {0};
     int max_samples = 0, max_new = 2048, seed = 980406, threads = 0, ctx = 0;
     double temp = 1.0, conf_thr = 0.0;
@@ -129,6 +143,7 @@ int cmd_eval(int argc, char **argv) {
         {"--max-new|-n", ARG_INT, &max_new, "N", "new tokens per sample (default 2048, clamped to the context)", 1, 1 << 30},
         {"--seed", ARG_INT, &seed, "S", "seed (default 980406, DeepSpec's)", 0, 2147483647.0},
         {"--json", ARG_STR, &json_out, "OUT", "write the report as JSON", 0, -1},
+        {"--record", ARG_STR, &record, "FILE", "write each round's confidences and acceptance (JSONL, for dspark calibrate)", 0, -1},
         {"--confidence-threshold", ARG_FLOAT, &conf_thr, "C", "DeepSpec's static verification-length rule (0 = full block)", 0, 1},
         {"--no-plain", ARG_FLAG, &no_plain, NULL, "skip the plain-decoding run (no speedup)", 0, -1},
         {"--ctx", ARG_INT, &ctx, "N", "context positions (default: the target's max_position_embeddings, at most 8192)", 16, 1 << 24},
@@ -150,6 +165,8 @@ int cmd_eval(int argc, char **argv) {
     json_t *report = json_object(), *dsets = json_array(), *config = json_object(), *trunc = json_object();
     Tokenizer *tok = NULL;
     GenDefaults gd;
+    char record_tmp[1200];
+    FILE *rec = NULL;
     if (backend_create(device, threads, &be, err) || qwen3_load(&m, model, be, err) || drafter_load(&d, draft, &m, be, err)) goto fail;
     char tpath[1200];
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model);
@@ -167,6 +184,10 @@ int cmd_eval(int argc, char **argv) {
     float thr = (float)conf_thr;
     if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
     int32_t *out = ds_malloc(sizeof(int32_t) * (size_t)max_new);
+    if (record) {
+        snprintf(record_tmp, sizeof record_tmp, "%s.tmp", record);
+        if (!(rec = fopen(record_tmp, "w"))) { ds_err(err, DS_EIO, "%s: cannot create", record_tmp); ds_free(out); goto fail; }
+    }
     for (int f = 0; f < data.n; f++) {
         const char *path = data.items[f], *base = strrchr(path, '/');
         char name[256];
@@ -196,7 +217,11 @@ int cmd_eval(int argc, char **argv) {
             p.seed = (uint64_t)seed + (uint64_t)idx; /* DeepSpec: seed_all(seed + idx) */
             int n;
             SpecStats st;
+            p.on_round = rec ? record_round : NULL;
+            p.user = rec;
             if (spec_generate(&sd, q->ids + (q->n - keep), keep, &p, out, &n, &st, err)) goto ds_fail;
+            p.on_round = NULL;
+            p.user = NULL;
             spec_stats_add(&tot, &st);
             if (!no_plain) {
                 if (spec_generate(&plain, q->ids + (q->n - keep), keep, &p, out, &n, &st, err)) goto ds_fail;
@@ -261,8 +286,15 @@ int cmd_eval(int argc, char **argv) {
         free(text);
         if (w) goto fail;
     }
+    if (rec) {
+        bool ok = fflush(rec) == 0 && fsync(fileno(rec)) == 0;
+        ok &= fclose(rec) == 0;
+        rec = NULL;
+        if (!ok || rename(record_tmp, record) != 0) { ds_err(err, DS_EIO, "%s: cannot write", record); goto fail; }
+    }
     status = 0;
 fail:
+    if (rec) { fclose(rec); unlink(record_tmp); }
     if (status) fprintf(stderr, "dspark eval: %s\n", err);
     json_decref(report); json_decref(dsets); json_decref(config); json_decref(trunc);
     if (plain.target) spec_free(&plain);

@@ -169,6 +169,7 @@ ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, con
          * correction / bonus token; the target cache is rolled back by simply continuing at
          * position start + a + 1 (entries past it are overwritten next round) */
         int a = vr.n_accepted, tau = 0;
+        if (p->on_round) p->on_round(p->user, s->conf, avail, L, a);
         stats->rounds++;
         stats->proposed += L;
         for (int j = 0; j < L && j < SPEC_MAX_BLOCK; j++) {

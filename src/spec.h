@@ -58,6 +58,9 @@ typedef struct {
     bool (*on_token)(void *user, int32_t token); /* optional; return false to stop */
     void *user;
     VerifyBug bug;                  /* tests only */
+    /* optional, after each verification: the pre-sigmoid confidences of the n_drafted slots,
+     * how many were verified and how many accepted (calibration records these) */
+    void (*on_round)(void *user, const float *confidence, int n_drafted, int n_verified, int n_accepted);
 } SpecParams;
 
 typedef struct {

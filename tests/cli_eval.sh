@@ -56,4 +56,13 @@ assert r['datasets'][0]['name'] == 'mt-bench' and r['datasets'][0]['samples'] ==
 check "chat template used, all 3 rows (mt-bench cap 80)" '[ $rc -eq 0 ]'
 "$B" eval --model "$D/target" --data "$T/custom.jsonl" >/dev/null 2>&1; rc=$?
 check "missing --draft" '[ $rc -eq 2 ]'
+"$B" eval --model "$D/target" --draft "$D/draft-vanilla" --data "$T/custom.jsonl" -n 16 --no-plain --threads 1 \
+  --record "$T/rec.jsonl" >/dev/null 2>&1; rc=$?
+python3 -c "
+import json
+rows = [json.loads(l) for l in open('$T/rec.jsonl')]
+assert rows and all(len(r['z']) == len(r['y']) > 0 for r in rows)
+assert all(r['y'] == sorted(r['y'], reverse=True) for r in rows)  # y is a prefix indicator
+"; rc2=$?
+check "--record writes one {z, y} line per round" '[ $rc -eq 0 ] && [ $rc2 -eq 0 ]'
 exit $fail
