@@ -9,20 +9,25 @@
 #include "npy.h"
 #include "qwen3.h"
 
+int dump_draft(Qwen3Model *m, const char *draft_dir, const int *ids, int n, int P, const char *out, char *err);
+
 int cmd_dump(int argc, char **argv) {
-    const char *model = NULL, *ids_s = NULL, *out = NULL, *device = "cpu";
-    int threads = 0;
+    const char *model = NULL, *ids_s = NULL, *out = NULL, *device = "cpu", *draft = NULL;
+    int threads = 0, prompt = 0;
     ArgSpec specs[] = {
         {"--model", ARG_STR, &model, "DIR", "target model directory (Hugging Face format)", 0, -1},
         {"--ids", ARG_STR, &ids_s, "1,2,3", "token ids, comma-separated", 0, -1},
         {"--out", ARG_STR, &out, "DIR", "output directory (created)", 0, -1},
         {"--threads", ARG_INT, &threads, "N", "CPU threads (default: all)", 1, 1024},
         {"--device", ARG_STR, &device, "DEV", "cpu (default) or cuda", 0, -1},
+        {"--draft", ARG_STR, &draft, "DIR", "also dump a DSpark/DFlash drafter's block (draft_*.npy)", 0, -1},
+        {"--prompt", ARG_INT, &prompt, "P", "with --draft: context = ids[:P], anchor = ids[P]", 1, 1 << 30},
     };
     int n_specs = sizeof specs / sizeof specs[0];
     int rc = args_parse("dump", "--model DIR --ids LIST --out DIR", specs, n_specs, argc, argv);
     if (rc) return rc == 1 ? 0 : 2;
     if (!model || !ids_s || !out) { fprintf(stderr, "dspark dump: --model, --ids and --out are required (see --help)\n"); return 2; }
+    if (draft && !prompt) { fprintf(stderr, "dspark dump: --draft needs --prompt P (see --help)\n"); return 2; }
     int *ids;
     int n = args_parse_ids("--ids", ids_s, &ids);
     if (n < 0) return 2;
@@ -55,6 +60,7 @@ int cmd_dump(int argc, char **argv) {
     if (npy_write(path, DS_F32, 2, lshape, st.logits_host, err)) { fprintf(stderr, "dspark dump: %s\n", err); goto free_state; }
     snprintf(path, sizeof path, "%s/layers.npy", out);
     if (npy_write(path, DS_F32, 3, hshape, layers, err)) { fprintf(stderr, "dspark dump: %s\n", err); goto free_state; }
+    if (draft && dump_draft(&m, draft, ids, n, prompt, out, err)) { fprintf(stderr, "dspark dump: %s\n", err); goto free_state; }
     status = 0;
 free_state:
     qwen3_state_free(&st, &m);

@@ -9,6 +9,7 @@
 #include "args.h"
 #include "commands.h"
 #include "gen_common.h"
+#include "gen_spec.h"
 
 #define PREFILL_CHUNK 256
 
@@ -17,7 +18,75 @@ typedef struct {
     int max_new, top_k, seed, threads;
     double temp, top_p;
     bool print_ids, think;
+    /* speculative decoding and repeated sampling (issue 3) */
+    const char *draft;
+    int num_samples;
+    bool compare;
+    double confidence_threshold;
 } GenArgs;
+
+/* ---- --draft / --num-samples / --compare: through the speculative loop (src/spec.h) ---- */
+
+typedef struct { const Tokenizer *tok; bool print_ids; } SampleOut;
+
+/* one line per sample: the ids (empty line if none), or the decoded text */
+static void print_sample(void *user, int i, const int32_t *ids, int n) {
+    SampleOut *so = user;
+    (void)i;
+    if (so->print_ids || !so->tok) {
+        for (int k = 0; k < n; k++) printf(k ? " %d" : "%d", ids[k]);
+    } else {
+        DecodeStream ds = {0};
+        char text[4096];
+        for (int k = 0; k < n; k++) fwrite(text, 1, tokenizer_decode_step(so->tok, &ds, ids[k], text, sizeof text), stdout);
+        fwrite(text, 1, tokenizer_decode_flush(&ds, text, sizeof text), stdout);
+    }
+    putchar('\n');
+    fflush(stdout);
+}
+
+/* Statistics on stderr: rounds, tau, accept_rate@k, conditional acceptance, times, tokens/s;
+ * --compare runs plain decoding on the same samples and prints the speedup. */
+static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd, const SamplerParams *sp, const int32_t *prompt,
+                         int n_prompt, int max_new, const Tokenizer *tok, char *err) {
+    Drafter d = {0};
+    DrafterSource ds = {0};
+    SpecDecoder sd = {0}, plain = {0};
+    int status = 1, block = 0;
+    if (a->draft) {
+        if (drafter_load(&d, a->draft, m, m->be, err)) goto done;
+        block = d.cfg.block_size;
+    }
+    int ctx = n_prompt + max_new + block + 1;
+    if (ctx > m->cfg.max_position_embeddings) ctx = m->cfg.max_position_embeddings;
+    int chunk = n_prompt < PREFILL_CHUNK ? n_prompt : PREFILL_CHUNK;
+    if (chunk < block + 1) chunk = block + 1;
+    if (a->draft && (spec_drafter_source_init(&ds, &d, ctx + block + 1, chunk, err) || spec_init(&sd, m, &ds.src, ctx, chunk, err)))
+        goto done;
+    if (!a->draft && spec_init(&sd, m, NULL, ctx, chunk, err)) goto done;
+    SampleOut so = {tok, a->print_ids};
+    GenSpecOptions o = {.sampler = *sp, .seed = (uint64_t)a->seed, .max_new = max_new, .num_samples = a->num_samples,
+                        .confidence_threshold = (float)a->confidence_threshold, .on_sample = print_sample, .user = &so};
+    for (int i = 0; i < gd->n_stop && o.n_stop < SPEC_MAX_STOP; i++) o.stop_ids[o.n_stop++] = gd->stop_ids[i];
+    SpecStats st = {0}, st_plain = {0};
+    if (gen_spec_run(&sd, prompt, n_prompt, &o, &st, err)) goto done;
+    gen_spec_print_stats(stderr, a->draft ? "spec" : "plain", &st, block);
+    if (a->compare) {
+        if (spec_init(&plain, m, NULL, ctx, chunk, err)) goto done;
+        o.on_sample = NULL;
+        if (gen_spec_run(&plain, prompt, n_prompt, &o, &st_plain, err)) goto done;
+        gen_spec_print_stats(stderr, "plain", &st_plain, 0);
+        double x = st.total_s > 0 ? st.generated / st.total_s : 0, y = st_plain.total_s > 0 ? st_plain.generated / st_plain.total_s : 0;
+        fprintf(stderr, "[compare] speedup %.2fx (%.1f vs %.1f tokens/s)\n", y > 0 ? x / y : 0, x, y);
+    }
+    status = 0;
+done:
+    if (plain.target) spec_free(&plain);
+    if (sd.target) spec_free(&sd);
+    if (ds.d) spec_drafter_source_free(&ds);
+    if (d.layers) drafter_free(&d);
+    return status;
+}
 
 /* Decode n_new tokens after the prompt; returns the number generated or -1. Stops on a stop
  * token (kept in out_ids) or when n_new or the context is reached. */
@@ -71,7 +140,7 @@ static int generate_plain(Qwen3Model *m, Qwen3State *st, const GenDefaults *gd, 
 }
 
 int cmd_generate(int argc, char **argv) {
-    GenArgs a = {.device = "cpu", .max_new = 128, .seed = 0, .temp = -1, .top_p = -1, .top_k = -1};
+    GenArgs a = {.device = "cpu", .max_new = 128, .seed = 0, .temp = -1, .top_p = -1, .top_k = -1, .num_samples = 1};
     ArgSpec specs[] = {
         {"--model", ARG_STR, &a.model, "DIR", "target model directory (Hugging Face Qwen3)", 0, -1},
         {"--prompt", ARG_STR, &a.prompt, "TEXT", "raw prompt text", 0, -1},
@@ -87,11 +156,20 @@ int cmd_generate(int argc, char **argv) {
         {"--think", ARG_FLAG, &a.think, NULL, "with --chat: enable the thinking block", 0, -1},
         {"--stop", ARG_STR, &a.stop, "1,2", "extra stop token ids", 0, -1},
         {"--device", ARG_STR, &a.device, "DEV", "cpu (default) or cuda", 0, -1},
+        {"--draft", ARG_STR, &a.draft, "DIR", "DSpark/DFlash drafter: speculative decoding, statistics on stderr", 0, -1},
+        {"--num-samples", ARG_INT, &a.num_samples, "N", "N independent continuations (sample i seeded from hash(seed, i)), one line each", 1, 1 << 24},
+        {"--compare", ARG_FLAG, &a.compare, NULL, "with --draft: also run plain decoding and print the speedup", 0, -1},
+        {"--confidence-threshold", ARG_FLOAT, &a.confidence_threshold, "C",
+         "with --draft: verify up to the first slot with sigmoid(confidence) < C (0 = full block)", 0, 1},
     };
     int n_specs = sizeof specs / sizeof specs[0];
     int rc = args_parse("generate", "--model DIR (--prompt TEXT | --chat TEXT | --prompt-ids LIST) [flags]", specs, n_specs, argc, argv);
     if (rc) return rc == 1 ? 0 : 2;
     if (!a.model) { fprintf(stderr, "dspark generate: --model is required (see --help)\n"); return 2; }
+    if ((a.compare || a.confidence_threshold > 0) && !a.draft) {
+        fprintf(stderr, "dspark generate: --compare and --confidence-threshold need --draft\n");
+        return 2;
+    }
     if (!!a.prompt + !!a.chat + !!a.prompt_ids != 1) {
         fprintf(stderr, "dspark generate: give exactly one of --prompt, --chat, --prompt-ids\n");
         return 2;
@@ -149,6 +227,11 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int max_new = a.max_new < ctx - n_prompt ? a.max_new : ctx - n_prompt;
+    if (a.draft || a.num_samples > 1) {
+        status = generate_spec(&a, &m, &gd, &sp, prompt, n_prompt, max_new, tok, err);
+        if (status) goto fail;
+        goto done;
+    }
     if (qwen3_state_init(&st, &m, PREFILL_CHUNK, 1, 0, 1, n_prompt + max_new, err)) goto fail;
     have_state = true;
     out_ids = ds_malloc(sizeof(int32_t) * max_new);

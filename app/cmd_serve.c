@@ -48,7 +48,7 @@ int cmd_serve(int argc, char **argv) {
     fprintf(stderr, "dspark serve: this build has no HTTP server (built with DSPARK_CPU_LIBS=OFF or without libmicrohttpd)\n");
     return 1;
 #else
-    ServerConfig cfg = {.host = "127.0.0.1", .port = 8000, .max_body_bytes = 1 << 20, .max_connections = 256, .default_max_tokens = 256};
+    ServerConfig cfg = {.host = "127.0.0.1", .port = 8000, .max_body_bytes = 1 << 20, .max_connections = 256, .default_max_tokens = 256, .drain_seconds = 30};
     ServeCtx x = {.device = "cpu", .slots = 8, .ctx = 4096, .batch_tokens = 256, .cfg = &cfg};
     const char *name = NULL;
     int max_body_kb = 1024;
@@ -62,6 +62,7 @@ int cmd_serve(int argc, char **argv) {
         {"--batch-tokens", ARG_INT, &x.batch_tokens, "N", "tokens per engine step (default 256)", 1, 1 << 16},
         {"--max-body-kb", ARG_INT, &max_body_kb, "KB", "largest request body (default 1024)", 1, 1 << 20},
         {"--max-tokens", ARG_INT, &cfg.default_max_tokens, "N", "default max_tokens of chat requests (default 256)", 1, 1 << 24},
+        {"--drain-seconds", ARG_FLOAT, &cfg.drain_seconds, "S", "after SIGTERM, time running requests get to finish (default 30)", 0, 86400},
         {"--threads", ARG_INT, &x.threads, "N", "CPU threads (default: all)", 1, 1024},
         {"--device", ARG_STR, &x.device, "DEV", "cpu (default) or cuda", 0, -1},
     };

@@ -206,7 +206,17 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
         if (!r->done && r->max_stop_len > 0) safe = safe > r->max_stop_len - 1 ? safe - (r->max_stop_len - 1) : 0;
         if (safe < r->sent) safe = r->sent;
         if (safe > r->sent || (r->chat && !r->sent_role) || r->done) break;
-        pthread_cond_wait(&r->cv, &r->mu);
+        /* Nothing to send for a while (tokens without text, or a slow step): send an SSE
+         * comment, so a client that went away is noticed (the write fails) and its request
+         * is cancelled instead of running to max_tokens. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 500 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        if (pthread_cond_timedwait(&r->cv, &r->mu, &ts) != 0 && !r->done) {
+            pthread_mutex_unlock(&r->mu);
+            return snprintf(buf, max, ": keep-alive\n\n");
+        }
     }
     size_t safe = r->text_len;
     if (!r->done && r->max_stop_len > 0) safe = safe > r->max_stop_len - 1 ? safe - (r->max_stop_len - 1) : 0;
@@ -493,7 +503,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 static void *engine_thread(void *arg) {
     (void)arg;
     char err[DS_ERR_LEN];
-    while (!S.stop || engine_stats(S.engine).active || engine_stats(S.engine).waiting) {
+    double drain_start = 0;
+    for (;;) {
+        EngineStats st = engine_stats(S.engine);
+        if (S.stop && !st.active && !st.waiting) break;
+        if (S.stop && drain_start == 0) drain_start = ds_now();
+        if (S.stop && ds_now() - drain_start > S.cfg.drain_seconds) {
+            fprintf(stderr, "dspark serve: drain took over %.0f s: cancelling %d running, %d waiting\n", S.cfg.drain_seconds, st.active, st.waiting);
+            engine_cancel_all(S.engine);
+            drain_start = ds_now();
+        }
         engine_wait_work(S.engine, 0.05);
         if (engine_step(S.engine, err) < 0) fprintf(stderr, "dspark serve: engine: %s\n", err);
     }

@@ -13,6 +13,7 @@ typedef struct {
     size_t max_body_bytes;
     int max_connections;
     int default_max_tokens;    /* chat completions without max_tokens */
+    double drain_seconds;      /* after SIGTERM, running requests get this long to finish */
     SamplerParams sampler;     /* defaults when a request gives none */
     int32_t stop_ids[16];
     int n_stop;

@@ -85,11 +85,21 @@ void engine_cancel(Engine *e, EngineRequest *r) {
     __atomic_store_n(&r->cancel, 1, __ATOMIC_SEQ_CST);
 }
 
+void engine_cancel_all(Engine *e) {
+    for (int s = 0; s < e->cfg.n_slots; s++)
+        if (e->slots[s]) __atomic_store_n(&e->slots[s]->cancel, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&e->lock);
+    for (EngineRequest *r = e->wait_head; r; r = r->next) __atomic_store_n(&r->cancel, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&e->lock);
+}
+
 static void finish(Engine *e, EngineRequest *r, FinishReason why) {
-    if (r->slot >= 0) e->slots[r->slot] = NULL;
+    bool was_active = r->slot >= 0;
+    if (was_active) e->slots[r->slot] = NULL;
     r->slot = -1;
     pthread_mutex_lock(&e->lock);
     e->stats.requests_finished++;
+    if (was_active) e->stats.active--;
     pthread_mutex_unlock(&e->lock);
     if (r->on_finish) r->on_finish(r->user, why);
 }
@@ -107,6 +117,7 @@ static void admit(Engine *e) {
         if (__atomic_load_n(&r->cancel, __ATOMIC_SEQ_CST)) { r->next = cancelled; cancelled = r; s--; continue; }
         r->slot = s;
         e->slots[s] = r;
+        e->stats.active++;
     }
     pthread_mutex_unlock(&e->lock);
     while (cancelled) {
@@ -175,10 +186,7 @@ int engine_step(Engine *e, char *err) {
         else if (!keep) finish(e, r, FINISH_CANCELLED);
         else if (r->n_generated >= r->max_new) finish(e, r, FINISH_LENGTH);
     }
-    int active = 0;
-    for (int s = 0; s < e->cfg.n_slots; s++) active += e->slots[s] != NULL;
     pthread_mutex_lock(&e->lock);
-    e->stats.active = active;
     e->stats.tokens_generated += (uint64_t)n_rows;
     e->stats.rounds += (uint64_t)n_rows;
     e->stats.prompt_tokens += (uint64_t)(n - n_decode);

@@ -87,6 +87,8 @@ void engine_free(Engine *e);
 /* Validates sizes (prompt + max_new must fit a slot; max_new is clamped to it) and queues. */
 ds_status engine_submit(Engine *e, EngineRequest *r, char *err);
 void engine_cancel(Engine *e, EngineRequest *r);
+/* Cancel everything running or waiting (a drain that ran out of time). Stepping thread only. */
+void engine_cancel_all(Engine *e);
 /* One forward over everything runnable. Returns the number of requests that made progress
  * (0 = idle). */
 int engine_step(Engine *e, char *err);

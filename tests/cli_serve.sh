@@ -29,7 +29,7 @@ rc=0
 node "$HERE/server/client.mjs" "http://127.0.0.1:$PORT" "$TMP/expect.json" || rc=1
 kill -TERM $PID
 for i in $(seq 1 100); do kill -0 $PID 2>/dev/null || break; sleep 0.1; done
-if kill -0 $PID 2>/dev/null; then echo "FAIL server did not exit after SIGTERM"; rc=1; fi
+if kill -0 $PID 2>/dev/null; then echo "FAIL server did not exit after SIGTERM"; kill -9 $PID; rc=1; fi
 wait $PID || { echo "FAIL server exit status $?"; cat "$TMP/server.log"; rc=1; }
 grep -q "stopped" "$TMP/server.log" || { echo "FAIL no clean shutdown"; cat "$TMP/server.log"; rc=1; }
 exit $rc

@@ -109,6 +109,41 @@ static void test_chat_cases(void) {
     CHECK(cases > 0);
 }
 
+/* 400 generated conversations (system turns first and later, think blocks in assistant turns,
+ * thinking on/off, with and without the generation prompt) rendered by transformers */
+static void test_generated_chat_cases(void) {
+    char err[DS_ERR_LEN];
+    FILE *f = fopen(test_data("tokenizer/qwen3_chat_cases.jsonl"), "r");
+    CHECK(f != NULL);
+    if (!f) return;
+    char *line = NULL;
+    size_t cap = 0;
+    int cases = 0, bad = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_t *c = json_loads(line, 0, NULL);
+        if (!c) continue;
+        json_t *msgs = json_object_get(c, "messages");
+        ChatMessage m[32];
+        int n = (int)json_array_size(msgs);
+        for (int i = 0; i < n && i < 32; i++) {
+            m[i].role = json_string_value(json_object_get(json_array_get(msgs, (size_t)i), "role"));
+            m[i].content = json_string_value(json_object_get(json_array_get(msgs, (size_t)i), "content"));
+        }
+        char *text = NULL;
+        if (chat_render(g_tok, m, n, json_is_true(json_object_get(c, "add_generation_prompt")),
+                        json_is_true(json_object_get(c, "enable_thinking")), &text, err) != DS_OK ||
+            strcmp(text, json_string_value(json_object_get(c, "text"))) != 0) {
+            if (bad++ < 3) fprintf(stderr, "  chat case differs: %s  got: %s\n", line, text ? text : err);
+        }
+        ds_free(text);
+        json_decref(c);
+        cases++;
+    }
+    free(line);
+    fclose(f);
+    CHECK_MSG(bad == 0 && cases >= 400, "%d of %d generated chat cases differ", bad, cases);
+}
+
 /* the template's reasoning handling, checked against strings written from the Jinja source */
 static void test_chat_reasoning(void) {
     char err[DS_ERR_LEN], *text;
@@ -227,6 +262,7 @@ int main(void) {
     RUN(test_fixture_cases);
     RUN(test_generated_cases);
     RUN(test_chat_cases);
+    RUN(test_generated_chat_cases);
     RUN(test_chat_reasoning);
     RUN(test_special_tokens_and_ids);
     RUN(test_streaming_decode);

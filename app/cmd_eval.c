@@ -1,0 +1,276 @@
+/* cmd_eval.c - `dspark eval`: DeepSpec's evaluation protocol (digest §3.3-3.5) so numbers
+ * compare: per dataset (FILE.jsonl, name = basename), DeepSpec's cap (gsm8k 500, math500 500,
+ * aime25 30, humaneval 164, mbpp 256, livecodebench 500, mt-bench 80, alpaca 500,
+ * arena-hard-v2 500; --max-samples overrides), rows over the cap shuffled with CPython's
+ * random.Random(seed).shuffle and the first `cap` kept; sample idx seeded with seed + idx;
+ * temperature 1.0 and 2048 new tokens by default; first turn only.
+ * Prompts: the first of a row's "turns" as one user message rendered with the target's chat
+ * template (generation prompt, thinking disabled, no system prompt: DeepSpec's), or the raw
+ * turn when the tokenizer has no chat template (the JSON config says which); a row's
+ * "prompt_ids" (token ids) are used as they are. Prompts longer than the
+ * context minus the generation budget are left-truncated and counted; -n is clamped to the
+ * context.
+ * Reports per dataset: tau (accepted drafts + bonus per round), proposal length, DeepSpec's
+ * accept_rate@k (prefix survival), the paper's conditional acceptance per position, tokens/s,
+ * plain decoding's tokens/s (same samples, same seeds) and the speedup; --json writes
+ *   {"config": {...}, "datasets": [{"name", "samples", "rounds", "tau", "proposal_len",
+ *    "accept_rate_at": [...], "cond_accept": [...], "tokens_per_s", "plain_tokens_per_s", "speedup"}]} */
+#include <jansson.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "args.h"
+#include "commands.h"
+#include "chat.h"
+#include "gen_common.h"
+#include "gen_spec.h"
+#include "pyrandom.h"
+
+static int deepspec_cap(const char *name) {
+    static const struct { const char *name; int cap; } caps[] = {
+        {"gsm8k", 500}, {"math500", 500}, {"aime25", 30}, {"humaneval", 164}, {"mbpp", 256},
+        {"livecodebench", 500}, {"mt-bench", 80}, {"alpaca", 500}, {"arena-hard-v2", 500}};
+    for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) if (strcmp(caps[i].name, name) == 0) return caps[i].cap;
+    return 0; /* unknown set: all rows */
+}
+
+typedef struct { int32_t *ids; int n; } Prompt;
+
+/* Read FILE.jsonl: one prompt per non-blank line. */
+static ds_status read_prompts(const char *path, int vocab, const Tokenizer *tok, Prompt **out, int *n_out, char *err) {
+    char *text;
+    size_t len;
+    ds_status rc = ds_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    int cap = 64, n = 0, line_no = 0;
+    Prompt *p = ds_malloc(sizeof(Prompt) * cap);
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        line_no++;
+        char *s = line;
+        while (*s == ' ' || *s == '\t' || *s == '\r') s++;
+        if (!*s) continue;
+        json_error_t je;
+        json_t *row = json_loads(s, 0, &je);
+        if (!json_is_object(row)) { rc = ds_err(err, DS_EFORMAT, "%s:%d: not a JSON object (%s)", path, line_no, je.text); json_decref(row); goto fail; }
+        json_t *ids = json_object_get(row, "prompt_ids"), *turns = json_object_get(row, "turns");
+        if (n == cap) p = ds_realloc(p, sizeof(Prompt) * (cap *= 2));
+        if (!json_is_array(ids) && json_is_array(turns) && json_is_string(json_array_get(turns, 0))) {
+            if (!tok) {
+                rc = ds_err(err, DS_EUNSUPPORTED, "%s:%d: text turns need the target's tokenizer.json (or give \"prompt_ids\")", path, line_no);
+                json_decref(row);
+                goto fail;
+            }
+            const char *text = json_string_value(json_array_get(turns, 0)); /* first turn only (DeepSpec) */
+            rc = gen_prompt_ids(tok, text, chat_has_template(tok), false, &p[n].ids, &p[n].n, err);
+            json_decref(row);
+            if (rc) goto fail;
+            n++;
+            continue;
+        }
+        if (!json_is_array(ids) || json_array_size(ids) == 0) {
+            rc = ds_err(err, DS_EFORMAT, "%s:%d: needs a non-empty \"turns\" list of strings or \"prompt_ids\"", path, line_no);
+            json_decref(row);
+            goto fail;
+        }
+        p[n].n = (int)json_array_size(ids);
+        p[n].ids = ds_malloc(sizeof(int32_t) * p[n].n);
+        for (int i = 0; i < p[n].n; i++) {
+            json_t *v = json_array_get(ids, i);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= vocab) {
+                rc = ds_err(err, DS_EFORMAT, "%s:%d: prompt_ids[%d] is not a token id in [0, %d)", path, line_no, i, vocab);
+                ds_free(p[n].ids);
+                json_decref(row);
+                goto fail;
+            }
+            p[n].ids[i] = (int32_t)json_integer_value(v);
+        }
+        n++;
+        json_decref(row);
+    }
+    ds_free(text);
+    *out = p;
+    *n_out = n;
+    return DS_OK;
+fail:
+    for (int i = 0; i < n; i++) ds_free(p[i].ids);
+    ds_free(p);
+    ds_free(text);
+    return rc;
+}
+
+static void progress(const char *name, int done, int total) {
+    int w = 30, f = total ? done * w / total : w;
+    fprintf(stderr, "\r%-16s [", name);
+    for (int i = 0; i < w; i++) fputc(i < f ? '#' : '.', stderr);
+    fprintf(stderr, "] %d/%d", done, total);
+    if (done == total) fputc('\n', stderr);
+}
+
+static json_t *rate_array(const int *num, const int *den, int B) {
+    json_t *a = json_array();
+    for (int j = 0; j < B; j++) json_array_append_new(a, den[j] ? json_real((double)num[j] / den[j]) : json_null());
+    return a;
+}
+
+int cmd_eval(int argc, char **argv) {
+    const char *model = NULL, *draft = NULL, *json_out = NULL, *device = "cpu";
+    ArgList data = {0};
+    int max_samples = 0, max_new = 2048, seed = 980406, threads = 0, ctx = 0;
+    double temp = 1.0, conf_thr = 0.0;
+    bool no_plain = false;
+    ArgSpec specs[] = {
+        {"--model", ARG_STR, &model, "DIR", "target model directory", 0, -1},
+        {"--draft", ARG_STR, &draft, "DIR", "DSpark/DFlash drafter checkpoint", 0, -1},
+        {"--data", ARG_LIST, &data, "FILE.jsonl", "dataset (repeatable); name = file basename", 0, -1},
+        {"--max-samples", ARG_INT, &max_samples, "N", "cap every dataset at N rows (default: DeepSpec's caps)", 1, 1 << 30},
+        {"--temp", ARG_FLOAT, &temp, "T", "temperature (default 1.0)", 0, 100},
+        {"--max-new|-n", ARG_INT, &max_new, "N", "new tokens per sample (default 2048, clamped to the context)", 1, 1 << 30},
+        {"--seed", ARG_INT, &seed, "S", "seed (default 980406, DeepSpec's)", 0, 2147483647.0},
+        {"--json", ARG_STR, &json_out, "OUT", "write the report as JSON", 0, -1},
+        {"--confidence-threshold", ARG_FLOAT, &conf_thr, "C", "DeepSpec's static verification-length rule (0 = full block)", 0, 1},
+        {"--no-plain", ARG_FLAG, &no_plain, NULL, "skip the plain-decoding run (no speedup)", 0, -1},
+        {"--ctx", ARG_INT, &ctx, "N", "context positions (default: the target's max_position_embeddings, at most 8192)", 16, 1 << 24},
+        {"--threads", ARG_INT, &threads, "N", "CPU threads (default: all)", 1, 1024},
+        {"--device", ARG_STR, &device, "DEV", "cpu (default) or cuda", 0, -1},
+    };
+    int n_specs = sizeof specs / sizeof specs[0];
+    int rc = args_parse("eval", "--model DIR --draft DIR --data FILE.jsonl... [options]", specs, n_specs, argc, argv);
+    if (rc) return rc == 1 ? 0 : 2;
+    if (!model || !draft || data.n == 0) { fprintf(stderr, "dspark eval: --model, --draft and --data are required (see --help)\n"); return 2; }
+
+    char err[DS_ERR_LEN];
+    int status = 1;
+    Backend *be = NULL;
+    Qwen3Model m = {0};
+    Drafter d = {0};
+    DrafterSource ds = {0};
+    SpecDecoder sd = {0}, plain = {0};
+    json_t *report = json_object(), *dsets = json_array(), *config = json_object(), *trunc = json_object();
+    Tokenizer *tok = NULL;
+    GenDefaults gd;
+    if (backend_create(device, threads, &be, err) || qwen3_load(&m, model, be, err) || drafter_load(&d, draft, &m, be, err)) goto fail;
+    char tpath[1200];
+    snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model);
+    if (ds_file_exists(tpath) && gen_load_tokenizer(model, &tok, err)) goto fail; /* optional: prompt_ids rows need none */
+    if (gen_defaults_load(&gd, model, &m.cfg, tok, err)) goto fail;
+    const int B = d.cfg.block_size;
+    if (!ctx) ctx = m.cfg.max_position_embeddings < 8192 ? m.cfg.max_position_embeddings : 8192;
+    if (max_new > ctx - 1) max_new = ctx - 1;
+    int chunk = 512;
+    if (spec_drafter_source_init(&ds, &d, ctx + B + 1, chunk, err) || spec_init(&sd, &m, &ds.src, ctx, chunk, err) ||
+        (!no_plain && spec_init(&plain, &m, NULL, ctx, chunk, err)))
+        goto fail;
+    SpecParams p = {.sampler = {(float)temp, 0, 1.0f}, .max_new = max_new};
+    for (int i = 0; i < gd.n_stop && p.n_stop < SPEC_MAX_STOP; i++) p.stop_ids[p.n_stop++] = gd.stop_ids[i];
+    float thr = (float)conf_thr;
+    if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
+    int32_t *out = ds_malloc(sizeof(int32_t) * (size_t)max_new);
+    for (int f = 0; f < data.n; f++) {
+        const char *path = data.items[f], *base = strrchr(path, '/');
+        char name[256];
+        snprintf(name, sizeof name, "%s", base ? base + 1 : path);
+        char *dot = strstr(name, ".jsonl");
+        if (dot) *dot = 0;
+        Prompt *pr = NULL;
+        int n_rows = 0;
+        if (read_prompts(path, m.cfg.vocab_size, tok, &pr, &n_rows, err)) { ds_free(out); goto fail; }
+        int cap = max_samples ? max_samples : deepspec_cap(name);
+        int32_t *order = ds_malloc(sizeof(int32_t) * (size_t)(n_rows ? n_rows : 1));
+        for (int i = 0; i < n_rows; i++) order[i] = i;
+        if (cap && n_rows > cap) {
+            PyRandom r;
+            pyrandom_seed(&r, (uint64_t)seed);
+            pyrandom_shuffle(&r, order, n_rows);
+        } else {
+            cap = n_rows;
+        }
+        SpecStats tot = {0}, tot_plain = {0};
+        int truncated = 0;
+        for (int idx = 0; idx < cap; idx++) {
+            Prompt *q = &pr[order[idx]];
+            int keep = q->n, room = ctx - max_new;
+            if (room < 1) room = 1;
+            if (keep > room) { keep = room; truncated++; } /* left-truncate: keep the end */
+            p.seed = (uint64_t)seed + (uint64_t)idx; /* DeepSpec: seed_all(seed + idx) */
+            int n;
+            SpecStats st;
+            if (spec_generate(&sd, q->ids + (q->n - keep), keep, &p, out, &n, &st, err)) goto ds_fail;
+            spec_stats_add(&tot, &st);
+            if (!no_plain) {
+                if (spec_generate(&plain, q->ids + (q->n - keep), keep, &p, out, &n, &st, err)) goto ds_fail;
+                spec_stats_add(&tot_plain, &st);
+            }
+            progress(name, idx + 1, cap);
+        }
+        {
+            double tps = tot.total_s > 0 ? tot.generated / tot.total_s : 0;
+            double ptps = tot_plain.total_s > 0 ? tot_plain.generated / tot_plain.total_s : 0;
+            json_t *o = json_object();
+            json_object_set_new(o, "name", json_string(name));
+            json_object_set_new(o, "samples", json_integer(cap));
+            json_object_set_new(o, "rounds", json_integer(tot.rounds));
+            json_object_set_new(o, "tau", tot.rounds ? json_real((double)tot.tau_sum / tot.rounds) : json_null());
+            json_object_set_new(o, "proposal_len", tot.rounds ? json_real((double)tot.proposed / tot.rounds) : json_null());
+            json_object_set_new(o, "accept_rate_at", rate_array(tot.accepted_at, tot.proposed_at, B));
+            json_object_set_new(o, "cond_accept", rate_array(tot.accepted_at, tot.reached_at, B));
+            json_object_set_new(o, "tokens_per_s", json_real(tps));
+            json_object_set_new(o, "plain_tokens_per_s", no_plain ? json_null() : json_real(ptps));
+            json_object_set_new(o, "speedup", no_plain || ptps <= 0 ? json_null() : json_real(tps / ptps));
+            json_array_append_new(dsets, o);
+            json_object_set_new(trunc, name, json_integer(truncated));
+            fprintf(stderr, "%-16s samples %d rounds %d tau %.3f proposal %.2f tokens/s %.1f", name, cap, tot.rounds,
+                    tot.rounds ? (double)tot.tau_sum / tot.rounds : 0, tot.rounds ? (double)tot.proposed / tot.rounds : 0, tps);
+            if (!no_plain) fprintf(stderr, " plain %.1f speedup %.2fx", ptps, ptps > 0 ? tps / ptps : 0);
+            fputc('\n', stderr);
+        }
+        for (int i = 0; i < n_rows; i++) ds_free(pr[i].ids);
+        ds_free(pr);
+        ds_free(order);
+        continue;
+    ds_fail:
+        for (int i = 0; i < n_rows; i++) ds_free(pr[i].ids);
+        ds_free(pr);
+        ds_free(order);
+        ds_free(out);
+        goto fail;
+    }
+    ds_free(out);
+    json_object_set_new(config, "model", json_string(model));
+    json_object_set_new(config, "draft", json_string(draft));
+    json_object_set_new(config, "temperature", json_real(temp));
+    json_object_set_new(config, "max_new_tokens", json_integer(max_new));
+    json_object_set_new(config, "seed", json_integer(seed));
+    json_object_set_new(config, "max_samples", max_samples ? json_integer(max_samples) : json_null());
+    json_object_set_new(config, "confidence_threshold", json_real(conf_thr));
+    json_object_set_new(config, "context", json_integer(ctx));
+    json_object_set_new(config, "block_size", json_integer(B));
+    json_object_set_new(config, "prompts", json_string(!tok ? "prompt_ids from the JSONL rows"
+        : chat_has_template(tok) ? "first turn through the chat template (generation prompt, thinking disabled, no system prompt)"
+        : "raw first turn: the tokenizer has no chat template"));
+    json_object_set_new(config, "truncated_prompts", trunc);
+    trunc = NULL;
+    json_object_set_new(report, "config", config);
+    json_object_set_new(report, "datasets", dsets);
+    config = dsets = NULL;
+    if (json_out) {
+        char *text = json_dumps(report, JSON_INDENT(2));
+        size_t len = strlen(text);
+        ds_status w = ds_write_file_atomic(json_out, text, len, err);
+        free(text);
+        if (w) goto fail;
+    }
+    status = 0;
+fail:
+    if (status) fprintf(stderr, "dspark eval: %s\n", err);
+    json_decref(report); json_decref(dsets); json_decref(config); json_decref(trunc);
+    if (plain.target) spec_free(&plain);
+    if (sd.target) spec_free(&sd);
+    if (ds.d) spec_drafter_source_free(&ds);
+    if (d.layers) drafter_free(&d);
+    if (m.layers) qwen3_free(&m);
+    if (tok) tokenizer_free(tok);
+    if (be) be->destroy(be);
+    return status;
+}

@@ -1,0 +1,110 @@
+/* spec.h - speculative decoding of one request (DeepSpec base_evaluator, digest §3):
+ * prefill, then rounds of draft -> verify -> accept -> roll back the target KV cache -> feed
+ * the accepted tokens' target features to the drafter.
+ *
+ * Pieces that vary are seams:
+ *   ProposalSource   who drafts: the DSpark/DFlash drafter (spec_drafter_source) or a
+ *                    test-only stand-in; NULL = plain decoding through the same loop.
+ *   VerifyLenPolicy  how many of the drafted slots to verify this round (full block by
+ *                    default; DeepSpec's static confidence threshold; the scheduler's own).
+ * Exactness: every draft token is drawn from the float32 distribution q = sample_dist(draft
+ * logits) and verify_block scores with that same q; the target's rows come from one forward
+ * whose per-row arithmetic equals plain decoding's (backend.h contract), so greedy
+ * speculative output is token-identical to plain greedy output. */
+#ifndef DSPARK_SPEC_H
+#define DSPARK_SPEC_H
+
+#include "drafter.h"
+#include "sample.h"
+#include "verify.h"
+
+#define SPEC_MAX_BLOCK 64
+#define SPEC_MAX_STOP 16
+
+typedef struct {
+    int block_size;                 /* slots per block */
+    const int *feature_layers;      /* target layer outputs the source wants (NULL: none) */
+    int n_feature_layers;
+    void *self;
+    void (*reset)(void *self);      /* new request */
+    /* target features [n][n_feature_layers*hidden] (backend memory) of positions pos0.. */
+    ds_status (*context)(void *self, const float *features, int n, int pos0, char *err);
+    /* new block: committed tokens[0..start], the anchor is tokens[start]; *n_slots = how many
+     * slots can be drafted (0: none, e.g. the context outgrew the draft cache) */
+    ds_status (*begin)(void *self, const int32_t *tokens, int start, int *n_slots, char *err);
+    /* logits [V] of slot j given the previous token (host memory, valid until the next call)
+     * and its pre-sigmoid confidence (0 when the source has none) */
+    ds_status (*slot)(void *self, int j, int32_t prev, const float **logits, float *confidence, char *err);
+} ProposalSource;
+
+/* The verification-length seam: of n drafted slots, verify the first choose(...) (0..n).
+ * confidence: pre-sigmoid confidence logits [n]. */
+typedef struct {
+    int (*choose)(void *ctx, const float *confidence, int n);
+    void *ctx;
+} VerifyLenPolicy;
+
+/* DeepSpec's static rule (_confident_prefix_length): the first slot whose
+ * sigmoid(confidence) < threshold ends the proposal; threshold <= 0 verifies all. ctx: float*. */
+int spec_len_confidence_threshold(void *ctx, const float *confidence, int n);
+
+typedef struct {
+    SamplerParams sampler;
+    uint64_t seed;                  /* RNG stream (seed, 0) */
+    int max_new;
+    int32_t stop_ids[SPEC_MAX_STOP];
+    int n_stop;
+    VerifyLenPolicy policy;         /* choose NULL: full block */
+    bool (*on_token)(void *user, int32_t token); /* optional; return false to stop */
+    void *user;
+    VerifyBug bug;                  /* tests only */
+} SpecParams;
+
+typedef struct {
+    int rounds;                     /* verification rounds (the first token is not one) */
+    int generated;
+    int proposed;                   /* drafts sent to verification */
+    int accepted;                   /* drafts accepted */
+    int tau_sum;                    /* accepted drafts + bonus per round (no bonus when an accepted stop ends it) */
+    int accepted_at[SPEC_MAX_BLOCK];  /* rounds with a > j */
+    int proposed_at[SPEC_MAX_BLOCK];  /* rounds that verified slot j */
+    int reached_at[SPEC_MAX_BLOCK];   /* rounds that verified slot j with slots < j accepted */
+    double prefill_s, draft_s, verify_s, total_s;
+    bool stopped;                   /* ended on a stop token */
+} SpecStats;
+void spec_stats_add(SpecStats *into, const SpecStats *s);
+
+typedef struct {
+    Qwen3Model *target;
+    ProposalSource *src;
+    int max_ctx, chunk, block;
+    Qwen3State st;
+    SampleScratch scratch;
+    int32_t *tokens;                /* [max_ctx + SPEC_MAX_BLOCK + 1] committed tokens (+ drafts) */
+    int32_t *pos, *rows;            /* [chunk] */
+    float *q, *q_ratio, *pt, *resid; /* [B][V], [B][V], [B+1][V], [V] */
+    int32_t drafts[SPEC_MAX_BLOCK];
+    float conf[SPEC_MAX_BLOCK];
+} SpecDecoder;
+
+/* src may be NULL (plain decoding). max_ctx: target positions; chunk: prefill tokens per
+ * forward (>= block + 1). */
+ds_status spec_init(SpecDecoder *s, Qwen3Model *target, ProposalSource *src, int max_ctx, int chunk, char *err);
+void spec_free(SpecDecoder *s);
+
+/* Generate up to p->max_new tokens after the prompt into out (capacity p->max_new), stopping
+ * after a stop token (included). *n_out = tokens written. Allocates nothing. */
+ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, const SpecParams *p, int32_t *out, int *n_out,
+                        SpecStats *stats, char *err);
+
+/* ---- the DSpark/DFlash drafter as a ProposalSource ---- */
+typedef struct {
+    Drafter *d;
+    DraftState s;
+    bool broken;                    /* context outgrew the draft cache: no more proposals */
+    ProposalSource src;
+} DrafterSource;
+ds_status spec_drafter_source_init(DrafterSource *ds, Drafter *d, int max_ctx, int chunk, char *err);
+void spec_drafter_source_free(DrafterSource *ds);
+
+#endif

@@ -1,0 +1,25 @@
+#!/bin/bash
+# cli_generate_spec.sh - `dspark generate --draft`: greedy speculative ids == plain ids for the
+# four fixture drafters; --num-samples N --print-ids prints exactly N lines; statistics and
+# --compare appear on stderr; bad flags fail with exit 2.
+# ctest: labels=cli
+set -u
+B="$DSPARK_BIN"; D="$DSPARK_TEST_DATA/tiny-qwen3"; T="$DSPARK_TEST_TMP/cli_generate_spec"; mkdir -p "$T"
+fail=0
+check() { if ! eval "$2"; then echo "FAIL: $1"; fail=1; else echo "ok   $1"; fi; }
+P=3,14,15,92,65,35,89,79,323,84
+plain=$("$B" generate --model "$D/target" --prompt-ids $P -n 30 --temp 0 --print-ids --threads 1 2>/dev/null)
+for h in vanilla gated rnn dflash; do
+  spec=$("$B" generate --model "$D/target" --draft "$D/draft-$h" --prompt-ids $P -n 30 --temp 0 --print-ids --threads 1 2>"$T/$h.err")
+  check "greedy $h == plain" '[ "$spec" == "$plain" ] && [ -n "$plain" ]'
+  check "stats $h" 'grep "tau (accepted drafts + bonus per round)" "$T/$h.err" && grep "cond. acceptance" "$T/$h.err"'
+done
+n=$("$B" generate --model "$D/target" --draft "$D/draft-rnn" --prompt-ids $P -n 5 --temp 1 --num-samples 7 --print-ids --threads 1 2>/dev/null | wc -l)
+check "7 samples, 7 lines" '[ "$n" -eq 7 ]'
+"$B" generate --model "$D/target" --draft "$D/draft-vanilla" --prompt-ids $P -n 10 --temp 0 --compare --confidence-threshold 0.5 --print-ids --threads 1 >/dev/null 2>"$T/cmp.err"
+check "compare prints speedup" 'grep "speedup" "$T/cmp.err"'
+"$B" generate --model "$D/target" --prompt-ids $P --compare >/dev/null 2>&1; rc=$?
+check "--compare without --draft is a usage error" '[ $rc -eq 2 ]'
+"$B" generate --model "$D/target" --draft "$D/draft-rnn" --prompt-ids $P --confidence-threshold 2 >/dev/null 2>&1; rc=$?
+check "threshold out of range" '[ $rc -eq 2 ]'
+exit $fail
