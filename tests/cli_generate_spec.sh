@@ -8,7 +8,12 @@ B="$DSPARK_BIN"; D="$DSPARK_TEST_DATA/tiny-qwen3"; T="$DSPARK_TEST_TMP/cli_gener
 fail=0
 check() { if ! eval "$2"; then echo "FAIL: $1"; fail=1; else echo "ok   $1"; fi; }
 P=3,14,15,92,65,35,89,79,323,84
-plain=$("$B" generate --model "$D/target" --prompt-ids $P -n 30 --temp 0 --print-ids --threads 1 2>/dev/null)
+plai# text mode (tiny-chat: a tokenizer and the fixture target's shapes): streamed bytes identical
+C="$DSPARK_TEST_DATA/tiny-chat"
+"$B" generate --model "$C" --chat "Hello there" -n 24 --temp 0 --threads 1 >"$T/plain.txt" 2>/dev/null
+"$B" generate --model "$C" --draft "$D/draft-vanilla" --chat "Hello there" -n 24 --temp 0 --threads 1 >"$T/spec.txt" 2>/dev/null
+check "greedy text identical" 'cmp -s "$T/plain.txt" "$T/spec.txt" && [ -s "$T/plain.txt" ]'
+n=$("$B" generate --model "$D/target" --prompt-ids $P -n 30 --temp 0 --print-ids --threads 1 2>/dev/null)
 for h in vanilla gated rnn dflash; do
   spec=$("$B" generate --model "$D/target" --draft "$D/draft-$h" --prompt-ids $P -n 30 --temp 0 --print-ids --threads 1 2>"$T/$h.err")
   check "greedy $h == plain" '[ "$spec" == "$plain" ] && [ -n "$plain" ]'
