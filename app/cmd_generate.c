@@ -27,7 +27,24 @@ typedef struct {
 
 /* ---- --draft / --num-samples / --compare: through the speculative loop (src/spec.h) ---- */
 
-typedef struct { const Tokenizer *tok; bool print_ids; } SampleOut;
+typedef struct { const Tokenizer *tok; bool print_ids; DecodeStream ds; const GenDefaults *gd; } SampleOut;
+
+/* one sample in text mode: stream the text as tokens are accepted (stop token not printed) */
+static bool stream_token(void *user, int32_t t) {
+    SampleOut *so = user;
+    char text[4096];
+    if (!gen_is_stop(so->gd, t)) fwrite(text, 1, tokenizer_decode_step(so->tok, &so->ds, t, text, sizeof text), stdout);
+    fflush(stdout);
+    return true;
+}
+
+static void finish_stream(void *user, int i, const int32_t *ids, int n) {
+    SampleOut *so = user;
+    char text[4096];
+    (void)i; (void)ids; (void)n;
+    fwrite(text, 1, tokenizer_decode_flush(&so->ds, text, sizeof text), stdout);
+    fflush(stdout);
+}
 
 /* one line per sample: the ids (empty line if none), or the decoded text */
 static void print_sample(void *user, int i, const int32_t *ids, int n) {
@@ -69,9 +86,13 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
     if (a->draft && (spec_drafter_source_init(&ds, &d, ctx + block + 1, chunk, err) || spec_init(&sd, m, &ds.src, ctx, chunk, err)))
         goto done;
     if (!a->draft && spec_init(&sd, m, NULL, ctx, chunk, err)) goto done;
-    SampleOut so = {tok, a->print_ids};
+    SampleOut so = {.tok = tok, .print_ids = a->print_ids, .gd = gd};
     GenSpecOptions o = {.sampler = *sp, .seed = (uint64_t)a->seed, .max_new = max_new, .num_samples = a->num_samples,
                         .confidence_threshold = (float)a->confidence_threshold, .on_sample = print_sample, .user = &so};
+    if (a->num_samples == 1 && !a->print_ids && tok) { /* like plain generate: the text as it comes */
+        o.on_token = stream_token;
+        o.on_sample = finish_stream;
+    }
     for (int i = 0; i < gd->n_stop && o.n_stop < SPEC_MAX_STOP; i++) o.stop_ids[o.n_stop++] = gd->stop_ids[i];
     SpecStats st = {0}, st_plain = {0};
     if (gen_spec_run(&sd, prompt, n_prompt, &o, &st, err)) goto done;
@@ -81,6 +102,7 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
          * each, interleaved (spec, plain, spec, plain, ...), median tokens/s of each */
         if (spec_init(&plain, m, NULL, ctx, chunk, err)) goto done;
         o.on_sample = NULL;
+        o.on_token = NULL;
         double xs[3], ys[3];
         xs[0] = st.total_s > 0 ? st.generated / st.total_s : 0;
         for (int rep = 0; rep < 3; rep++) {

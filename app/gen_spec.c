@@ -14,6 +14,8 @@ ds_status gen_spec_run(SpecDecoder *sd, const int32_t *prompt, int n_prompt, con
         SpecParams p = {.sampler = o->sampler, .seed = gen_spec_sample_seed(o->seed, i, o->num_samples), .max_new = o->max_new};
         memcpy(p.stop_ids, o->stop_ids, sizeof p.stop_ids);
         p.n_stop = o->n_stop;
+        p.on_token = o->on_token;
+        p.user = o->user;
         if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
         int n = 0;
         SpecStats st;

@@ -19,6 +19,8 @@ typedef struct {
     int n_stop;
     /* called once per sample with its generated ids (NULL: nothing) */
     void (*on_sample)(void *user, int i, const int32_t *ids, int n);
+    /* called for every token as it is committed (streaming); return false to stop */
+    bool (*on_token)(void *user, int32_t token);
     void *user;
 } GenSpecOptions;
 

@@ -14,6 +14,11 @@ for h in vanilla gated rnn dflash; do
   check "greedy $h == plain" '[ "$spec" == "$plain" ] && [ -n "$plain" ]'
   check "stats $h" 'grep "tau (accepted drafts + bonus per round)" "$T/$h.err" && grep "cond. acceptance" "$T/$h.err"'
 done
+# text mode (tiny-chat: a tokenizer and the fixture target's shapes): streamed bytes identical
+C="$DSPARK_TEST_DATA/tiny-chat"
+"$B" generate --model "$C" --chat "Hello there" -n 24 --temp 0 --threads 1 >"$T/plain.txt" 2>/dev/null
+"$B" generate --model "$C" --draft "$D/draft-vanilla" --chat "Hello there" -n 24 --temp 0 --threads 1 >"$T/spec.txt" 2>/dev/null
+check "greedy text identical" 'cmp -s "$T/plain.txt" "$T/spec.txt" && [ -s "$T/plain.txt" ]'
 n=$("$B" generate --model "$D/target" --draft "$D/draft-rnn" --prompt-ids $P -n 5 --temp 1 --num-samples 7 --print-ids --threads 1 2>/dev/null | wc -l)
 check "7 samples, 7 lines" '[ "$n" -eq 7 ]'
 "$B" generate --model "$D/target" --draft "$D/draft-vanilla" --prompt-ids $P -n 10 --temp 0 --compare --confidence-threshold 0.5 --print-ids --threads 1 >/dev/null 2>"$T/cmp.err"
