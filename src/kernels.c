@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static kern_matmul_cols_fn g_fast_cols;
+static bool g_avx512;
 static const char *g_path = "portable";
 
 void kern_init(void) {
@@ -14,7 +14,7 @@ void kern_init(void) {
     done = 1;
     const char *force = getenv("DSPARK_KERNELS");
     if (force && strcmp(force, "portable") == 0) return;
-    if (kern_avx512_available()) { g_fast_cols = kern_matmul_cols_avx512; g_path = "avx512"; }
+    if (kern_avx512_available()) { g_avx512 = true; g_path = "avx512"; }
 }
 const char *kern_path_name(void) { return g_path; }
 
@@ -26,6 +26,7 @@ static inline float reduce16(float *acc) {
 }
 
 float kern_dot_f32(const float *a, const float *b, int n) {
+    if (g_avx512) return kern_dot_f32_avx512(a, b, n);
     float acc[16] = {0};
     int k = 0;
     for (; k + 16 <= n; k += 16)
@@ -76,6 +77,7 @@ static void matmul_cols_portable(float *out, const float *x, const Weight *w, in
 }
 
 void kern_matmul(float *out, const float *x, const Weight *w, int n) {
+    if (g_avx512) { kern_matmul_avx512(out, x, w, n); return; }
     int O = w->rows;
     /* chunks of 16 output columns: enough work per task, and a chunk boundary never splits a
      * reduction, so the thread count cannot change any value */
@@ -83,6 +85,6 @@ void kern_matmul(float *out, const float *x, const Weight *w, int n) {
     #pragma omp parallel for schedule(static) if ((size_t)O * w->cols * (size_t)n >= 32768)
     for (int c = 0; c < n_chunks; c++) {
         int o0 = c * 16, o1 = o0 + 16 < O ? o0 + 16 : O;
-        if (!(g_fast_cols && g_fast_cols(out, x, w, n, o0, o1))) matmul_cols_portable(out, x, w, n, o0, o1);
+        matmul_cols_portable(out, x, w, n, o0, o1);
     }
 }

@@ -1,9 +1,12 @@
 /* kernels.h - CPU compute kernels behind backend_cpu.c (and the trainer's F32 paths).
  *
- * The portable kernels sum every dot product in 16 fixed lanes (lane = k mod 16), reduced by
- * a fixed tree, so results are independent of batch composition and thread count. An ISA
- * path (AVX-512, kernels_avx512.c) is chosen once, at kern_init(), by cpuid; it keeps the same
- * independence within itself. DSPARK_KERNELS=portable forces the portable path. */
+ * Every dot product of length K is summed in 16 fixed lanes (lane = k mod 16, k increasing)
+ * and the lanes are reduced by one fixed tree ((j, j+8), (j, j+4), (j, j+2), (j, j+1)), so
+ * results are independent of batch composition and thread count: tiles, panels and thread
+ * splits only group independent (row, column) pairs. An ISA path (AVX-512,
+ * kernels_avx512.c) is chosen once, at kern_init(), by cpuid; it fuses multiply-add (so its
+ * last bits differ from the portable path's), and one path is used for the whole process.
+ * DSPARK_KERNELS=portable forces the portable path. */
 #ifndef DSPARK_KERNELS_H
 #define DSPARK_KERNELS_H
 
@@ -26,10 +29,10 @@ static inline float kern_weight_at(const Weight *w, int k) {
 /* out[n][w->rows] = x[n][w->cols] . W^T, OpenMP over output columns */
 void kern_matmul(float *out, const float *x, const Weight *w, int n);
 
-/* ISA-specific matmul over output columns [o0, o1) for all n rows; returns false if this
- * weight dtype is not handled (caller falls back to portable). */
-typedef bool (*kern_matmul_cols_fn)(float *out, const float *x, const Weight *w, int n, int o0, int o1);
+/* ---- ISA entry points (kernels_avx512.c), called only after kern_init chose them ---- */
 bool kern_avx512_available(void);
-bool kern_matmul_cols_avx512(float *out, const float *x, const Weight *w, int n, int o0, int o1);
+bool kern_avx512bf16_available(void);
+void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n);
+float kern_dot_f32_avx512(const float *a, const float *b, int n);
 
 #endif

@@ -1,37 +1,68 @@
-/* kernels_avx512.c - AVX-512 matmul path (compiled with -mavx512*, used only when cpuid says
- * the CPU has AVX-512F). Same lane discipline as the portable path: lane = k mod 16, one
- * accumulator per (row, column), fixed final reduction, so a row's value never depends on
- * which other rows share the call. (FMA makes it differ from the portable path in the last
- * bits; one path is chosen per process.) */
+/* kernels_avx512.c - AVX-512 kernels (compiled with -mavx512*, used only when cpuid says the
+ * CPU has AVX-512F/BW/VL/DQ; see kernels.h for the arithmetic every path keeps).
+ *
+ * Matmul, the one rule that makes rows independent: output (i, o) is
+ *     acc = 0 (16 lanes); for each 16-wide k step: acc = fma(x[i][k..k+15], W[o][k..k+15], acc)
+ *     (the last step masked to K, zeros beyond); out[i][o] = hsum16(acc)
+ * with hsum16 the fixed tree (lane j + lane j+8, then +4, +2, +1). Every kernel below computes
+ * exactly that for every (i, o): tiles, panels, k blocks and thread splits only decide which
+ * (i, o) pairs are computed together, never the operations of one pair. So the decode kernel
+ * (1-3 rows, weights widened straight from memory) and the prefill kernel (BF16 panel widened
+ * once into an F32 buffer, 4x4 register tiles over an L2-resident block of rows) give the same
+ * bits for a row, and so does any thread count.
+ *
+ * Decode (few rows) is memory bound: each thread streams a contiguous range of weight rows,
+ * 8 at a time, with software prefetch one tile ahead. Prefill is compute bound: per thread,
+ * column panels of 4 weight rows x KC are widened to F32 once and reused by every 4-row tile of
+ * a row block sized to stay in L2. */
 #include "kernels.h"
 
 #include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
 
 bool kern_avx512_available(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
-static inline __m512 load_w16(const Weight *w, size_t off) {
-    if (w->dtype == DS_BF16) {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w->host + off));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    if (w->dtype == DS_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w->host + off)));
-    return _mm512_loadu_ps((const float *)w->host + off);
+bool kern_avx512bf16_available(void) {
+    __builtin_cpu_init();
+    return kern_avx512_available() && __builtin_cpu_supports("avx512bf16");
 }
 
-static inline __m512 load_w_tail(const Weight *w, size_t off, __mmask16 m) {
-    if (w->dtype == DS_BF16) {
-        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w->host + off);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    if (w->dtype == DS_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w->host + off));
-    return _mm512_maskz_loadu_ps(m, (const float *)w->host + off);
+/* ---- loads ---- */
+
+AI __m512 bf16_16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+AI __m512 bf16_16m(const uint16_t *p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+/* 16 weights of row `row` starting at k, widened to F32; dt is a compile-time constant at
+ * every call site (the callers are instantiated per dtype) */
+AI __m512 wload(ds_dtype dt, const void *w, size_t off) {
+    if (dt == DS_BF16) return bf16_16((const uint16_t *)w + off);
+    if (dt == DS_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + off)));
+    return _mm512_loadu_ps((const float *)w + off);
+}
+AI __m512 wload_m(ds_dtype dt, const void *w, size_t off, __mmask16 m) {
+    if (dt == DS_BF16) return bf16_16m((const uint16_t *)w + off, m);
+    if (dt == DS_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + off));
+    return _mm512_maskz_loadu_ps(m, (const float *)w + off);
+}
+AI void wprefetch(ds_dtype dt, const void *w, size_t off) {
+    _mm_prefetch((const char *)w + off * (dt == DS_F32 ? 4 : 2), _MM_HINT_T0);
 }
 
-/* fixed tree, same shape as the portable reduce16 */
-static inline float hsum16(__m512 v) {
+/* ---- the fixed reduction ---- */
+
+/* The hsum16 tree of one vector (kept for single results). */
+AI float hsum16(__m512 v) {
     __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
     __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     b = _mm_add_ps(b, _mm_movehl_ps(b, b));
@@ -39,37 +70,250 @@ static inline float hsum16(__m512 v) {
     return _mm_cvtss_f32(b);
 }
 
-/* 4 output columns x up to 4 rows per inner tile; each (row, col) has its own accumulator. */
-bool kern_matmul_cols_avx512(float *out, const float *x, const Weight *w, int n, int o0, int o1) {
-    const int K = w->cols, O = w->rows;
+/* 16 accumulators reduced at once, each by exactly the hsum16 tree (the same pairs added at
+ * every level; fp addition is commutative, so operand order does not matter): returns r with
+ * r[j] = hsum16(v[j]). Levels: (j, j+8), (j, j+4), (j, j+2), (j, j+1) within each vector. */
+AI __m512 hsum16x16(const __m512 v[16]) {
+    __m512 u[8], w[4], z[2];
+    #pragma GCC unroll 16
+    for (int p = 0; p < 8; p++)  /* u[p] = [v[2p][0:8]+v[2p][8:16] | v[2p+1][...]] */
+        u[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44), _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
+    #pragma GCC unroll 16
+    for (int p = 0; p < 4; p++)  /* w[p] = 4 chunks, chunk c = v[4p+c]'s (j, j+4) sums */
+        w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0x88), _mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0xDD));
+    #pragma GCC unroll 16
+    for (int p = 0; p < 2; p++)  /* chunk c = [v[8p+c] (j,j+2) x2, v[8p+4+c] (j,j+2) x2] */
+        z[p] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * p], w[2 * p + 1], 0x44), _mm512_shuffle_ps(w[2 * p], w[2 * p + 1], 0xEE));
+    /* chunk c = [h(v[c]), h(v[4+c]), h(v[8+c]), h(v[12+c])] */
+    __m512 r = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(idx, r);
+}
+
+/* ---- decode: R (1..3) rows, 8 weight rows streamed at a time ---- */
+
+#define DC 8 /* weight rows per decode tile */
+
+AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *x, const void *w, int K, int o, bool pf) {
     const int kfull = K & ~15;
     const __mmask16 tail = (__mmask16)((1u << (K & 15)) - 1);
-    for (int o = o0; o < o1; o += 4) {
-        int nc = o1 - o < 4 ? o1 - o : 4;
-        for (int i = 0; i < n; i += 4) {
-            int nr = n - i < 4 ? n - i : 4;
-            __m512 acc[4][4];
-            for (int r = 0; r < 4; r++)
-                for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-            for (int k = 0; k < kfull; k += 16) {
-                __m512 wv[4];
-                for (int c = 0; c < nc; c++) wv[c] = load_w16(w, (size_t)(o + c) * K + k);
-                for (int r = 0; r < nr; r++) {
-                    __m512 xv = _mm512_loadu_ps(x + (size_t)(i + r) * K + k);
-                    for (int c = 0; c < nc; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-                }
-            }
-            if (tail) {
-                __m512 wv[4];
-                for (int c = 0; c < nc; c++) wv[c] = load_w_tail(w, (size_t)(o + c) * K + kfull, tail);
-                for (int r = 0; r < nr; r++) {
-                    __m512 xv = _mm512_maskz_loadu_ps(tail, x + (size_t)(i + r) * K + kfull);
-                    for (int c = 0; c < nc; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-                }
-            }
-            for (int r = 0; r < nr; r++)
-                for (int c = 0; c < nc; c++) out[(size_t)(i + r) * O + o + c] = hsum16(acc[r][c]);
+    __m512 acc[3][DC];
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
+    const size_t base = (size_t)o * K;
+    for (int k = 0; k < kfull; k += 16) {
+        if (pf && (dt == DS_F32 || (k & 31) == 0))
+            #pragma GCC unroll 16
+            for (int c = 0; c < DC; c++) wprefetch(dt, w, base + (size_t)(c + DC) * K + k);
+        __m512 xv[3];
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
+        #pragma GCC unroll 16
+        for (int c = 0; c < DC; c++) {
+            if (c >= nc) break;
+            __m512 wv = wload(dt, w, base + (size_t)c * K + k);
+            #pragma GCC unroll 16
+            for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
-    return true;
+    if (tail) {
+        __m512 xv[3];
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++) xv[r] = _mm512_maskz_loadu_ps(tail, x + (size_t)r * K + kfull);
+        #pragma GCC unroll 16
+        for (int c = 0; c < DC; c++) {
+            if (c >= nc) break;
+            __m512 wv = wload_m(dt, w, base + (size_t)c * K + kfull, tail);
+            #pragma GCC unroll 16
+            for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < DC; c++)
+            if (c < nc) out[(size_t)r * O + o + c] = hsum16(acc[r][c]);
+}
+
+AI void decode_range(ds_dtype dt, int R, float *out, const float *x, const Weight *W, int o0, int o1) {
+    const int K = W->cols, O = W->rows;
+    int o = o0;
+    for (; o + 2 * DC <= o1; o += DC) decode_tile(dt, R, DC, out, O, x, W->host, K, o, true);
+    for (; o < o1; o += DC) decode_tile(dt, R, o1 - o < DC ? o1 - o : DC, out, O, x, W->host, K, o, false);
+}
+
+#define DECODE_FN(name, dt)                                                                               \
+    static void name(float *out, const float *x, const Weight *W, int R, int o0, int o1) {                \
+        if (R == 1) decode_range(dt, 1, out, x, W, o0, o1);                                               \
+        else if (R == 2) decode_range(dt, 2, out, x, W, o0, o1);                                          \
+        else decode_range(dt, 3, out, x, W, o0, o1);                                                      \
+    }
+DECODE_FN(decode_bf16, DS_BF16)
+DECODE_FN(decode_f16, DS_F16)
+DECODE_FN(decode_f32, DS_F32)
+
+static void decode_cols(float *out, const float *x, const Weight *W, int R, int o0, int o1) {
+    switch (W->dtype) {
+    case DS_BF16: decode_bf16(out, x, W, R, o0, o1); break;
+    case DS_F16: decode_f16(out, x, W, R, o0, o1); break;
+    default: decode_f32(out, x, W, R, o0, o1); break;
+    }
+}
+
+/* ---- prefill: 4-column F32 panels, 4x4 register tiles ---- */
+
+#define KC 1024     /* k per panel block (multiple of 16): 4 x KC floats = 16 KB, in L1 */
+#define RB_MAX 64   /* rows per block */
+#define NP 4        /* panel columns */
+
+/* widen W[o..o+NP)[k0..k0+kn) into pan[c][0..knp) (knp = kn rounded up to 16, zero padded;
+ * rows past O are zeros) */
+static void panel_widen(float *pan, int knp, const Weight *W, int o, int k0, int kn) {
+    const int K = W->cols, O = W->rows;
+    const int kf = kn & ~15;
+    const __mmask16 tail = (__mmask16)((1u << (kn & 15)) - 1);
+    for (int c = 0; c < NP; c++) {
+        float *p = pan + (size_t)c * knp;
+        if (o + c >= O) { memset(p, 0, sizeof(float) * knp); continue; }
+        size_t off = (size_t)(o + c) * K + k0;
+        switch (W->dtype) {
+        case DS_BF16:
+            for (int k = 0; k < kf; k += 16) _mm512_store_ps(p + k, wload(DS_BF16, W->host, off + k));
+            if (tail) _mm512_store_ps(p + kf, wload_m(DS_BF16, W->host, off + kf, tail));
+            break;
+        case DS_F16:
+            for (int k = 0; k < kf; k += 16) _mm512_store_ps(p + k, wload(DS_F16, W->host, off + k));
+            if (tail) _mm512_store_ps(p + kf, wload_m(DS_F16, W->host, off + kf, tail));
+            break;
+        default:
+            for (int k = 0; k < kf; k += 16) _mm512_store_ps(p + k, wload(DS_F32, W->host, off + k));
+            if (tail) _mm512_store_ps(p + kf, wload_m(DS_F32, W->host, off + kf, tail));
+            break;
+        }
+    }
+}
+
+/* R rows (1..4) x NP columns over one k block: full steps, then a masked step when the block
+ * ends at K with K % 16 != 0 (x beyond K must not be read: it may be anything). */
+AI void tile_kblock(int R, __m512 acc[4][NP], const float *x, size_t ldx, const float *pan, int knp, int nfull,
+                    __mmask16 tail) {
+    for (int s = 0; s < nfull; s++) {
+        __m512 wv[NP];
+        #pragma GCC unroll 16
+        for (int c = 0; c < NP; c++) wv[c] = _mm512_load_ps(pan + (size_t)c * knp + 16 * s);
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++) {
+            __m512 xv = _mm512_loadu_ps(x + (size_t)r * ldx + 16 * s);
+            #pragma GCC unroll 16
+            for (int c = 0; c < NP; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+        }
+    }
+    if (tail) {
+        __m512 wv[NP];
+        #pragma GCC unroll 16
+        for (int c = 0; c < NP; c++) wv[c] = _mm512_load_ps(pan + (size_t)c * knp + 16 * nfull);
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++) {
+            __m512 xv = _mm512_maskz_loadu_ps(tail, x + (size_t)r * ldx + 16 * nfull);
+            #pragma GCC unroll 16
+            for (int c = 0; c < NP; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+        }
+    }
+}
+
+/* One R x NP tile over k block [k0, k0+kn): acc from/to spill (k blocks before/after) or
+ * reduced into out on the last block. */
+AI void tile_run(int R, float *out, int O, int nc, const float *x, int K, const float *pan, int knp, int k0, int kn,
+                 float *spill, bool first, bool last) {
+    __m512 acc[4][NP];
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < NP; c++) acc[r][c] = first ? _mm512_setzero_ps() : _mm512_load_ps(spill + (r * NP + c) * 16);
+    const int nfull = kn >> 4;
+    const __mmask16 tail = (__mmask16)((1u << (kn & 15)) - 1);
+    tile_kblock(R, acc, x + k0, (size_t)K, pan, knp, nfull, tail);
+    if (!last) {
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++)
+            #pragma GCC unroll 16
+            for (int c = 0; c < NP; c++) _mm512_store_ps(spill + (r * NP + c) * 16, acc[r][c]);
+        return;
+    }
+    __m512 v[16];
+    #pragma GCC unroll 16
+    for (int r = 0; r < 4; r++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < NP; c++) v[r * NP + c] = r < R ? acc[r][c] : _mm512_setzero_ps();
+    float res[16] __attribute__((aligned(64)));
+    _mm512_store_ps(res, hsum16x16(v));
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < nc; c++) out[(size_t)r * O + c] = res[r * NP + c];
+}
+
+static void tile_any(int R, float *out, int O, int nc, const float *x, int K, const float *pan, int knp, int k0, int kn,
+                     float *spill, bool first, bool last) {
+    switch (R) {
+    case 4: tile_run(4, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+    case 3: tile_run(3, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+    case 2: tile_run(2, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+    default: tile_run(1, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+    }
+}
+
+/* rows [0, n) x columns [o0, o1) */
+static void prefill_cols(float *out, const float *x, const Weight *W, int n, int o0, int o1) {
+    const int K = W->cols, O = W->rows;
+    float pan[NP * KC] __attribute__((aligned(64)));
+    float spill[RB_MAX * NP * 16] __attribute__((aligned(64)));
+    /* rows per block: the block of x (rb x K floats) stays in L2 while all panels pass */
+    int rb = (int)((256 * 1024) / ((size_t)K * sizeof(float)));
+    rb = rb < 4 ? 4 : rb > RB_MAX ? RB_MAX : rb & ~3;
+    for (int i0 = 0; i0 < n; i0 += rb) {
+        int i1 = i0 + rb < n ? i0 + rb : n;
+        for (int o = o0; o < o1; o += NP) {
+            int nc = o1 - o < NP ? o1 - o : NP;
+            for (int k0 = 0; k0 < K; k0 += KC) {
+                int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 15) & ~15;
+                panel_widen(pan, knp, W, o, k0, kn);
+                for (int i = i0; i < i1; i += 4) {
+                    int R = i1 - i < 4 ? i1 - i : 4;
+                    tile_any(R, out + (size_t)i * O + o, O, nc, x + (size_t)i * K, K, pan, knp, k0, kn,
+                             spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
+                }
+            }
+        }
+    }
+}
+
+/* Threads split the output columns in contiguous ranges (multiples of 16). */
+void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n) {
+    const int O = w->rows;
+    const int nchunk = (O + 15) / 16;
+    const bool par = (size_t)O * w->cols * (size_t)n >= 65536;
+    #pragma omp parallel if (par)
+    {
+        int T = omp_get_num_threads(), t = omp_get_thread_num();
+        int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
+        int o0 = c0 * 16, o1 = c1 * 16 < O ? c1 * 16 : O;
+        if (o0 < o1) {
+            if (n < 4) decode_cols(out, x, w, n, o0, o1);
+            else prefill_cols(out, x, w, n, o0, o1);
+        }
+    }
+}
+
+float kern_dot_f32_avx512(const float *a, const float *b, int n) {
+    __m512 acc = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= n; k += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc);
+    if (k < n) {
+        __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
+    }
+    return hsum16(acc);
 }
