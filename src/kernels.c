@@ -2,6 +2,7 @@
 #include "kernels.h"
 
 #include <omp.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,4 +88,74 @@ void kern_matmul(float *out, const float *x, const Weight *w, int n) {
         int o0 = c * 16, o1 = o0 + 16 < O ? o0 + 16 : O;
         matmul_cols_portable(out, x, w, n, o0, o1);
     }
+}
+
+/* ---- swiglu ---- */
+
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    /* elementwise: any split is exact; chunks of 4096 keep the vector path's tails rare */
+    const size_t CH = 4096, nch = (n + CH - 1) / CH;
+    #pragma omp parallel for schedule(static) if (n >= 65536)
+    for (size_t c = 0; c < nch; c++) {
+        size_t a = c * CH, b = a + CH < n ? a + CH : n;
+        if (g_avx512) { kern_swiglu_avx512(out + a, gate + a, up + a, b - a); continue; }
+        for (size_t i = a; i < b; i++) {
+            float g = gate[i];
+            out[i] = (g / (1.0f + expf(-g))) * up[i];
+        }
+    }
+}
+
+/* ---- attention (portable) ---- */
+
+static inline size_t kv_offset(const KvCache *kv, int layer, int slot, int pos) {
+    return (((size_t)layer * kv->n_slots + slot) * kv->max_ctx + pos) * kv->kv_dim;
+}
+
+/* One pass, online softmax (running max and sum), keys in order 0..kv_len-1. */
+static void attention_portable(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                               const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
+    int group = n_heads / n_kv_heads;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    long work = 0;
+    for (int i = 0; i < n; i++) work += kv_len[i];
+    work *= (long)n_heads * head_dim;
+    #pragma omp parallel for collapse(2) schedule(static) if (work >= 65536)
+    for (int i = 0; i < n; i++) {
+        for (int h = 0; h < n_heads; h++) {
+            const float *qi = q + ((size_t)i * n_heads + h) * head_dim;
+            float *oi = out + ((size_t)i * n_heads + h) * head_dim;
+            int kvh = h / group, len = kv_len[i];
+            DS_ASSERT(len >= 1 && len <= kv->max_ctx);
+            const float *kbase = kv->k + kv_offset(kv, layer, slot[i], 0) + (size_t)kvh * head_dim;
+            const float *vbase = kv->v + kv_offset(kv, layer, slot[i], 0) + (size_t)kvh * head_dim;
+            float acc[512];
+            DS_ASSERT(head_dim <= 512);
+            for (int d = 0; d < head_dim; d++) acc[d] = 0.0f;
+            float m = -INFINITY, l = 0.0f;
+            for (int j = 0; j < len; j++) {
+                float s = kern_dot_f32(qi, kbase + (size_t)j * kv->kv_dim, head_dim) * scale;
+                const float *vj = vbase + (size_t)j * kv->kv_dim;
+                if (s > m) {
+                    float corr = expf(m - s); /* exp(-inf) = 0 on the first key */
+                    l *= corr;
+                    for (int d = 0; d < head_dim; d++) acc[d] *= corr;
+                    m = s;
+                }
+                float p = expf(s - m);
+                l += p;
+                for (int d = 0; d < head_dim; d++) acc[d] += p * vj[d];
+            }
+            float inv = 1.0f / l;
+            for (int d = 0; d < head_dim; d++) oi[d] = acc[d] * inv;
+        }
+    }
+}
+
+void kern_attention(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
+                    int n, int n_heads, int n_kv_heads, int head_dim) {
+    if (g_avx512 && head_dim % 16 == 0 && head_dim <= 512)
+        kern_attention_avx512(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
+    else
+        attention_portable(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
 }

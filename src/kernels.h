@@ -29,10 +29,20 @@ static inline float kern_weight_at(const Weight *w, int k) {
 /* out[n][w->rows] = x[n][w->cols] . W^T, OpenMP over output columns */
 void kern_matmul(float *out, const float *x, const Weight *w, int n);
 
+/* out = silu(gate) * up, n elements (out may be gate) */
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n);
+/* Grouped-query attention (backend.h's contract): q [n][n_heads][head_dim] -> out, token i
+ * attends to rows [0, kv_len[i]) of its slot, online softmax over fixed key blocks. */
+void kern_attention(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
+                    int n, int n_heads, int n_kv_heads, int head_dim);
+
 /* ---- ISA entry points (kernels_avx512.c), called only after kern_init chose them ---- */
 bool kern_avx512_available(void);
 bool kern_avx512bf16_available(void);
 void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n);
 float kern_dot_f32_avx512(const float *a, const float *b, int n);
+void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n);
+void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                           const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim);
 
 #endif

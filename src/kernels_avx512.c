@@ -317,3 +317,155 @@ float kern_dot_f32_avx512(const float *a, const float *b, int n) {
     }
     return hsum16(acc);
 }
+
+/* ---- exp ---- */
+
+/* e^x for 16 lanes, deterministic (no table, no libm): x = n ln2 + r, |r| <= ln2/2, e^r by
+ * the degree-6 minimax polynomial of Cephes' expf (max relative error ~1.5e-7, 1-2 ulp),
+ * scaled by 2^n. x is clamped to [-87.3, 88.7]: callers mask lanes that must be exactly 0. */
+AI __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365447504f)), _mm512_set1_ps(88.7228391117f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* out = silu(gate) * up = gate / (1 + e^-gate) * up */
+void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 g = _mm512_loadu_ps(gate + i);
+        __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(up + i)));
+    }
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+        __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
+    }
+}
+
+/* ---- attention ---- */
+
+/* Per (query, head), keys in fixed blocks of 16 aligned to key 0:
+ *   s = (q . k_j) for the block (each dot: 16-lane FMA over head_dim, hsum16 tree), times scale
+ *   m' = max(m, max s); c = e^(m - m'); p = e^(s - m') (0 for keys past kv_len)
+ *   l = l c + hsum16(p); acc = acc c + sum_j p_j v_j (j increasing, FMA)
+ *   out = acc / l
+ * The blocks depend only on the key index, so a query's result depends only on its q, its
+ * slot's cache and its kv_len, never on the other queries or the thread count. Queries are
+ * processed in chunks that share each K/V block while it is in L1 (GQA: the heads of a group
+ * too). */
+#define AQ 8     /* queries per work item */
+#define AB 16    /* keys per block */
+#define AG 4     /* heads of a GQA group per pass */
+#define HD_MAX 512
+
+typedef struct {
+    float m, l;
+} SoftState;
+
+AI void attn_block(const float *qv, float *acc, SoftState *st, const float *kb, const float *vb, size_t ld, int nb,
+                   int hd, float scale) {
+    /* scores of keys 0..nb-1 of this block */
+    __m512 sacc[AB];
+    #pragma GCC unroll 16
+    for (int j = 0; j < AB; j++) sacc[j] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d += 16) {
+        __m512 q = _mm512_loadu_ps(qv + d);
+        #pragma GCC unroll 16
+        for (int j = 0; j < AB; j++)
+            if (j < nb) sacc[j] = _mm512_fmadd_ps(q, _mm512_loadu_ps(kb + (size_t)j * ld + d), sacc[j]);
+    }
+    const __mmask16 valid = (__mmask16)((1u << nb) - 1);
+    __m512 s = _mm512_mul_ps(hsum16x16(sacc), _mm512_set1_ps(scale));
+    s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(-INFINITY), s);
+    float mb = _mm512_reduce_max_ps(s);   /* max is exact whatever the order */
+    float mnew = st->m > mb ? st->m : mb;
+    __m512 p = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mnew))));
+    float c = 0.0f;
+    if (st->m != -INFINITY) {
+        __m512 cv = exp16(_mm512_set1_ps(st->m - mnew));
+        c = _mm512_cvtss_f32(cv);
+    }
+    st->l = st->l * c + hsum16(p);
+    st->m = mnew;
+    float pj[AB] __attribute__((aligned(64)));
+    _mm512_store_ps(pj, p);
+    const __m512 cv = _mm512_set1_ps(c);
+    /* 128 dims at a time in registers; per element: acc c, then + p_j v_j for j increasing */
+    for (int d0 = 0; d0 < hd; d0 += 128) {
+        const int nd = hd - d0 < 128 ? (hd - d0) / 16 : 8;
+        __m512 a[8];
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            if (t < nd) a[t] = _mm512_mul_ps(_mm512_load_ps(acc + d0 + 16 * t), cv);
+        for (int j = 0; j < nb; j++) {
+            const __m512 pv = _mm512_set1_ps(pj[j]);
+            const float *vj = vb + (size_t)j * ld + d0;
+            #pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                if (t < nd) a[t] = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vj + 16 * t), a[t]);
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            if (t < nd) _mm512_store_ps(acc + d0 + 16 * t, a[t]);
+    }
+}
+
+void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                           const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
+    DS_ASSERT(head_dim % 16 == 0 && head_dim <= HD_MAX && n_heads % n_kv_heads == 0);
+    const int group = n_heads / n_kv_heads, hd = head_dim, ld = kv->kv_dim;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int nchunks = (n + AQ - 1) / AQ, items = nchunks * n_kv_heads;
+    long work = 0;
+    for (int i = 0; i < n; i++) work += kv_len[i];
+    work *= (long)n_heads * hd;
+    #pragma omp parallel for schedule(dynamic, 1) if (work >= 65536 && items > 1)
+    for (int it = 0; it < items; it++) {
+        const int g = it % n_kv_heads, i0 = (it / n_kv_heads) * AQ, i1 = i0 + AQ < n ? i0 + AQ : n;
+        const int G = group > AG ? AG : group;  /* heads processed together (state on stack) */
+        for (int h0 = g * group; h0 < (g + 1) * group; h0 += G) {
+            float acc[AQ * AG][HD_MAX] __attribute__((aligned(64)));
+            SoftState st[AQ * AG];
+            int maxlen = 0;
+            for (int i = i0; i < i1; i++) {
+                DS_ASSERT(kv_len[i] >= 1 && kv_len[i] <= kv->max_ctx && slot[i] >= 0 && slot[i] < kv->n_slots);
+                if (kv_len[i] > maxlen) maxlen = kv_len[i];
+            }
+            for (int a = 0; a < (i1 - i0) * G; a++) {
+                st[a] = (SoftState){-INFINITY, 0.0f};
+                memset(acc[a], 0, sizeof(float) * hd);
+            }
+            for (int j0 = 0; j0 < maxlen; j0 += AB)
+                for (int i = i0; i < i1; i++) {
+                    if (j0 >= kv_len[i]) continue;
+                    int nb = kv_len[i] - j0 < AB ? kv_len[i] - j0 : AB;
+                    size_t base = (((size_t)layer * kv->n_slots + slot[i]) * kv->max_ctx + j0) * ld + (size_t)g * hd;
+                    for (int hh = 0; hh < G && h0 + hh < (g + 1) * group; hh++) {
+                        int a = (i - i0) * G + hh;
+                        attn_block(q + ((size_t)i * n_heads + h0 + hh) * hd, acc[a], &st[a], kv->k + base, kv->v + base,
+                                   (size_t)ld, nb, hd, scale);
+                    }
+                }
+            for (int i = i0; i < i1; i++)
+                for (int hh = 0; hh < G && h0 + hh < (g + 1) * group; hh++) {
+                    int a = (i - i0) * G + hh;
+                    float *o = out + ((size_t)i * n_heads + h0 + hh) * hd;
+                    __m512 inv = _mm512_set1_ps(1.0f / st[a].l);
+                    for (int d = 0; d < hd; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_load_ps(acc[a] + d), inv));
+                }
+        }
+    }
+}
