@@ -92,7 +92,12 @@ AI __m512 hsum16x16(const __m512 v[16]) {
 
 /* ---- decode: R (1..3) rows, 8 weight rows streamed at a time ---- */
 
-#define DC 8 /* weight rows per decode tile */
+#ifndef DC
+#define DC 4 /* weight rows per decode tile */
+#endif
+#ifndef PFD
+#define PFD 1 /* prefetch distance in tiles */
+#endif
 
 AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *x, const void *w, int K, int o, bool pf) {
     const int kfull = K & ~15;
@@ -106,7 +111,7 @@ AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *
     for (int k = 0; k < kfull; k += 16) {
         if (pf && (dt == DS_F32 || (k & 31) == 0))
             #pragma GCC unroll 16
-            for (int c = 0; c < DC; c++) wprefetch(dt, w, base + (size_t)(c + DC) * K + k);
+            for (int c = 0; c < DC; c++) wprefetch(dt, w, base + (size_t)(c + PFD * DC) * K + k);
         __m512 xv[3];
         #pragma GCC unroll 16
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
@@ -140,7 +145,7 @@ AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *
 AI void decode_range(ds_dtype dt, int R, float *out, const float *x, const Weight *W, int o0, int o1) {
     const int K = W->cols, O = W->rows;
     int o = o0;
-    for (; o + 2 * DC <= o1; o += DC) decode_tile(dt, R, DC, out, O, x, W->host, K, o, true);
+    for (; o + (PFD + 1) * DC <= o1; o += DC) decode_tile(dt, R, DC, out, O, x, W->host, K, o, PFD > 0);
     for (; o < o1; o += DC) decode_tile(dt, R, o1 - o < DC ? o1 - o : DC, out, O, x, W->host, K, o, false);
 }
 
