@@ -14,6 +14,8 @@
 
 #include <omp.h>
 
+#include <jansson.h>
+
 #include "qwen3.h"
 #include "kernels.h"
 #include "sample.h"
@@ -112,6 +114,8 @@ typedef struct { double prefill, decode; } Speed;
 
 static Speed run_ours(Qwen3Model *m, int threads, int n_prefill, int n_decode, char *err, int *fail) {
     omp_set_num_threads(threads);
+    memset(g_ptime, 0, sizeof g_ptime);
+    memset(g_pcalls, 0, sizeof g_pcalls);
     Qwen3State st;
     Speed sp = {0, 0};
     if (qwen3_state_init(&st, m, n_prefill, 1, 0, 1, n_prefill + n_decode + 1, err)) { *fail = 1; return sp; }
@@ -138,36 +142,27 @@ static Speed run_ours(Qwen3Model *m, int threads, int n_prefill, int n_decode, c
     return sp;
 }
 
-/* llama-bench -m GGUF -t T -p P -n N -o csv: returns avg_ts of the pp and tg rows */
+/* llama-bench -m GGUF -t T -p P -n N -r 1 -o json: avg_ts of the pp and the tg test (its
+ * defaults otherwise: one warm-up run, F16 KV cache, flash attention) */
 static Speed run_ik(const char *bin, const char *gguf, int threads, int n_prefill, int n_decode) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' -m '%s' -t %d -p %d -n %d -r 1 -o csv 2>/dev/null", bin, gguf, threads, n_prefill, n_decode);
+    snprintf(cmd, sizeof cmd, "'%s' -m '%s' -t %d -p %d -n %d -r 1 -o json 2>/dev/null", bin, gguf, threads, n_prefill, n_decode);
     Speed sp = {0, 0};
     FILE *p = popen(cmd, "r");
     if (!p) return sp;
-    char line[4096];
-    int col_ts = -1, col_p = -1, col_n = -1;
-    while (fgets(line, sizeof line, p)) {
-        char *save, *tokp = line;
-        int c = 0;
-        double ts = 0;
-        long np = 0, nn = 0;
-        for (char *f = strtok_r(tokp, ",\n", &save); f; f = strtok_r(NULL, ",\n", &save), c++) {
-            if (col_ts < 0 && (strstr(f, "avg_ts") || strstr(f, "n_prompt") || strstr(f, "n_gen"))) {
-                if (strstr(f, "avg_ts")) col_ts = c;
-                if (strstr(f, "n_prompt")) col_p = c;
-                if (strstr(f, "n_gen")) col_n = c;
-                continue;
-            }
-            const char *v = f[0] == '"' ? f + 1 : f;
-            if (c == col_ts) ts = atof(v);
-            if (c == col_p) np = atol(v);
-            if (c == col_n) nn = atol(v);
-        }
-        if (ts > 0 && np > 0 && nn == 0) sp.prefill = ts;
-        if (ts > 0 && nn > 0 && np == 0) sp.decode = ts;
-    }
+    json_error_t je;
+    json_t *root = json_loadf(p, JSON_DISABLE_EOF_CHECK, &je);
     pclose(p);
+    size_t i;
+    json_t *t;
+    if (json_is_array(root))
+        json_array_foreach(root, i, t) {
+            double ts = json_number_value(json_object_get(t, "avg_ts"));
+            json_int_t np = json_integer_value(json_object_get(t, "n_prompt")), ng = json_integer_value(json_object_get(t, "n_gen"));
+            if (np > 0 && ng == 0) sp.prefill = ts;
+            if (ng > 0 && np == 0) sp.decode = ts;
+        }
+    json_decref(root);
     return sp;
 }
 
@@ -212,6 +207,10 @@ int main(int argc, char **argv) {
         int th = atoi(p);
         double pf[50], dc[50], ipf[50], idc[50];
         int fail = 0;
+        bool prof = g_profile;
+        g_profile = false;
+        run_ours(&m, th, n_prefill, n_decode, err, &fail); /* warm-up (page tables, caches), as llama-bench does */
+        g_profile = prof;
         for (int r = 0; r < reps; r++) {
             Speed s = run_ours(&m, th, n_prefill, n_decode, err, &fail);
             pf[r] = s.prefill; dc[r] = s.decode;

@@ -167,11 +167,23 @@ static void decode_cols(float *out, const float *x, const Weight *W, int R, int 
     }
 }
 
-/* ---- prefill: 4-column F32 panels, 4x4 register tiles ---- */
+/* ---- prefill: NP-column F32 panels, TR x NP register tiles ---- */
 
-#define KC 1024     /* k per panel block (multiple of 16): 4 x KC floats = 16 KB, in L1 */
-#define RB_MAX 64   /* rows per block */
-#define NP 4        /* panel columns */
+#ifndef KC
+#define KC 1024     /* k per panel block (multiple of 16): NP x KC floats, in L1/L2 */
+#endif
+#ifndef RB_BYTES
+#define RB_BYTES (768 * 1024)  /* x block (rows x K floats) kept in L2 while the panels pass */
+#endif
+#define RB_MAX 128   /* rows per block */
+#ifndef NP
+#define NP 6        /* panel columns = tile columns */
+#endif
+#ifndef TR
+#define TR 4        /* tile rows */
+#endif
+#define NACC (TR * NP)
+#define NRED ((NACC + 15) / 16)  /* reduction networks per tile */
 
 /* widen W[o..o+NP)[k0..k0+kn) into pan[c][0..knp) (knp = kn rounded up to 16, zero padded;
  * rows past O are zeros) */
@@ -200,9 +212,9 @@ static void panel_widen(float *pan, int knp, const Weight *W, int o, int k0, int
     }
 }
 
-/* R rows (1..4) x NP columns over one k block: full steps, then a masked step when the block
+/* R rows (1..TR) x NP columns over one k block: full steps, then a masked step when the block
  * ends at K with K % 16 != 0 (x beyond K must not be read: it may be anything). */
-AI void tile_kblock(int R, __m512 acc[4][NP], const float *x, size_t ldx, const float *pan, int knp, int nfull,
+AI void tile_kblock(int R, __m512 acc[TR][NP], const float *x, size_t ldx, const float *pan, int knp, int nfull,
                     __mmask16 tail) {
     for (int s = 0; s < nfull; s++) {
         __m512 wv[NP];
@@ -232,7 +244,7 @@ AI void tile_kblock(int R, __m512 acc[4][NP], const float *x, size_t ldx, const 
  * reduced into out on the last block. */
 AI void tile_run(int R, float *out, int O, int nc, const float *x, int K, const float *pan, int knp, int k0, int kn,
                  float *spill, bool first, bool last) {
-    __m512 acc[4][NP];
+    __m512 acc[TR][NP];
     #pragma GCC unroll 16
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 16
@@ -247,23 +259,39 @@ AI void tile_run(int R, float *out, int O, int nc, const float *x, int K, const 
             for (int c = 0; c < NP; c++) _mm512_store_ps(spill + (r * NP + c) * 16, acc[r][c]);
         return;
     }
-    __m512 v[16];
-    #pragma GCC unroll 16
-    for (int r = 0; r < 4; r++)
+    float res[NRED * 16] __attribute__((aligned(64)));
+    #pragma GCC unroll 4
+    for (int g = 0; g < NRED; g++) {
+        __m512 v[16];
         #pragma GCC unroll 16
-        for (int c = 0; c < NP; c++) v[r * NP + c] = r < R ? acc[r][c] : _mm512_setzero_ps();
-    float res[16] __attribute__((aligned(64)));
-    _mm512_store_ps(res, hsum16x16(v));
-    #pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            int a = g * 16 + j, r = a / NP, c = a % NP;
+            v[j] = a < NACC && r < R ? acc[r < TR ? r : 0][c] : _mm512_setzero_ps();
+        }
+        _mm512_store_ps(res + 16 * g, hsum16x16(v));
+    }
     for (int r = 0; r < R; r++)
-        #pragma GCC unroll 16
         for (int c = 0; c < nc; c++) out[(size_t)r * O + c] = res[r * NP + c];
 }
 
 static void tile_any(int R, float *out, int O, int nc, const float *x, int K, const float *pan, int knp, int k0, int kn,
                      float *spill, bool first, bool last) {
     switch (R) {
+#if TR >= 8
+    case 8: tile_run(8, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 7
+    case 7: tile_run(7, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 6
+    case 6: tile_run(6, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 5
+    case 5: tile_run(5, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 4
     case 4: tile_run(4, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
     case 3: tile_run(3, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
     case 2: tile_run(2, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
     default: tile_run(1, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
@@ -276,8 +304,8 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
     float pan[NP * KC] __attribute__((aligned(64)));
     float spill[RB_MAX * NP * 16] __attribute__((aligned(64)));
     /* rows per block: the block of x (rb x K floats) stays in L2 while all panels pass */
-    int rb = (int)((256 * 1024) / ((size_t)K * sizeof(float)));
-    rb = rb < 4 ? 4 : rb > RB_MAX ? RB_MAX : rb & ~3;
+    int rb = (int)(RB_BYTES / ((size_t)K * sizeof(float)));
+    rb = rb < TR ? TR : rb > RB_MAX ? RB_MAX : rb - rb % TR;
     for (int i0 = 0; i0 < n; i0 += rb) {
         int i1 = i0 + rb < n ? i0 + rb : n;
         for (int o = o0; o < o1; o += NP) {
@@ -285,8 +313,8 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
             for (int k0 = 0; k0 < K; k0 += KC) {
                 int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 15) & ~15;
                 panel_widen(pan, knp, W, o, k0, kn);
-                for (int i = i0; i < i1; i += 4) {
-                    int R = i1 - i < 4 ? i1 - i : 4;
+                for (int i = i0; i < i1; i += TR) {
+                    int R = i1 - i < TR ? i1 - i : TR;
                     tile_any(R, out + (size_t)i * O + o, O, nc, x + (size_t)i * K, K, pan, knp, k0, kn,
                              spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
                 }
