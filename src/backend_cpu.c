@@ -41,14 +41,8 @@ static void cpu_matmul(Backend *be, float *out, const float *x, const Weight *w,
 
 static void cpu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
     (void)be;
-    #pragma omp parallel for schedule(static) if (n >= 64)
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * dim;
-        float *oi = out + (size_t)i * dim;
-        float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
-        float r = 1.0f / sqrtf(ss + eps);
-        for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
-    }
+    /* per row: ss = dot(x, x) / dim; r = 1 / sqrt(ss + eps); out = w * (x * r) (kernels.c) */
+    kern_rmsnorm(out, x, w, n, dim, eps);
 }
 
 static void cpu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim, float theta) {
@@ -107,7 +101,7 @@ static void cpu_swiglu(Backend *be, float *out, const float *gate, const float *
 
 static void cpu_add(Backend *be, float *x, const float *y, size_t n) {
     (void)be;
-    for (size_t i = 0; i < n; i++) x[i] += y[i];
+    kern_add(x, y, n);
 }
 
 static void cpu_gather_rows(Backend *be, float *dst, int dst_stride, const float *src, int src_stride,

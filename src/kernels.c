@@ -90,6 +90,32 @@ void kern_matmul(float *out, const float *x, const Weight *w, int n) {
     }
 }
 
+/* ---- rmsnorm, add ---- */
+
+void kern_rmsnorm(float *out, const float *x, const Weight *w, int n, int dim, float eps) {
+    #pragma omp parallel for schedule(static) if ((size_t)n * dim >= 65536)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
+        float r = 1.0f / sqrtf(ss + eps);
+        if (g_avx512) kern_scale_mul_avx512(oi, xi, r, w, dim);
+        else
+            for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
+    }
+}
+
+void kern_add(float *x, const float *y, size_t n) {
+    const size_t CH = 16384, nch = (n + CH - 1) / CH;
+    #pragma omp parallel for schedule(static) if (n >= 262144)
+    for (size_t c = 0; c < nch; c++) {
+        size_t a = c * CH, b = a + CH < n ? a + CH : n;
+        if (g_avx512) kern_add_avx512(x + a, y + a, b - a);
+        else
+            for (size_t i = a; i < b; i++) x[i] += y[i];
+    }
+}
+
 /* ---- swiglu ---- */
 
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
@@ -154,7 +180,7 @@ static void attention_portable(float *out, const float *q, const KvCache *kv, in
 
 void kern_attention(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
                     int n, int n_heads, int n_kv_heads, int head_dim) {
-    if (g_avx512 && head_dim % 16 == 0 && head_dim <= 512)
+    if (g_avx512 && kern_attention_avx512_ok(head_dim))
         kern_attention_avx512(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
     else
         attention_portable(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);

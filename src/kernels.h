@@ -29,6 +29,11 @@ static inline float kern_weight_at(const Weight *w, int k) {
 /* out[n][w->rows] = x[n][w->cols] . W^T, OpenMP over output columns */
 void kern_matmul(float *out, const float *x, const Weight *w, int n);
 
+/* RMSNorm of n rows of dim: ss = dot(x, x) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r)
+ * (out may be x) */
+void kern_rmsnorm(float *out, const float *x, const Weight *w, int n, int dim, float eps);
+/* x += y */
+void kern_add(float *x, const float *y, size_t n);
 /* out = silu(gate) * up, n elements (out may be gate) */
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n);
 /* Grouped-query attention (backend.h's contract): q [n][n_heads][head_dim] -> out, token i
@@ -41,7 +46,10 @@ bool kern_avx512_available(void);
 bool kern_avx512bf16_available(void);
 void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n);
 float kern_dot_f32_avx512(const float *a, const float *b, int n);
+void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w, int dim);
+void kern_add_avx512(float *x, const float *y, size_t n);
 void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n);
+bool kern_attention_avx512_ok(int head_dim);
 void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                            const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim);
 

@@ -351,6 +351,25 @@ float kern_dot_f32_avx512(const float *a, const float *b, int n) {
     return hsum16(acc);
 }
 
+/* ---- elementwise ---- */
+
+/* out = w * (x * r), the two roundings of the portable expression (no FMA) */
+void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w, int dim) {
+    const __m512 rv = _mm512_set1_ps(r);
+    int k = 0;
+    for (; k + 16 <= dim; k += 16) {
+        __m512 wv = w->dtype == DS_BF16 ? wload(DS_BF16, w->host, k) : w->dtype == DS_F16 ? wload(DS_F16, w->host, k) : wload(DS_F32, w->host, k);
+        _mm512_storeu_ps(out + k, _mm512_mul_ps(wv, _mm512_mul_ps(_mm512_loadu_ps(x + k), rv)));
+    }
+    for (; k < dim; k++) out[k] = kern_weight_at(w, k) * (x[k] * r);
+}
+
+void kern_add_avx512(float *x, const float *y, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) x[i] += y[i];
+}
+
 /* ---- exp ---- */
 
 /* e^x for 16 lanes, deterministic (no table, no libm): x = n ln2 + r, |r| <= ln2/2, e^r by
@@ -402,15 +421,16 @@ void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n
 #define AQ 8     /* queries per work item */
 #define AB 16    /* keys per block */
 #define AG 4     /* heads of a GQA group per pass */
-#define HD_MAX 512
+#define HD_MAX 256
 
 typedef struct {
     float m, l;
 } SoftState;
 
+/* kb/vb: key j of the block at kb + j * ld; keys past nb are not read unless `padded` (a
+ * zero-filled local copy), in which case all 16 scores are computed and the extra ones masked */
 AI void attn_block(const float *qv, float *acc, SoftState *st, const float *kb, const float *vb, size_t ld, int nb,
-                   int hd, float scale) {
-    /* scores of keys 0..nb-1 of this block */
+                   int hd, float scale, bool padded) {
     __m512 sacc[AB];
     #pragma GCC unroll 16
     for (int j = 0; j < AB; j++) sacc[j] = _mm512_setzero_ps();
@@ -418,7 +438,7 @@ AI void attn_block(const float *qv, float *acc, SoftState *st, const float *kb, 
         __m512 q = _mm512_loadu_ps(qv + d);
         #pragma GCC unroll 16
         for (int j = 0; j < AB; j++)
-            if (j < nb) sacc[j] = _mm512_fmadd_ps(q, _mm512_loadu_ps(kb + (size_t)j * ld + d), sacc[j]);
+            if (padded || j < nb) sacc[j] = _mm512_fmadd_ps(q, _mm512_loadu_ps(kb + (size_t)j * ld + d), sacc[j]);
     }
     const __mmask16 valid = (__mmask16)((1u << nb) - 1);
     __m512 s = _mm512_mul_ps(hsum16x16(sacc), _mm512_set1_ps(scale));
@@ -427,10 +447,7 @@ AI void attn_block(const float *qv, float *acc, SoftState *st, const float *kb, 
     float mnew = st->m > mb ? st->m : mb;
     __m512 p = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mnew))));
     float c = 0.0f;
-    if (st->m != -INFINITY) {
-        __m512 cv = exp16(_mm512_set1_ps(st->m - mnew));
-        c = _mm512_cvtss_f32(cv);
-    }
+    if (st->m != -INFINITY) c = _mm512_cvtss_f32(exp16(_mm512_set1_ps(st->m - mnew)));
     st->l = st->l * c + hsum16(p);
     st->m = mnew;
     float pj[AB] __attribute__((aligned(64)));
@@ -456,9 +473,11 @@ AI void attn_block(const float *qv, float *acc, SoftState *st, const float *kb, 
     }
 }
 
+bool kern_attention_avx512_ok(int head_dim) { return head_dim % 16 == 0 && head_dim <= HD_MAX; }
+
 void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                            const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
-    DS_ASSERT(head_dim % 16 == 0 && head_dim <= HD_MAX && n_heads % n_kv_heads == 0);
+    DS_ASSERT(kern_attention_avx512_ok(head_dim) && n_heads % n_kv_heads == 0);
     const int group = n_heads / n_kv_heads, hd = head_dim, ld = kv->kv_dim;
     const float scale = 1.0f / sqrtf((float)hd);
     const int nchunks = (n + AQ - 1) / AQ, items = nchunks * n_kv_heads;
@@ -469,7 +488,12 @@ void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int la
     for (int it = 0; it < items; it++) {
         const int g = it % n_kv_heads, i0 = (it / n_kv_heads) * AQ, i1 = i0 + AQ < n ? i0 + AQ : n;
         const int G = group > AG ? AG : group;  /* heads processed together (state on stack) */
+        /* a local copy of the K/V block (keys 4 KB apart in the cache share L1 sets), worth it
+         * when several (query, head) pairs use it */
+        const bool copy = (i1 - i0) * G >= 4;
+        float kloc[AB * HD_MAX] __attribute__((aligned(64))), vloc[AB * HD_MAX] __attribute__((aligned(64)));
         for (int h0 = g * group; h0 < (g + 1) * group; h0 += G) {
+            const int nh = (g + 1) * group - h0 < G ? (g + 1) * group - h0 : G;
             float acc[AQ * AG][HD_MAX] __attribute__((aligned(64)));
             SoftState st[AQ * AG];
             int maxlen = 0;
@@ -481,19 +505,43 @@ void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int la
                 st[a] = (SoftState){-INFINITY, 0.0f};
                 memset(acc[a], 0, sizeof(float) * hd);
             }
-            for (int j0 = 0; j0 < maxlen; j0 += AB)
+            for (int j0 = 0; j0 < maxlen; j0 += AB) {
+                int have_slot = -1, have_nb = 0;
                 for (int i = i0; i < i1; i++) {
                     if (j0 >= kv_len[i]) continue;
                     int nb = kv_len[i] - j0 < AB ? kv_len[i] - j0 : AB;
                     size_t base = (((size_t)layer * kv->n_slots + slot[i]) * kv->max_ctx + j0) * ld + (size_t)g * hd;
-                    for (int hh = 0; hh < G && h0 + hh < (g + 1) * group; hh++) {
-                        int a = (i - i0) * G + hh;
-                        attn_block(q + ((size_t)i * n_heads + h0 + hh) * hd, acc[a], &st[a], kv->k + base, kv->v + base,
-                                   (size_t)ld, nb, hd, scale);
+                    const float *kb = kv->k + base, *vb = kv->v + base;
+                    if (copy) {
+                        if (slot[i] != have_slot || nb > have_nb) {
+                            for (int j = 0; j < AB; j++) {
+                                if (j < nb) {
+                                    memcpy(kloc + j * hd, kb + (size_t)j * ld, sizeof(float) * hd);
+                                    memcpy(vloc + j * hd, vb + (size_t)j * ld, sizeof(float) * hd);
+                                } else {
+                                    memset(kloc + j * hd, 0, sizeof(float) * hd);
+                                    memset(vloc + j * hd, 0, sizeof(float) * hd);
+                                }
+                            }
+                            have_slot = slot[i];
+                            have_nb = nb;
+                        }
+                        for (int hh = 0; hh < nh; hh++) {
+                            int a = (i - i0) * G + hh;
+                            attn_block(q + ((size_t)i * n_heads + h0 + hh) * hd, acc[a], &st[a], kloc, vloc, (size_t)hd, nb, hd,
+                                       scale, true);
+                        }
+                    } else {
+                        for (int hh = 0; hh < nh; hh++) {
+                            int a = (i - i0) * G + hh;
+                            attn_block(q + ((size_t)i * n_heads + h0 + hh) * hd, acc[a], &st[a], kb, vb, (size_t)ld, nb, hd,
+                                       scale, false);
+                        }
                     }
                 }
+            }
             for (int i = i0; i < i1; i++)
-                for (int hh = 0; hh < G && h0 + hh < (g + 1) * group; hh++) {
+                for (int hh = 0; hh < nh; hh++) {
                     int a = (i - i0) * G + hh;
                     float *o = out + ((size_t)i * n_heads + h0 + hh) * hd;
                     __m512 inv = _mm512_set1_ps(1.0f / st[a].l);
