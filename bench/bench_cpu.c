@@ -171,6 +171,7 @@ static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, 
 int main(int argc, char **argv) {
     const char *dir = "/tmp/dspark-bench-qwen3-0.6b", *threads_s = "1,2", *json_out = NULL, *ik = NULL, *gguf = NULL;
     int n_prefill = 128, n_decode = 32, reps = 3;
+    bool bf16act = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads_s = argv[++i];
@@ -181,9 +182,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ik-llama") && i + 1 < argc) ik = argv[++i];
         else if (!strcmp(argv[i], "--gguf") && i + 1 < argc) gguf = argv[++i];
         else if (!strcmp(argv[i], "--profile")) g_profile = true;
+        else if (!strcmp(argv[i], "--bf16-act")) bf16act = true;
         else {
             fprintf(stderr, "usage: bench_cpu [--dir DIR] [--threads 1,2] [--prefill N] [--decode N] [--reps N] [--json OUT]"
-                            " [--ik-llama LLAMA_BENCH --gguf MODEL.gguf] [--profile]\n");
+                            " [--ik-llama LLAMA_BENCH --gguf MODEL.gguf] [--profile] [--bf16-act]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -196,6 +198,7 @@ int main(int argc, char **argv) {
     }
     Backend *be = backend_cpu_create(0);
     if (g_profile) profile_wrap(be);
+    if (bf16act && !kern_set_bf16_activations(true)) { fprintf(stderr, "bench_cpu: --bf16-act: this CPU has no AVX512_BF16\n"); return 2; }
     Qwen3Model m;
     if (qwen3_load(&m, dir, be, err)) { fprintf(stderr, "bench_cpu: %s\n", err); return 1; }
     FILE *js = json_out ? fopen(json_out, "w") : NULL;

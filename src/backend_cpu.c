@@ -132,7 +132,10 @@ static void cpu_ew(Backend *be, int op, float *out, const float *a, const float 
     }
 }
 
-static void cpu_destroy(Backend *be) { ds_free(be); }
+static void cpu_destroy(Backend *be) {
+    kern_release_scratch();
+    ds_free(be);
+}
 
 Backend *backend_cpu_create(int n_threads) {
     Backend *be = ds_calloc(1, sizeof *be);

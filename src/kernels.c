@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool g_avx512;
+static bool g_avx512, g_bf16_ok, g_bf16act;
 static const char *g_path = "portable";
 
 void kern_init(void) {
@@ -16,6 +16,20 @@ void kern_init(void) {
     const char *force = getenv("DSPARK_KERNELS");
     if (force && strcmp(force, "portable") == 0) return;
     if (kern_avx512_available()) { g_avx512 = true; g_path = "avx512"; }
+    g_bf16_ok = g_avx512 && kern_avx512bf16_available();
+    const char *bf = getenv("DSPARK_BF16_ACT");
+    if (bf && strcmp(bf, "1") == 0) kern_set_bf16_activations(true);
+}
+
+bool kern_set_bf16_activations(bool on) {
+    g_bf16act = on && g_bf16_ok;
+    g_path = g_bf16act ? "avx512+bf16act" : g_avx512 ? "avx512" : "portable";
+    return g_bf16act;
+}
+bool kern_bf16_activations(void) { return g_bf16act; }
+
+void kern_release_scratch(void) {
+    if (g_avx512) kern_bf16_release_scratch();
 }
 const char *kern_path_name(void) { return g_path; }
 
@@ -78,6 +92,7 @@ static void matmul_cols_portable(float *out, const float *x, const Weight *w, in
 }
 
 void kern_matmul(float *out, const float *x, const Weight *w, int n) {
+    if (g_bf16act && w->dtype == DS_BF16 && kern_matmul_bf16act_avx512(out, x, w, n)) return;
     if (g_avx512) { kern_matmul_avx512(out, x, w, n); return; }
     int O = w->rows;
     /* chunks of 16 output columns: enough work per task, and a chunk boundary never splits a

@@ -13,7 +13,16 @@
 #include "backend.h"
 
 void kern_init(void);
-const char *kern_path_name(void);   /* "portable" or "avx512" */
+const char *kern_path_name(void);   /* "portable", "avx512" or "avx512+bf16act" */
+
+/* OPT-IN lossy path (kernels_bf16_avx512.c): activations rounded to BF16 for matmuls with BF16
+ * weights, on CPUs with AVX512_BF16. Off by default and never used by the parity or lossless
+ * tests; DSPARK_BF16_ACT=1 turns it on at kern_init. Returns whether it is now on (false when
+ * the CPU cannot). Rows stay independent of the batch and the thread count on this path too. */
+bool kern_set_bf16_activations(bool on);
+bool kern_bf16_activations(void);
+/* frees the calling thread's BF16 scratch (backend destroy) */
+void kern_release_scratch(void);
 
 float kern_dot_f32(const float *a, const float *b, int n);
 /* widen row r of w into out[w->cols] */
@@ -49,6 +58,8 @@ float kern_dot_f32_avx512(const float *a, const float *b, int n);
 void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w, int dim);
 void kern_add_avx512(float *x, const float *y, size_t n);
 void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n);
+bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n);
+void kern_bf16_release_scratch(void);
 bool kern_attention_avx512_ok(int head_dim);
 void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                            const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim);
