@@ -14,6 +14,8 @@
 
 #include <omp.h>
 
+#include <jansson.h>
+
 #include "qwen3.h"
 #include "kernels.h"
 #include "sample.h"
@@ -72,10 +74,48 @@ static ds_status write_model(const char *dir, char *err) {
     return rc;
 }
 
+/* --profile: every backend op timed (wall clock, the caller's thread) by wrapping the function
+ * pointers; printed per op for the prefill and the decode phase. */
+enum { P_EMBED, P_MATMUL, P_RMSNORM, P_ROPE, P_KVW, P_ATT, P_SWIGLU, P_ADD, P_GATHER, P_N };
+static const char *g_pname[P_N] = {"embed", "matmul", "rmsnorm", "rope", "kv_write", "attention", "swiglu", "add", "gather"};
+static double g_ptime[P_N];
+static long g_pcalls[P_N];
+static Backend g_inner; /* the real ops */
+#define TIMED(id, call) do { double t0_ = ds_now(); call; g_ptime[id] += ds_now() - t0_; g_pcalls[id]++; } while (0)
+static void w_embed(Backend *be, float *o, const Weight *t, const int32_t *ids, int n) { TIMED(P_EMBED, g_inner.embed(be, o, t, ids, n)); }
+static void w_matmul(Backend *be, float *o, const float *x, const Weight *w, int n) { TIMED(P_MATMUL, g_inner.matmul(be, o, x, w, n)); }
+static void w_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) { TIMED(P_RMSNORM, g_inner.rmsnorm(be, o, x, w, n, d, e)); }
+static void w_rope(Backend *be, float *x, const int32_t *p, int n, int h, int hd, float th) { TIMED(P_ROPE, g_inner.rope(be, x, p, n, h, hd, th)); }
+static void w_kvw(Backend *be, KvCache *kv, int l, const float *k, const float *v, const int32_t *s, const int32_t *p, int n) { TIMED(P_KVW, g_inner.kv_write(be, kv, l, k, v, s, p, n)); }
+static void w_att(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *s, const int32_t *kl, int n, int h, int kvh, int hd) {
+    TIMED(P_ATT, g_inner.attention(be, o, q, kv, l, s, kl, n, h, kvh, hd));
+}
+static void w_swiglu(Backend *be, float *o, const float *g, const float *u, size_t n) { TIMED(P_SWIGLU, g_inner.swiglu(be, o, g, u, n)); }
+static void w_add(Backend *be, float *x, const float *y, size_t n) { TIMED(P_ADD, g_inner.add(be, x, y, n)); }
+static void w_gather(Backend *be, float *d, int ds, const float *s, int ss, const int32_t *r, int n, int c) { TIMED(P_GATHER, g_inner.gather_rows(be, d, ds, s, ss, r, n, c)); }
+static void profile_wrap(Backend *be) {
+    g_inner = *be;
+    be->embed = w_embed; be->matmul = w_matmul; be->rmsnorm = w_rmsnorm; be->rope = w_rope; be->kv_write = w_kvw;
+    be->attention = w_att; be->swiglu = w_swiglu; be->add = w_add; be->gather_rows = w_gather;
+}
+static void profile_print(const char *phase, double total, int tokens) {
+    double sum = 0;
+    printf("  %s: %.2f ms per token;", phase, 1e3 * total / tokens);
+    for (int i = 0; i < P_N; i++) {
+        sum += g_ptime[i];
+        if (g_ptime[i] > 0) printf(" %s %.1f%%", g_pname[i], 100 * g_ptime[i] / total);
+        g_ptime[i] = 0; g_pcalls[i] = 0;
+    }
+    printf(" (rest %.1f%%)\n", 100 * (total - sum) / total);
+}
+static bool g_profile;
+
 typedef struct { double prefill, decode; } Speed;
 
 static Speed run_ours(Qwen3Model *m, int threads, int n_prefill, int n_decode, char *err, int *fail) {
     omp_set_num_threads(threads);
+    memset(g_ptime, 0, sizeof g_ptime);
+    memset(g_pcalls, 0, sizeof g_pcalls);
     Qwen3State st;
     Speed sp = {0, 0};
     if (qwen3_state_init(&st, m, n_prefill, 1, 0, 1, n_prefill + n_decode + 1, err)) { *fail = 1; return sp; }
@@ -85,6 +125,7 @@ static Speed run_ours(Qwen3Model *m, int threads, int n_prefill, int n_decode, c
     double t0 = ds_now();
     if (qwen3_forward(m, &st, &b, err)) *fail = 1;
     double t1 = ds_now();
+    if (g_profile) profile_print("prefill", t1 - t0, n_prefill);
     int32_t next = argmax_f32(st.logits_host, m->cfg.vocab_size);
     for (int i = 0; i < n_decode && !*fail; i++) {
         int32_t p = n_prefill + i, row = 0;
@@ -93,6 +134,7 @@ static Speed run_ours(Qwen3Model *m, int threads, int n_prefill, int n_decode, c
         next = argmax_f32(st.logits_host, m->cfg.vocab_size);
     }
     double t2 = ds_now();
+    if (g_profile) profile_print("decode", t2 - t1, n_decode);
     sp.prefill = n_prefill / (t1 - t0);
     sp.decode = n_decode / (t2 - t1);
     qwen3_state_free(&st, m);
@@ -100,36 +142,27 @@ static Speed run_ours(Qwen3Model *m, int threads, int n_prefill, int n_decode, c
     return sp;
 }
 
-/* llama-bench -m GGUF -t T -p P -n N -o csv: returns avg_ts of the pp and tg rows */
+/* llama-bench -m GGUF -t T -p P -n N -r 1 -o json: avg_ts of the pp and the tg test (its
+ * defaults otherwise: one warm-up run, F16 KV cache, flash attention) */
 static Speed run_ik(const char *bin, const char *gguf, int threads, int n_prefill, int n_decode) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "'%s' -m '%s' -t %d -p %d -n %d -r 1 -o csv 2>/dev/null", bin, gguf, threads, n_prefill, n_decode);
+    snprintf(cmd, sizeof cmd, "'%s' -m '%s' -t %d -p %d -n %d -r 1 -o json 2>/dev/null", bin, gguf, threads, n_prefill, n_decode);
     Speed sp = {0, 0};
     FILE *p = popen(cmd, "r");
     if (!p) return sp;
-    char line[4096];
-    int col_ts = -1, col_p = -1, col_n = -1;
-    while (fgets(line, sizeof line, p)) {
-        char *save, *tokp = line;
-        int c = 0;
-        double ts = 0;
-        long np = 0, nn = 0;
-        for (char *f = strtok_r(tokp, ",\n", &save); f; f = strtok_r(NULL, ",\n", &save), c++) {
-            if (col_ts < 0 && (strstr(f, "avg_ts") || strstr(f, "n_prompt") || strstr(f, "n_gen"))) {
-                if (strstr(f, "avg_ts")) col_ts = c;
-                if (strstr(f, "n_prompt")) col_p = c;
-                if (strstr(f, "n_gen")) col_n = c;
-                continue;
-            }
-            const char *v = f[0] == '"' ? f + 1 : f;
-            if (c == col_ts) ts = atof(v);
-            if (c == col_p) np = atol(v);
-            if (c == col_n) nn = atol(v);
-        }
-        if (ts > 0 && np > 0 && nn == 0) sp.prefill = ts;
-        if (ts > 0 && nn > 0 && np == 0) sp.decode = ts;
-    }
+    json_error_t je;
+    json_t *root = json_loadf(p, JSON_DISABLE_EOF_CHECK, &je);
     pclose(p);
+    size_t i;
+    json_t *t;
+    if (json_is_array(root))
+        json_array_foreach(root, i, t) {
+            double ts = json_number_value(json_object_get(t, "avg_ts"));
+            json_int_t np = json_integer_value(json_object_get(t, "n_prompt")), ng = json_integer_value(json_object_get(t, "n_gen"));
+            if (np > 0 && ng == 0) sp.prefill = ts;
+            if (ng > 0 && np == 0) sp.decode = ts;
+        }
+    json_decref(root);
     return sp;
 }
 
@@ -138,6 +171,7 @@ static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, 
 int main(int argc, char **argv) {
     const char *dir = "/tmp/dspark-bench-qwen3-0.6b", *threads_s = "1,2", *json_out = NULL, *ik = NULL, *gguf = NULL;
     int n_prefill = 128, n_decode = 32, reps = 3;
+    bool bf16act = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads_s = argv[++i];
@@ -147,9 +181,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_out = argv[++i];
         else if (!strcmp(argv[i], "--ik-llama") && i + 1 < argc) ik = argv[++i];
         else if (!strcmp(argv[i], "--gguf") && i + 1 < argc) gguf = argv[++i];
+        else if (!strcmp(argv[i], "--profile")) g_profile = true;
+        else if (!strcmp(argv[i], "--bf16-act")) bf16act = true;
         else {
             fprintf(stderr, "usage: bench_cpu [--dir DIR] [--threads 1,2] [--prefill N] [--decode N] [--reps N] [--json OUT]"
-                            " [--ik-llama LLAMA_BENCH --gguf MODEL.gguf]\n");
+                            " [--ik-llama LLAMA_BENCH --gguf MODEL.gguf] [--profile] [--bf16-act]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -161,6 +197,8 @@ int main(int argc, char **argv) {
         if (write_model(dir, err)) { fprintf(stderr, "bench_cpu: %s\n", err); return 1; }
     }
     Backend *be = backend_cpu_create(0);
+    if (g_profile) profile_wrap(be);
+    if (bf16act && !kern_set_bf16_activations(true)) { fprintf(stderr, "bench_cpu: --bf16-act: this CPU has no AVX512_BF16\n"); return 2; }
     Qwen3Model m;
     if (qwen3_load(&m, dir, be, err)) { fprintf(stderr, "bench_cpu: %s\n", err); return 1; }
     FILE *js = json_out ? fopen(json_out, "w") : NULL;
@@ -172,6 +210,10 @@ int main(int argc, char **argv) {
         int th = atoi(p);
         double pf[50], dc[50], ipf[50], idc[50];
         int fail = 0;
+        bool prof = g_profile;
+        g_profile = false;
+        run_ours(&m, th, n_prefill, n_decode, err, &fail); /* warm-up (page tables, caches), as llama-bench does */
+        g_profile = prof;
         for (int r = 0; r < reps; r++) {
             Speed s = run_ours(&m, th, n_prefill, n_decode, err, &fail);
             pf[r] = s.prefill; dc[r] = s.decode;

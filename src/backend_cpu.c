@@ -41,14 +41,8 @@ static void cpu_matmul(Backend *be, float *out, const float *x, const Weight *w,
 
 static void cpu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
     (void)be;
-    #pragma omp parallel for schedule(static) if (n >= 64)
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * dim;
-        float *oi = out + (size_t)i * dim;
-        float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
-        float r = 1.0f / sqrtf(ss + eps);
-        for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
-    }
+    /* per row: ss = dot(x, x) / dim; r = 1 / sqrt(ss + eps); out = w * (x * r) (kernels.c) */
+    kern_rmsnorm(out, x, w, n, dim, eps);
 }
 
 static void cpu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim, float theta) {
@@ -92,59 +86,22 @@ static void cpu_kv_write(Backend *be, KvCache *kv, int layer, const float *k, co
     }
 }
 
-/* One pass, online softmax (running max and sum), keys in order 0..kv_len-1. */
+/* Grouped-query attention: kernels.c (online softmax; the AVX-512 path shares each K/V block
+ * among the queries and heads of a group, each query's arithmetic its own). */
 static void cpu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                           const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
     (void)be;
-    int group = n_heads / n_kv_heads;
-    float scale = 1.0f / sqrtf((float)head_dim);
-    /* a parallel region costs microseconds (much more when the other core is busy): only
-     * for enough work */
-    long work = (long)n * n_heads * kv_len[0] * head_dim;
-    #pragma omp parallel for collapse(2) schedule(static) if (work >= 65536)
-    for (int i = 0; i < n; i++) {
-        for (int h = 0; h < n_heads; h++) {
-            const float *qi = q + ((size_t)i * n_heads + h) * head_dim;
-            float *oi = out + ((size_t)i * n_heads + h) * head_dim;
-            int kvh = h / group, len = kv_len[i];
-            DS_ASSERT(len >= 1 && len <= kv->max_ctx);
-            const float *kbase = kv->k + kv_offset(kv, layer, slot[i], 0) + (size_t)kvh * head_dim;
-            const float *vbase = kv->v + kv_offset(kv, layer, slot[i], 0) + (size_t)kvh * head_dim;
-            float acc[512];
-            DS_ASSERT(head_dim <= 512);
-            for (int d = 0; d < head_dim; d++) acc[d] = 0.0f;
-            float m = -INFINITY, l = 0.0f;
-            for (int j = 0; j < len; j++) {
-                float s = kern_dot_f32(qi, kbase + (size_t)j * kv->kv_dim, head_dim) * scale;
-                const float *vj = vbase + (size_t)j * kv->kv_dim;
-                if (s > m) {
-                    float corr = expf(m - s); /* exp(-inf) = 0 on the first key */
-                    l *= corr;
-                    for (int d = 0; d < head_dim; d++) acc[d] *= corr;
-                    m = s;
-                }
-                float p = expf(s - m);
-                l += p;
-                for (int d = 0; d < head_dim; d++) acc[d] += p * vj[d];
-            }
-            float inv = 1.0f / l;
-            for (int d = 0; d < head_dim; d++) oi[d] = acc[d] * inv;
-        }
-    }
+    kern_attention(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
 }
 
 static void cpu_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
     (void)be;
-    #pragma omp parallel for schedule(static) if (n >= 65536)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i];
-        out[i] = (g / (1.0f + expf(-g))) * up[i];
-    }
+    kern_swiglu(out, gate, up, n);
 }
 
 static void cpu_add(Backend *be, float *x, const float *y, size_t n) {
     (void)be;
-    for (size_t i = 0; i < n; i++) x[i] += y[i];
+    kern_add(x, y, n);
 }
 
 static void cpu_gather_rows(Backend *be, float *dst, int dst_stride, const float *src, int src_stride,
@@ -175,7 +132,10 @@ static void cpu_ew(Backend *be, int op, float *out, const float *a, const float 
     }
 }
 
-static void cpu_destroy(Backend *be) { ds_free(be); }
+static void cpu_destroy(Backend *be) {
+    kern_release_scratch();
+    ds_free(be);
+}
 
 Backend *backend_cpu_create(int n_threads) {
     Backend *be = ds_calloc(1, sizeof *be);

@@ -2,10 +2,11 @@
 #include "kernels.h"
 
 #include <omp.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-static kern_matmul_cols_fn g_fast_cols;
+static bool g_avx512, g_bf16_ok, g_bf16act;
 static const char *g_path = "portable";
 
 void kern_init(void) {
@@ -14,7 +15,21 @@ void kern_init(void) {
     done = 1;
     const char *force = getenv("DSPARK_KERNELS");
     if (force && strcmp(force, "portable") == 0) return;
-    if (kern_avx512_available()) { g_fast_cols = kern_matmul_cols_avx512; g_path = "avx512"; }
+    if (kern_avx512_available()) { g_avx512 = true; g_path = "avx512"; }
+    g_bf16_ok = g_avx512 && kern_avx512bf16_available();
+    const char *bf = getenv("DSPARK_BF16_ACT");
+    if (bf && strcmp(bf, "1") == 0) kern_set_bf16_activations(true);
+}
+
+bool kern_set_bf16_activations(bool on) {
+    g_bf16act = on && g_bf16_ok;
+    g_path = g_bf16act ? "avx512+bf16act" : g_avx512 ? "avx512" : "portable";
+    return g_bf16act;
+}
+bool kern_bf16_activations(void) { return g_bf16act; }
+
+void kern_release_scratch(void) {
+    if (g_avx512) kern_bf16_release_scratch();
 }
 const char *kern_path_name(void) { return g_path; }
 
@@ -26,6 +41,7 @@ static inline float reduce16(float *acc) {
 }
 
 float kern_dot_f32(const float *a, const float *b, int n) {
+    if (g_avx512) return kern_dot_f32_avx512(a, b, n);
     float acc[16] = {0};
     int k = 0;
     for (; k + 16 <= n; k += 16)
@@ -76,6 +92,8 @@ static void matmul_cols_portable(float *out, const float *x, const Weight *w, in
 }
 
 void kern_matmul(float *out, const float *x, const Weight *w, int n) {
+    if (g_bf16act && w->dtype == DS_BF16 && kern_matmul_bf16act_avx512(out, x, w, n)) return;
+    if (g_avx512) { kern_matmul_avx512(out, x, w, n); return; }
     int O = w->rows;
     /* chunks of 16 output columns: enough work per task, and a chunk boundary never splits a
      * reduction, so the thread count cannot change any value */
@@ -83,6 +101,102 @@ void kern_matmul(float *out, const float *x, const Weight *w, int n) {
     #pragma omp parallel for schedule(static) if ((size_t)O * w->cols * (size_t)n >= 32768)
     for (int c = 0; c < n_chunks; c++) {
         int o0 = c * 16, o1 = o0 + 16 < O ? o0 + 16 : O;
-        if (!(g_fast_cols && g_fast_cols(out, x, w, n, o0, o1))) matmul_cols_portable(out, x, w, n, o0, o1);
+        matmul_cols_portable(out, x, w, n, o0, o1);
     }
+}
+
+/* ---- rmsnorm, add ---- */
+
+void kern_rmsnorm(float *out, const float *x, const Weight *w, int n, int dim, float eps) {
+    #pragma omp parallel for schedule(static) if ((size_t)n * dim >= 65536)
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * dim;
+        float *oi = out + (size_t)i * dim;
+        float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
+        float r = 1.0f / sqrtf(ss + eps);
+        if (g_avx512) kern_scale_mul_avx512(oi, xi, r, w, dim);
+        else
+            for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
+    }
+}
+
+void kern_add(float *x, const float *y, size_t n) {
+    const size_t CH = 16384, nch = (n + CH - 1) / CH;
+    #pragma omp parallel for schedule(static) if (n >= 262144)
+    for (size_t c = 0; c < nch; c++) {
+        size_t a = c * CH, b = a + CH < n ? a + CH : n;
+        if (g_avx512) kern_add_avx512(x + a, y + a, b - a);
+        else
+            for (size_t i = a; i < b; i++) x[i] += y[i];
+    }
+}
+
+/* ---- swiglu ---- */
+
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    /* elementwise: any split is exact; chunks of 4096 keep the vector path's tails rare */
+    const size_t CH = 4096, nch = (n + CH - 1) / CH;
+    #pragma omp parallel for schedule(static) if (n >= 65536)
+    for (size_t c = 0; c < nch; c++) {
+        size_t a = c * CH, b = a + CH < n ? a + CH : n;
+        if (g_avx512) { kern_swiglu_avx512(out + a, gate + a, up + a, b - a); continue; }
+        for (size_t i = a; i < b; i++) {
+            float g = gate[i];
+            out[i] = (g / (1.0f + expf(-g))) * up[i];
+        }
+    }
+}
+
+/* ---- attention (portable) ---- */
+
+static inline size_t kv_offset(const KvCache *kv, int layer, int slot, int pos) {
+    return (((size_t)layer * kv->n_slots + slot) * kv->max_ctx + pos) * kv->kv_dim;
+}
+
+/* One pass, online softmax (running max and sum), keys in order 0..kv_len-1. */
+static void attention_portable(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                               const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
+    int group = n_heads / n_kv_heads;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    long work = 0;
+    for (int i = 0; i < n; i++) work += kv_len[i];
+    work *= (long)n_heads * head_dim;
+    #pragma omp parallel for collapse(2) schedule(static) if (work >= 65536)
+    for (int i = 0; i < n; i++) {
+        for (int h = 0; h < n_heads; h++) {
+            const float *qi = q + ((size_t)i * n_heads + h) * head_dim;
+            float *oi = out + ((size_t)i * n_heads + h) * head_dim;
+            int kvh = h / group, len = kv_len[i];
+            DS_ASSERT(len >= 1 && len <= kv->max_ctx);
+            const float *kbase = kv->k + kv_offset(kv, layer, slot[i], 0) + (size_t)kvh * head_dim;
+            const float *vbase = kv->v + kv_offset(kv, layer, slot[i], 0) + (size_t)kvh * head_dim;
+            float acc[512];
+            DS_ASSERT(head_dim <= 512);
+            for (int d = 0; d < head_dim; d++) acc[d] = 0.0f;
+            float m = -INFINITY, l = 0.0f;
+            for (int j = 0; j < len; j++) {
+                float s = kern_dot_f32(qi, kbase + (size_t)j * kv->kv_dim, head_dim) * scale;
+                const float *vj = vbase + (size_t)j * kv->kv_dim;
+                if (s > m) {
+                    float corr = expf(m - s); /* exp(-inf) = 0 on the first key */
+                    l *= corr;
+                    for (int d = 0; d < head_dim; d++) acc[d] *= corr;
+                    m = s;
+                }
+                float p = expf(s - m);
+                l += p;
+                for (int d = 0; d < head_dim; d++) acc[d] += p * vj[d];
+            }
+            float inv = 1.0f / l;
+            for (int d = 0; d < head_dim; d++) oi[d] = acc[d] * inv;
+        }
+    }
+}
+
+void kern_attention(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
+                    int n, int n_heads, int n_kv_heads, int head_dim) {
+    if (g_avx512 && kern_attention_avx512_ok(head_dim))
+        kern_attention_avx512(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
+    else
+        attention_portable(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
 }

@@ -1,16 +1,28 @@
 /* kernels.h - CPU compute kernels behind backend_cpu.c (and the trainer's F32 paths).
  *
- * The portable kernels sum every dot product in 16 fixed lanes (lane = k mod 16), reduced by
- * a fixed tree, so results are independent of batch composition and thread count. An ISA
- * path (AVX-512, kernels_avx512.c) is chosen once, at kern_init(), by cpuid; it keeps the same
- * independence within itself. DSPARK_KERNELS=portable forces the portable path. */
+ * Every dot product of length K is summed in 16 fixed lanes (lane = k mod 16, k increasing)
+ * and the lanes are reduced by one fixed tree ((j, j+8), (j, j+4), (j, j+2), (j, j+1)), so
+ * results are independent of batch composition and thread count: tiles, panels and thread
+ * splits only group independent (row, column) pairs. An ISA path (AVX-512,
+ * kernels_avx512.c) is chosen once, at kern_init(), by cpuid; it fuses multiply-add (so its
+ * last bits differ from the portable path's), and one path is used for the whole process.
+ * DSPARK_KERNELS=portable forces the portable path. */
 #ifndef DSPARK_KERNELS_H
 #define DSPARK_KERNELS_H
 
 #include "backend.h"
 
 void kern_init(void);
-const char *kern_path_name(void);   /* "portable" or "avx512" */
+const char *kern_path_name(void);   /* "portable", "avx512" or "avx512+bf16act" */
+
+/* OPT-IN lossy path (kernels_bf16_avx512.c): activations rounded to BF16 for matmuls with BF16
+ * weights, on CPUs with AVX512_BF16. Off by default and never used by the parity or lossless
+ * tests; DSPARK_BF16_ACT=1 turns it on at kern_init. Returns whether it is now on (false when
+ * the CPU cannot). Rows stay independent of the batch and the thread count on this path too. */
+bool kern_set_bf16_activations(bool on);
+bool kern_bf16_activations(void);
+/* frees the calling thread's BF16 scratch (backend destroy) */
+void kern_release_scratch(void);
 
 float kern_dot_f32(const float *a, const float *b, int n);
 /* widen row r of w into out[w->cols] */
@@ -26,10 +38,30 @@ static inline float kern_weight_at(const Weight *w, int k) {
 /* out[n][w->rows] = x[n][w->cols] . W^T, OpenMP over output columns */
 void kern_matmul(float *out, const float *x, const Weight *w, int n);
 
-/* ISA-specific matmul over output columns [o0, o1) for all n rows; returns false if this
- * weight dtype is not handled (caller falls back to portable). */
-typedef bool (*kern_matmul_cols_fn)(float *out, const float *x, const Weight *w, int n, int o0, int o1);
+/* RMSNorm of n rows of dim: ss = dot(x, x) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r)
+ * (out may be x) */
+void kern_rmsnorm(float *out, const float *x, const Weight *w, int n, int dim, float eps);
+/* x += y */
+void kern_add(float *x, const float *y, size_t n);
+/* out = silu(gate) * up, n elements (out may be gate) */
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n);
+/* Grouped-query attention (backend.h's contract): q [n][n_heads][head_dim] -> out, token i
+ * attends to rows [0, kv_len[i]) of its slot, online softmax over fixed key blocks. */
+void kern_attention(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
+                    int n, int n_heads, int n_kv_heads, int head_dim);
+
+/* ---- ISA entry points (kernels_avx512.c), called only after kern_init chose them ---- */
 bool kern_avx512_available(void);
-bool kern_matmul_cols_avx512(float *out, const float *x, const Weight *w, int n, int o0, int o1);
+bool kern_avx512bf16_available(void);
+void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n);
+float kern_dot_f32_avx512(const float *a, const float *b, int n);
+void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w, int dim);
+void kern_add_avx512(float *x, const float *y, size_t n);
+void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n);
+bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n);
+void kern_bf16_release_scratch(void);
+bool kern_attention_avx512_ok(int head_dim);
+void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                           const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim);
 
 #endif

@@ -1,37 +1,68 @@
-/* kernels_avx512.c - AVX-512 matmul path (compiled with -mavx512*, used only when cpuid says
- * the CPU has AVX-512F). Same lane discipline as the portable path: lane = k mod 16, one
- * accumulator per (row, column), fixed final reduction, so a row's value never depends on
- * which other rows share the call. (FMA makes it differ from the portable path in the last
- * bits; one path is chosen per process.) */
+/* kernels_avx512.c - AVX-512 kernels (compiled with -mavx512*, used only when cpuid says the
+ * CPU has AVX-512F/BW/VL/DQ; see kernels.h for the arithmetic every path keeps).
+ *
+ * Matmul, the one rule that makes rows independent: output (i, o) is
+ *     acc = 0 (16 lanes); for each 16-wide k step: acc = fma(x[i][k..k+15], W[o][k..k+15], acc)
+ *     (the last step masked to K, zeros beyond); out[i][o] = hsum16(acc)
+ * with hsum16 the fixed tree (lane j + lane j+8, then +4, +2, +1). Every kernel below computes
+ * exactly that for every (i, o): tiles, panels, k blocks and thread splits only decide which
+ * (i, o) pairs are computed together, never the operations of one pair. So the decode kernel
+ * (1-3 rows, weights widened straight from memory) and the prefill kernel (BF16 panel widened
+ * once into an F32 buffer, 4x4 register tiles over an L2-resident block of rows) give the same
+ * bits for a row, and so does any thread count.
+ *
+ * Decode (few rows) is memory bound: each thread streams a contiguous range of weight rows,
+ * 8 at a time, with software prefetch one tile ahead. Prefill is compute bound: per thread,
+ * column panels of 4 weight rows x KC are widened to F32 once and reused by every 4-row tile of
+ * a row block sized to stay in L2. */
 #include "kernels.h"
 
 #include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
 
 bool kern_avx512_available(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 
-static inline __m512 load_w16(const Weight *w, size_t off) {
-    if (w->dtype == DS_BF16) {
-        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w->host + off));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    if (w->dtype == DS_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w->host + off)));
-    return _mm512_loadu_ps((const float *)w->host + off);
+bool kern_avx512bf16_available(void) {
+    __builtin_cpu_init();
+    return kern_avx512_available() && __builtin_cpu_supports("avx512bf16");
 }
 
-static inline __m512 load_w_tail(const Weight *w, size_t off, __mmask16 m) {
-    if (w->dtype == DS_BF16) {
-        __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)w->host + off);
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    }
-    if (w->dtype == DS_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w->host + off));
-    return _mm512_maskz_loadu_ps(m, (const float *)w->host + off);
+/* ---- loads ---- */
+
+AI __m512 bf16_16(const uint16_t *p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
+}
+AI __m512 bf16_16m(const uint16_t *p, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p)), 16));
+}
+/* 16 weights of row `row` starting at k, widened to F32; dt is a compile-time constant at
+ * every call site (the callers are instantiated per dtype) */
+AI __m512 wload(ds_dtype dt, const void *w, size_t off) {
+    if (dt == DS_BF16) return bf16_16((const uint16_t *)w + off);
+    if (dt == DS_F16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + off)));
+    return _mm512_loadu_ps((const float *)w + off);
+}
+AI __m512 wload_m(ds_dtype dt, const void *w, size_t off, __mmask16 m) {
+    if (dt == DS_BF16) return bf16_16m((const uint16_t *)w + off, m);
+    if (dt == DS_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + off));
+    return _mm512_maskz_loadu_ps(m, (const float *)w + off);
+}
+AI void wprefetch(ds_dtype dt, const void *w, size_t off) {
+    _mm_prefetch((const char *)w + off * (dt == DS_F32 ? 4 : 2), _MM_HINT_T0);
 }
 
-/* fixed tree, same shape as the portable reduce16 */
-static inline float hsum16(__m512 v) {
+/* ---- the fixed reduction ---- */
+
+/* The hsum16 tree of one vector (kept for single results). */
+AI float hsum16(__m512 v) {
     __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
     __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     b = _mm_add_ps(b, _mm_movehl_ps(b, b));
@@ -39,37 +70,483 @@ static inline float hsum16(__m512 v) {
     return _mm_cvtss_f32(b);
 }
 
-/* 4 output columns x up to 4 rows per inner tile; each (row, col) has its own accumulator. */
-bool kern_matmul_cols_avx512(float *out, const float *x, const Weight *w, int n, int o0, int o1) {
-    const int K = w->cols, O = w->rows;
+/* 16 accumulators reduced at once, each by exactly the hsum16 tree (the same pairs added at
+ * every level; fp addition is commutative, so operand order does not matter): returns r with
+ * r[j] = hsum16(v[j]). Levels: (j, j+8), (j, j+4), (j, j+2), (j, j+1) within each vector. */
+AI __m512 hsum16x16(const __m512 v[16]) {
+    __m512 u[8], w[4], z[2];
+    #pragma GCC unroll 16
+    for (int p = 0; p < 8; p++)  /* u[p] = [v[2p][0:8]+v[2p][8:16] | v[2p+1][...]] */
+        u[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44), _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
+    #pragma GCC unroll 16
+    for (int p = 0; p < 4; p++)  /* w[p] = 4 chunks, chunk c = v[4p+c]'s (j, j+4) sums */
+        w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0x88), _mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0xDD));
+    #pragma GCC unroll 16
+    for (int p = 0; p < 2; p++)  /* chunk c = [v[8p+c] (j,j+2) x2, v[8p+4+c] (j,j+2) x2] */
+        z[p] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * p], w[2 * p + 1], 0x44), _mm512_shuffle_ps(w[2 * p], w[2 * p + 1], 0xEE));
+    /* chunk c = [h(v[c]), h(v[4+c]), h(v[8+c]), h(v[12+c])] */
+    __m512 r = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(idx, r);
+}
+
+/* ---- decode: R (1..3) rows, 8 weight rows streamed at a time ---- */
+
+#ifndef DC
+#define DC 4 /* weight rows per decode tile */
+#endif
+#ifndef PFD
+#define PFD 1 /* prefetch distance in tiles */
+#endif
+
+AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *x, const void *w, int K, int o, bool pf) {
     const int kfull = K & ~15;
     const __mmask16 tail = (__mmask16)((1u << (K & 15)) - 1);
-    for (int o = o0; o < o1; o += 4) {
-        int nc = o1 - o < 4 ? o1 - o : 4;
-        for (int i = 0; i < n; i += 4) {
-            int nr = n - i < 4 ? n - i : 4;
-            __m512 acc[4][4];
-            for (int r = 0; r < 4; r++)
-                for (int c = 0; c < 4; c++) acc[r][c] = _mm512_setzero_ps();
-            for (int k = 0; k < kfull; k += 16) {
-                __m512 wv[4];
-                for (int c = 0; c < nc; c++) wv[c] = load_w16(w, (size_t)(o + c) * K + k);
-                for (int r = 0; r < nr; r++) {
-                    __m512 xv = _mm512_loadu_ps(x + (size_t)(i + r) * K + k);
-                    for (int c = 0; c < nc; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-                }
-            }
-            if (tail) {
-                __m512 wv[4];
-                for (int c = 0; c < nc; c++) wv[c] = load_w_tail(w, (size_t)(o + c) * K + kfull, tail);
-                for (int r = 0; r < nr; r++) {
-                    __m512 xv = _mm512_maskz_loadu_ps(tail, x + (size_t)(i + r) * K + kfull);
-                    for (int c = 0; c < nc; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
-                }
-            }
-            for (int r = 0; r < nr; r++)
-                for (int c = 0; c < nc; c++) out[(size_t)(i + r) * O + o + c] = hsum16(acc[r][c]);
+    __m512 acc[3][DC];
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
+    const size_t base = (size_t)o * K;
+    for (int k = 0; k < kfull; k += 16) {
+        if (pf && (dt == DS_F32 || (k & 31) == 0))
+            #pragma GCC unroll 16
+            for (int c = 0; c < DC; c++) wprefetch(dt, w, base + (size_t)(c + PFD * DC) * K + k);
+        __m512 xv[3];
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
+        #pragma GCC unroll 16
+        for (int c = 0; c < DC; c++) {
+            if (c >= nc) break;
+            __m512 wv = wload(dt, w, base + (size_t)c * K + k);
+            #pragma GCC unroll 16
+            for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
     }
-    return true;
+    if (tail) {
+        __m512 xv[3];
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++) xv[r] = _mm512_maskz_loadu_ps(tail, x + (size_t)r * K + kfull);
+        #pragma GCC unroll 16
+        for (int c = 0; c < DC; c++) {
+            if (c >= nc) break;
+            __m512 wv = wload_m(dt, w, base + (size_t)c * K + kfull, tail);
+            #pragma GCC unroll 16
+            for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
+        }
+    }
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < DC; c++)
+            if (c < nc) out[(size_t)r * O + o + c] = hsum16(acc[r][c]);
+}
+
+AI void decode_range(ds_dtype dt, int R, float *out, const float *x, const Weight *W, int o0, int o1) {
+    const int K = W->cols, O = W->rows;
+    int o = o0;
+    for (; o + (PFD + 1) * DC <= o1; o += DC) decode_tile(dt, R, DC, out, O, x, W->host, K, o, PFD > 0);
+    for (; o < o1; o += DC) decode_tile(dt, R, o1 - o < DC ? o1 - o : DC, out, O, x, W->host, K, o, false);
+}
+
+#define DECODE_FN(name, dt)                                                                               \
+    static void name(float *out, const float *x, const Weight *W, int R, int o0, int o1) {                \
+        if (R == 1) decode_range(dt, 1, out, x, W, o0, o1);                                               \
+        else if (R == 2) decode_range(dt, 2, out, x, W, o0, o1);                                          \
+        else decode_range(dt, 3, out, x, W, o0, o1);                                                      \
+    }
+DECODE_FN(decode_bf16, DS_BF16)
+DECODE_FN(decode_f16, DS_F16)
+DECODE_FN(decode_f32, DS_F32)
+
+static void decode_cols(float *out, const float *x, const Weight *W, int R, int o0, int o1) {
+    switch (W->dtype) {
+    case DS_BF16: decode_bf16(out, x, W, R, o0, o1); break;
+    case DS_F16: decode_f16(out, x, W, R, o0, o1); break;
+    default: decode_f32(out, x, W, R, o0, o1); break;
+    }
+}
+
+/* ---- prefill: NP-column F32 panels, TR x NP register tiles ---- */
+
+#ifndef KC
+#define KC 1024     /* k per panel block (multiple of 16): NP x KC floats, in L1/L2 */
+#endif
+#ifndef RB_BYTES
+#define RB_BYTES (768 * 1024)  /* x block (rows x K floats) kept in L2 while the panels pass */
+#endif
+#define RB_MAX 128   /* rows per block */
+#ifndef NP
+#define NP 6        /* panel columns = tile columns */
+#endif
+#ifndef TR
+#define TR 4        /* tile rows */
+#endif
+#define NACC (TR * NP)
+#define NRED ((NACC + 15) / 16)  /* reduction networks per tile */
+
+/* widen W[o..o+NP)[k0..k0+kn) into pan[c][0..knp) (knp = kn rounded up to 16, zero padded;
+ * rows past O are zeros) */
+static void panel_widen(float *pan, int knp, const Weight *W, int o, int k0, int kn) {
+    const int K = W->cols, O = W->rows;
+    const int kf = kn & ~15;
+    const __mmask16 tail = (__mmask16)((1u << (kn & 15)) - 1);
+    for (int c = 0; c < NP; c++) {
+        float *p = pan + (size_t)c * knp;
+        if (o + c >= O) { memset(p, 0, sizeof(float) * knp); continue; }
+        size_t off = (size_t)(o + c) * K + k0;
+        switch (W->dtype) {
+        case DS_BF16:
+            for (int k = 0; k < kf; k += 16) _mm512_store_ps(p + k, wload(DS_BF16, W->host, off + k));
+            if (tail) _mm512_store_ps(p + kf, wload_m(DS_BF16, W->host, off + kf, tail));
+            break;
+        case DS_F16:
+            for (int k = 0; k < kf; k += 16) _mm512_store_ps(p + k, wload(DS_F16, W->host, off + k));
+            if (tail) _mm512_store_ps(p + kf, wload_m(DS_F16, W->host, off + kf, tail));
+            break;
+        default:
+            for (int k = 0; k < kf; k += 16) _mm512_store_ps(p + k, wload(DS_F32, W->host, off + k));
+            if (tail) _mm512_store_ps(p + kf, wload_m(DS_F32, W->host, off + kf, tail));
+            break;
+        }
+    }
+}
+
+/* R rows (1..TR) x NP columns over one k block: full steps, then a masked step when the block
+ * ends at K with K % 16 != 0 (x beyond K must not be read: it may be anything). */
+AI void tile_kblock(int R, __m512 acc[TR][NP], const float *x, size_t ldx, const float *pan, int knp, int nfull,
+                    __mmask16 tail) {
+    for (int s = 0; s < nfull; s++) {
+        __m512 wv[NP];
+        #pragma GCC unroll 16
+        for (int c = 0; c < NP; c++) wv[c] = _mm512_load_ps(pan + (size_t)c * knp + 16 * s);
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++) {
+            __m512 xv = _mm512_loadu_ps(x + (size_t)r * ldx + 16 * s);
+            #pragma GCC unroll 16
+            for (int c = 0; c < NP; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+        }
+    }
+    if (tail) {
+        __m512 wv[NP];
+        #pragma GCC unroll 16
+        for (int c = 0; c < NP; c++) wv[c] = _mm512_load_ps(pan + (size_t)c * knp + 16 * nfull);
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++) {
+            __m512 xv = _mm512_maskz_loadu_ps(tail, x + (size_t)r * ldx + 16 * nfull);
+            #pragma GCC unroll 16
+            for (int c = 0; c < NP; c++) acc[r][c] = _mm512_fmadd_ps(xv, wv[c], acc[r][c]);
+        }
+    }
+}
+
+/* One R x NP tile over k block [k0, k0+kn): acc from/to spill (k blocks before/after) or
+ * reduced into out on the last block. */
+AI void tile_run(int R, float *out, int O, int nc, const float *x, int K, const float *pan, int knp, int k0, int kn,
+                 float *spill, bool first, bool last) {
+    __m512 acc[TR][NP];
+    #pragma GCC unroll 16
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 16
+        for (int c = 0; c < NP; c++) acc[r][c] = first ? _mm512_setzero_ps() : _mm512_load_ps(spill + (r * NP + c) * 16);
+    const int nfull = kn >> 4;
+    const __mmask16 tail = (__mmask16)((1u << (kn & 15)) - 1);
+    tile_kblock(R, acc, x + k0, (size_t)K, pan, knp, nfull, tail);
+    if (!last) {
+        #pragma GCC unroll 16
+        for (int r = 0; r < R; r++)
+            #pragma GCC unroll 16
+            for (int c = 0; c < NP; c++) _mm512_store_ps(spill + (r * NP + c) * 16, acc[r][c]);
+        return;
+    }
+    float res[NRED * 16] __attribute__((aligned(64)));
+    #pragma GCC unroll 4
+    for (int g = 0; g < NRED; g++) {
+        __m512 v[16];
+        #pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            int a = g * 16 + j, r = a / NP, c = a % NP;
+            v[j] = a < NACC && r < R ? acc[r < TR ? r : 0][c] : _mm512_setzero_ps();
+        }
+        _mm512_store_ps(res + 16 * g, hsum16x16(v));
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < nc; c++) out[(size_t)r * O + c] = res[r * NP + c];
+}
+
+static void tile_any(int R, float *out, int O, int nc, const float *x, int K, const float *pan, int knp, int k0, int kn,
+                     float *spill, bool first, bool last) {
+    switch (R) {
+#if TR >= 8
+    case 8: tile_run(8, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 7
+    case 7: tile_run(7, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 6
+    case 6: tile_run(6, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 5
+    case 5: tile_run(5, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 4
+    case 4: tile_run(4, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+#endif
+    case 3: tile_run(3, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+    case 2: tile_run(2, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+    default: tile_run(1, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
+    }
+}
+
+/* rows [0, n) x columns [o0, o1) */
+static void prefill_cols(float *out, const float *x, const Weight *W, int n, int o0, int o1) {
+    const int K = W->cols, O = W->rows;
+    float pan[NP * KC] __attribute__((aligned(64)));
+    float spill[RB_MAX * NP * 16] __attribute__((aligned(64)));
+    /* rows per block: the block of x (rb x K floats) stays in L2 while all panels pass */
+    int rb = (int)(RB_BYTES / ((size_t)K * sizeof(float)));
+    rb = rb < TR ? TR : rb > RB_MAX ? RB_MAX : rb - rb % TR;
+    for (int i0 = 0; i0 < n; i0 += rb) {
+        int i1 = i0 + rb < n ? i0 + rb : n;
+        for (int o = o0; o < o1; o += NP) {
+            int nc = o1 - o < NP ? o1 - o : NP;
+            for (int k0 = 0; k0 < K; k0 += KC) {
+                int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 15) & ~15;
+                panel_widen(pan, knp, W, o, k0, kn);
+                for (int i = i0; i < i1; i += TR) {
+                    int R = i1 - i < TR ? i1 - i : TR;
+                    tile_any(R, out + (size_t)i * O + o, O, nc, x + (size_t)i * K, K, pan, knp, k0, kn,
+                             spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
+                }
+            }
+        }
+    }
+}
+
+/* Threads split the output columns in contiguous ranges (multiples of 16). */
+void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n) {
+    const int O = w->rows;
+    const int nchunk = (O + 15) / 16;
+    const bool par = (size_t)O * w->cols * (size_t)n >= 65536;
+    #pragma omp parallel if (par)
+    {
+        int T = omp_get_num_threads(), t = omp_get_thread_num();
+        int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
+        int o0 = c0 * 16, o1 = c1 * 16 < O ? c1 * 16 : O;
+        if (o0 < o1) {
+            if (n < 4) decode_cols(out, x, w, n, o0, o1);
+            else prefill_cols(out, x, w, n, o0, o1);
+        }
+    }
+}
+
+float kern_dot_f32_avx512(const float *a, const float *b, int n) {
+    __m512 acc = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= n; k += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + k), _mm512_loadu_ps(b + k), acc);
+    if (k < n) {
+        __mmask16 m = (__mmask16)((1u << (n - k)) - 1);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
+    }
+    return hsum16(acc);
+}
+
+/* ---- elementwise ---- */
+
+/* out = w * (x * r), the two roundings of the portable expression (no FMA) */
+void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w, int dim) {
+    const __m512 rv = _mm512_set1_ps(r);
+    int k = 0;
+    for (; k + 16 <= dim; k += 16) {
+        __m512 wv = w->dtype == DS_BF16 ? wload(DS_BF16, w->host, k) : w->dtype == DS_F16 ? wload(DS_F16, w->host, k) : wload(DS_F32, w->host, k);
+        _mm512_storeu_ps(out + k, _mm512_mul_ps(wv, _mm512_mul_ps(_mm512_loadu_ps(x + k), rv)));
+    }
+    for (; k < dim; k++) out[k] = kern_weight_at(w, k) * (x[k] * r);
+}
+
+void kern_add_avx512(float *x, const float *y, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) x[i] += y[i];
+}
+
+/* ---- exp ---- */
+
+/* e^x for 16 lanes, deterministic (no table, no libm): x = n ln2 + r, |r| <= ln2/2, e^r by
+ * the degree-6 minimax polynomial of Cephes' expf (max relative error ~1.5e-7, 1-2 ulp),
+ * scaled by 2^n. x is clamped to [-87.3, 88.7]: callers mask lanes that must be exactly 0. */
+AI __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365447504f)), _mm512_set1_ps(88.7228391117f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* out = silu(gate) * up = gate / (1 + e^-gate) * up */
+void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 g = _mm512_loadu_ps(gate + i);
+        __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(s, _mm512_loadu_ps(up + i)));
+    }
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+        __m512 s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up + i)));
+    }
+}
+
+/* ---- attention ---- */
+
+/* Per (query, head), keys in fixed blocks of 16 aligned to key 0:
+ *   s = (q . k_j) for the block (each dot: 16-lane FMA over head_dim, hsum16 tree), times scale
+ *   m' = max(m, max s); c = e^(m - m'); p = e^(s - m') (0 for keys past kv_len)
+ *   l = l c + hsum16(p); acc = acc c + sum_j p_j v_j (j increasing, FMA)
+ *   out = acc / l
+ * The blocks depend only on the key index, so a query's result depends only on its q, its
+ * slot's cache and its kv_len, never on the other queries or the thread count. Queries are
+ * processed in chunks that share each K/V block while it is in L1 (GQA: the heads of a group
+ * too). */
+#define AQ 8     /* queries per work item */
+#define AB 16    /* keys per block */
+#define AG 4     /* heads of a GQA group per pass */
+#define HD_MAX 256
+
+typedef struct {
+    float m, l;
+} SoftState;
+
+/* kb/vb: key j of the block at kb + j * ld; keys past nb are not read unless `padded` (a
+ * zero-filled local copy), in which case all 16 scores are computed and the extra ones masked */
+AI void attn_block(const float *qv, float *acc, SoftState *st, const float *kb, const float *vb, size_t ld, int nb,
+                   int hd, float scale, bool padded) {
+    __m512 sacc[AB];
+    #pragma GCC unroll 16
+    for (int j = 0; j < AB; j++) sacc[j] = _mm512_setzero_ps();
+    for (int d = 0; d < hd; d += 16) {
+        __m512 q = _mm512_loadu_ps(qv + d);
+        #pragma GCC unroll 16
+        for (int j = 0; j < AB; j++)
+            if (padded || j < nb) sacc[j] = _mm512_fmadd_ps(q, _mm512_loadu_ps(kb + (size_t)j * ld + d), sacc[j]);
+    }
+    const __mmask16 valid = (__mmask16)((1u << nb) - 1);
+    __m512 s = _mm512_mul_ps(hsum16x16(sacc), _mm512_set1_ps(scale));
+    s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(-INFINITY), s);
+    float mb = _mm512_reduce_max_ps(s);   /* max is exact whatever the order */
+    float mnew = st->m > mb ? st->m : mb;
+    __m512 p = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mnew))));
+    float c = 0.0f;
+    if (st->m != -INFINITY) c = _mm512_cvtss_f32(exp16(_mm512_set1_ps(st->m - mnew)));
+    st->l = st->l * c + hsum16(p);
+    st->m = mnew;
+    float pj[AB] __attribute__((aligned(64)));
+    _mm512_store_ps(pj, p);
+    const __m512 cv = _mm512_set1_ps(c);
+    /* 128 dims at a time in registers; per element: acc c, then + p_j v_j for j increasing */
+    for (int d0 = 0; d0 < hd; d0 += 128) {
+        const int nd = hd - d0 < 128 ? (hd - d0) / 16 : 8;
+        __m512 a[8];
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            if (t < nd) a[t] = _mm512_mul_ps(_mm512_load_ps(acc + d0 + 16 * t), cv);
+        for (int j = 0; j < nb; j++) {
+            const __m512 pv = _mm512_set1_ps(pj[j]);
+            const float *vj = vb + (size_t)j * ld + d0;
+            #pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                if (t < nd) a[t] = _mm512_fmadd_ps(pv, _mm512_loadu_ps(vj + 16 * t), a[t]);
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            if (t < nd) _mm512_store_ps(acc + d0 + 16 * t, a[t]);
+    }
+}
+
+bool kern_attention_avx512_ok(int head_dim) { return head_dim % 16 == 0 && head_dim <= HD_MAX; }
+
+void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                           const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
+    DS_ASSERT(kern_attention_avx512_ok(head_dim) && n_heads % n_kv_heads == 0);
+    const int group = n_heads / n_kv_heads, hd = head_dim, ld = kv->kv_dim;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const int nchunks = (n + AQ - 1) / AQ, items = nchunks * n_kv_heads;
+    long work = 0;
+    for (int i = 0; i < n; i++) work += kv_len[i];
+    work *= (long)n_heads * hd;
+    #pragma omp parallel for schedule(dynamic, 1) if (work >= 65536 && items > 1)
+    for (int it = 0; it < items; it++) {
+        const int g = it % n_kv_heads, i0 = (it / n_kv_heads) * AQ, i1 = i0 + AQ < n ? i0 + AQ : n;
+        const int G = group > AG ? AG : group;  /* heads processed together (state on stack) */
+        /* a local copy of the K/V block (keys 4 KB apart in the cache share L1 sets), worth it
+         * when several (query, head) pairs use it */
+        const bool copy = (i1 - i0) * G >= 4;
+        float kloc[AB * HD_MAX] __attribute__((aligned(64))), vloc[AB * HD_MAX] __attribute__((aligned(64)));
+        for (int h0 = g * group; h0 < (g + 1) * group; h0 += G) {
+            const int nh = (g + 1) * group - h0 < G ? (g + 1) * group - h0 : G;
+            float acc[AQ * AG][HD_MAX] __attribute__((aligned(64)));
+            SoftState st[AQ * AG];
+            int maxlen = 0;
+            for (int i = i0; i < i1; i++) {
+                DS_ASSERT(kv_len[i] >= 1 && kv_len[i] <= kv->max_ctx && slot[i] >= 0 && slot[i] < kv->n_slots);
+                if (kv_len[i] > maxlen) maxlen = kv_len[i];
+            }
+            for (int a = 0; a < (i1 - i0) * G; a++) {
+                st[a] = (SoftState){-INFINITY, 0.0f};
+                memset(acc[a], 0, sizeof(float) * hd);
+            }
+            for (int j0 = 0; j0 < maxlen; j0 += AB) {
+                int have_slot = -1, have_nb = 0;
+                for (int i = i0; i < i1; i++) {
+                    if (j0 >= kv_len[i]) continue;
+                    int nb = kv_len[i] - j0 < AB ? kv_len[i] - j0 : AB;
+                    size_t base = (((size_t)layer * kv->n_slots + slot[i]) * kv->max_ctx + j0) * ld + (size_t)g * hd;
+                    const float *kb = kv->k + base, *vb = kv->v + base;
+                    if (copy) {
+                        if (slot[i] != have_slot || nb > have_nb) {
+                            for (int j = 0; j < AB; j++) {
+                                if (j < nb) {
+                                    memcpy(kloc + j * hd, kb + (size_t)j * ld, sizeof(float) * hd);
+                                    memcpy(vloc + j * hd, vb + (size_t)j * ld, sizeof(float) * hd);
+                                } else {
+                                    memset(kloc + j * hd, 0, sizeof(float) * hd);
+                                    memset(vloc + j * hd, 0, sizeof(float) * hd);
+                                }
+                            }
+                            have_slot = slot[i];
+                            have_nb = nb;
+                        }
+                        for (int hh = 0; hh < nh; hh++) {
+                            int a = (i - i0) * G + hh;
+                            attn_block(q + ((size_t)i * n_heads + h0 + hh) * hd, acc[a], &st[a], kloc, vloc, (size_t)hd, nb, hd,
+                                       scale, true);
+                        }
+                    } else {
+                        for (int hh = 0; hh < nh; hh++) {
+                            int a = (i - i0) * G + hh;
+                            attn_block(q + ((size_t)i * n_heads + h0 + hh) * hd, acc[a], &st[a], kb, vb, (size_t)ld, nb, hd,
+                                       scale, false);
+                        }
+                    }
+                }
+            }
+            for (int i = i0; i < i1; i++)
+                for (int hh = 0; hh < nh; hh++) {
+                    int a = (i - i0) * G + hh;
+                    float *o = out + ((size_t)i * n_heads + h0 + hh) * hd;
+                    __m512 inv = _mm512_set1_ps(1.0f / st[a].l);
+                    for (int d = 0; d < hd; d += 16) _mm512_storeu_ps(o + d, _mm512_mul_ps(_mm512_load_ps(acc[a] + d), inv));
+                }
+        }
+    }
 }

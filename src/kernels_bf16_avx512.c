@@ -1,0 +1,285 @@
+/* kernels_bf16_avx512.c - the OPT-IN BF16-activation matmul (AVX512_BF16 vdpbf16ps), for BF16
+ * weights only. Never the default: DSPARK_BF16_ACT=1 or kern_set_bf16_activations(true).
+ *
+ * What changes: each activation row is rounded to BF16 (round to nearest even) once per
+ * matmul, and products are summed by vdpbf16ps: lane j of a 32-wide k step accumulates
+ * x[2j] w[2j] + x[2j+1] w[2j+1] into an F32 accumulator (denormals flushed). Rows stay exact
+ * with respect to each other: output (i, o) is
+ *     acc = 0; for each 32-wide k step: acc = dpbf16(acc, bf16(x[i][k..k+31]), W[o][k..k+31])
+ *     (zeros past K); out[i][o] = hsum16(acc)
+ * in every kernel below, so a row's value does not depend on the batch or the thread count;
+ * it differs from the default F32 path by the rounding of x: relative error per product
+ * <= 2^-9, so |out - exact| <= ~2^-8 sum_k |x_k w_k| (tests/test_kernels.c checks this bound).
+ *
+ * Why: the weights are already BF16, so nothing is widened, and vdpbf16ps does 32
+ * multiply-adds per instruction where vfmadd231ps does 16. */
+#include "kernels.h"
+
+#include <immintrin.h>
+#include <string.h>
+#include <omp.h>
+
+#define AI static inline __attribute__((always_inline))
+
+/* same tree as kernels_avx512.c's hsum16 / hsum16x16 */
+AI float hsum16(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+AI __m512 hsum16x16(const __m512 v[16]) {
+    __m512 u[8], w[4], z[2];
+    #pragma GCC unroll 8
+    for (int p = 0; p < 8; p++)
+        u[p] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0x44), _mm512_shuffle_f32x4(v[2 * p], v[2 * p + 1], 0xEE));
+    #pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+        w[p] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0x88), _mm512_shuffle_f32x4(u[2 * p], u[2 * p + 1], 0xDD));
+    #pragma GCC unroll 2
+    for (int p = 0; p < 2; p++)
+        z[p] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * p], w[2 * p + 1], 0x44), _mm512_shuffle_ps(w[2 * p], w[2 * p + 1], 0xEE));
+    __m512 r = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], 0x88), _mm512_shuffle_ps(z[0], z[1], 0xDD));
+    const __m512i idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm512_permutexvar_ps(idx, r);
+}
+
+AI __m512 dp(__m512 acc, __m512i x, __m512i w) { return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)w); }
+
+/* ---- activations to BF16: rows of Kp (K rounded up to 32, zero padded) ---- */
+
+static void x_to_bf16(uint16_t *xb, const float *x, int n, int K, int Kp) {
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * K;
+        uint16_t *bi = xb + (size_t)i * Kp;
+        for (int k = 0; k < Kp; k += 32) {
+            int r = K - k;
+            __mmask16 mlo = r >= 16 ? 0xFFFF : r > 0 ? (__mmask16)((1u << r) - 1) : 0;
+            __mmask16 mhi = r >= 32 ? 0xFFFF : r > 16 ? (__mmask16)((1u << (r - 16)) - 1) : 0;
+            __m512 lo = _mm512_maskz_loadu_ps(mlo, xi + k), hi = _mm512_maskz_loadu_ps(mhi, xi + k + 16);
+            _mm512_storeu_si512((void *)(bi + k), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+        }
+    }
+}
+
+/* per calling thread, grown when a larger batch comes (never in a steady token loop) */
+static _Thread_local uint16_t *t_xb;
+static _Thread_local size_t t_xb_cap;
+
+void kern_bf16_release_scratch(void) {
+    ds_free_aligned(t_xb);
+    t_xb = NULL;
+    t_xb_cap = 0;
+}
+
+/* ---- decode: R (1..3) rows, DC weight rows at a time ---- */
+
+#define DC 4
+
+AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp, const uint16_t *w, int K, int o, bool pf) {
+    const int kfull = K & ~31;
+    const __mmask32 tail = (__mmask32)((1ull << (K & 31)) - 1);
+    __m512 acc[3][DC];
+    #pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 8
+        for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
+    const size_t base = (size_t)o * K;
+    for (int k = 0; k < kfull; k += 32) {
+        if (pf)
+            #pragma GCC unroll 8
+            for (int c = 0; c < DC; c++) _mm_prefetch((const char *)(w + base + (size_t)(c + DC) * K + k), _MM_HINT_T0);
+        __m512i xv[3];
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k));
+        #pragma GCC unroll 8
+        for (int c = 0; c < DC; c++) {
+            if (c >= nc) break;
+            __m512i wv = _mm512_loadu_si512((const void *)(w + base + (size_t)c * K + k));
+            #pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
+        }
+    }
+    if (tail) {
+        __m512i xv[3];
+        #pragma GCC unroll 4
+        for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + kfull));
+        #pragma GCC unroll 8
+        for (int c = 0; c < DC; c++) {
+            if (c >= nc) break;
+            __m512i wv = _mm512_maskz_loadu_epi16(tail, w + base + (size_t)c * K + kfull);
+            #pragma GCC unroll 4
+            for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
+        }
+    }
+    #pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 8
+        for (int c = 0; c < DC; c++)
+            if (c < nc) out[(size_t)r * O + o + c] = hsum16(acc[r][c]);
+}
+
+AI void decode_range(int R, float *out, const uint16_t *xb, int Kp, const Weight *W, int o0, int o1) {
+    const int K = W->cols, O = W->rows;
+    const uint16_t *w = W->host;
+    int o = o0;
+    for (; o + 2 * DC <= o1; o += DC) decode_tile(R, DC, out, O, xb, Kp, w, K, o, true);
+    for (; o < o1; o += DC) decode_tile(R, o1 - o < DC ? o1 - o : DC, out, O, xb, Kp, w, K, o, false);
+}
+
+static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W, int R, int o0, int o1) {
+    if (R == 1) decode_range(1, out, xb, Kp, W, o0, o1);
+    else if (R == 2) decode_range(2, out, xb, Kp, W, o0, o1);
+    else decode_range(3, out, xb, Kp, W, o0, o1);
+}
+
+/* ---- prefill: TR x NP tiles, weights read in place (k blocks of KC stay in L1) ---- */
+
+#ifndef BKC
+#define BKC 2048    /* k per block: NP rows x BKC BF16 stay in L1 */
+#endif
+#ifndef BRB_BYTES
+#define BRB_BYTES (512 * 1024)  /* BF16 x block kept in L2 */
+#endif
+#define RB_MAX 128
+#ifndef BNP
+#define BNP 6
+#endif
+#ifndef BTR
+#define BTR 4
+#endif
+#define KC BKC
+#define RB_BYTES BRB_BYTES
+#define NP BNP
+#define TR BTR
+#define NACC (TR * NP)
+#define NRED ((NACC + 15) / 16)
+
+/* one R x nc tile over k block [k0, k0+kn) (kn a multiple of 32, or the block ending at K) */
+AI void tile_run(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *w, int K, int k0, int kn,
+                 float *spill, bool first, bool last) {
+    __m512 acc[TR][NP];
+    #pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+        #pragma GCC unroll 8
+        for (int c = 0; c < NP; c++) acc[r][c] = first ? _mm512_setzero_ps() : _mm512_load_ps(spill + (r * NP + c) * 16);
+    const uint16_t *wr[NP];
+    #pragma GCC unroll 8
+    for (int c = 0; c < NP; c++) wr[c] = w + (size_t)(c < nc ? c : 0) * K + k0;  /* padding columns reuse row 0 */
+    const int nfull = kn >> 5;
+    for (int s = 0; s < nfull; s++) {
+        __m512i wv[NP];
+        #pragma GCC unroll 8
+        for (int c = 0; c < NP; c++) wv[c] = _mm512_loadu_si512((const void *)(wr[c] + 32 * s));
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k0 + 32 * s));
+            #pragma GCC unroll 8
+            for (int c = 0; c < NP; c++) acc[r][c] = dp(acc[r][c], xv, wv[c]);
+        }
+    }
+    if (kn & 31) {
+        const __mmask32 tail = (__mmask32)((1ull << (kn & 31)) - 1);
+        __m512i wv[NP];
+        #pragma GCC unroll 8
+        for (int c = 0; c < NP; c++) wv[c] = _mm512_maskz_loadu_epi16(tail, wr[c] + 32 * nfull);
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512i xv = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k0 + 32 * nfull));
+            #pragma GCC unroll 8
+            for (int c = 0; c < NP; c++) acc[r][c] = dp(acc[r][c], xv, wv[c]);
+        }
+    }
+    if (!last) {
+        #pragma GCC unroll 8
+        for (int r = 0; r < R; r++)
+            #pragma GCC unroll 8
+            for (int c = 0; c < NP; c++) _mm512_store_ps(spill + (r * NP + c) * 16, acc[r][c]);
+        return;
+    }
+    float res[NRED * 16] __attribute__((aligned(64)));
+    #pragma GCC unroll 4
+    for (int g = 0; g < NRED; g++) {
+        __m512 v[16];
+        #pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) {
+            int a = g * 16 + j, r = a / NP, c = a % NP;
+            v[j] = a < NACC && r < R ? acc[r < TR ? r : 0][c] : _mm512_setzero_ps();
+        }
+        _mm512_store_ps(res + 16 * g, hsum16x16(v));
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < nc; c++) out[(size_t)r * O + c] = res[r * NP + c];
+}
+
+static void tile_any(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *w, int K, int k0, int kn,
+                     float *spill, bool first, bool last) {
+    switch (R) {
+#if TR >= 6
+    case 6: tile_run(6, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 5
+    case 5: tile_run(5, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+#endif
+#if TR >= 4
+    case 4: tile_run(4, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+#endif
+    case 3: tile_run(3, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 2: tile_run(2, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    default: tile_run(1, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    }
+}
+
+static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W, int n, int o0, int o1) {
+    const int K = W->cols, O = W->rows;
+    const uint16_t *w = W->host;
+    float spill[RB_MAX * NP * 16] __attribute__((aligned(64)));
+    int rb = (int)(RB_BYTES / ((size_t)Kp * 2));
+    rb = rb < TR ? TR : rb > RB_MAX ? RB_MAX : rb - rb % TR;
+    for (int i0 = 0; i0 < n; i0 += rb) {
+        int i1 = i0 + rb < n ? i0 + rb : n;
+        for (int o = o0; o < o1; o += NP) {
+            int nc = o1 - o < NP ? o1 - o : NP;
+            for (int k0 = 0; k0 < K; k0 += KC) {
+                int kn = K - k0 < KC ? K - k0 : KC;
+                for (int i = i0; i < i1; i += TR) {
+                    int R = i1 - i < TR ? i1 - i : TR;
+                    tile_any(R, out + (size_t)i * O + o, O, nc, xb + (size_t)i * Kp, Kp, w + (size_t)o * K, K, k0, kn,
+                             spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
+                }
+            }
+        }
+    }
+}
+
+/* Returns false (nothing done) when the scratch for the BF16 rows cannot be had. */
+bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n) {
+    DS_ASSERT(w->dtype == DS_BF16);
+    const int K = w->cols, O = w->rows, Kp = (K + 31) & ~31;
+    size_t need = (size_t)n * Kp * sizeof(uint16_t);
+    if (need > t_xb_cap) {
+        uint16_t *p = ds_malloc_aligned(need);
+        if (!p) return false;
+        ds_free_aligned(t_xb);
+        t_xb = p;
+        t_xb_cap = need;
+    }
+    uint16_t *xb = t_xb;
+    const int nchunk = (O + 15) / 16;
+    const bool par = (size_t)O * K * (size_t)n >= 65536;
+    #pragma omp parallel if (par)
+    {
+        int T = omp_get_num_threads(), t = omp_get_thread_num();
+        int r0 = (int)((long)n * t / T), r1 = (int)((long)n * (t + 1) / T);
+        x_to_bf16(xb + (size_t)r0 * Kp, x + (size_t)r0 * K, r1 - r0, K, Kp);
+        #pragma omp barrier
+        int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
+        int o0 = c0 * 16, o1 = c1 * 16 < O ? c1 * 16 : O;
+        if (o0 < o1) {
+            if (n < 4) decode_cols(out, xb, Kp, w, n, o0, o1);
+            else prefill_cols(out, xb, Kp, w, n, o0, o1);
+        }
+    }
+    return true;
+}
