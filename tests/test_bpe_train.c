@@ -7,7 +7,9 @@
 #include "chat.h"
 #include "tokenizer.h"
 
+#include <jansson.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void feed_n(BpeTrainer *t, const char *word, int n) {
@@ -107,7 +109,39 @@ static void test_errors(void) {
     bpe_trainer_free(t);
 }
 
+/* A tokenizer trained by us on the Debian corpus encodes exactly as the `tokenizers` library
+ * does with the same tokenizer.json (ids computed there, tests/data/bpe-trained/README.md). */
+static void test_hf_parity(void) {
+    char err[DS_ERR_LEN];
+    Tokenizer *tk;
+    CHECK(tokenizer_load(&tk, test_data("bpe-trained"), err) == DS_OK);
+    FILE *f = fopen(test_data("bpe-trained/hf_cases.jsonl"), "r");
+    CHECK(f != NULL);
+    if (!f) { tokenizer_free(tk); return; }
+    char *line = NULL;
+    size_t cap = 0;
+    int n = 0, bad = 0;
+    while (getline(&line, &cap, f) > 0) {
+        json_error_t je;
+        json_t *c = json_loads(line, 0, &je), *text = json_object_get(c, "text"), *ids = json_object_get(c, "ids");
+        int32_t *got;
+        int m;
+        n++;
+        if (!c || tokenizer_encode(tk, json_string_value(text), json_string_length(text), &got, &m, err)) { bad++; json_decref(c); continue; }
+        bool same = (size_t)m == json_array_size(ids);
+        for (int i = 0; same && i < m; i++) same = got[i] == json_integer_value(json_array_get(ids, (size_t)i));
+        bad += !same;
+        ds_free(got);
+        json_decref(c);
+    }
+    free(line);
+    fclose(f);
+    CHECK_MSG(bad == 0 && n == 100, "%d of %d cases differ from tokenizers", bad, n);
+    tokenizer_free(tk);
+}
+
 int main(void) {
+    RUN(test_hf_parity);
     RUN(test_merge_order);
     RUN(test_roundtrip);
     RUN(test_errors);
