@@ -1,4 +1,4 @@
-/* test_train_ops.c - the training ops against double-precision references and central finite
+/* test_train_ops_ref.c - the training ops against double-precision references and central finite
  * differences, on small random shapes: two-range grouped-query attention (the drafter's
  * "context < anchor, plus own block" pattern, an empty query, GQA groups of 2), RMSNorm,
  * RoPE (== the inference backend's), SwiGLU, linear; and thread-count independence of the
