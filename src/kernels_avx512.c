@@ -55,9 +55,6 @@ AI __m512 wload_m(ds_dtype dt, const void *w, size_t off, __mmask16 m) {
     if (dt == DS_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + off));
     return _mm512_maskz_loadu_ps(m, (const float *)w + off);
 }
-AI void wprefetch(ds_dtype dt, const void *w, size_t off) {
-    _mm_prefetch((const char *)w + off * (dt == DS_F32 ? 4 : 2), _MM_HINT_T0);
-}
 
 /* ---- the fixed reduction ---- */
 
@@ -90,16 +87,18 @@ AI __m512 hsum16x16(const __m512 v[16]) {
     return _mm512_permutexvar_ps(idx, r);
 }
 
-/* ---- decode: R (1..3) rows, 8 weight rows streamed at a time ---- */
+/* ---- decode: R (1..3) rows, DC weight rows streamed at a time ---- */
 
 #ifndef DC
 #define DC 4 /* weight rows per decode tile */
 #endif
-#ifndef PFD
-#define PFD 1 /* prefetch distance in tiles */
-#endif
 
-AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *x, const void *w, int K, int o, bool pf) {
+/* One tile: weight rows o + c * cs (c < nc), each the full K. The DC rows come from DC
+ * segments of the thread's range that lie far apart, so the thread reads DC independent
+ * sequential streams: one core gets ~25% more bandwidth from DC streams than from one (the
+ * hardware prefetchers run one per stream; bench_peak / docs/bench-cpu.md), and no software
+ * prefetch is needed (it measured slower). */
+AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *x, const void *w, int K, int o, int cs) {
     const int kfull = K & ~15;
     const __mmask16 tail = (__mmask16)((1u << (K & 15)) - 1);
     __m512 acc[3][DC];
@@ -107,18 +106,17 @@ AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 16
         for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
-    const size_t base = (size_t)o * K;
+    size_t base[DC];
+    #pragma GCC unroll 16
+    for (int c = 0; c < DC; c++) base[c] = (size_t)(o + (c < nc ? c : 0) * cs) * K;
     for (int k = 0; k < kfull; k += 16) {
-        if (pf && (dt == DS_F32 || (k & 31) == 0))
-            #pragma GCC unroll 16
-            for (int c = 0; c < DC; c++) wprefetch(dt, w, base + (size_t)(c + PFD * DC) * K + k);
         __m512 xv[3];
         #pragma GCC unroll 16
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
         #pragma GCC unroll 16
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
-            __m512 wv = wload(dt, w, base + (size_t)c * K + k);
+            __m512 wv = wload(dt, w, base[c] + k);
             #pragma GCC unroll 16
             for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
@@ -130,7 +128,7 @@ AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *
         #pragma GCC unroll 16
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
-            __m512 wv = wload_m(dt, w, base + (size_t)c * K + kfull, tail);
+            __m512 wv = wload_m(dt, w, base[c] + kfull, tail);
             #pragma GCC unroll 16
             for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
@@ -139,14 +137,18 @@ AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 16
         for (int c = 0; c < DC; c++)
-            if (c < nc) out[(size_t)r * O + o + c] = hsum16(acc[r][c]);
+            if (c < nc) out[(size_t)r * O + o + c * cs] = hsum16(acc[r][c]);
 }
 
+/* columns [o0, o1) as DC segments of S = ceil(n / DC) rows: tile j takes row j of each
+ * segment; only the last segment can be short, so the valid columns of a tile are a prefix */
 AI void decode_range(ds_dtype dt, int R, float *out, const float *x, const Weight *W, int o0, int o1) {
-    const int K = W->cols, O = W->rows;
-    int o = o0;
-    for (; o + (PFD + 1) * DC <= o1; o += DC) decode_tile(dt, R, DC, out, O, x, W->host, K, o, PFD > 0);
-    for (; o < o1; o += DC) decode_tile(dt, R, o1 - o < DC ? o1 - o : DC, out, O, x, W->host, K, o, false);
+    const int K = W->cols, O = W->rows, n = o1 - o0, S = (n + DC - 1) / DC;
+    for (int j = 0; j < S; j++) {
+        int nc = 0;
+        while (nc < DC && nc * S + j < n) nc++;
+        decode_tile(dt, R, nc, out, O, x, W->host, K, o0 + j, S);
+    }
 }
 
 #define DECODE_FN(name, dt)                                                                               \
