@@ -77,7 +77,8 @@ void kern_bf16_release_scratch(void) {
 
 #define DC 4
 
-AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp, const uint16_t *w, int K, int o, bool pf) {
+/* weight rows o + c * cs (c < nc): DC far-apart sequential streams (see kernels_avx512.c) */
+AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp, const uint16_t *w, int K, int o, int cs) {
     const int kfull = K & ~31;
     const __mmask32 tail = (__mmask32)((1ull << (K & 31)) - 1);
     __m512 acc[3][DC];
@@ -85,18 +86,17 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
-    const size_t base = (size_t)o * K;
+    const uint16_t *wr[DC];
+    #pragma GCC unroll 8
+    for (int c = 0; c < DC; c++) wr[c] = w + (size_t)(o + (c < nc ? c : 0) * cs) * K;
     for (int k = 0; k < kfull; k += 32) {
-        if (pf)
-            #pragma GCC unroll 8
-            for (int c = 0; c < DC; c++) _mm_prefetch((const char *)(w + base + (size_t)(c + DC) * K + k), _MM_HINT_T0);
         __m512i xv[3];
         #pragma GCC unroll 4
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k));
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
-            __m512i wv = _mm512_loadu_si512((const void *)(w + base + (size_t)c * K + k));
+            __m512i wv = _mm512_loadu_si512((const void *)(wr[c] + k));
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
         }
@@ -108,7 +108,7 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
-            __m512i wv = _mm512_maskz_loadu_epi16(tail, w + base + (size_t)c * K + kfull);
+            __m512i wv = _mm512_maskz_loadu_epi16(tail, wr[c] + kfull);
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
         }
@@ -117,15 +117,17 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++)
-            if (c < nc) out[(size_t)r * O + o + c] = hsum16(acc[r][c]);
+            if (c < nc) out[(size_t)r * O + o + c * cs] = hsum16(acc[r][c]);
 }
 
 AI void decode_range(int R, float *out, const uint16_t *xb, int Kp, const Weight *W, int o0, int o1) {
-    const int K = W->cols, O = W->rows;
+    const int K = W->cols, O = W->rows, n = o1 - o0, S = (n + DC - 1) / DC;
     const uint16_t *w = W->host;
-    int o = o0;
-    for (; o + 2 * DC <= o1; o += DC) decode_tile(R, DC, out, O, xb, Kp, w, K, o, true);
-    for (; o < o1; o += DC) decode_tile(R, o1 - o < DC ? o1 - o : DC, out, O, xb, Kp, w, K, o, false);
+    for (int j = 0; j < S; j++) {
+        int nc = 0;
+        while (nc < DC && nc * S + j < n) nc++;
+        decode_tile(R, nc, out, O, xb, Kp, w, K, o0 + j, S);
+    }
 }
 
 static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W, int R, int o0, int o1) {
@@ -156,37 +158,38 @@ static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W,
 #define NACC (TR * NP)
 #define NRED ((NACC + 15) / 16)
 
-/* one R x nc tile over k block [k0, k0+kn) (kn a multiple of 32, or the block ending at K) */
-AI void tile_run(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *w, int K, int k0, int kn,
+/* copy W[o..o+nc)[k0..k0+kn) into pan[c][0..knp) (knp = kn rounded up to 32, zero padded; rows
+ * past nc zero): the checkpoint's tensors are only 8-byte aligned, so in place every 64-byte
+ * weight load would split two cache lines; the packed panel is aligned and stays in L1 */
+static void panel_pack(uint16_t *pan, int knp, const uint16_t *w, int K, int nc, int k0, int kn) {
+    for (int c = 0; c < NP; c++) {
+        uint16_t *p = pan + (size_t)c * knp;
+        if (c >= nc) { memset(p, 0, sizeof(uint16_t) * knp); continue; }
+        const uint16_t *src = w + (size_t)c * K + k0;
+        for (int k = 0; k < knp; k += 32) {
+            int r = kn - k;
+            __mmask32 m = r >= 32 ? 0xFFFFFFFFu : r > 0 ? (__mmask32)((1ull << r) - 1) : 0;
+            _mm512_store_si512((void *)(p + k), _mm512_maskz_loadu_epi16(m, src + k));
+        }
+    }
+}
+
+/* one R x NP tile over a packed k block of knp (zero padded past K, as x is) */
+AI void tile_run(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *pan, int knp, int k0,
                  float *spill, bool first, bool last) {
     __m512 acc[TR][NP];
     #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < NP; c++) acc[r][c] = first ? _mm512_setzero_ps() : _mm512_load_ps(spill + (r * NP + c) * 16);
-    const uint16_t *wr[NP];
-    #pragma GCC unroll 8
-    for (int c = 0; c < NP; c++) wr[c] = w + (size_t)(c < nc ? c : 0) * K + k0;  /* padding columns reuse row 0 */
-    const int nfull = kn >> 5;
-    for (int s = 0; s < nfull; s++) {
+    const int nsteps = knp >> 5;
+    for (int s = 0; s < nsteps; s++) {
         __m512i wv[NP];
         #pragma GCC unroll 8
-        for (int c = 0; c < NP; c++) wv[c] = _mm512_loadu_si512((const void *)(wr[c] + 32 * s));
+        for (int c = 0; c < NP; c++) wv[c] = _mm512_load_si512((const void *)(pan + (size_t)c * knp + 32 * s));
         #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             __m512i xv = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k0 + 32 * s));
-            #pragma GCC unroll 8
-            for (int c = 0; c < NP; c++) acc[r][c] = dp(acc[r][c], xv, wv[c]);
-        }
-    }
-    if (kn & 31) {
-        const __mmask32 tail = (__mmask32)((1ull << (kn & 31)) - 1);
-        __m512i wv[NP];
-        #pragma GCC unroll 8
-        for (int c = 0; c < NP; c++) wv[c] = _mm512_maskz_loadu_epi16(tail, wr[c] + 32 * nfull);
-        #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            __m512i xv = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k0 + 32 * nfull));
             #pragma GCC unroll 8
             for (int c = 0; c < NP; c++) acc[r][c] = dp(acc[r][c], xv, wv[c]);
         }
@@ -213,21 +216,21 @@ AI void tile_run(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, c
         for (int c = 0; c < nc; c++) out[(size_t)r * O + c] = res[r * NP + c];
 }
 
-static void tile_any(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *w, int K, int k0, int kn,
+static void tile_any(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *pan, int knp, int k0,
                      float *spill, bool first, bool last) {
     switch (R) {
 #if TR >= 6
-    case 6: tile_run(6, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 6: tile_run(6, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
 #endif
 #if TR >= 5
-    case 5: tile_run(5, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 5: tile_run(5, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
 #endif
 #if TR >= 4
-    case 4: tile_run(4, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 4: tile_run(4, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
 #endif
-    case 3: tile_run(3, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
-    case 2: tile_run(2, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
-    default: tile_run(1, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 3: tile_run(3, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
+    case 2: tile_run(2, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
+    default: tile_run(1, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
     }
 }
 
@@ -235,6 +238,7 @@ static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W
     const int K = W->cols, O = W->rows;
     const uint16_t *w = W->host;
     float spill[RB_MAX * NP * 16] __attribute__((aligned(64)));
+    uint16_t pan[NP * KC] __attribute__((aligned(64)));
     int rb = (int)(RB_BYTES / ((size_t)Kp * 2));
     rb = rb < TR ? TR : rb > RB_MAX ? RB_MAX : rb - rb % TR;
     for (int i0 = 0; i0 < n; i0 += rb) {
@@ -242,10 +246,11 @@ static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W
         for (int o = o0; o < o1; o += NP) {
             int nc = o1 - o < NP ? o1 - o : NP;
             for (int k0 = 0; k0 < K; k0 += KC) {
-                int kn = K - k0 < KC ? K - k0 : KC;
+                int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 31) & ~31;
+                panel_pack(pan, knp, w + (size_t)o * K, K, nc, k0, kn);
                 for (int i = i0; i < i1; i += TR) {
                     int R = i1 - i < TR ? i1 - i : TR;
-                    tile_any(R, out + (size_t)i * O + o, O, nc, xb + (size_t)i * Kp, Kp, w + (size_t)o * K, K, k0, kn,
+                    tile_any(R, out + (size_t)i * O + o, O, nc, xb + (size_t)i * Kp, Kp, pan, knp, k0,
                              spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
                 }
             }
