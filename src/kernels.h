@@ -37,6 +37,11 @@ static inline float kern_weight_at(const Weight *w, int k) {
 }
 /* out[n][w->rows] = x[n][w->cols] . W^T, OpenMP over output columns */
 void kern_matmul(float *out, const float *x, const Weight *w, int n);
+/* outs[j] = x . ws[j]^T for j < count (all ws[j]->cols equal), in one parallel region, each
+ * value bitwise the one kern_matmul gives; act KERN_ACT_SWIGLU (count 2, equal rows): then
+ * outs[0] = silu(outs[0]) * outs[1], bitwise kern_swiglu's values. */
+enum { KERN_ACT_NONE = 0, KERN_ACT_SWIGLU = 1 };
+void kern_matmul_multi(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
 
 /* RMSNorm of n rows of dim: ss = dot(x, x) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r)
  * (out may be x) */
@@ -59,6 +64,8 @@ void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w,
 void kern_add_avx512(float *x, const float *y, size_t n);
 void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n);
 bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n);
+void kern_matmul_multi_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
+bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
 void kern_bf16_release_scratch(void);
 bool kern_attention_avx512_ok(int head_dim);
 void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,

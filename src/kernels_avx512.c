@@ -325,19 +325,44 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
     }
 }
 
-/* Threads split the output columns in contiguous ranges (multiples of 16). */
-void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n) {
-    const int O = w->rows;
+/* Thread t of T: its contiguous range of output columns (multiples of 16) of W. */
+static inline void part_range(int O, int t, int T, int *o0, int *o1) {
     const int nchunk = (O + 15) / 16;
-    const bool par = (size_t)O * w->cols * (size_t)n >= 65536;
+    int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
+    *o0 = c0 * 16;
+    *o1 = c1 * 16 < O ? c1 * 16 : O;
+}
+
+static void matmul_part(float *out, const float *x, const Weight *w, int n, int t, int T) {
+    int o0, o1;
+    part_range(w->rows, t, T, &o0, &o1);
+    if (o0 >= o1) return;
+    if (n < 4) decode_cols(out, x, w, n, o0, o1);
+    else prefill_cols(out, x, w, n, o0, o1);
+}
+
+void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n) {
+    const bool par = (size_t)w->rows * w->cols * (size_t)n >= 65536;
     #pragma omp parallel if (par)
+    matmul_part(out, x, w, n, omp_get_thread_num(), omp_get_num_threads());
+}
+
+/* count matmuls of the same x in ONE parallel region (each thread its column range of each
+ * weight, so the bytes per thread stay balanced); act: outs[0] = silu(outs[0]) * outs[1] on
+ * the thread's own columns right after (same columns of both: same rows count). */
+void kern_matmul_multi_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    size_t work = 0;
+    for (int j = 0; j < count; j++) work += (size_t)ws[j]->rows * ws[j]->cols * (size_t)n;
+    #pragma omp parallel if (work >= 65536)
     {
-        int T = omp_get_num_threads(), t = omp_get_thread_num();
-        int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
-        int o0 = c0 * 16, o1 = c1 * 16 < O ? c1 * 16 : O;
-        if (o0 < o1) {
-            if (n < 4) decode_cols(out, x, w, n, o0, o1);
-            else prefill_cols(out, x, w, n, o0, o1);
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        for (int j = 0; j < count; j++) matmul_part(outs[j], x, ws[j], n, t, T);
+        if (act == KERN_ACT_SWIGLU) {
+            int o0, o1, O = ws[0]->rows;
+            part_range(O, t, T, &o0, &o1);
+            for (int i = 0; i < n && o0 < o1; i++)
+                kern_swiglu_avx512(outs[0] + (size_t)i * O + o0, outs[0] + (size_t)i * O + o0, outs[1] + (size_t)i * O + o0,
+                                   (size_t)(o1 - o0));
         }
     }
 }

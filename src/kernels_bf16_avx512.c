@@ -258,33 +258,67 @@ static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W
     }
 }
 
-/* Returns false (nothing done) when the scratch for the BF16 rows cannot be had. */
-bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n) {
-    DS_ASSERT(w->dtype == DS_BF16);
-    const int K = w->cols, O = w->rows, Kp = (K + 31) & ~31;
-    size_t need = (size_t)n * Kp * sizeof(uint16_t);
-    if (need > t_xb_cap) {
-        uint16_t *p = ds_malloc_aligned(need);
-        if (!p) return false;
-        ds_free_aligned(t_xb);
-        t_xb = p;
-        t_xb_cap = need;
-    }
-    uint16_t *xb = t_xb;
+static bool grow_scratch(size_t need) {
+    if (need <= t_xb_cap) return true;
+    uint16_t *p = ds_malloc_aligned(need);
+    if (!p) return false;
+    ds_free_aligned(t_xb);
+    t_xb = p;
+    t_xb_cap = need;
+    return true;
+}
+
+static inline void part_range(int O, int t, int T, int *o0, int *o1) {
     const int nchunk = (O + 15) / 16;
-    const bool par = (size_t)O * K * (size_t)n >= 65536;
-    #pragma omp parallel if (par)
+    int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
+    *o0 = c0 * 16;
+    *o1 = c1 * 16 < O ? c1 * 16 : O;
+}
+
+/* count BF16 matmuls of the same x in one parallel region: x rounded to BF16 once (rows split
+ * among the threads, one barrier), then each thread its column range of each weight; act as
+ * in kern_matmul_multi_avx512. Returns false (nothing done) when the scratch cannot be had. */
+bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    const int K = ws[0]->cols, Kp = (K + 31) & ~31;
+    size_t work = 0;
+    for (int j = 0; j < count; j++) {
+        DS_ASSERT(ws[j]->dtype == DS_BF16 && ws[j]->cols == K);
+        work += (size_t)ws[j]->rows * K * (size_t)n;
+    }
+    if (!grow_scratch((size_t)n * Kp * sizeof(uint16_t))) return false;
+    uint16_t *xb = t_xb;
+    #pragma omp parallel if (work >= 65536)
     {
         int T = omp_get_num_threads(), t = omp_get_thread_num();
-        int r0 = (int)((long)n * t / T), r1 = (int)((long)n * (t + 1) / T);
-        x_to_bf16(xb + (size_t)r0 * Kp, x + (size_t)r0 * K, r1 - r0, K, Kp);
-        #pragma omp barrier
-        int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
-        int o0 = c0 * 16, o1 = c1 * 16 < O ? c1 * 16 : O;
-        if (o0 < o1) {
-            if (n < 4) decode_cols(out, xb, Kp, w, n, o0, o1);
-            else prefill_cols(out, xb, Kp, w, n, o0, o1);
+        if (n >= 2 * T) {
+            int r0 = (int)((long)n * t / T), r1 = (int)((long)n * (t + 1) / T);
+            x_to_bf16(xb + (size_t)r0 * Kp, x + (size_t)r0 * K, r1 - r0, K, Kp);
+            #pragma omp barrier
+        } else {
+            /* a few rows (decode): one thread rounds them (single's barrier) */
+            #pragma omp single
+            x_to_bf16(xb, x, n, K, Kp);
+        }
+        for (int j = 0; j < count; j++) {
+            int o0, o1;
+            part_range(ws[j]->rows, t, T, &o0, &o1);
+            if (o0 >= o1) continue;
+            if (n < 4) decode_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
+            else prefill_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
+        }
+        if (act == KERN_ACT_SWIGLU) {
+            int o0, o1, O = ws[0]->rows;
+            part_range(O, t, T, &o0, &o1);
+            for (int i = 0; i < n && o0 < o1; i++)
+                kern_swiglu_avx512(outs[0] + (size_t)i * O + o0, outs[0] + (size_t)i * O + o0, outs[1] + (size_t)i * O + o0,
+                                   (size_t)(o1 - o0));
         }
     }
     return true;
+}
+
+bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n) {
+    float *outs[1] = {out};
+    const Weight *ws[1] = {w};
+    return kern_matmul_multi_bf16act_avx512(outs, x, ws, 1, n, KERN_ACT_NONE);
 }

@@ -118,11 +118,53 @@ static void test_matmul_bf16_activations(void) {
     kern_set_bf16_activations(false);
 }
 
+/* kern_matmul_multi (one parallel region for q/k/v, gate/up + swiglu) equals the separate
+ * kern_matmul and kern_swiglu calls bitwise, on both activation paths */
+static void test_matmul_multi(void) {
+    Rng rng;
+    rng_seed(&rng, 9, 0);
+    const int K = 200, O[3] = {96, 40, 96}, ns[3] = {1, 3, 13};
+    void *base[3];
+    Weight w[3];
+    for (int j = 0; j < 3; j++) {
+        uint16_t *d = alloc_misaligned((size_t)O[j] * K * 2, &base[j]);
+        for (int i = 0; i < O[j] * K; i++) d[i] = ds_f32_to_bf16((float)(rng_uniform(&rng) - 0.5) * 0.2f);
+        w[j] = weight_view(d, DS_BF16, O[j], K);
+    }
+    float *x = malloc(sizeof(float) * 13 * K), *a[3], *b[3];
+    for (int i = 0; i < 13 * K; i++) x[i] = (float)(rng_uniform(&rng) * 4 - 2);
+    for (int j = 0; j < 3; j++) { a[j] = malloc(sizeof(float) * 13 * O[j]); b[j] = malloc(sizeof(float) * 13 * O[j]); }
+    for (int path = 0; path < 2; path++) {
+        if (path == 1 && !kern_set_bf16_activations(true)) break;
+        for (int t = 0; t < 3; t++)
+            for (int th = 1; th <= 2; th++) {
+                int n = ns[t];
+                omp_set_num_threads(th);
+                const Weight *ws[3] = {&w[0], &w[1], &w[2]};
+                for (int j = 0; j < 3; j++) kern_matmul(a[j], x, &w[j], n);
+                kern_matmul_multi(b, x, ws, 3, n, KERN_ACT_NONE);
+                for (int j = 0; j < 3; j++)
+                    CHECK_MSG(!memcmp(a[j], b[j], sizeof(float) * n * O[j]), "multi differs: path %d n %d threads %d weight %d", path, n, th, j);
+                /* gate/up: weights 0 and 2 (equal rows) */
+                const Weight *gu[2] = {&w[0], &w[2]};
+                float *outs[2] = {b[0], b[2]};
+                kern_swiglu(a[0], a[0], a[2], (size_t)n * O[0]);
+                kern_matmul_multi(outs, x, gu, 2, n, KERN_ACT_SWIGLU);
+                CHECK_MSG(!memcmp(a[0], b[0], sizeof(float) * n * O[0]), "multi+swiglu differs: path %d n %d threads %d", path, n, th);
+            }
+    }
+    kern_set_bf16_activations(false);
+    omp_set_num_threads(2);
+    for (int j = 0; j < 3; j++) { free(a[j]); free(b[j]); ds_free_aligned(base[j]); }
+    free(x);
+}
+
 int main(void) {
     kern_init();
     fprintf(stderr, "kernels: %s\n", kern_path_name());
     RUN(test_matmul_f32_path);
     RUN(test_matmul_bf16_activations);
+    RUN(test_matmul_multi);
     kern_release_scratch();
     return test_summary();
 }
