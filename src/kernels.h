@@ -55,6 +55,18 @@ void kern_swiglu(float *out, const float *gate, const float *up, size_t n);
 void kern_attention(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
                     int n, int n_heads, int n_kv_heads, int head_dim);
 
+/* Part `part` of `nparts` of the prefetches (into L2) of nrows rows of row_bytes each, ld_bytes
+ * apart: a prefill kernel spreads the next weight panel's prefetches over the tiles of the
+ * current one, so the panel copy finds its rows in L2 instead of waiting on DRAM. */
+static inline void kern_prefetch_part(const void *p, size_t row_bytes, size_t ld_bytes, int nrows, int part, int nparts) {
+    const size_t lines = row_bytes / 64 + 2, total = lines * (size_t)nrows;
+    const size_t a = total * part / nparts, b = total * (part + 1) / nparts;
+    for (size_t l = a; l < b; l++) {
+        size_t r = l / lines, off = (l % lines) * 64;
+        if (off < row_bytes + 63) __builtin_prefetch((const char *)p + r * ld_bytes + off, 0, 2);
+    }
+}
+
 /* ---- ISA entry points (kernels_avx512.c), called only after kern_init chose them ---- */
 bool kern_avx512_available(void);
 bool kern_avx512bf16_available(void);

@@ -315,8 +315,17 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
             for (int k0 = 0; k0 < K; k0 += KC) {
                 int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 15) & ~15;
                 panel_widen(pan, knp, W, o, k0, kn);
+                /* prefetch the next panel while this one's tiles run (kernels.h) */
+                int no = o, nk0 = k0 + KC;
+                if (nk0 >= K) { no = o + NP; nk0 = 0; }
+                if (no >= o1) no = o0;
+                const int nnc = o1 - no < NP ? o1 - no : NP, nkn = K - nk0 < KC ? K - nk0 : KC;
+                const int ntiles = (i1 - i0 + TR - 1) / TR;
+                const size_t es = W->dtype == DS_F32 ? 4 : 2;
                 for (int i = i0; i < i1; i += TR) {
                     int R = i1 - i < TR ? i1 - i : TR;
+                    kern_prefetch_part((const char *)W->host + ((size_t)no * K + nk0) * es, (size_t)nkn * es, (size_t)K * es, nnc,
+                                       (i - i0) / TR, ntiles);
                     tile_any(R, out + (size_t)i * O + o, O, nc, x + (size_t)i * K, K, pan, knp, k0, kn,
                              spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
                 }

@@ -248,8 +248,15 @@ static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W
             for (int k0 = 0; k0 < K; k0 += KC) {
                 int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 31) & ~31;
                 panel_pack(pan, knp, w + (size_t)o * K, K, nc, k0, kn);
+                /* the next panel: (o, k0 + KC), else (o + NP, 0), else the next row block's first */
+                int no = o, nk0 = k0 + KC;
+                if (nk0 >= K) { no = o + NP; nk0 = 0; }
+                if (no >= o1) no = o0;
+                const int nnc = o1 - no < NP ? o1 - no : NP, nkn = K - nk0 < KC ? K - nk0 : KC;
+                const int ntiles = (i1 - i0 + TR - 1) / TR;
                 for (int i = i0; i < i1; i += TR) {
                     int R = i1 - i < TR ? i1 - i : TR;
+                    kern_prefetch_part(w + (size_t)no * K + nk0, (size_t)nkn * 2, (size_t)K * 2, nnc, (i - i0) / TR, ntiles);
                     tile_any(R, out + (size_t)i * O + o, O, nc, xb + (size_t)i * Kp, Kp, pan, knp, k0,
                              spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
                 }
