@@ -84,6 +84,7 @@ static Backend g_inner; /* the real ops */
 #define TIMED(id, call) do { double t0_ = ds_now(); call; g_ptime[id] += ds_now() - t0_; g_pcalls[id]++; } while (0)
 static void w_embed(Backend *be, float *o, const Weight *t, const int32_t *ids, int n) { TIMED(P_EMBED, g_inner.embed(be, o, t, ids, n)); }
 static void w_matmul(Backend *be, float *o, const float *x, const Weight *w, int n) { TIMED(P_MATMUL, g_inner.matmul(be, o, x, w, n)); }
+static void w_mmulti(Backend *be, float *const *o, const float *x, const Weight *const *w, int c, int n, int a) { TIMED(P_MATMUL, g_inner.matmul_multi(be, o, x, w, c, n, a)); }
 static void w_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) { TIMED(P_RMSNORM, g_inner.rmsnorm(be, o, x, w, n, d, e)); }
 static void w_rope(Backend *be, float *x, const int32_t *p, int n, int h, int hd, float th) { TIMED(P_ROPE, g_inner.rope(be, x, p, n, h, hd, th)); }
 static void w_kvw(Backend *be, KvCache *kv, int l, const float *k, const float *v, const int32_t *s, const int32_t *p, int n) { TIMED(P_KVW, g_inner.kv_write(be, kv, l, k, v, s, p, n)); }
@@ -97,6 +98,7 @@ static void profile_wrap(Backend *be) {
     g_inner = *be;
     be->embed = w_embed; be->matmul = w_matmul; be->rmsnorm = w_rmsnorm; be->rope = w_rope; be->kv_write = w_kvw;
     be->attention = w_att; be->swiglu = w_swiglu; be->add = w_add; be->gather_rows = w_gather;
+    if (be->matmul_multi) be->matmul_multi = w_mmulti; /* counted as matmul (gate/up's swiglu included) */
 }
 static void profile_print(const char *phase, double total, int tokens) {
     double sum = 0;

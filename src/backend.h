@@ -71,6 +71,11 @@ struct Backend {
      * q is [n][n_heads][head_dim] -> out [n][n_heads][head_dim]. scale = 1/sqrt(head_dim). */
     void (*attention)(Backend *be, float *out, const float *q, const KvCache *kv, int layer,
                       const int32_t *slot, const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim);
+    /* OPTIONAL (NULL: model code calls matmul once per weight, then swiglu): outs[j] =
+     * x . ws[j]^T for j < count, same x and n (all ws[j]->cols equal); act 1 (count 2, equal
+     * rows): then outs[0] = silu(outs[0]) * outs[1]. Bitwise the values of the separate
+     * calls; lets a backend use one parallel region for q/k/v and for gate/up/swiglu. */
+    void (*matmul_multi)(Backend *be, float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
     /* out = silu(gate) * up, n elements. out may be gate. */
     void (*swiglu)(Backend *be, float *out, const float *gate, const float *up, size_t n);
     /* x += y, n elements */

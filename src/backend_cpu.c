@@ -39,6 +39,11 @@ static void cpu_matmul(Backend *be, float *out, const float *x, const Weight *w,
     kern_matmul(out, x, w, n);
 }
 
+static void cpu_matmul_multi(Backend *be, float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    (void)be;
+    kern_matmul_multi(outs, x, ws, count, n, act == 1 ? KERN_ACT_SWIGLU : KERN_ACT_NONE);
+}
+
 static void cpu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
     (void)be;
     /* per row: ss = dot(x, x) / dim; r = 1 / sqrt(ss + eps); out = w * (x * r) (kernels.c) */
@@ -154,6 +159,7 @@ Backend *backend_cpu_create(int n_threads) {
     be->synchronize = cpu_sync;
     be->embed = cpu_embed;
     be->matmul = cpu_matmul;
+    be->matmul_multi = cpu_matmul_multi;
     be->rmsnorm = cpu_rmsnorm;
     be->rope = cpu_rope;
     be->kv_write = cpu_kv_write;

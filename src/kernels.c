@@ -105,6 +105,19 @@ void kern_matmul(float *out, const float *x, const Weight *w, int n) {
     }
 }
 
+void kern_matmul_multi(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    DS_ASSERT(count >= 1 && (act != KERN_ACT_SWIGLU || (count == 2 && ws[0]->rows == ws[1]->rows)));
+    bool all_bf16 = true;
+    for (int j = 0; j < count; j++) all_bf16 &= ws[j]->dtype == DS_BF16 && ws[j]->cols == ws[0]->cols;
+    if (g_bf16act && all_bf16 && kern_matmul_multi_bf16act_avx512(outs, x, ws, count, n, act)) return;
+    if (g_avx512 && !g_bf16act) {
+        kern_matmul_multi_avx512(outs, x, ws, count, n, act);
+        return;
+    }
+    for (int j = 0; j < count; j++) kern_matmul(outs[j], x, ws[j], n);
+    if (act == KERN_ACT_SWIGLU) kern_swiglu(outs[0], outs[0], outs[1], (size_t)n * ws[0]->rows);
+}
+
 /* ---- rmsnorm, add ---- */
 
 void kern_rmsnorm(float *out, const float *x, const Weight *w, int n, int dim, float eps) {

@@ -37,6 +37,11 @@ static inline float kern_weight_at(const Weight *w, int k) {
 }
 /* out[n][w->rows] = x[n][w->cols] . W^T, OpenMP over output columns */
 void kern_matmul(float *out, const float *x, const Weight *w, int n);
+/* outs[j] = x . ws[j]^T for j < count (all ws[j]->cols equal), in one parallel region, each
+ * value bitwise the one kern_matmul gives; act KERN_ACT_SWIGLU (count 2, equal rows): then
+ * outs[0] = silu(outs[0]) * outs[1], bitwise kern_swiglu's values. */
+enum { KERN_ACT_NONE = 0, KERN_ACT_SWIGLU = 1 };
+void kern_matmul_multi(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
 
 /* RMSNorm of n rows of dim: ss = dot(x, x) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r)
  * (out may be x) */
@@ -50,6 +55,18 @@ void kern_swiglu(float *out, const float *gate, const float *up, size_t n);
 void kern_attention(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
                     int n, int n_heads, int n_kv_heads, int head_dim);
 
+/* Part `part` of `nparts` of the prefetches (into L2) of nrows rows of row_bytes each, ld_bytes
+ * apart: a prefill kernel spreads the next weight panel's prefetches over the tiles of the
+ * current one, so the panel copy finds its rows in L2 instead of waiting on DRAM. */
+static inline void kern_prefetch_part(const void *p, size_t row_bytes, size_t ld_bytes, int nrows, int part, int nparts) {
+    const size_t lines = row_bytes / 64 + 2, total = lines * (size_t)nrows;
+    const size_t a = total * part / nparts, b = total * (part + 1) / nparts;
+    for (size_t l = a; l < b; l++) {
+        size_t r = l / lines, off = (l % lines) * 64;
+        if (off < row_bytes + 63) __builtin_prefetch((const char *)p + r * ld_bytes + off, 0, 2);
+    }
+}
+
 /* ---- ISA entry points (kernels_avx512.c), called only after kern_init chose them ---- */
 bool kern_avx512_available(void);
 bool kern_avx512bf16_available(void);
@@ -59,6 +76,8 @@ void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w,
 void kern_add_avx512(float *x, const float *y, size_t n);
 void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n);
 bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n);
+void kern_matmul_multi_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
+bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
 void kern_bf16_release_scratch(void);
 bool kern_attention_avx512_ok(int head_dim);
 void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,

@@ -55,9 +55,6 @@ AI __m512 wload_m(ds_dtype dt, const void *w, size_t off, __mmask16 m) {
     if (dt == DS_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, (const uint16_t *)w + off));
     return _mm512_maskz_loadu_ps(m, (const float *)w + off);
 }
-AI void wprefetch(ds_dtype dt, const void *w, size_t off) {
-    _mm_prefetch((const char *)w + off * (dt == DS_F32 ? 4 : 2), _MM_HINT_T0);
-}
 
 /* ---- the fixed reduction ---- */
 
@@ -90,16 +87,18 @@ AI __m512 hsum16x16(const __m512 v[16]) {
     return _mm512_permutexvar_ps(idx, r);
 }
 
-/* ---- decode: R (1..3) rows, 8 weight rows streamed at a time ---- */
+/* ---- decode: R (1..3) rows, DC weight rows streamed at a time ---- */
 
 #ifndef DC
 #define DC 4 /* weight rows per decode tile */
 #endif
-#ifndef PFD
-#define PFD 1 /* prefetch distance in tiles */
-#endif
 
-AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *x, const void *w, int K, int o, bool pf) {
+/* One tile: weight rows o + c * cs (c < nc), each the full K. The DC rows come from DC
+ * segments of the thread's range that lie far apart, so the thread reads DC independent
+ * sequential streams: one core gets ~25% more bandwidth from DC streams than from one (the
+ * hardware prefetchers run one per stream; bench_peak / docs/bench-cpu.md), and no software
+ * prefetch is needed (it measured slower). */
+AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *x, const void *w, int K, int o, int cs) {
     const int kfull = K & ~15;
     const __mmask16 tail = (__mmask16)((1u << (K & 15)) - 1);
     __m512 acc[3][DC];
@@ -107,18 +106,17 @@ AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 16
         for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
-    const size_t base = (size_t)o * K;
+    size_t base[DC];
+    #pragma GCC unroll 16
+    for (int c = 0; c < DC; c++) base[c] = (size_t)(o + (c < nc ? c : 0) * cs) * K;
     for (int k = 0; k < kfull; k += 16) {
-        if (pf && (dt == DS_F32 || (k & 31) == 0))
-            #pragma GCC unroll 16
-            for (int c = 0; c < DC; c++) wprefetch(dt, w, base + (size_t)(c + PFD * DC) * K + k);
         __m512 xv[3];
         #pragma GCC unroll 16
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + (size_t)r * K + k);
         #pragma GCC unroll 16
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
-            __m512 wv = wload(dt, w, base + (size_t)c * K + k);
+            __m512 wv = wload(dt, w, base[c] + k);
             #pragma GCC unroll 16
             for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
@@ -130,7 +128,7 @@ AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *
         #pragma GCC unroll 16
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
-            __m512 wv = wload_m(dt, w, base + (size_t)c * K + kfull, tail);
+            __m512 wv = wload_m(dt, w, base[c] + kfull, tail);
             #pragma GCC unroll 16
             for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);
         }
@@ -139,14 +137,18 @@ AI void decode_tile(ds_dtype dt, int R, int nc, float *out, int O, const float *
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 16
         for (int c = 0; c < DC; c++)
-            if (c < nc) out[(size_t)r * O + o + c] = hsum16(acc[r][c]);
+            if (c < nc) out[(size_t)r * O + o + c * cs] = hsum16(acc[r][c]);
 }
 
+/* columns [o0, o1) as DC segments of S = ceil(n / DC) rows: tile j takes row j of each
+ * segment; only the last segment can be short, so the valid columns of a tile are a prefix */
 AI void decode_range(ds_dtype dt, int R, float *out, const float *x, const Weight *W, int o0, int o1) {
-    const int K = W->cols, O = W->rows;
-    int o = o0;
-    for (; o + (PFD + 1) * DC <= o1; o += DC) decode_tile(dt, R, DC, out, O, x, W->host, K, o, PFD > 0);
-    for (; o < o1; o += DC) decode_tile(dt, R, o1 - o < DC ? o1 - o : DC, out, O, x, W->host, K, o, false);
+    const int K = W->cols, O = W->rows, n = o1 - o0, S = (n + DC - 1) / DC;
+    for (int j = 0; j < S; j++) {
+        int nc = 0;
+        while (nc < DC && nc * S + j < n) nc++;
+        decode_tile(dt, R, nc, out, O, x, W->host, K, o0 + j, S);
+    }
 }
 
 #define DECODE_FN(name, dt)                                                                               \
@@ -313,8 +315,17 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
             for (int k0 = 0; k0 < K; k0 += KC) {
                 int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 15) & ~15;
                 panel_widen(pan, knp, W, o, k0, kn);
+                /* prefetch the next panel while this one's tiles run (kernels.h) */
+                int no = o, nk0 = k0 + KC;
+                if (nk0 >= K) { no = o + NP; nk0 = 0; }
+                if (no >= o1) no = o0;
+                const int nnc = o1 - no < NP ? o1 - no : NP, nkn = K - nk0 < KC ? K - nk0 : KC;
+                const int ntiles = (i1 - i0 + TR - 1) / TR;
+                const size_t es = W->dtype == DS_F32 ? 4 : 2;
                 for (int i = i0; i < i1; i += TR) {
                     int R = i1 - i < TR ? i1 - i : TR;
+                    kern_prefetch_part((const char *)W->host + ((size_t)no * K + nk0) * es, (size_t)nkn * es, (size_t)K * es, nnc,
+                                       (i - i0) / TR, ntiles);
                     tile_any(R, out + (size_t)i * O + o, O, nc, x + (size_t)i * K, K, pan, knp, k0, kn,
                              spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
                 }
@@ -323,19 +334,44 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
     }
 }
 
-/* Threads split the output columns in contiguous ranges (multiples of 16). */
-void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n) {
-    const int O = w->rows;
+/* Thread t of T: its contiguous range of output columns (multiples of 16) of W. */
+static inline void part_range(int O, int t, int T, int *o0, int *o1) {
     const int nchunk = (O + 15) / 16;
-    const bool par = (size_t)O * w->cols * (size_t)n >= 65536;
+    int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
+    *o0 = c0 * 16;
+    *o1 = c1 * 16 < O ? c1 * 16 : O;
+}
+
+static void matmul_part(float *out, const float *x, const Weight *w, int n, int t, int T) {
+    int o0, o1;
+    part_range(w->rows, t, T, &o0, &o1);
+    if (o0 >= o1) return;
+    if (n < 4) decode_cols(out, x, w, n, o0, o1);
+    else prefill_cols(out, x, w, n, o0, o1);
+}
+
+void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n) {
+    const bool par = (size_t)w->rows * w->cols * (size_t)n >= 65536;
     #pragma omp parallel if (par)
+    matmul_part(out, x, w, n, omp_get_thread_num(), omp_get_num_threads());
+}
+
+/* count matmuls of the same x in ONE parallel region (each thread its column range of each
+ * weight, so the bytes per thread stay balanced); act: outs[0] = silu(outs[0]) * outs[1] on
+ * the thread's own columns right after (same columns of both: same rows count). */
+void kern_matmul_multi_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    size_t work = 0;
+    for (int j = 0; j < count; j++) work += (size_t)ws[j]->rows * ws[j]->cols * (size_t)n;
+    #pragma omp parallel if (work >= 65536)
     {
-        int T = omp_get_num_threads(), t = omp_get_thread_num();
-        int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
-        int o0 = c0 * 16, o1 = c1 * 16 < O ? c1 * 16 : O;
-        if (o0 < o1) {
-            if (n < 4) decode_cols(out, x, w, n, o0, o1);
-            else prefill_cols(out, x, w, n, o0, o1);
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+        for (int j = 0; j < count; j++) matmul_part(outs[j], x, ws[j], n, t, T);
+        if (act == KERN_ACT_SWIGLU) {
+            int o0, o1, O = ws[0]->rows;
+            part_range(O, t, T, &o0, &o1);
+            for (int i = 0; i < n && o0 < o1; i++)
+                kern_swiglu_avx512(outs[0] + (size_t)i * O + o0, outs[0] + (size_t)i * O + o0, outs[1] + (size_t)i * O + o0,
+                                   (size_t)(o1 - o0));
         }
     }
 }

@@ -77,7 +77,8 @@ void kern_bf16_release_scratch(void) {
 
 #define DC 4
 
-AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp, const uint16_t *w, int K, int o, bool pf) {
+/* weight rows o + c * cs (c < nc): DC far-apart sequential streams (see kernels_avx512.c) */
+AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp, const uint16_t *w, int K, int o, int cs) {
     const int kfull = K & ~31;
     const __mmask32 tail = (__mmask32)((1ull << (K & 31)) - 1);
     __m512 acc[3][DC];
@@ -85,18 +86,17 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
-    const size_t base = (size_t)o * K;
+    const uint16_t *wr[DC];
+    #pragma GCC unroll 8
+    for (int c = 0; c < DC; c++) wr[c] = w + (size_t)(o + (c < nc ? c : 0) * cs) * K;
     for (int k = 0; k < kfull; k += 32) {
-        if (pf)
-            #pragma GCC unroll 8
-            for (int c = 0; c < DC; c++) _mm_prefetch((const char *)(w + base + (size_t)(c + DC) * K + k), _MM_HINT_T0);
         __m512i xv[3];
         #pragma GCC unroll 4
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k));
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
-            __m512i wv = _mm512_loadu_si512((const void *)(w + base + (size_t)c * K + k));
+            __m512i wv = _mm512_loadu_si512((const void *)(wr[c] + k));
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
         }
@@ -108,7 +108,7 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
-            __m512i wv = _mm512_maskz_loadu_epi16(tail, w + base + (size_t)c * K + kfull);
+            __m512i wv = _mm512_maskz_loadu_epi16(tail, wr[c] + kfull);
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
         }
@@ -117,15 +117,17 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++)
-            if (c < nc) out[(size_t)r * O + o + c] = hsum16(acc[r][c]);
+            if (c < nc) out[(size_t)r * O + o + c * cs] = hsum16(acc[r][c]);
 }
 
 AI void decode_range(int R, float *out, const uint16_t *xb, int Kp, const Weight *W, int o0, int o1) {
-    const int K = W->cols, O = W->rows;
+    const int K = W->cols, O = W->rows, n = o1 - o0, S = (n + DC - 1) / DC;
     const uint16_t *w = W->host;
-    int o = o0;
-    for (; o + 2 * DC <= o1; o += DC) decode_tile(R, DC, out, O, xb, Kp, w, K, o, true);
-    for (; o < o1; o += DC) decode_tile(R, o1 - o < DC ? o1 - o : DC, out, O, xb, Kp, w, K, o, false);
+    for (int j = 0; j < S; j++) {
+        int nc = 0;
+        while (nc < DC && nc * S + j < n) nc++;
+        decode_tile(R, nc, out, O, xb, Kp, w, K, o0 + j, S);
+    }
 }
 
 static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W, int R, int o0, int o1) {
@@ -156,37 +158,38 @@ static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W,
 #define NACC (TR * NP)
 #define NRED ((NACC + 15) / 16)
 
-/* one R x nc tile over k block [k0, k0+kn) (kn a multiple of 32, or the block ending at K) */
-AI void tile_run(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *w, int K, int k0, int kn,
+/* copy W[o..o+nc)[k0..k0+kn) into pan[c][0..knp) (knp = kn rounded up to 32, zero padded; rows
+ * past nc zero): the checkpoint's tensors are only 8-byte aligned, so in place every 64-byte
+ * weight load would split two cache lines; the packed panel is aligned and stays in L1 */
+static void panel_pack(uint16_t *pan, int knp, const uint16_t *w, int K, int nc, int k0, int kn) {
+    for (int c = 0; c < NP; c++) {
+        uint16_t *p = pan + (size_t)c * knp;
+        if (c >= nc) { memset(p, 0, sizeof(uint16_t) * knp); continue; }
+        const uint16_t *src = w + (size_t)c * K + k0;
+        for (int k = 0; k < knp; k += 32) {
+            int r = kn - k;
+            __mmask32 m = r >= 32 ? 0xFFFFFFFFu : r > 0 ? (__mmask32)((1ull << r) - 1) : 0;
+            _mm512_store_si512((void *)(p + k), _mm512_maskz_loadu_epi16(m, src + k));
+        }
+    }
+}
+
+/* one R x NP tile over a packed k block of knp (zero padded past K, as x is) */
+AI void tile_run(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *pan, int knp, int k0,
                  float *spill, bool first, bool last) {
     __m512 acc[TR][NP];
     #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < NP; c++) acc[r][c] = first ? _mm512_setzero_ps() : _mm512_load_ps(spill + (r * NP + c) * 16);
-    const uint16_t *wr[NP];
-    #pragma GCC unroll 8
-    for (int c = 0; c < NP; c++) wr[c] = w + (size_t)(c < nc ? c : 0) * K + k0;  /* padding columns reuse row 0 */
-    const int nfull = kn >> 5;
-    for (int s = 0; s < nfull; s++) {
+    const int nsteps = knp >> 5;
+    for (int s = 0; s < nsteps; s++) {
         __m512i wv[NP];
         #pragma GCC unroll 8
-        for (int c = 0; c < NP; c++) wv[c] = _mm512_loadu_si512((const void *)(wr[c] + 32 * s));
+        for (int c = 0; c < NP; c++) wv[c] = _mm512_load_si512((const void *)(pan + (size_t)c * knp + 32 * s));
         #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             __m512i xv = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k0 + 32 * s));
-            #pragma GCC unroll 8
-            for (int c = 0; c < NP; c++) acc[r][c] = dp(acc[r][c], xv, wv[c]);
-        }
-    }
-    if (kn & 31) {
-        const __mmask32 tail = (__mmask32)((1ull << (kn & 31)) - 1);
-        __m512i wv[NP];
-        #pragma GCC unroll 8
-        for (int c = 0; c < NP; c++) wv[c] = _mm512_maskz_loadu_epi16(tail, wr[c] + 32 * nfull);
-        #pragma GCC unroll 8
-        for (int r = 0; r < R; r++) {
-            __m512i xv = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k0 + 32 * nfull));
             #pragma GCC unroll 8
             for (int c = 0; c < NP; c++) acc[r][c] = dp(acc[r][c], xv, wv[c]);
         }
@@ -213,21 +216,21 @@ AI void tile_run(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, c
         for (int c = 0; c < nc; c++) out[(size_t)r * O + c] = res[r * NP + c];
 }
 
-static void tile_any(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *w, int K, int k0, int kn,
+static void tile_any(int R, float *out, int O, int nc, const uint16_t *xb, int Kp, const uint16_t *pan, int knp, int k0,
                      float *spill, bool first, bool last) {
     switch (R) {
 #if TR >= 6
-    case 6: tile_run(6, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 6: tile_run(6, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
 #endif
 #if TR >= 5
-    case 5: tile_run(5, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 5: tile_run(5, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
 #endif
 #if TR >= 4
-    case 4: tile_run(4, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 4: tile_run(4, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
 #endif
-    case 3: tile_run(3, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
-    case 2: tile_run(2, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
-    default: tile_run(1, out, O, nc, xb, Kp, w, K, k0, kn, spill, first, last); break;
+    case 3: tile_run(3, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
+    case 2: tile_run(2, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
+    default: tile_run(1, out, O, nc, xb, Kp, pan, knp, k0, spill, first, last); break;
     }
 }
 
@@ -235,6 +238,7 @@ static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W
     const int K = W->cols, O = W->rows;
     const uint16_t *w = W->host;
     float spill[RB_MAX * NP * 16] __attribute__((aligned(64)));
+    uint16_t pan[NP * KC] __attribute__((aligned(64)));
     int rb = (int)(RB_BYTES / ((size_t)Kp * 2));
     rb = rb < TR ? TR : rb > RB_MAX ? RB_MAX : rb - rb % TR;
     for (int i0 = 0; i0 < n; i0 += rb) {
@@ -242,10 +246,18 @@ static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W
         for (int o = o0; o < o1; o += NP) {
             int nc = o1 - o < NP ? o1 - o : NP;
             for (int k0 = 0; k0 < K; k0 += KC) {
-                int kn = K - k0 < KC ? K - k0 : KC;
+                int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 31) & ~31;
+                panel_pack(pan, knp, w + (size_t)o * K, K, nc, k0, kn);
+                /* the next panel: (o, k0 + KC), else (o + NP, 0), else the next row block's first */
+                int no = o, nk0 = k0 + KC;
+                if (nk0 >= K) { no = o + NP; nk0 = 0; }
+                if (no >= o1) no = o0;
+                const int nnc = o1 - no < NP ? o1 - no : NP, nkn = K - nk0 < KC ? K - nk0 : KC;
+                const int ntiles = (i1 - i0 + TR - 1) / TR;
                 for (int i = i0; i < i1; i += TR) {
                     int R = i1 - i < TR ? i1 - i : TR;
-                    tile_any(R, out + (size_t)i * O + o, O, nc, xb + (size_t)i * Kp, Kp, w + (size_t)o * K, K, k0, kn,
+                    kern_prefetch_part(w + (size_t)no * K + nk0, (size_t)nkn * 2, (size_t)K * 2, nnc, (i - i0) / TR, ntiles);
+                    tile_any(R, out + (size_t)i * O + o, O, nc, xb + (size_t)i * Kp, Kp, pan, knp, k0,
                              spill + (size_t)(i - i0) * NP * 16, k0 == 0, k0 + kn >= K);
                 }
             }
@@ -253,33 +265,67 @@ static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W
     }
 }
 
-/* Returns false (nothing done) when the scratch for the BF16 rows cannot be had. */
-bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n) {
-    DS_ASSERT(w->dtype == DS_BF16);
-    const int K = w->cols, O = w->rows, Kp = (K + 31) & ~31;
-    size_t need = (size_t)n * Kp * sizeof(uint16_t);
-    if (need > t_xb_cap) {
-        uint16_t *p = ds_malloc_aligned(need);
-        if (!p) return false;
-        ds_free_aligned(t_xb);
-        t_xb = p;
-        t_xb_cap = need;
-    }
-    uint16_t *xb = t_xb;
+static bool grow_scratch(size_t need) {
+    if (need <= t_xb_cap) return true;
+    uint16_t *p = ds_malloc_aligned(need);
+    if (!p) return false;
+    ds_free_aligned(t_xb);
+    t_xb = p;
+    t_xb_cap = need;
+    return true;
+}
+
+static inline void part_range(int O, int t, int T, int *o0, int *o1) {
     const int nchunk = (O + 15) / 16;
-    const bool par = (size_t)O * K * (size_t)n >= 65536;
-    #pragma omp parallel if (par)
+    int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
+    *o0 = c0 * 16;
+    *o1 = c1 * 16 < O ? c1 * 16 : O;
+}
+
+/* count BF16 matmuls of the same x in one parallel region: x rounded to BF16 once (rows split
+ * among the threads, one barrier), then each thread its column range of each weight; act as
+ * in kern_matmul_multi_avx512. Returns false (nothing done) when the scratch cannot be had. */
+bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    const int K = ws[0]->cols, Kp = (K + 31) & ~31;
+    size_t work = 0;
+    for (int j = 0; j < count; j++) {
+        DS_ASSERT(ws[j]->dtype == DS_BF16 && ws[j]->cols == K);
+        work += (size_t)ws[j]->rows * K * (size_t)n;
+    }
+    if (!grow_scratch((size_t)n * Kp * sizeof(uint16_t))) return false;
+    uint16_t *xb = t_xb;
+    #pragma omp parallel if (work >= 65536)
     {
         int T = omp_get_num_threads(), t = omp_get_thread_num();
-        int r0 = (int)((long)n * t / T), r1 = (int)((long)n * (t + 1) / T);
-        x_to_bf16(xb + (size_t)r0 * Kp, x + (size_t)r0 * K, r1 - r0, K, Kp);
-        #pragma omp barrier
-        int c0 = (int)((long)nchunk * t / T), c1 = (int)((long)nchunk * (t + 1) / T);
-        int o0 = c0 * 16, o1 = c1 * 16 < O ? c1 * 16 : O;
-        if (o0 < o1) {
-            if (n < 4) decode_cols(out, xb, Kp, w, n, o0, o1);
-            else prefill_cols(out, xb, Kp, w, n, o0, o1);
+        if (n >= 2 * T) {
+            int r0 = (int)((long)n * t / T), r1 = (int)((long)n * (t + 1) / T);
+            x_to_bf16(xb + (size_t)r0 * Kp, x + (size_t)r0 * K, r1 - r0, K, Kp);
+            #pragma omp barrier
+        } else {
+            /* a few rows (decode): one thread rounds them (single's barrier) */
+            #pragma omp single
+            x_to_bf16(xb, x, n, K, Kp);
+        }
+        for (int j = 0; j < count; j++) {
+            int o0, o1;
+            part_range(ws[j]->rows, t, T, &o0, &o1);
+            if (o0 >= o1) continue;
+            if (n < 4) decode_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
+            else prefill_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
+        }
+        if (act == KERN_ACT_SWIGLU) {
+            int o0, o1, O = ws[0]->rows;
+            part_range(O, t, T, &o0, &o1);
+            for (int i = 0; i < n && o0 < o1; i++)
+                kern_swiglu_avx512(outs[0] + (size_t)i * O + o0, outs[0] + (size_t)i * O + o0, outs[1] + (size_t)i * O + o0,
+                                   (size_t)(o1 - o0));
         }
     }
     return true;
+}
+
+bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n) {
+    float *outs[1] = {out};
+    const Weight *ws[1] = {w};
+    return kern_matmul_multi_bf16act_avx512(outs, x, ws, 1, n, KERN_ACT_NONE);
 }

@@ -298,9 +298,15 @@ ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char 
     for (int l = 0; l < c->n_layers; l++) {
         const Qwen3Layer *L = &m->layers[l];
         be->rmsnorm(be, s->h, s->x, &L->input_norm, n, d, c->rms_norm_eps);
-        be->matmul(be, s->q, s->h, &L->q_proj, n);
-        be->matmul(be, s->k, s->h, &L->k_proj, n);
-        be->matmul(be, s->v, s->h, &L->v_proj, n);
+        if (be->matmul_multi) {
+            float *outs[3] = {s->q, s->k, s->v};
+            const Weight *ws[3] = {&L->q_proj, &L->k_proj, &L->v_proj};
+            be->matmul_multi(be, outs, s->h, ws, 3, n, 0);
+        } else {
+            be->matmul(be, s->q, s->h, &L->q_proj, n);
+            be->matmul(be, s->k, s->h, &L->k_proj, n);
+            be->matmul(be, s->v, s->h, &L->v_proj, n);
+        }
         be->rmsnorm(be, s->q, s->q, &L->q_norm, n * H, hd, c->rms_norm_eps);
         be->rmsnorm(be, s->k, s->k, &L->k_norm, n * KV, hd, c->rms_norm_eps);
         be->rope(be, s->q, s->d_pos, n, H, hd, c->rope_theta);
@@ -310,9 +316,15 @@ ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char 
         be->matmul(be, s->h, s->att, &L->o_proj, n);
         be->add(be, s->x, s->h, (size_t)n * d);
         be->rmsnorm(be, s->h, s->x, &L->post_norm, n, d, c->rms_norm_eps);
-        be->matmul(be, s->gate, s->h, &L->gate_proj, n);
-        be->matmul(be, s->up, s->h, &L->up_proj, n);
-        be->swiglu(be, s->gate, s->gate, s->up, (size_t)n * ff);
+        if (be->matmul_multi) {
+            float *outs[2] = {s->gate, s->up};
+            const Weight *ws[2] = {&L->gate_proj, &L->up_proj};
+            be->matmul_multi(be, outs, s->h, ws, 2, n, 1); /* + swiglu into gate */
+        } else {
+            be->matmul(be, s->gate, s->h, &L->gate_proj, n);
+            be->matmul(be, s->up, s->h, &L->up_proj, n);
+            be->swiglu(be, s->gate, s->gate, s->up, (size_t)n * ff);
+        }
         be->matmul(be, s->h, s->gate, &L->down_proj, n);
         be->add(be, s->x, s->h, (size_t)n * d);
         keep_feature(be, s, b, s->x, l, d);
