@@ -145,9 +145,8 @@ typedef struct {
     float *d_ctx, *d_c0;                /* [S][d] */
     /* vocabulary chunk */
     float *logits_c, *tlogits_c, *dlogits_c, *th_c; /* [R][V] x3, [R][d] */
-    float *em_w;                        /* [N] loss weights (unused slot) */
     /* ints */
-    int32_t *noise_ids, *pos, *r0lo, *r0hi, *r1lo, *r1hi, *prev, *labels, *tgt_row, *anchors, *cand; /* pos [S+N], cand [S] */
+    int32_t *noise_ids, *pos, *r0lo, *r0hi, *r1lo, *r1hi, *prev, *labels, *tgt_row, *anchors; /* pos [S+N] */
     uint8_t *keep;
 } Bufs;
 
@@ -186,9 +185,9 @@ static size_t layout_arena(TrainDraft *t, Bufs *b, float *base, int32_t *ibase, 
     TAKE(b->dK, (S + N) * kd); TAKE(b->dV, (S + N) * kd); TAKE(b->d_kraw, (S + N) * kd);
     TAKE(b->d_ctx, S * d); TAKE(b->d_c0, S * d);
     TAKE(b->logits_c, R * V); TAKE(b->tlogits_c, R * V); TAKE(b->dlogits_c, R * V); TAKE(b->th_c, R * d);
-    TAKE(t->eval_mask, N); TAKE(t->soft_label, N); TAKE(b->em_w, N);
+    TAKE(t->eval_mask, N); TAKE(t->soft_label, N);
     ITAKE(b->noise_ids, N); ITAKE(b->pos, S + N); ITAKE(b->r0lo, N); ITAKE(b->r0hi, N); ITAKE(b->r1lo, N); ITAKE(b->r1hi, N);
-    ITAKE(b->prev, N); ITAKE(b->labels, N); ITAKE(b->tgt_row, N); ITAKE(b->anchors, t->max_anchors); ITAKE(b->cand, S);
+    ITAKE(b->prev, N); ITAKE(b->labels, N); ITAKE(b->tgt_row, N); ITAKE(b->anchors, t->max_anchors);
 #undef TAKE
 #undef ITAKE
     *ints = ioff;
@@ -323,14 +322,12 @@ ds_status train_draft_load(TrainDraft *t, const char *draft_dir, char *err) {
 /* ---- anchors ---- */
 
 int train_sample_anchors(const uint8_t *loss_mask, int S, int A, uint64_t *rng, int32_t *anchors, uint8_t *keep) {
-    /* candidates in place in anchors[] would need S slots; count first, then reservoir-free
-     * selection: a partial Fisher-Yates over the candidate list (uniform without replacement,
-     * the distribution of DeepSpec's "random keys, sort") */
+    /* DeepSpec draws random keys for the candidates and keeps the A smallest, i.e. a uniform
+     * subset without replacement, then sorts it. Selection sampling (Knuth's algorithm S) draws
+     * the same distribution in one pass, already sorted, with no extra memory. */
     int nc = 0;
     for (int p = 0; p + 1 < S; p++) nc += loss_mask[p] && loss_mask[p + 1];
     int k = nc < A ? nc : A;
-    /* draw k distinct ranks among nc by selection sampling (Knuth's algorithm S): sorted
-     * output, no extra memory */
     int chosen = 0, seen = 0;
     for (int p = 0; p + 1 < S && chosen < k; p++) {
         if (!(loss_mask[p] && loss_mask[p + 1])) continue;
@@ -392,6 +389,13 @@ ds_status train_draft_step(TrainDraft *t, const int32_t *ids, const uint8_t *los
     for (int n = 0; n < n_blocks; n++) n_kept += b->keep[n];
     const int N = n_blocks * B, NK = S + N;
     t->last_n_blocks = n_blocks;
+    if (out) {
+        memset(out, 0, sizeof *out);
+        out->n_candidates = n_cand;
+        out->n_kept = n_kept;
+        out->block_size = B;
+    }
+    if (n_blocks == 0) return DS_OK; /* no valid anchor: no loss, no gradient (DeepSpec: all dummies) */
 
     /* ---- blocks (Qwen3DSparkModel.forward, digest §5.3) ---- */
     for (int i = 0; i < S; i++) b->pos[i] = i;
@@ -536,11 +540,7 @@ ds_status train_draft_step(TrainDraft *t, const int32_t *ids, const uint8_t *los
 
     /* ---- DeepSpec's metrics (loss.py _compute_local_probabilistic_stats) ---- */
     if (out) {
-        memset(out, 0, sizeof *out);
         out->parts = parts;
-        out->n_candidates = n_cand;
-        out->n_kept = n_kept;
-        out->block_size = B;
         for (int n = 0; n < n_blocks; n++) {
             double cum = 1.0, acc = 0.0;
             bool any = false;

@@ -135,7 +135,8 @@ ds_status train_draft_load(TrainDraft *t, const char *draft_dir, char *err);
  * ids [S], loss_mask [S] (0/1), features [S][m*d] (target layer outputs, target_layer_ids
  * order), last_hidden [S][d] (final-normed target hidden).
  * anchors NULL: sample min(num_anchors, candidates) anchors with *rng (uniform without
- * replacement, sorted; DeepSpec's sample_anchor_positions); dummies are not computed since they
+ * replacement, sorted; DeepSpec's sample_anchor_positions; *rng is a splitmix64 state, advanced);
+ * dummies are not computed since they
  * carry no loss. Otherwise anchors [n_anchors] / keep [n_anchors] are used as given (dummy slots
  * included, computed as DeepSpec does). Gradients of grad_scale * loss are ADDED to t->grads. */
 ds_status train_draft_step(TrainDraft *t, const int32_t *ids, const uint8_t *loss_mask, int S, const float *features,

@@ -369,6 +369,11 @@ static void test_sampled_step(void) {
     CHECK(a.parts.total == b.parts.total && r1 == r2);
     CHECK(memcmp(g1.data, t.grads.data, sizeof(float) * t.grads.numel) == 0);
     CHECK(a.n_candidates == 31 && a.n_kept == 8 && isfinite(a.parts.total) && a.parts.total > 0);
+    /* no valid anchor at all: zero loss, gradients untouched */
+    uint8_t none[64] = {0};
+    CHECK_OK(train_draft_step(&t, f.ids, none, f.S, f.features, f.last_hidden, NULL, NULL, 8, &r1, &lc, 1.0f, &b, err), err);
+    CHECK(b.n_candidates == 0 && b.n_kept == 0 && b.parts.total == 0 && b.tau_blocks == 0);
+    CHECK(memcmp(g1.data, t.grads.data, sizeof(float) * t.grads.numel) == 0);
     params_free(&g1);
     free_fixture(&f);
     train_draft_free(&t);
