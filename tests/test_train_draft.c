@@ -411,12 +411,47 @@ static void test_errors(void) {
     train_draft_free(&t);
 }
 
+/* DeepSpec's initialisation: N(0, 0.02) matrices, zero biases, unit norms, frozen copies of the
+ * target's embeddings; names and order of the checkpoint */
+static void test_init_layout(void) {
+    char err[DS_ERR_LEN], path[1100];
+    DraftConfig cfg;
+    snprintf(path, sizeof path, "%s/tiny-qwen3/draft-rnn/config.json", test_data("."));
+    CHECK_OK(draft_config_load(&cfg, path, err), err);
+    TrainDraft t;
+    CHECK_OK(train_draft_init(&t, &cfg, &g_target, 16, 2, err), err);
+    if (g_checks_failed) return;
+    train_draft_init_weights(&t, 1);
+    CHECK(strcmp(t.params.info[0].name, "embed_tokens.weight") == 0 && !t.params.info[0].trainable);
+    CHECK(t.grads.n == t.params.n - 2 && !params_find(&t.grads, "lm_head.weight"));
+    /* grads: the trainable tensors of params, in the same order */
+    for (int i = 0, j = 0; i < t.params.n; i++)
+        if (t.params.info[i].trainable) CHECK(strcmp(t.grads.info[j++].name, t.params.info[i].name) == 0);
+    /* every trainable tensor of the fixture checkpoint is in the layout with its shape */
+    double worst;
+    CHECK_OK(train_grads_compare(&t.grads, test_data("tiny-qwen3/rnn_grads.safetensors"), NULL, NULL, &worst, err), err);
+    const ParamInfo *w = params_find(&t.params, "markov_head.joint_proj.weight");
+    const float *x = params_get(&t.params, "markov_head.joint_proj.weight");
+    double s1 = 0, s2 = 0;
+    for (size_t j = 0; j < w->numel; j++) { s1 += x[j]; s2 += (double)x[j] * x[j]; }
+    double mean = s1 / w->numel, sd = sqrt(s2 / w->numel - mean * mean);
+    CHECK_MSG(fabs(mean) < 0.002 && fabs(sd - 0.02) < 0.002, "init mean %.4g sd %.4g", mean, sd); /* 4608 samples */
+    const float *b = params_get(&t.params, "markov_head.joint_proj.bias"), *n = params_get(&t.params, "layers.1.self_attn.k_norm.weight");
+    CHECK(b[0] == 0 && b[47] == 0 && n[0] == 1 && n[15] == 1);
+    /* frozen: the target's tables, widened */
+    const float *e = params_get(&t.params, "embed_tokens.weight");
+    const float *te = g_target.embed.host;
+    CHECK(g_target.embed.dtype == DS_F32 && memcmp(e, te, sizeof(float) * 512 * 64) == 0);
+    train_draft_free(&t);
+}
+
 int main(void) {
     char err[DS_ERR_LEN];
     if (backend_create("cpu", 0, &g_be, err)) { fprintf(stderr, "%s\n", err); return 2; }
     if (qwen3_load(&g_target, test_data("tiny-qwen3/target"), g_be, err)) { fprintf(stderr, "%s\n", err); return 2; }
     RUN(test_heads_fd);
     RUN(test_anchor_sampling);
+    RUN(test_init_layout);
     RUN(test_fixture_vanilla);
     RUN(test_fixture_gated);
     RUN(test_fixture_rnn);
