@@ -11,6 +11,7 @@
  * there accumulate (+=), so the residual stream's gradient d_x flows through each norm's
  * backward by accumulation. */
 #include "train_draft.h"
+#include "draft_init.h"
 #include "train_ops.h"
 
 #include <cblas.h>
@@ -292,26 +293,7 @@ static uint64_t splitmix64(uint64_t *s) {
 static double rng_uniform(uint64_t *s) { return (double)(splitmix64(s) >> 11) * (1.0 / 9007199254740992.0); }
 
 void train_draft_init_weights(TrainDraft *t, uint64_t seed) {
-    uint64_t s = seed;
-    const double std = 0.02; /* initializer_range of every Qwen3 config */
-    for (int i = 0; i < t->params.n; i++) {
-        const ParamInfo *pi = &t->params.info[i];
-        if (!pi->trainable) continue;
-        float *w = t->params.data + pi->offset;
-        size_t n = pi->numel;
-        if (strstr(pi->name, "norm.weight")) {
-            for (size_t j = 0; j < n; j++) w[j] = 1.0f;
-        } else if (pi->n_dims == 1) { /* biases */
-            memset(w, 0, n * sizeof(float));
-        } else { /* Box-Muller pairs */
-            for (size_t j = 0; j < n; j += 2) {
-                double u1 = rng_uniform(&s), u2 = rng_uniform(&s);
-                double rad = sqrt(-2.0 * log(1.0 - u1)), th = 2.0 * M_PI * u2;
-                w[j] = (float)(std * rad * cos(th));
-                if (j + 1 < n) w[j + 1] = (float)(std * rad * sin(th));
-            }
-        }
-    }
+    draft_init_weights(&t->params, seed, 0.02); /* initializer_range of every Qwen3 config */
 }
 
 ds_status train_draft_load(TrainDraft *t, const char *draft_dir, char *err) {

@@ -125,8 +125,9 @@ typedef struct {
 ds_status train_draft_init(TrainDraft *t, const DraftConfig *cfg, const Qwen3Model *target, int max_seq, int num_anchors,
                            char *err);
 void train_draft_free(TrainDraft *t);
-/* DeepSpec's initialisation of a new drafter (digest §1.6): Linear and Embedding weights
- * ~ N(0, initializer_range 0.02), biases 0, RMSNorm weights 1. Frozen tensors untouched. */
+/* DeepSpec's initialisation of a new drafter (digest §1.6; draft_init_weights): Linear and
+ * Embedding weights ~ N(0, initializer_range 0.02) (bf16-rounded), biases 0, RMSNorm weights 1.
+ * Frozen tensors untouched. */
 void train_draft_init_weights(TrainDraft *t, uint64_t seed);
 /* All tensors from a DeepSpec checkpoint directory (or .safetensors file) into params. */
 ds_status train_draft_load(TrainDraft *t, const char *draft_dir, char *err);
