@@ -379,6 +379,73 @@ static void test_sampled_step(void) {
     train_draft_free(&t);
 }
 
+/* The whole step against central finite differences of its own loss, for loss settings the
+ * fixtures do not cover (DeepSpec's DFlash config: ce 1, tv 0, conf 0, and no decay; odd alphas)
+ * and an anchor at position 0 (no context keys at all), all slots supervised. Directional derivatives along a random
+ * +-1 direction per tensor; eps 1e-3 on an F32 forward whose loss carries ~1e-7 relative
+ * rounding: measured agreement ~3e-4 relative; tolerance 5e-3 (the L1 kinks are rarely crossed). */
+static void test_step_fd(void) {
+    char err[DS_ERR_LEN];
+    TrainDraft t;
+    Fixture f;
+    CHECK_OK(setup(&t, "gated", 40, 3, err), err);
+    if (g_checks_failed) return;
+    load_fixture(&f, "gated", &t.cfg);
+    int32_t anc[3] = {0, 13, 30};
+    uint8_t keep[3] = {1, 1, 1};
+    uint8_t mask[64];
+    for (int i = 0; i < f.S; i++) mask[i] = 1;
+    /* conf_alpha 0: the BCE's soft label is detached (DeepSpec), so its analytic gradient is
+     * not the derivative of the loss value; the confidence path is checked by the fixtures */
+    TrainLossCfg cfgs[2] = {{0.0f, 1.0f, 0.0f, 0.0f}, {2.0f, 0.3f, 0.5f, 0.0f}};
+    static const char *names[] = {"fc.weight", "hidden_norm.weight", "layers.0.self_attn.k_norm.weight",
+                                  "layers.1.self_attn.q_proj.weight", "layers.1.mlp.down_proj.weight",
+                                  "markov_head.markov_w1.weight", "markov_head.gate_proj.weight", "confidence_head.proj.weight"};
+    for (int c = 0; c < 2; c++) {
+        params_zero(&t.grads);
+        TrainDraftStats st;
+        CHECK_OK(train_draft_step(&t, f.ids, mask, f.S, f.features, f.last_hidden, anc, keep, 3, NULL, &cfgs[c], 1.0f, &st, err), err);
+        ParamSet ref; /* the analytic gradients (the FD steps below add to t.grads) */
+        CHECK_OK(params_like(&ref, &t.grads, err), err);
+        memcpy(ref.data, t.grads.data, sizeof(float) * t.grads.numel);
+        for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+            const ParamInfo *pi = params_find(&t.params, names[k]);
+            float *w = t.params.data + pi->offset;
+            const float *g = params_get(&ref, names[k]);
+            float *save = ds_malloc(sizeof(float) * pi->numel);
+            memcpy(save, w, sizeof(float) * pi->numel);
+            double an = 0, gn = 0;
+            const float eps = 1e-3f;
+            uint64_t h = 77 + k;
+            for (size_t j = 0; j < pi->numel; j++) {
+                h = h * 6364136223846793005ull + 1442695040888963407ull;
+                float dj = (h >> 63) ? 1.0f : -1.0f;
+                an += (double)dj * g[j];
+                gn += (double)g[j] * g[j];
+                w[j] = save[j] + eps * dj;
+            }
+            TrainDraftStats sp, sm;
+            CHECK_OK(train_draft_step(&t, f.ids, mask, f.S, f.features, f.last_hidden, anc, keep, 3, NULL, &cfgs[c], 1.0f, &sp, err), err);
+            h = 77 + k;
+            for (size_t j = 0; j < pi->numel; j++) {
+                h = h * 6364136223846793005ull + 1442695040888963407ull;
+                w[j] = save[j] - eps * ((h >> 63) ? 1.0f : -1.0f);
+            }
+            CHECK_OK(train_draft_step(&t, f.ids, mask, f.S, f.features, f.last_hidden, anc, keep, 3, NULL, &cfgs[c], 1.0f, &sm, err), err);
+            memcpy(w, save, sizeof(float) * pi->numel);
+            ds_free(save);
+            double fd = (sp.parts.total - sm.parts.total) / (2.0 * eps);
+            bool is_conf = strstr(names[k], "confidence") != NULL;
+            if (is_conf && cfgs[c].conf_alpha == 0) { CHECK(gn == 0); continue; }
+            CHECK_MSG(fabs(fd - an) <= 5e-3 * fabs(an) + 1e-4, "cfg %d %s: fd %.6g analytic %.6g", c, names[k], fd, an);
+            if (getenv("DSPARK_TEST_VERBOSE")) fprintf(stderr, "  cfg %d %s: fd %.6g analytic %.6g\n", c, names[k], fd, an);
+        }
+        params_free(&ref);
+    }
+    free_fixture(&f);
+    train_draft_free(&t);
+}
+
 /* cases that must fail with one line naming the problem */
 static void test_errors(void) {
     char err[DS_ERR_LEN];
@@ -457,6 +524,7 @@ int main(void) {
     RUN(test_fixture_rnn);
     RUN(test_fixture_dflash);
     RUN(test_sampled_step);
+    RUN(test_step_fd);
     RUN(test_errors);
     qwen3_free(&g_target);
     g_be->destroy(g_be);
