@@ -537,6 +537,19 @@ ds_status train_draft_step(TrainDraft *t, const int32_t *ids, const uint8_t *los
                 any |= em > 0;
             }
             if (b->keep[n] && any) { out->tau_sum += 1.0 + acc; out->tau_blocks += 1.0; }
+            if (has_conf) {
+                double cp = 1.0, ct = 1.0;
+                for (int k = 0; k < B; k++) {
+                    int i = n * B + k;
+                    double em = t->eval_mask[i], w = em * (loss->gamma > 0 ? exp(-(double)k / loss->gamma) : 1.0);
+                    double sig = 1.0 / (1.0 + exp(-(double)b->ha.conf[i])), e = sig - t->soft_label[i];
+                    cp *= sig * em;
+                    ct *= t->soft_label[i] * em;
+                    out->conf_abs_err_sum += fabs(e) * w;
+                    out->conf_bias_sum += e * w;
+                    out->conf_cumprod_bias_sum += (cp - ct) * w;
+                }
+            }
         }
     }
     return DS_OK;

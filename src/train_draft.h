@@ -96,6 +96,9 @@ typedef struct {
     double accept_sum[TRAIN_MAX_BLOCK], accept_count[TRAIN_MAX_BLOCK];
     double tau_sum, tau_blocks;
     double supervised;        /* sum of the eval mask */
+    /* confidence head (with one): confidence_abs_error / _bias / _cumprod_bias = these sums
+     * / parts.den (loss-weighted, DeepSpec's loss.py) */
+    double conf_abs_err_sum, conf_bias_sum, conf_cumprod_bias_sum;
 } TrainDraftStats;
 
 typedef struct {

@@ -315,6 +315,10 @@ static void check_fixture(const char *h) {
     double tau = st.tau_sum / st.tau_blocks;
     CHECK(tau >= 1.0 && tau <= B + 1);
     for (int k = 0; k < B; k++) CHECK(st.accept_count[k] > 0 && st.accept_sum[k] >= 0 && st.accept_sum[k] <= st.accept_count[k]);
+    if (t.cfg.enable_confidence_head) {
+        double ae = st.conf_abs_err_sum / st.parts.den, bi = st.conf_bias_sum / st.parts.den;
+        CHECK(ae > 0 && ae <= 1 && fabs(bi) <= ae + 1e-12 && fabs(st.conf_cumprod_bias_sum / st.parts.den) <= 1);
+    } else CHECK(st.conf_abs_err_sum == 0);
 
     /* chunked vocabulary == one chunk (2 blocks per chunk: 3 chunks, one with the dummy) */
     ParamSet g1;
