@@ -147,6 +147,8 @@ typedef struct {
     /* vocabulary chunk */
     float *logits_c, *tlogits_c, *dlogits_c, *th_c; /* [R][V] x3, [R][d] */
     /* ints */
+    TrainLossParts *parts_c;            /* [chunk_cap] */
+    int chunk_cap;                      /* chunk_blocks at init: the chunk buffers' size */
     int32_t *noise_ids, *pos, *r0lo, *r0hi, *r1lo, *r1hi, *prev, *labels, *tgt_row, *anchors; /* pos [S+N] */
     uint8_t *keep;
 } Bufs;
@@ -260,7 +262,8 @@ ds_status train_draft_init(TrainDraft *t, const DraftConfig *cfg, const Qwen3Mod
         goto fail;
     }
     layout_arena(t, b, t->arena, t->iarena, &ints);
-    if (!(b->keep = ds_calloc((size_t)num_anchors, 1))) {
+    b->chunk_cap = t->chunk_blocks;
+    if (!(b->keep = ds_calloc((size_t)num_anchors, 1)) || !(b->parts_c = ds_calloc((size_t)t->chunk_blocks, sizeof(TrainLossParts)))) {
         rc = ds_err(err, DS_ENOMEM, "train_draft: out of memory");
         goto fail;
     }
@@ -276,7 +279,7 @@ void train_draft_free(TrainDraft *t) {
     ds_free(t->P.layers);
     ds_free(t->G.layers);
     Bufs *b = t->priv;
-    if (b) { ds_free(b->L); ds_free(b->keep); }
+    if (b) { ds_free(b->L); ds_free(b->keep); ds_free(b->parts_c); }
     ds_free(b);
     if (t->arena) ds_free_aligned(t->arena);
     if (t->iarena) ds_free_aligned(t->iarena);
@@ -351,6 +354,8 @@ ds_status train_draft_step(TrainDraft *t, const int32_t *ids, const uint8_t *los
         return ds_err(err, DS_EARG, "train_draft: %d anchors (1..%d)", n_anchors, t->max_anchors);
     for (int i = 0; i < S; i++)
         if (ids[i] < 0 || ids[i] >= V) return ds_err(err, DS_EARG, "train_draft: token %d at position %d outside the vocabulary (%d)", ids[i], i, V);
+    if (t->chunk_blocks < 1 || t->chunk_blocks > b->chunk_cap)
+        return ds_err(err, DS_EARG, "train_draft: chunk_blocks %d outside 1..%d (it may only be lowered)", t->chunk_blocks, b->chunk_cap);
     if (!anchors && !rng) return ds_err(err, DS_EARG, "train_draft: no anchors and no rng to sample them");
     int n_cand = 0;
     for (int p = 0; p + 1 < S; p++) n_cand += loss_mask[p] && loss_mask[p + 1];
@@ -454,14 +459,29 @@ ds_status train_draft_step(TrainDraft *t, const int32_t *ids, const uint8_t *los
         for (int j = 0; j < R; j++)
             memcpy(b->th_c + (size_t)j * d, last_hidden + (size_t)b->tgt_row[i0 + j] * d, sizeof(float) * d);
         top_linear_fwd(b->tlogits_c, b->th_c, t->P.lm_head, NULL, R, d, V);
-        TrainLossParts lp = train_loss(loss, nb, B, V, b->logits_c, b->tlogits_c, b->labels + i0, t->eval_mask + i0,
-                                       has_conf ? b->ha.conf + i0 : NULL, b->dlogits_c, b->d_conf + i0, t->soft_label + i0);
-        /* train_loss normalised by this chunk's weight: rescale to the total */
-        double cden = lp.den + 1e-6;
-        s_ce += lp.ce * cden; s_l1 += lp.l1 * cden; s_bce += lp.conf * cden;
-        float scale = (float)((double)grad_scale * cden / (D + 1e-6));
-        for (size_t j = 0; j < (size_t)R * V; j++) b->dlogits_c[j] *= scale;
-        for (int j = 0; j < R; j++) b->d_conf[i0 + j] *= scale;
+        /* one train_loss call per block, in parallel (its softmaxes over V dominate this
+         * loop). Each call normalises by its own block's weight den_n; folding
+         * grad_scale * (den_n + 1e-6) / (D + 1e-6) into the alphas makes its gradient the
+         * total loss's. Per-block calls: the result does not depend on the thread count. */
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int n = 0; n < nb; n++) {
+            size_t io = (size_t)(i0 + n * B);
+            double den = 0;
+            for (int k = 0; k < B; k++) den += t->eval_mask[io + k] * (loss->gamma > 0 ? exp(-(double)k / loss->gamma) : 1.0);
+            double f = (double)grad_scale * (den + 1e-6) / (D + 1e-6);
+            TrainLossCfg lf = *loss;
+            lf.ce_alpha = (float)(loss->ce_alpha * f);
+            lf.tv_alpha = (float)(loss->tv_alpha * f);
+            lf.conf_alpha = (float)(loss->conf_alpha * f);
+            b->parts_c[n] = train_loss(&lf, 1, B, V, b->logits_c + (size_t)n * B * V, b->tlogits_c + (size_t)n * B * V,
+                                       b->labels + io, t->eval_mask + io, has_conf ? b->ha.conf + io : NULL,
+                                       b->dlogits_c + (size_t)n * B * V, b->d_conf + io, t->soft_label + io);
+        }
+        for (int n = 0; n < nb; n++) { /* numerators, in block order */
+            const TrainLossParts *lp = &b->parts_c[n];
+            double cden = lp->den + 1e-6;
+            s_ce += lp->ce * cden; s_l1 += lp->l1 * cden; s_bce += lp->conf * cden;
+        }
         top_linear_bwd(b->d_out + (size_t)i0 * d, NULL, NULL, b->dlogits_c, out_c, t->P.lm_head, R, d, V);
         if (r > 0) top_linear_bwd(b->d_u + (size_t)i0 * r, t->G.w2, NULL, b->dlogits_c, b->ha.u + (size_t)i0 * r, t->P.w2, R, r, V);
     }

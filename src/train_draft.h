@@ -104,7 +104,7 @@ typedef struct {
 typedef struct {
     DraftConfig cfg;
     int max_seq, max_anchors;
-    int chunk_blocks;          /* blocks per vocabulary-sized chunk (set by init; tests may lower it) */
+    int chunk_blocks;          /* blocks per vocabulary-sized chunk (set by init; may be lowered) */
     ParamSet params;           /* every tensor, F32 master weights */
     ParamSet grads;            /* trainable tensors only */
     TrainPtrs P, G;            /* pointers into params / grads */

@@ -466,6 +466,10 @@ static void test_errors(void) {
     CHECK(rc == DS_EARG && strstr(err, "41"));
     rc = train_draft_step(&t, f.ids, f.loss_mask, f.S, f.features, f.last_hidden, f.anchors, f.keep, 6, NULL, &lc, 1.0f, NULL, err);
     CHECK(rc == DS_EARG && strstr(err, "anchors"));
+    t.chunk_blocks = 6; /* beyond the buffers sized at init */
+    rc = train_draft_step(&t, f.ids, f.loss_mask, f.S, f.features, f.last_hidden, f.anchors, f.keep, 5, NULL, &lc, 1.0f, NULL, err);
+    CHECK(rc == DS_EARG && strstr(err, "chunk_blocks 6"));
+    t.chunk_blocks = 5;
     /* gradients of the gated drafter compared with the RNN's file: joint_proj missing */
     double worst;
     rc = train_grads_compare(&t.grads, test_data("tiny-qwen3/rnn_grads.safetensors"), NULL, NULL, &worst, err);
