@@ -23,6 +23,7 @@
 #include "commands.h"
 #include "engine.h"
 #include "gen_common.h"
+#include "progress.h"
 #include "train_data.h"
 
 typedef struct {
@@ -189,6 +190,9 @@ int cmd_gen_data(int argc, char **argv) {
     fprintf(stderr, "dspark gen-data: %lld prompts, %lld done, T %.2f top-p %.2f top-k %d, %s\n", (long long)n_jobs, (long long)next_id,
             sp.temperature, sp.top_p, sp.top_k, chat ? (system ? "chat template + system prompt" : "chat template, no system prompt") : "raw text (no chat template)");
     double t0 = ds_now();
+    Progress bar;
+    char extra[128] = "";
+    progress_start(&bar, "gen-data", n_jobs - next_id);
     int64_t write_pos = next_id, submit_pos = next_id;
     while (write_pos < n_jobs) {
         /* keep at most 2 x batch prompts in the engine (running + waiting) */
@@ -227,11 +231,12 @@ int cmd_gen_data(int argc, char **argv) {
             j->ids = NULL;
             write_pos++;
             double dt = ds_now() - t0;
-            fprintf(stderr, "\r  %lld/%lld prompts, %lld answer tokens, %.1f tokens/s   ", (long long)write_pos, (long long)n_jobs,
-                    (long long)answer_tokens, dt > 0 ? answer_tokens / dt : 0.0);
+            snprintf(extra, sizeof extra, "%lld answer tokens, %.1f tokens/s", (long long)answer_tokens, dt > 0 ? answer_tokens / dt : 0.0);
+            progress_update(&bar, write_pos - next_id, extra);
         }
     }
-    fprintf(stderr, "\ndspark gen-data: wrote %s (%lld prompts%s)\n", out, (long long)n_jobs, skipped ? ", some longer than the context: no loss tokens" : "");
+    progress_finish(&bar, write_pos - next_id, extra);
+    fprintf(stderr, "dspark gen-data: wrote %s (%lld prompts%s)\n", out, (long long)n_jobs, skipped ? ", some longer than the context: no loss tokens" : "");
     status = 0;
 fail:
     if (status) fprintf(stderr, "dspark gen-data: %s\n", err);
