@@ -134,7 +134,10 @@ int cmd_gen_data(int argc, char **argv) {
     bool engine_up = false;
     FILE *f = NULL;
     char *text = NULL;
-    Job *jobs = NULL;
+    char **lines = NULL;                 /* [n_jobs] each prompt's JSON line (inside text) */
+    int64_t *line_nos = NULL;
+    Job *ring = NULL;                    /* [2 x batch] prompts in flight: job id k in ring[k % n_ring] */
+    int n_ring = 2 * batch;
     int64_t n_jobs = 0, next_id = 0, skipped = 0, answer_tokens = 0;
     int32_t *nl = NULL;
     int n_nl = 0;
@@ -167,21 +170,21 @@ int cmd_gen_data(int argc, char **argv) {
         while (*s == ' ' || *s == '\t' || *s == '\r') s++;
         if (!*s) continue;
         if (limit && n_jobs >= limit) break;
-        json_error_t je;
+        json_error_t je; /* every row is checked now, so a bad line fails before any work */
         json_t *row = json_loads(s, 0, &je);
         if (!json_is_object(row)) { ds_err(err, DS_EFORMAT, "%s:%lld: not a JSON object (%s)", prompts, (long long)line_no, je.text); json_decref(row); goto fail; }
         const char *p = row_prompt(row, prompts, line_no, err);
-        if (!p) { json_decref(row); goto fail; }
-        if (n_jobs == cap) { cap = cap ? cap * 2 : 64; jobs = ds_realloc(jobs, sizeof *jobs * (size_t)cap); }
-        Job *j = &jobs[n_jobs];
-        memset(j, 0, sizeof *j);
-        j->id = n_jobs++;
-        if (j->id >= next_id) { /* done ones need no tokens */
-            ds_status b = build_prompt(tok, system, p, j, max_new, err);
-            if (b) { json_decref(row); ds_err(err, b, "%s:%lld: %s", prompts, (long long)line_no, err); goto fail; }
-        }
         json_decref(row);
+        if (!p) goto fail;
+        if (n_jobs == cap) {
+            cap = cap ? cap * 2 : 64;
+            lines = ds_realloc(lines, sizeof *lines * (size_t)cap);
+            line_nos = ds_realloc(line_nos, sizeof *line_nos * (size_t)cap);
+        }
+        lines[n_jobs] = s;
+        line_nos[n_jobs++] = line_no;
     }
+    ring = ds_calloc((size_t)n_ring, sizeof *ring);
     if (next_id > n_jobs) { ds_err(err, DS_EARG, "%s has %lld lines but %s only %lld prompts", out, (long long)next_id, prompts, (long long)n_jobs); goto fail; }
     if (!(f = fopen(out, "ab"))) { ds_err(err, DS_EIO, "%s: cannot open for appending", out); goto fail; }
     EngineConfig ec = {.n_slots = batch, .max_ctx = ctx, .max_batch_tokens = batch > 512 ? batch : 512};
@@ -196,8 +199,14 @@ int cmd_gen_data(int argc, char **argv) {
     int64_t write_pos = next_id, submit_pos = next_id;
     while (write_pos < n_jobs) {
         /* keep at most 2 x batch prompts in the engine (running + waiting) */
-        while (submit_pos < n_jobs && submit_pos < write_pos + 2 * (int64_t)batch) {
-            Job *j = &jobs[submit_pos++];
+        while (submit_pos < n_jobs && submit_pos < write_pos + n_ring) {
+            Job *j = &ring[submit_pos % n_ring];
+            memset(j, 0, sizeof *j);
+            j->id = submit_pos++;
+            json_t *row = json_loads(lines[j->id], 0, NULL);
+            ds_status b = build_prompt(tok, system, row_prompt(row, prompts, line_nos[j->id], err), j, max_new, err);
+            json_decref(row);
+            if (b) { ds_err(err, b, "%s:%lld: %s", prompts, (long long)line_nos[j->id], err); goto fail; }
             int room = ctx - j->n_prompt;
             if (room < 1) { j->skipped = j->finished = true; continue; } /* prompt fills the context: written with no loss tokens */
             EngineRequest *r = &j->req;
@@ -213,9 +222,9 @@ int cmd_gen_data(int argc, char **argv) {
             if (engine_submit(&e, r, err)) goto fail;
             j->submitted = true;
         }
-        if (!jobs[write_pos].finished && engine_step(&e, err) < 0) goto fail;
-        while (write_pos < n_jobs && jobs[write_pos].finished) {
-            Job *j = &jobs[write_pos];
+        if (!ring[write_pos % n_ring].finished && engine_step(&e, err) < 0) goto fail;
+        while (write_pos < n_jobs && ring[write_pos % n_ring].finished) {
+            Job *j = &ring[write_pos % n_ring];
             if (chat && !j->skipped) { /* the template's end of the assistant turn */
                 j->ids[j->n++] = im_end;
                 for (int i = 0; i < n_nl && j->n < j->cap; i++) j->ids[j->n++] = nl[i];
@@ -242,8 +251,10 @@ fail:
     if (status) fprintf(stderr, "dspark gen-data: %s\n", err);
     if (f) fclose(f);
     if (engine_up) { engine_cancel_all(&e); engine_free(&e); }
-    for (int64_t i = 0; i < n_jobs; i++) ds_free(jobs[i].ids);
-    ds_free(jobs);
+    for (int i = 0; ring && i < n_ring; i++) ds_free(ring[i].ids);
+    ds_free(ring);
+    ds_free(lines);
+    ds_free(line_nos);
     ds_free(text);
     ds_free(nl);
     if (m.layers) qwen3_free(&m);
