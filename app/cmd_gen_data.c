@@ -42,27 +42,6 @@ static bool on_token(void *user, int32_t token, bool is_stop) {
 }
 static void on_finish(void *user, FinishReason r) { Job *j = user; (void)r; j->finished = true; }
 
-/* The prompt text of one JSONL row; NULL (with err) when the row has none. */
-static const char *row_prompt(json_t *row, const char *path, int64_t line_no, char *err) {
-    json_t *t = json_object_get(row, "turns"), *p = json_object_get(row, "prompt"), *c = json_object_get(row, "conversations");
-    if (json_is_array(t) && json_is_string(json_array_get(t, 0))) return json_string_value(json_array_get(t, 0));
-    if (json_is_string(p)) return json_string_value(p);
-    if (json_is_array(c)) {
-        size_t i;
-        json_t *m;
-        json_array_foreach(c, i, m) {
-            const char *role = json_string_value(json_object_get(m, "role"));
-            if (!role) role = json_string_value(json_object_get(m, "from"));
-            json_t *content = json_object_get(m, "content");
-            if (!content) content = json_object_get(m, "value");
-            if (role && (strcmp(role, "user") == 0 || strcmp(role, "human") == 0) && json_is_string(content)) return json_string_value(content);
-        }
-    }
-    ds_err(err, DS_EFORMAT, "%s:%lld: needs \"turns\" (list of strings), \"prompt\" (string) or \"conversations\" with a user message", path,
-           (long long)line_no);
-    return NULL;
-}
-
 /* Prompt ids and where the assistant part starts. */
 static ds_status build_prompt(const Tokenizer *tok, const char *system, const char *text, Job *j, int max_new, char *err) {
     bool chat = chat_has_template(tok);
@@ -173,7 +152,7 @@ int cmd_gen_data(int argc, char **argv) {
         json_error_t je; /* every row is checked now, so a bad line fails before any work */
         json_t *row = json_loads(s, 0, &je);
         if (!json_is_object(row)) { ds_err(err, DS_EFORMAT, "%s:%lld: not a JSON object (%s)", prompts, (long long)line_no, je.text); json_decref(row); goto fail; }
-        const char *p = row_prompt(row, prompts, line_no, err);
+        const char *p = train_data_row_prompt(row, prompts, line_no, err);
         json_decref(row);
         if (!p) goto fail;
         if (n_jobs == cap) {
@@ -204,7 +183,7 @@ int cmd_gen_data(int argc, char **argv) {
             memset(j, 0, sizeof *j);
             j->id = submit_pos++;
             json_t *row = json_loads(lines[j->id], 0, NULL);
-            ds_status b = build_prompt(tok, system, row_prompt(row, prompts, line_nos[j->id], err), j, max_new, err);
+            ds_status b = build_prompt(tok, system, train_data_row_prompt(row, prompts, line_nos[j->id], err), j, max_new, err);
             json_decref(row);
             if (b) { ds_err(err, b, "%s:%lld: %s", prompts, (long long)line_nos[j->id], err); goto fail; }
             int room = ctx - j->n_prompt;

@@ -14,8 +14,10 @@
  * Target features are computed on the fly by the target's inference forward (no cache).
  * Outputs in DIR: step_N/ checkpoints (train_ckpt.h: DeepSpec's config.json + BF16
  * model.safetensors, optimiser state beside it), metrics.csv (step, lr, loss, ce, l1, conf,
- * grad_norm, tau_probabilistic: means over the step's batch), loss.svg. --resume continues from
- * the newest valid checkpoint bit for bit. */
+ * grad_norm, tau_probabilistic: means over the step's batch), loss.svg, and with --eval-prompts
+ * eval.csv: the speculative-decoding tau of each checkpoint's BF16 drafter on held-out prompts
+ * (eval's prompt format, seeds 980406 + i). --resume continues from the newest valid checkpoint
+ * bit for bit. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@
 #include <strings.h>
 
 #include "args.h"
+#include "chat.h"
 #include "commands.h"
 #include "draft_init.h"
 #include "gen_common.h"
@@ -40,6 +43,7 @@ int cmd_train(int argc, char **argv) {
     return 1;
 }
 #else
+#include "spec.h"
 #include "train_draft.h"
 
 typedef struct {
@@ -147,6 +151,88 @@ static ds_status write_config(void *ctx, const char *path, char *err) {
     return draft_config_save(c->dc, c->target_cfg, path, err);
 }
 
+/* ---- held-out tau at each checkpoint (the drafting issue's speculative decoding) ---- */
+
+typedef struct {
+    Qwen3Model *m;
+    Backend *be;
+    int32_t **ids;                     /* [n] prompt ids */
+    int *len;
+    int n, max_new, ctx;
+    double temp;
+    GenDefaults gd;
+    char csv_path[1200];
+} HeldOut;
+
+#define HELDOUT_MAX_PROMPT 512
+
+static ds_status heldout_load(HeldOut *h, const char *path, int max_samples, const Tokenizer *tok, char *err) {
+    char *text;
+    size_t len;
+    ds_status rc = ds_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    int64_t line_no = 0;
+    int longest = 1;
+    for (char *line = text, *next; line && *line && h->n < max_samples && !rc; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        line_no++;
+        if (!line[strspn(line, " \t\r")]) continue;
+        json_t *row = json_loads(line, 0, NULL);
+        const char *p = train_data_row_prompt(row, path, line_no, err);
+        int32_t *ids = NULL;
+        int n = 0;
+        if (!p) rc = DS_EFORMAT;
+        else rc = gen_prompt_ids(tok, p, chat_has_template(tok), false, &ids, &n, err); /* eval's prompt format */
+        json_decref(row);
+        if (rc) break;
+        if (n > HELDOUT_MAX_PROMPT) { memmove(ids, ids + n - HELDOUT_MAX_PROMPT, sizeof *ids * HELDOUT_MAX_PROMPT); n = HELDOUT_MAX_PROMPT; }
+        h->ids = ds_realloc(h->ids, sizeof *h->ids * (size_t)(h->n + 1));
+        h->len = ds_realloc(h->len, sizeof *h->len * (size_t)(h->n + 1));
+        h->ids[h->n] = ids;
+        h->len[h->n++] = n;
+        if (n > longest) longest = n;
+    }
+    ds_free(text);
+    if (!rc && h->n == 0) rc = ds_err(err, DS_EFORMAT, "%s: no prompts", path);
+    h->ctx = longest + h->max_new + 1;
+    return rc;
+}
+
+static void heldout_free(HeldOut *h) {
+    for (int i = 0; i < h->n; i++) ds_free(h->ids[i]);
+    ds_free(h->ids);
+    ds_free(h->len);
+}
+
+/* tau (accepted drafts + bonus per round) of the checkpoint's BF16 drafter over the held-out
+ * prompts; prompt i sampled with seed 980406 + i (DeepSpec eval's seed), the same at every
+ * checkpoint, so the numbers compare */
+static ds_status heldout_tau(HeldOut *h, const char *step_dir, double *tau, char *err) {
+    Drafter d = {0};
+    DrafterSource ds = {0};
+    SpecDecoder sd = {0};
+    SpecStats tot = {0};
+    int32_t *out = ds_malloc(sizeof *out * (size_t)h->max_new);
+    ds_status rc = drafter_load(&d, step_dir, h->m, h->be, err);
+    if (!rc) rc = spec_drafter_source_init(&ds, &d, h->ctx + d.cfg.block_size + 1, 256, err);
+    if (!rc) rc = spec_init(&sd, h->m, &ds.src, h->ctx, 256, err);
+    SpecParams p = {.sampler = {(float)h->temp, 0, 1.0f}, .max_new = h->max_new};
+    for (int i = 0; i < h->gd.n_stop && p.n_stop < SPEC_MAX_STOP; i++) p.stop_ids[p.n_stop++] = h->gd.stop_ids[i];
+    for (int i = 0; i < h->n && !rc; i++) {
+        SpecStats st;
+        int n;
+        p.seed = 980406u + (uint64_t)i;
+        if (!(rc = spec_generate(&sd, h->ids[i], h->len[i], &p, out, &n, &st, err))) spec_stats_add(&tot, &st);
+    }
+    *tau = tot.rounds ? (double)tot.tau_sum / tot.rounds : 0;
+    if (sd.target) spec_free(&sd);
+    if (ds.d) spec_drafter_source_free(&ds);
+    if (d.layers) drafter_free(&d);
+    ds_free(out);
+    return rc;
+}
+
 /* ---- progress, metrics.csv, loss.svg ---- */
 
 typedef struct {
@@ -162,6 +248,8 @@ typedef struct {
     double t0, tokens;
     int64_t first_step;
     Progress bar;
+    HeldOut *held;                     /* NULL: no held-out evaluation */
+    FILE *eval_csv;
 } Logger;
 
 static void curve_add(Logger *g, double x, double y) {
@@ -201,6 +289,27 @@ static void write_plot(Logger *g) {
     if (g->n > 0 && svg_plot(g->svg_path, &ps, &s, 1, err)) fprintf(stderr, "\ndspark train: %s\n", err);
 }
 
+/* Rewrite a CSV keeping its header and the rows of steps before `step` (a resumed run redoes
+ * the later ones), then open it for appending. */
+static FILE *csv_restart(const char *path, const char *header, int64_t step) {
+    char *text = NULL, err[DS_ERR_LEN];
+    size_t len = 0;
+    FILE *f = NULL;
+    if (ds_read_file(path, &text, &len, err)) text = NULL;
+    char *tmp = ds_malloc(len + strlen(header) + 1), *w = tmp;
+    w += sprintf(w, "%s", header);
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        long long s;
+        if (sscanf(line, "%lld,", &s) == 1 && s < step) w += sprintf(w, "%s\n", line);
+    }
+    if (ds_write_file_atomic(path, tmp, (size_t)(w - tmp), err) == DS_OK) f = fopen(path, "ab");
+    ds_free(tmp);
+    ds_free(text);
+    return f;
+}
+
 static void on_step(void *ctx, const TrainStepLog *l) {
     Logger *g = ctx;
     if (!g->started) { /* first step of this process: keep the earlier rows up to the resumed step */
@@ -216,6 +325,7 @@ static void on_step(void *ctx, const TrainStepLog *l) {
             long long step;
             if (sscanf(g->old_rows[i], "%lld,%lf,%lf", &step, &lr, &loss) == 3) curve_add(g, (double)step, loss);
         }
+        if (g->held) g->eval_csv = csv_restart(g->held->csv_path, "step,heldout_tau,samples\n", l->step);
     }
     double b = l->samples, loss = l->sum.loss / b;
     double tau = l->sum.tau_blocks > 0 ? l->sum.tau_sum / l->sum.tau_blocks : 0;
@@ -234,12 +344,25 @@ static void on_step(void *ctx, const TrainStepLog *l) {
     if (l->step == l->total_steps) progress_finish(&g->bar, l->step - g->first_step + 1, extra);
     else progress_update(&g->bar, l->step - g->first_step + 1, extra);
     if (l->checkpointed || l->step == l->total_steps) write_plot(g);
+    if (l->checkpointed && g->held) {
+        char dir[1400], err[DS_ERR_LEN];
+        double tau;
+        snprintf(dir, sizeof dir, "%s/step_%lld", g->out_dir, (long long)l->step);
+        if (heldout_tau(g->held, dir, &tau, err)) fprintf(stderr, "\ndspark train: held-out evaluation of %s: %s\n", dir, err);
+        else {
+            if (g->eval_csv) { fprintf(g->eval_csv, "%lld,%.6f,%d\n", (long long)l->step, tau, g->held->n); fflush(g->eval_csv); }
+            fprintf(stderr, "%sstep %lld: held-out tau %.3f (%d prompts)\n", g->bar.tty ? "\n" : "", (long long)l->step, tau, g->held->n);
+        }
+    }
 }
 
 static uint64_t hash_str(uint64_t h, const char *s) { return ckpt_hash_bytes(h, s, strlen(s)); }
 
 int cmd_train(int argc, char **argv) {
     const char *model = NULL, *data_path = NULL, *algo = NULL, *draft = NULL, *config = NULL, *out = NULL, *device = "cpu";
+    const char *eval_prompts = NULL;
+    int eval_samples = 16, eval_new = 64;
+    double eval_temp = 1.0;
     ArgList sets = {0};
     bool resume = false;
     int threads = 0, stop_after = 0;
@@ -253,6 +376,10 @@ int cmd_train(int argc, char **argv) {
         {"--out", ARG_STR, &out, "DIR", "checkpoints, metrics.csv, loss.svg", 0, -1},
         {"--resume", ARG_FLAG, &resume, NULL, "continue from the newest valid checkpoint in --out", 0, -1},
         {"--stop-after", ARG_INT, &stop_after, "N", "stop after optimizer step N with a checkpoint, as an interrupted run (--resume continues)", 1, 2147483647.0},
+        {"--eval-prompts", ARG_STR, &eval_prompts, "FILE.jsonl", "held-out prompts: speculative-decoding tau of each checkpoint (eval.csv)", 0, -1},
+        {"--eval-samples", ARG_INT, &eval_samples, "N", "held-out prompts used (default 16)", 1, 1 << 20},
+        {"--eval-new", ARG_INT, &eval_new, "N", "tokens generated per held-out prompt (default 64)", 1, 1 << 20},
+        {"--eval-temp", ARG_FLOAT, &eval_temp, "T", "held-out sampling temperature (default 1.0, DeepSpec eval's)", 0, 100},
         {"--threads", ARG_INT, &threads, "N", "CPU threads (default: all)", 1, 1024},
         {"--device", ARG_STR, &device, "DEV", "cpu (default); the trainer itself runs on the host", 0, -1},
     };
@@ -293,6 +420,7 @@ int cmd_train(int argc, char **argv) {
     DraftConfig dc;
     Logger lg = {.out_dir = out};
     ConfigCtx cc;
+    HeldOut held = {.max_new = eval_new, .temp = eval_temp};
     if (backend_create(device, threads, &be, err) || qwen3_load(&m, model, be, err)) goto fail;
     char tpath[1200];
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model);
@@ -332,6 +460,14 @@ int cmd_train(int argc, char **argv) {
     dm.last_hidden = ds_malloc(sizeof(float) * fl);
     if (!dm.features || !dm.last_hidden) { ds_err(err, DS_ENOMEM, "out of memory for target features"); goto fail; }
     if (ds_mkdirs(out, err)) goto fail;
+    if (eval_prompts) {
+        if (!tok) { ds_err(err, DS_EARG, "--eval-prompts needs the target's tokenizer.json"); goto fail; }
+        held.m = &m;
+        held.be = be;
+        snprintf(held.csv_path, sizeof held.csv_path, "%s/eval.csv", out);
+        if (gen_defaults_load(&held.gd, model, &m.cfg, tok, err) || heldout_load(&held, eval_prompts, eval_samples, tok, err)) goto fail;
+        lg.held = &held;
+    }
     cc.dc = &dc;
     snprintf(cc.target_cfg, sizeof cc.target_cfg, "%s/config.json", model);
 
@@ -361,6 +497,20 @@ int cmd_train(int argc, char **argv) {
             (long long)train_total_steps(&lc), s.global_batch, dc.base.n_layers, dc.block_size, dc.markov_rank);
     for (int i = 0; i < dc.n_target_layers; i++) fprintf(stderr, "%s%d", i ? "," : " ", dc.target_layer_ids[i]);
     fputc('\n', stderr);
+    if (lg.held) { /* the starting drafter's held-out tau (step 0) when this run starts fresh */
+        char step_dir[4096], w2[DS_ERR_LEN], e2[DS_ERR_LEN], init_dir[1400], p[1500];
+        if (!resume || ckpt_find(out, step_dir, sizeof step_dir, w2, e2) != DS_OK) {
+            double tau;
+            snprintf(init_dir, sizeof init_dir, "%s/init", out);
+            snprintf(p, sizeof p, "%s/model.safetensors", init_dir);
+            if (ds_mkdirs(init_dir, err) || params_save(&dm.t.params, p, DS_BF16, false, "{\"format\": \"pt\"}", err)) goto fail;
+            snprintf(p, sizeof p, "%s/config.json", init_dir);
+            if (write_config(&cc, p, err) || heldout_tau(&held, init_dir, &tau, err)) goto fail;
+            FILE *f = csv_restart(held.csv_path, "step,heldout_tau,samples\n", 0);
+            if (f) { fprintf(f, "0,%.6f,%d\n", tau, held.n); fclose(f); }
+            fprintf(stderr, "step 0: held-out tau %.3f (%d prompts; the starting drafter, %s)\n", tau, held.n, init_dir);
+        }
+    }
     int64_t from = 0;
     if (train_loop_run(&lc, &dm.t.params, &dm.t.grads, resume, &from, warn, err)) {
         if (warn[0]) fprintf(stderr, "\ndspark train: warning: %s\n", warn);
@@ -374,6 +524,8 @@ int cmd_train(int argc, char **argv) {
 fail:
     if (status) fprintf(stderr, "\ndspark train: %s\n", err);
     if (lg.csv) fclose(lg.csv);
+    if (lg.eval_csv) fclose(lg.eval_csv);
+    heldout_free(&held);
     for (int i = 0; i < lg.n_old; i++) ds_free(lg.old_rows[i]);
     ds_free(lg.old_rows);
     ds_free(lg.old_steps);

@@ -127,3 +127,23 @@ ds_status train_data_resume(const char *path, int64_t *next_id, char *err) {
     *next_id = expect;
     return DS_OK;
 }
+
+const char *train_data_row_prompt(json_t *row, const char *path, int64_t line_no, char *err) {
+    json_t *t = json_object_get(row, "turns"), *p = json_object_get(row, "prompt"), *c = json_object_get(row, "conversations");
+    if (json_is_array(t) && json_is_string(json_array_get(t, 0))) return json_string_value(json_array_get(t, 0));
+    if (json_is_string(p)) return json_string_value(p);
+    if (json_is_array(c)) {
+        size_t i;
+        json_t *m;
+        json_array_foreach(c, i, m) {
+            const char *role = json_string_value(json_object_get(m, "role"));
+            if (!role) role = json_string_value(json_object_get(m, "from"));
+            json_t *content = json_object_get(m, "content");
+            if (!content) content = json_object_get(m, "value");
+            if (role && (strcmp(role, "user") == 0 || strcmp(role, "human") == 0) && json_is_string(content)) return json_string_value(content);
+        }
+    }
+    ds_err(err, DS_EFORMAT, "%s:%lld: needs \"turns\" (list of strings), \"prompt\" (string) or \"conversations\" with a user message", path,
+           (long long)line_no);
+    return NULL;
+}

@@ -11,6 +11,7 @@
 #ifndef DSPARK_TRAIN_DATA_H
 #define DSPARK_TRAIN_DATA_H
 
+#include <jansson.h>
 #include <stdio.h>
 
 #include "base.h"
@@ -38,5 +39,11 @@ ds_status train_data_write_line(FILE *f, const char *path, int64_t id, const int
 /* For an existing output file: cut a partial last line (a write the crash interrupted), check
  * the ids are 0, 1, 2, ... and return the next id (0 for a missing or empty file). */
 ds_status train_data_resume(const char *path, int64_t *next_id, char *err);
+
+/* The prompt of one prompt-file row (gen-data's input, train's held-out prompts): the first of
+ * "turns" (DeepSpec's eval format), a "prompt" string, or the first user message of
+ * "conversations" (DeepSpec's training format; role/content or from/value). NULL with err
+ * naming path:line_no when the row has none. Borrowed from row. */
+const char *train_data_row_prompt(json_t *row, const char *path, int64_t line_no, char *err);
 
 #endif

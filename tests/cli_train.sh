@@ -1,6 +1,6 @@
 #!/bin/bash
 # cli_train.sh - `dspark train` on the tiny-chat target with data from `dspark gen-data`: the
-# loss falls and the training tau rises over a short run; metrics.csv / loss.svg / checkpoints
+# loss falls, the training tau and the held-out speculative tau (eval.csv) rise over a short run; metrics.csv / loss.svg / checkpoints
 # in DeepSpec's format (our drafter loader reads model.safetensors); run 2N steps == run N,
 # stop, resume N (byte-identical safetensors and metrics); a kill -9 at a random moment and
 # --resume also ends byte-identical; a corrupt newest checkpoint is refused with one line and
@@ -22,10 +22,26 @@ PY
 check "gen-data made the data" '[ $(wc -l < "$T/data.jsonl") -eq 32 ]'
 # 32 samples, batch 4, 2 epochs -> 16 steps; checkpoints every 5 (5, 10, 15, 16)
 TR="$B train --model $M --data $T/data.jsonl --algo dspark --threads 1 --set global_batch_size=4 --set num_train_epochs=2 --set num_anchors=12 --set checkpointing_steps=5 --set lr=3e-3"
-$TR --out "$T/full" 2>"$T/err_full"; rc=$?
+python3 - "$T" <<'PY'
+import json, sys
+words = "hello what is two plus four tell me a story about the sky and sea why are colors blue red green".split()
+with open(f"{sys.argv[1]}/held.jsonl", "w") as f:  # same vocabulary, word sequences not in the training prompts
+    for i in range(8):
+        f.write(json.dumps({"turns": [" ".join(words[(i * 11 + 3 + k) % len(words)] for k in range(2 + i % 4))]}) + "\n")
+PY
+$TR --out "$T/full" --eval-prompts "$T/held.jsonl" --eval-samples 8 --eval-new 64 2>"$T/err_full"; rc=$?
 check "train runs" '[ $rc -eq 0 ] && [ -f "$T/full/step_16/model.safetensors" ] && [ "$(cat $T/full/latest)" = step_16 ]'
 check "metrics.csv: header and 16 rows" '[ "$(head -1 $T/full/metrics.csv)" = "step,lr,loss,ce,l1,conf,grad_norm,tau_probabilistic" ] && [ $(wc -l < "$T/full/metrics.csv") -eq 17 ]'
 check "loss.svg written" 'grep -q "<svg" "$T/full/loss.svg"'
+python3 - "$T/full/eval.csv" <<'PY'; rc=$?
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+assert [int(r["step"]) for r in rows] == [0, 5, 10, 15, 16], rows
+tau = [float(r["heldout_tau"]) for r in rows]
+print(f"  held-out tau (T 1.0, 8 prompts x 64 tokens): {' '.join(f'{t:.3f}' for t in tau)}")
+assert tau[-1] > 1.05 * tau[0], "held-out tau rises over the run"
+PY
+check "held-out tau at step 0 and every checkpoint, rising" '[ $rc -eq 0 ]'
 python3 - "$T/full/metrics.csv" <<'PY'; rc=$?
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
