@@ -11,16 +11,20 @@ B="$DSPARK_BIN"; M="$DSPARK_TEST_DATA/tiny-chat"; T="$DSPARK_TEST_TMP/cli_train"
 fail=0
 check() { if ! eval "$2"; then echo "FAIL: $1"; fail=1; else echo "ok   $1"; fi; }
 if "$B" train --help 2>&1 | grep -q "no drafter trainer"; then echo "SKIP: this build has no drafter trainer"; exit 0; fi
-python3 - "$T" <<'PY'
+# sizes: 32 prompts -> 16 steps (checkpoints 5 10 15 16); under the sanitizers 16 -> 8 (5 8)
+P=32; STOP=7; CSTOP=12; CPREV=10; KILL=1.2
+if ldd "$B" 2>/dev/null | grep -q libasan; then P=16; STOP=3; CSTOP=7; CPREV=5; KILL=4; fi
+S=$((P / 2))
+python3 - "$T" $P <<'PY'
 import json, sys
 words = "hello what is two plus four tell me a story about the sky and sea why are colors blue red green".split()
 with open(f"{sys.argv[1]}/p.jsonl", "w") as f:
-    for i in range(32):
+    for i in range(int(sys.argv[2])):
         f.write(json.dumps({"turns": [" ".join(words[(i * 5 + k) % len(words)] for k in range(1 + i % 5))]}) + "\n")
 PY
 "$B" gen-data --model "$M" --prompts "$T/p.jsonl" --out "$T/data.jsonl" -n 40 --threads 1 2>/dev/null
-check "gen-data made the data" '[ $(wc -l < "$T/data.jsonl") -eq 32 ]'
-# 32 samples, batch 4, 2 epochs -> 16 steps; checkpoints every 5 (5, 10, 15, 16)
+check "gen-data made the data" '[ $(wc -l < "$T/data.jsonl") -eq $P ]'
+# P samples, batch 4, 2 epochs -> S = P/2 steps; checkpoints every 5 and at the end
 TR="$B train --model $M --data $T/data.jsonl --algo dspark --threads 1 --set global_batch_size=4 --set num_train_epochs=2 --set num_anchors=12 --set checkpointing_steps=5 --set lr=3e-3"
 python3 - "$T" <<'PY'
 import json, sys
@@ -30,16 +34,16 @@ with open(f"{sys.argv[1]}/held.jsonl", "w") as f:  # same vocabulary, word seque
         f.write(json.dumps({"turns": [" ".join(words[(i * 11 + 3 + k) % len(words)] for k in range(2 + i % 4))]}) + "\n")
 PY
 $TR --out "$T/full" --eval-prompts "$T/held.jsonl" --eval-samples 8 --eval-new 64 2>"$T/err_full"; rc=$?
-check "train runs" '[ $rc -eq 0 ] && [ -f "$T/full/step_16/model.safetensors" ] && [ "$(cat $T/full/latest)" = step_16 ]'
-check "metrics.csv: header and 16 rows" '[ "$(head -1 $T/full/metrics.csv)" = "step,lr,loss,ce,l1,conf,grad_norm,tau_probabilistic" ] && [ $(wc -l < "$T/full/metrics.csv") -eq 17 ]'
+check "train runs" '[ $rc -eq 0 ] && [ -f "$T/full/step_$S/model.safetensors" ] && [ "$(cat $T/full/latest)" = step_$S ]'
+check "metrics.csv: header and a row per step" '[ "$(head -1 $T/full/metrics.csv)" = "step,lr,loss,ce,l1,conf,grad_norm,tau_probabilistic" ] && [ $(wc -l < "$T/full/metrics.csv") -eq $((S + 1)) ]'
 check "loss.svg written" 'grep -q "<svg" "$T/full/loss.svg"'
-python3 - "$T/full/eval.csv" <<'PY'; rc=$?
+python3 - "$T/full/eval.csv" $S <<'PY'; rc=$?
 import csv, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-assert [int(r["step"]) for r in rows] == [0, 5, 10, 15, 16], rows
+rows = list(csv.DictReader(open(sys.argv[1]))); S = int(sys.argv[2])
+assert [int(r["step"]) for r in rows] == [0] + list(range(5, S, 5)) + [S], rows
 tau = [float(r["heldout_tau"]) for r in rows]
 print(f"  held-out tau (T 1.0, 8 prompts x 64 tokens): {' '.join(f'{t:.3f}' for t in tau)}")
-assert tau[-1] > 1.05 * tau[0], "held-out tau rises over the run"
+assert tau[-1] > (1.05 if S >= 16 else 1.0) * tau[0], "held-out tau rises over the run"
 PY
 check "held-out tau at step 0 and every checkpoint, rising" '[ $rc -eq 0 ]'
 python3 - "$T/full/metrics.csv" <<'PY'; rc=$?
@@ -48,12 +52,12 @@ rows = list(csv.DictReader(open(sys.argv[1])))
 loss = [float(r["loss"]) for r in rows]; tau = [float(r["tau_probabilistic"]) for r in rows]
 first, last = sum(loss[:3]) / 3, sum(loss[-3:]) / 3
 print(f"  loss {first:.3f} -> {last:.3f}, tau {sum(tau[:3])/3:.3f} -> {sum(tau[-3:])/3:.3f}")
-assert last < 0.85 * first, "loss falls by 15% or more"
+assert last < (0.85 if len(loss) >= 16 else 0.95) * first, "loss falls (by 15% over 16 steps)"
 assert sum(tau[-3:]) > sum(tau[:3]), "training tau rises"
 assert float(rows[0]["lr"]) > 0 and float(rows[-1]["lr"]) < float(rows[4]["lr"]), "warmup then decay"
 PY
 check "loss falls and tau rises" '[ $rc -eq 0 ]'
-python3 - "$T/full/step_16" <<'PY'; rc=$?
+python3 - "$T/full/step_$S" <<'PY'; rc=$?
 import json, struct, sys
 d = sys.argv[1]
 c = json.load(open(f"{d}/config.json"))
@@ -65,26 +69,26 @@ assert {v["dtype"] for v in h.values()} == {"BF16"}
 assert "embed_tokens.weight" in h and "lm_head.weight" in h and "markov_head.markov_w1.weight" in h and "confidence_head.proj.bias" in h
 PY
 check "checkpoint in DeepSpec's format" '[ $rc -eq 0 ]'
-"$B" generate --model "$M" --draft "$T/full/step_16" --prompt "hello" -n 8 --temp 0 --threads 1 >/dev/null 2>"$T/err_gen"; rc=$?
+"$B" generate --model "$M" --draft "$T/full/step_$S" --prompt "hello" -n 8 --temp 0 --threads 1 >/dev/null 2>"$T/err_gen"; rc=$?
 check "our drafter loader reads the checkpoint" '[ $rc -eq 0 ]'
-# stop after 7 (between checkpoints: the stop itself saves), resume to the end
-$TR --out "$T/split" --stop-after 7 2>/dev/null
-check "stopped run ends at step 7" '[ "$(cat $T/split/latest)" = step_7 ] && [ ! -d "$T/split/step_16" ]'
+# stop between checkpoints (the stop itself saves), resume to the end
+$TR --out "$T/split" --stop-after $STOP 2>/dev/null
+check "stopped run ends at step $STOP" '[ "$(cat $T/split/latest)" = step_$STOP ] && [ ! -d "$T/split/step_$S" ]'
 $TR --out "$T/split" --resume 2>"$T/err_split"; rc=$?
-check "resume says where it continued" '[ $rc -eq 0 ] && grep -q "resumed from step 7" "$T/err_split"'
+check "resume says where it continued" '[ $rc -eq 0 ] && grep -q "resumed from step $STOP" "$T/err_split"'
 same() { for f in model.safetensors master.safetensors exp_avg.safetensors exp_avg_sq.safetensors train_state.json config.json; do
-           cmp -s "$1/step_16/$f" "$2/step_16/$f" || return 1; done; cmp -s "$1/metrics.csv" "$2/metrics.csv"; }
-check "run 16 == run 7, stop, resume 9 (byte-identical checkpoint and metrics)" 'same "$T/full" "$T/split"'
+           cmp -s "$1/step_$S/$f" "$2/step_$S/$f" || return 1; done; cmp -s "$1/metrics.csv" "$2/metrics.csv"; }
+check "run $S == run $STOP, stop, resume (byte-identical checkpoint and metrics)" 'same "$T/full" "$T/split"'
 # killed at a random moment, resumed
 $TR --out "$T/kill" 2>/dev/null & pid=$!
-sleep 1.2; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+sleep $KILL; kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 $TR --out "$T/kill" --resume 2>/dev/null; rc=$?
 check "kill -9 and resume == uninterrupted" '[ $rc -eq 0 ] && same "$T/full" "$T/kill"'
 # corrupt the newest checkpoint of a stopped run: the previous one is used, with one warning line
-$TR --out "$T/corrupt" --stop-after 12 2>/dev/null
-printf 'x' | dd of="$T/corrupt/step_12/master.safetensors" bs=1 seek=200 conv=notrunc 2>/dev/null
+$TR --out "$T/corrupt" --stop-after $CSTOP 2>/dev/null
+printf 'x' | dd of="$T/corrupt/step_$CSTOP/master.safetensors" bs=1 seek=200 conv=notrunc 2>/dev/null
 $TR --out "$T/corrupt" --resume 2>"$T/err_c"; rc=$?
-check "corrupt checkpoint refused, previous used, same result" '[ $rc -eq 0 ] && grep -q "resumed from step 10" "$T/err_c" && [ $(grep -c "checksum mismatch" "$T/err_c") -eq 1 ] && same "$T/full" "$T/corrupt"'
+check "corrupt checkpoint refused, previous used, same result" '[ $rc -eq 0 ] && grep -q "resumed from step $CPREV" "$T/err_c" && [ $(grep -c "checksum mismatch" "$T/err_c") -eq 1 ] && same "$T/full" "$T/corrupt"'
 "$B" train --model "$M" --data "$T/data.jsonl" --algo dflash --threads 1 --out "$T/dflash" --set global_batch_size=8 --set max_train_steps=2 --set num_anchors=8 2>/dev/null; rc=$?
 check "dflash: no heads" '[ $rc -eq 0 ] && python3 -c "import json; c=json.load(open(\"$T/dflash/step_2/config.json\")); assert c[\"markov_rank\"]==0 and not c[\"enable_confidence_head\"]"'
 $TR --out "$T/bad" --set nope=1 2>"$T/err_bad"; rc=$?
