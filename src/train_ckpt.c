@@ -172,6 +172,13 @@ ds_status ckpt_save(const char *dir, const TrainState *st, const ParamSet *param
     ds_path_join(p, sizeof p, dir, "latest");
     snprintf(name, sizeof name, "step_%lld\n", (long long)st->step);
     if ((s = ds_write_file_atomic(p, name, strlen(name), err))) goto done;
+    {   /* temporary directories of saves that died (another step's) */
+        DIR *dd = opendir(dir);
+        struct dirent *e;
+        while (dd && (e = readdir(dd)))
+            if (strncmp(e->d_name, ".tmp-step_", 10) == 0 && ds_path_join(p, sizeof p, dir, e->d_name)) remove_flat_dir(p);
+        if (dd) closedir(dd);
+    }
     if (keep_last > 0) {
         int n;
         int64_t *steps = list_steps(dir, &n);

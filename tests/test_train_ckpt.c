@@ -204,6 +204,8 @@ static void test_corrupt_checkpoint(void) {
     int64_t from;
     c.log_ctx = &l2;
     CHECK_OK(train_loop_run(&c, &p2, &g2, true, &from, warn, err), err);
+    snprintf(p, sizeof p, "%s/.tmp-step_20", d);
+    CHECK(!ds_dir_exists(p)); /* the next save removed the dead save's directory */
     CHECK(from == 5 && l2.n == 10 && memcmp(params_get(&p2, "w"), params_get(&ps, "w"), DIM * sizeof(float)) == 0);
     /* must fail: nothing valid left */
     for (int k = 5; k <= 15; k += 5) {
