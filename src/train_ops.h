@@ -14,9 +14,10 @@
  *    a weight gradient's sum over rows, a key's sum over queries) runs in one fixed order.
  *    Dot products use kernels.c's 16-lane kern_dot_f32 (the ISA path, chosen once per
  *    process by kern_init, which these ops call first).
- *  - linear (sgemm): the same bits run to run for a fixed thread count. OpenBLAS splits
- *    sgemm over output tiles, not over the reduction, so in practice it is thread-count
- *    independent too (test_train_ops checks 1 vs 2 threads), but OpenBLAS does not promise it. */
+ *  - linear's products (sgemm): the same bits run to run for a fixed OpenBLAS thread count
+ *    only. They change with that count (OpenBLAS 0.3.21, Debian's pthreads build, which
+ *    ignores omp_set_num_threads: 1 vs 2 threads differ in the last bits; test_train_ops).
+ *    So a bit-exact resume needs the same OPENBLAS_NUM_THREADS / core count. */
 #ifndef DSPARK_TRAIN_OPS_H
 #define DSPARK_TRAIN_OPS_H
 
