@@ -9,9 +9,9 @@
 #include <string.h>
 
 /* Column sums of a [N][D] matrix (optionally times rstd[n] * x[n][j]) must run rows in order
- * for every column whatever the thread count: threads own column chunks of COLS and walk the
- * rows top to bottom, so memory is read row-contiguously and each column's sum order is fixed. */
-enum { COLS = 64 };
+ * for every column whatever the thread count: threads own chunks of COLS columns (a cache
+ * line) and walk the rows top to bottom, so each column's sum order is fixed. */
+enum { COLS = 16 };
 
 /* ---- linear ---- */
 

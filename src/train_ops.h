@@ -34,7 +34,8 @@ void top_linear_fwd(float *out, const float *in, const float *W, const float *b,
 void top_linear_bwd(float *d_in, float *d_W, float *d_b, const float *d_out, const float *in, const float *W, int N, int n_in, int n_out);
 
 /* Qwen3RMSNorm over N rows of D: rstd[n] = 1/sqrtf(mean(x^2) + eps), out = w * (x * rstd)
- * (the same arithmetic as kernels.c's portable kern_rmsnorm). rstd [N] is saved for the
+ * (bit for bit the inference backend's rmsnorm, kern_rmsnorm, on either ISA path: the same
+ * 16-lane kern_dot_f32 and multiplication order). rstd [N] is saved for the
  * backward. q/k norms: N = tokens * heads, D = head_dim. */
 void top_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int D, float eps);
 /* d_x[N][D] += dL/dx;  d_w[D] += sum_rows d_out * x * rstd */

@@ -1,6 +1,7 @@
 /* test_train_ops.c - the F32 training ops (src/train_ops.c):
  *  - each forward against an independent reference computed in double (attention: a plain
- *    softmax over an explicit [Nq][Nk] mask; RoPE: bit for bit the inference backend's rope);
+ *    softmax over an explicit [Nq][Nk] mask; RoPE and RMSNorm also bit for bit the inference
+ *    backend's);
  *  - each backward against central finite differences: L = sum c . out for a random c (so
  *    d_out = c), the directional derivative along 3 random directions u of every input and
  *    weight: central differences L(x + h u) - L(x - h u) at h = 1e-2 and 2e-2 against
@@ -169,6 +170,14 @@ static void test_rmsnorm(void) {
         }
         CHECK_CLOSE("rmsnorm out", t.out, ref, (size_t)N * D, 1e-6f, 1e-5f);
         CHECK_CLOSE("rmsnorm rstd", t.rstd, rref, (size_t)N, 0, 1e-5f);
+        /* the inference backend's rmsnorm on the same input: bit for bit (either ISA path) */
+        Backend *be = backend_cpu_create(0);
+        float *inf = zeros(N * D);
+        Weight wv = weight_view(t.w, DS_F32, 1, D);
+        be->rmsnorm(be, inf, t.x, &wv, N, D, t.eps);
+        CHECK(same_bits(inf, t.out, (size_t)N * D));
+        be->destroy(be);
+        ds_free(inf);
         float *d_x = zeros(N * D), *d_w = zeros(D);
         top_rmsnorm_bwd(d_x, d_w, t.c, t.x, t.w, t.rstd, N, D);
         CHECK_FD(s ? "rmsnorm d_x (D 40)" : "rmsnorm d_x (D 12)", t.x, d_x, (size_t)N * D, norm_loss, &t);
