@@ -277,7 +277,8 @@ static double att_loss(void *p) {
     return dotc(t->c, t->out, (size_t)t->Nq * t->Hq * t->hd);
 }
 
-/* ranges: query i gets r0 = [a, b) and r1 = [c, d), b <= c; some queries get one or none */
+/* ranges: query i gets r0 = [a, b) and r1 = [c, d), b <= c, or the other way round, or one
+ * of them (each query at least one key; tests empty queries themselves) */
 static AttCtx att_make(int Nq, int Nk, int Hq, int Hkv, int hd, float qscale) {
     AttCtx t = {0};
     t.Nq = Nq; t.Nk = Nk; t.Hq = Hq; t.Hkv = Hkv; t.hd = hd;
@@ -294,8 +295,14 @@ static AttCtx att_make(int Nq, int Nk, int Hq, int Hkv, int hd, float qscale) {
                 if (cut[b] < cut[a]) { int x = cut[a]; cut[a] = cut[b]; cut[b] = x; }
         t.r0lo[i] = cut[0]; t.r0hi[i] = cut[1]; t.r1lo[i] = cut[2]; t.r1hi[i] = cut[3];
         if (i % 5 == 1) t.r1lo[i] = t.r1hi[i] = 0;                 /* r0 only */
-        if (i % 5 == 2) { t.r0lo[i] = t.r0hi[i] = cut[3]; }        /* r1 only */
-        if (t.r0lo[i] == t.r0hi[i] && t.r1lo[i] == t.r1hi[i]) t.r0hi[i] = t.r0lo[i] < Nk ? t.r0lo[i] + 1 : t.r0lo[i], t.r0lo[i] = t.r0hi[i] - 1;
+        if (i % 5 == 2) t.r0lo[i] = t.r0hi[i] = cut[3];             /* r1 only */
+        if (i % 5 == 3) {                                           /* r0 above r1 */
+            t.r0lo[i] = cut[2]; t.r0hi[i] = cut[3]; t.r1lo[i] = cut[0]; t.r1hi[i] = cut[1];
+        }
+        if (t.r0lo[i] == t.r0hi[i] && t.r1lo[i] == t.r1hi[i]) {     /* no keys: give it one */
+            t.r0lo[i] = t.r0lo[i] < Nk ? t.r0lo[i] : Nk - 1;
+            t.r0hi[i] = t.r0lo[i] + 1;
+        }
     }
     return t;
 }
@@ -349,8 +356,8 @@ static void test_attention(void) {
     for (int c = 0; c < 3; c++) {
         int Nq = 7, Nk = 10, Hq = cfg[c][0], Hkv = cfg[c][1], hd = cfg[c][2];
         AttCtx t = att_make(Nq, Nk, Hq, Hkv, hd, 2.0f);
-        /* edge: query 3 has no keys at all */
-        t.r0lo[3] = t.r0hi[3] = 4; t.r1lo[3] = t.r1hi[3] = 9;
+        /* edge: query 4 has no keys at all */
+        t.r0lo[4] = t.r0hi[4] = 4; t.r1lo[4] = t.r1hi[4] = 9;
         size_t nq = (size_t)Nq * Hq * hd, nk = (size_t)Nk * Hkv * hd;
         att_loss(&t);
         float *ro = zeros(nq), *rl = zeros((size_t)Nq * Hq);
@@ -361,13 +368,13 @@ static void test_attention(void) {
             lse_ok &= (isinf(rl[i]) && isinf(t.lse[i]) && t.lse[i] < 0) || fabsf(t.lse[i] - rl[i]) <= 1e-5f * (1 + fabsf(rl[i]));
         CHECK(lse_ok);
         bool empty_zero = true;
-        for (int h = 0; h < Hq; h++) empty_zero &= isinf(t.lse[3 * Hq + h]) && t.lse[3 * Hq + h] < 0;
-        for (int e = 0; e < Hq * hd; e++) empty_zero &= t.out[(size_t)3 * Hq * hd + e] == 0.0f;
+        for (int h = 0; h < Hq; h++) empty_zero &= isinf(t.lse[4 * Hq + h]) && t.lse[4 * Hq + h] < 0;
+        for (int e = 0; e < Hq * hd; e++) empty_zero &= t.out[(size_t)4 * Hq * hd + e] == 0.0f;
         CHECK(empty_zero);
         float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
         att_grads(&t, dq, dk, dv);
         bool empty_nograd = true;
-        for (int e = 0; e < Hq * hd; e++) empty_nograd &= dq[(size_t)3 * Hq * hd + e] == 0.0f;
+        for (int e = 0; e < Hq * hd; e++) empty_nograd &= dq[(size_t)4 * Hq * hd + e] == 0.0f;
         CHECK(empty_nograd);
         const char *nm[3][3] = {{"attention d_q (Hq/Hkv 2)", "attention d_k (Hq/Hkv 2)", "attention d_v (Hq/Hkv 2)"},
                                 {"attention d_q (Hq/Hkv 1)", "attention d_k (Hq/Hkv 1)", "attention d_v (Hq/Hkv 1)"},
