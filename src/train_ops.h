@@ -57,7 +57,7 @@ void top_swiglu_bwd(float *d_gate, float *d_up, const float *d_out, const float 
 /* Grouped-query attention where query i attends to keys [r0_lo[i], r0_hi[i]) U [r1_lo[i],
  * r1_hi[i]) (the drafter's block: context keys < anchor, then its own block; a causal LM:
  * one range [start, i+1) and r1 empty). The two ranges must be disjoint, within [0, Nk),
- * and lo <= hi (lo == hi: empty); keys are visited r0 first, each range in increasing order.
+ * and lo <= hi (lo == hi: empty); keys are summed in increasing index (either range first).
  * q[Nq][Hq][hd], k, v[Nk][Hkv][hd], out[Nq][Hq][hd]; query head h reads kv head
  * h / (Hq / Hkv); scale = 1/sqrt(hd). lse[Nq][Hq] = log-sum-exp of the scaled scores is saved
  * for the backward. A query without keys outputs 0 with lse = -inf and gets no gradient. */
