@@ -60,7 +60,8 @@ void top_swiglu_bwd(float *d_gate, float *d_up, const float *d_out, const float 
  * and lo <= hi (lo == hi: empty); keys are summed in increasing index (either range first).
  * q[Nq][Hq][hd], k, v[Nk][Hkv][hd], out[Nq][Hq][hd]; query head h reads kv head
  * h / (Hq / Hkv); scale = 1/sqrt(hd). lse[Nq][Hq] = log-sum-exp of the scaled scores is saved
- * for the backward. A query without keys outputs 0 with lse = -inf and gets no gradient. */
+ * for the backward. A query without keys outputs 0 with lse = -inf and gets no gradient.
+ * Each call allocates a small scratch (forward: threads x Nk floats; backward: Nq x Hq). */
 void top_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *r0_lo,
                        const int32_t *r0_hi, const int32_t *r1_lo, const int32_t *r1_hi, int Nq, int Nk, int Hq, int Hkv, int hd);
 /* The backward recomputes p = exp(s - lse) (flash-attention style, no [Nq][Nk] matrix is
