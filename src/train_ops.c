@@ -9,9 +9,9 @@
 #include <string.h>
 
 /* Column sums of a [N][D] matrix (optionally times rstd[n] * x[n][j]) must run rows in order
- * for every column whatever the thread count: threads own column chunks of COLS and walk the
- * rows top to bottom, so memory is read row-contiguously and each column's sum order is fixed. */
-enum { COLS = 64 };
+ * for every column whatever the thread count: threads own chunks of COLS columns (a cache
+ * line) and walk the rows top to bottom, so each column's sum order is fixed. */
+enum { COLS = 16 };
 
 /* ---- linear ---- */
 
@@ -149,6 +149,19 @@ void top_swiglu_bwd(float *d_gate, float *d_up, const float *d_out, const float 
 
 /* ---- attention over two key ranges ---- */
 
+/* Query i's key set as two ascending ranges lo[0] <= hi[0] <= lo[1] <= hi[1] (the caller's two
+ * disjoint ranges sorted; empty ones first). Every pass visits keys in increasing index. */
+static inline void att_ranges(int i, const int32_t *r0_lo, const int32_t *r0_hi, const int32_t *r1_lo, const int32_t *r1_hi,
+                              int lo[2], int hi[2]) {
+    bool swap = r1_lo[i] == r1_hi[i] || (r0_lo[i] != r0_hi[i] && r0_lo[i] > r1_lo[i]);
+    lo[swap] = r0_lo[i]; hi[swap] = r0_hi[i];
+    lo[!swap] = r1_lo[i]; hi[!swap] = r1_hi[i];
+    if (lo[0] == hi[0] || lo[1] == hi[1]) { /* at most one range: put it second, the first empty */
+        int l = lo[0] == hi[0] ? lo[1] : lo[0], h = lo[0] == hi[0] ? hi[1] : hi[0];
+        lo[0] = hi[0] = l; lo[1] = l; hi[1] = h;
+    }
+}
+
 static void check_ranges(const int32_t *r0_lo, const int32_t *r0_hi, const int32_t *r1_lo, const int32_t *r1_hi, int Nq,
                          int Nk) {
     for (int i = 0; i < Nq; i++) {
@@ -158,8 +171,20 @@ static void check_ranges(const int32_t *r0_lo, const int32_t *r0_hi, const int32
     }
 }
 
-static inline void axpy(float *y, float a, const float *x, int n) {
+/* y += a x; elementwise, so vectorising it (omp simd) changes no bits */
+static inline void axpy(float *restrict y, float a, const float *restrict x, int n) {
+    #pragma omp simd
     for (int e = 0; e < n; e++) y[e] += a * x[e];
+}
+
+/* Task t of the per-(query, head) loops, ordered (kv head, query, head in group): neighbouring
+ * tasks read the same keys (a kv head's query heads, then the next query, which in a drafter
+ * block or a causal run has nearly the same ranges), so the keys stay in cache. */
+static inline size_t task_ih(int64_t t, int Nq, int Hq, int group, int *kh, int *i) {
+    int64_t per_kh = (int64_t)Nq * group, r = t % per_kh;
+    *kh = (int)(t / per_kh);
+    *i = (int)(r / group);
+    return (size_t)*i * Hq + (size_t)*kh * group + (size_t)(r % group);
 }
 
 /* Two passes per (query, head): the scores into a per-thread row (and their max), then
@@ -174,20 +199,21 @@ void top_attention_fwd(float *out, float *lse, const float *q, const float *k, c
     const int group = Hq / Hkv, nt = omp_get_max_threads();
     float *scratch = ds_malloc(sizeof(float) * (size_t)nt * (size_t)(Nk > 0 ? Nk : 1)); /* [nt][Nk] scores */
     DS_ASSERT(scratch);
-    #pragma omp parallel for schedule(dynamic, 8)
-    for (int64_t ih = 0; ih < (int64_t)Nq * Hq; ih++) {
-        int i = (int)(ih / Hq), h = (int)(ih % Hq), kh = h / group;
-        const float *qi = q + (size_t)ih * hd;
-        float *o = out + (size_t)ih * hd, *s = scratch + (size_t)omp_get_thread_num() * Nk;
-        int lo[2] = {r0_lo[i], r1_lo[i]}, hi[2] = {r0_hi[i], r1_hi[i]};
+    #pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t t = 0; t < (int64_t)Nq * Hq; t++) {
+        int kh, i, lo[2], hi[2];
+        size_t ih = task_ih(t, Nq, Hq, group, &kh, &i);
+        att_ranges(i, r0_lo, r0_hi, r1_lo, r1_hi, lo, hi);
+        const float *qi = q + ih * hd;
+        float *o = out + ih * hd, *s = scratch + (size_t)omp_get_thread_num() * Nk;
+        memset(o, 0, sizeof(float) * (size_t)hd);
+        if (lo[1] == hi[1]) { lse[ih] = -INFINITY; continue; }
         float m = -INFINITY;
         for (int r = 0; r < 2; r++)
             for (int j = lo[r]; j < hi[r]; j++) {
                 s[j] = kern_dot_f32(qi, k + ((size_t)j * Hkv + kh) * hd, hd) * scale;
                 m = s[j] > m ? s[j] : m;
             }
-        memset(o, 0, sizeof(float) * (size_t)hd);
-        if (lo[0] == hi[0] && lo[1] == hi[1]) { lse[ih] = -INFINITY; continue; }
         float z = 0;
         for (int r = 0; r < 2; r++)
             for (int j = lo[r]; j < hi[r]; j++) {
@@ -202,15 +228,48 @@ void top_attention_fwd(float *out, float *lse, const float *q, const float *k, c
     ds_free(scratch);
 }
 
-/* With p_ij = exp(s_ij - lse_i), s_ij = scale q_i.k_j, o_i = sum_j p_ij v_j:
+/* Backward. With p_ij = exp(s_ij - lse_i), s_ij = scale q_i.k_j, o_i = sum_j p_ij v_j:
  *   dv_j += p_ij do_i;  dp_ij = do_i.v_j;  ds_ij = p_ij (dp_ij - D_i), D_i = do_i.o_i;
  *   dq_i += scale ds_ij k_j;  dk_j += scale ds_ij q_i.
- * ATT_G computes the shared factors of one (query, head, key) triple; every path below calls
- * it, so they agree bit for bit. */
-#define ATT_G(qi, doi, kj, vj, L, Di, p, g) do { \
-        p = expf(kern_dot_f32(qi, kj, hd) * scale - (L)); \
-        g = p * (kern_dot_f32(doi, vj, hd) - (Di)) * scale; \
-    } while (0)
+ * Summation orders (what makes the bits independent of the schedule): a d_q row sums its
+ * keys in increasing index; a d_k / d_v row sums its (query, head) pairs in increasing
+ * (query, head). att_g computes the per-triple factors; every schedule calls it. */
+typedef struct {
+    const float *d_out, *lse, *D, *q, *k, *v;
+    const int32_t *r0_lo, *r0_hi, *r1_lo, *r1_hi;
+    int Nq, Hq, Hkv, hd, group;
+    float scale;
+} AttBwd;
+
+static inline void att_g(const AttBwd *a, size_t ih, size_t jk, float *p, float *g) {
+    *p = expf(kern_dot_f32(a->q + ih * a->hd, a->k + jk, a->hd) * a->scale - a->lse[ih]);
+    *g = *p * (kern_dot_f32(a->d_out + ih * a->hd, a->v + jk, a->hd) - a->D[ih]) * a->scale;
+}
+
+/* keys [j0, j1) of kv head kh against every query in order: d_k, d_v (and d_q when given) */
+static void att_bwd_keys(const AttBwd *a, int kh, int j0, int j1, float *d_q, float *d_k, float *d_v) {
+    for (int i = 0; i < a->Nq; i++) {
+        int lo[2], hi[2];
+        att_ranges(i, a->r0_lo, a->r0_hi, a->r1_lo, a->r1_hi, lo, hi);
+        if (hi[1] <= j0 || lo[1] >= j1) { if (hi[0] <= j0 || lo[0] >= j1) continue; }
+        for (int h = kh * a->group; h < (kh + 1) * a->group; h++) {
+            size_t ih = (size_t)i * a->Hq + h;
+            if (a->lse[ih] == -INFINITY) continue;
+            const float *qi = a->q + ih * a->hd, *doi = a->d_out + ih * a->hd;
+            for (int r = 0; r < 2; r++)
+                for (int j = lo[r] > j0 ? lo[r] : j0, je = hi[r] < j1 ? hi[r] : j1; j < je; j++) {
+                    size_t jk = ((size_t)j * a->Hkv + kh) * a->hd;
+                    float p, g;
+                    att_g(a, ih, jk, &p, &g);
+                    if (d_v) axpy(d_v + jk, p, doi, a->hd);
+                    if (d_k) axpy(d_k + jk, g, qi, a->hd);
+                    if (d_q) axpy(d_q + ih * a->hd, g, a->k + jk, a->hd);
+                }
+        }
+    }
+}
+
+enum { ATT_KB = 64 }; /* keys per block in the key-side loops: their k, v, d_k, d_v rows stay in L2 */
 
 void top_attention_bwd(float *d_q, float *d_k, float *d_v, const float *d_out, const float *out, const float *lse, const float *q,
                        const float *k, const float *v, const int32_t *r0_lo, const int32_t *r0_hi, const int32_t *r1_lo,
@@ -218,80 +277,48 @@ void top_attention_bwd(float *d_q, float *d_k, float *d_v, const float *d_out, c
     DS_ASSERT(Hkv > 0 && Hq % Hkv == 0);
     check_ranges(r0_lo, r0_hi, r1_lo, r1_hi, Nq, Nk);
     kern_init();
-    const float scale = 1.0f / sqrtf((float)hd);
-    const int group = Hq / Hkv;
-    /* D_i = do_i . o_i per (query, head): [Nq][Hq] */
-    float *Dd = ds_malloc(sizeof(float) * ((size_t)Nq * Hq + 1));
-    DS_ASSERT(Dd);
+    const int group = Hq / Hkv, nkb = (Nk + ATT_KB - 1) / ATT_KB;
+    float *D = ds_malloc(sizeof(float) * ((size_t)Nq * Hq + 1)); /* D_i = do_i . o_i, [Nq][Hq] */
+    DS_ASSERT(D);
     #pragma omp parallel for schedule(static)
-    for (int64_t ih = 0; ih < (int64_t)Nq * Hq; ih++) Dd[ih] = kern_dot_f32(d_out + ih * hd, out + ih * hd, hd);
+    for (int64_t ih = 0; ih < (int64_t)Nq * Hq; ih++) D[ih] = kern_dot_f32(d_out + ih * hd, out + ih * hd, hd);
+    AttBwd a = {d_out, lse, D, q, k, v, r0_lo, r0_hi, r1_lo, r1_hi, Nq, Hq, Hkv, hd, group, 1.0f / sqrtf((float)hd)};
 
-    /* Every d_q row is a sum over its keys in visiting order; every d_k / d_v row is a sum over
-     * (query, head) pairs in increasing (query, head) order. Two schedules give exactly these
-     * orders: one task per kv head doing everything (the least arithmetic; used when there are
-     * at least as many kv heads as threads), or, for more parallelism, a query-side pass over
-     * (query, head) for d_q and a key-side pass over (kv head, key) for d_k and d_v, which
-     * recomputes p and ds. Both give the same bits, so the result does not depend on the
-     * thread count either way. */
+    /* Two schedules with the same sums in the same order (so the same bits, whatever the
+     * thread count picks): one task per kv head doing everything, key block by key block
+     * (the least arithmetic; used when there are at least as many kv heads as threads); or,
+     * for more parallelism, a query-side pass over (query, head) for d_q and a key-side pass
+     * over (kv head, key block) for d_k and d_v, which recomputes p and ds. */
     if (Hkv >= omp_get_max_threads()) {
         #pragma omp parallel for schedule(static, 1)
-        for (int kh = 0; kh < Hkv; kh++) {
-            for (int i = 0; i < Nq; i++) {
-                int lo[2] = {r0_lo[i], r1_lo[i]}, hi[2] = {r0_hi[i], r1_hi[i]};
-                for (int h = kh * group; h < (kh + 1) * group; h++) {
-                    size_t ih = (size_t)i * Hq + h;
-                    if (lse[ih] == -INFINITY) continue;
-                    const float *qi = q + ih * hd, *doi = d_out + ih * hd;
-                    for (int r = 0; r < 2; r++)
-                        for (int j = lo[r]; j < hi[r]; j++) {
-                            size_t jk = ((size_t)j * Hkv + kh) * hd;
-                            float p, g;
-                            ATT_G(qi, doi, k + jk, v + jk, lse[ih], Dd[ih], p, g);
-                            if (d_v) axpy(d_v + jk, p, doi, hd);
-                            if (d_q) axpy(d_q + ih * hd, g, k + jk, hd);
-                            if (d_k) axpy(d_k + jk, g, qi, hd);
-                        }
-                }
-            }
-        }
+        for (int kh = 0; kh < Hkv; kh++)
+            for (int b = 0; b < nkb; b++) att_bwd_keys(&a, kh, b * ATT_KB, b * ATT_KB + ATT_KB < Nk ? b * ATT_KB + ATT_KB : Nk, d_q, d_k, d_v);
     } else {
         if (d_q) {
-            #pragma omp parallel for schedule(dynamic, 8)
-            for (int64_t ih = 0; ih < (int64_t)Nq * Hq; ih++) {
-                int i = (int)(ih / Hq), kh = (int)(ih % Hq) / group;
+            #pragma omp parallel for schedule(dynamic, 16)
+            for (int64_t t = 0; t < (int64_t)Nq * Hq; t++) {
+                int kh, i, lo[2], hi[2];
+                size_t ih = task_ih(t, Nq, Hq, group, &kh, &i);
                 if (lse[ih] == -INFINITY) continue;
-                int lo[2] = {r0_lo[i], r1_lo[i]}, hi[2] = {r0_hi[i], r1_hi[i]};
-                const float *qi = q + ih * hd, *doi = d_out + ih * hd;
+                att_ranges(i, r0_lo, r0_hi, r1_lo, r1_hi, lo, hi);
                 for (int r = 0; r < 2; r++)
                     for (int j = lo[r]; j < hi[r]; j++) {
                         size_t jk = ((size_t)j * Hkv + kh) * hd;
                         float p, g;
-                        ATT_G(qi, doi, k + jk, v + jk, lse[ih], Dd[ih], p, g);
+                        att_g(&a, ih, jk, &p, &g);
                         axpy(d_q + ih * hd, g, k + jk, hd);
                     }
             }
         }
         if (d_k || d_v) {
-            #pragma omp parallel for schedule(dynamic, 4)
-            for (int64_t jh = 0; jh < (int64_t)Nk * Hkv; jh++) {
-                int j = (int)(jh / Hkv), kh = (int)(jh % Hkv);
-                size_t jk = (size_t)jh * hd;
-                for (int i = 0; i < Nq; i++) {
-                    if (!((r0_lo[i] <= j && j < r0_hi[i]) || (r1_lo[i] <= j && j < r1_hi[i]))) continue;
-                    for (int h = kh * group; h < (kh + 1) * group; h++) {
-                        size_t ih = (size_t)i * Hq + h;
-                        if (lse[ih] == -INFINITY) continue;
-                        const float *qi = q + ih * hd, *doi = d_out + ih * hd;
-                        float p, g;
-                        ATT_G(qi, doi, k + jk, v + jk, lse[ih], Dd[ih], p, g);
-                        if (d_v) axpy(d_v + jk, p, doi, hd);
-                        if (d_k) axpy(d_k + jk, g, qi, hd);
-                    }
-                }
+            #pragma omp parallel for schedule(dynamic, 1)
+            for (int64_t t = 0; t < (int64_t)Hkv * nkb; t++) {
+                int kh = (int)(t / nkb), b = (int)(t % nkb);
+                att_bwd_keys(&a, kh, b * ATT_KB, b * ATT_KB + ATT_KB < Nk ? b * ATT_KB + ATT_KB : Nk, NULL, d_k, d_v);
             }
         }
     }
-    ds_free(Dd);
+    ds_free(D);
 }
 
 /* ---- embedding ---- */

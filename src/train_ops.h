@@ -14,9 +14,10 @@
  *    a weight gradient's sum over rows, a key's sum over queries) runs in one fixed order.
  *    Dot products use kernels.c's 16-lane kern_dot_f32 (the ISA path, chosen once per
  *    process by kern_init, which these ops call first).
- *  - linear (sgemm): the same bits run to run for a fixed thread count. OpenBLAS splits
- *    sgemm over output tiles, not over the reduction, so in practice it is thread-count
- *    independent too (test_train_ops checks 1 vs 2 threads), but OpenBLAS does not promise it. */
+ *  - linear's products (sgemm): the same bits run to run for a fixed OpenBLAS thread count
+ *    only. They change with that count (OpenBLAS 0.3.21, Debian's pthreads build, which
+ *    ignores omp_set_num_threads: 1 vs 2 threads differ in the last bits; test_train_ops).
+ *    So a bit-exact resume needs the same OPENBLAS_NUM_THREADS / core count. */
 #ifndef DSPARK_TRAIN_OPS_H
 #define DSPARK_TRAIN_OPS_H
 
@@ -33,7 +34,8 @@ void top_linear_fwd(float *out, const float *in, const float *W, const float *b,
 void top_linear_bwd(float *d_in, float *d_W, float *d_b, const float *d_out, const float *in, const float *W, int N, int n_in, int n_out);
 
 /* Qwen3RMSNorm over N rows of D: rstd[n] = 1/sqrtf(mean(x^2) + eps), out = w * (x * rstd)
- * (the same arithmetic as kernels.c's portable kern_rmsnorm). rstd [N] is saved for the
+ * (bit for bit the inference backend's rmsnorm, kern_rmsnorm, on either ISA path: the same
+ * 16-lane kern_dot_f32 and multiplication order). rstd [N] is saved for the
  * backward. q/k norms: N = tokens * heads, D = head_dim. */
 void top_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *w, int N, int D, float eps);
 /* d_x[N][D] += dL/dx;  d_w[D] += sum_rows d_out * x * rstd */
@@ -55,10 +57,11 @@ void top_swiglu_bwd(float *d_gate, float *d_up, const float *d_out, const float 
 /* Grouped-query attention where query i attends to keys [r0_lo[i], r0_hi[i]) U [r1_lo[i],
  * r1_hi[i]) (the drafter's block: context keys < anchor, then its own block; a causal LM:
  * one range [start, i+1) and r1 empty). The two ranges must be disjoint, within [0, Nk),
- * and lo <= hi (lo == hi: empty); keys are visited r0 first, each range in increasing order.
+ * and lo <= hi (lo == hi: empty); keys are summed in increasing index (either range first).
  * q[Nq][Hq][hd], k, v[Nk][Hkv][hd], out[Nq][Hq][hd]; query head h reads kv head
  * h / (Hq / Hkv); scale = 1/sqrt(hd). lse[Nq][Hq] = log-sum-exp of the scaled scores is saved
- * for the backward. A query without keys outputs 0 with lse = -inf and gets no gradient. */
+ * for the backward. A query without keys outputs 0 with lse = -inf and gets no gradient.
+ * Each call allocates a small scratch (forward: threads x Nk floats; backward: Nq x Hq). */
 void top_attention_fwd(float *out, float *lse, const float *q, const float *k, const float *v, const int32_t *r0_lo,
                        const int32_t *r0_hi, const int32_t *r1_lo, const int32_t *r1_hi, int Nq, int Nk, int Hq, int Hkv, int hd);
 /* The backward recomputes p = exp(s - lse) (flash-attention style, no [Nq][Nk] matrix is

@@ -1,6 +1,7 @@
 /* test_train_ops.c - the F32 training ops (src/train_ops.c):
  *  - each forward against an independent reference computed in double (attention: a plain
- *    softmax over an explicit [Nq][Nk] mask; RoPE: bit for bit the inference backend's rope);
+ *    softmax over an explicit [Nq][Nk] mask; RoPE and RMSNorm also bit for bit the inference
+ *    backend's);
  *  - each backward against central finite differences: L = sum c . out for a random c (so
  *    d_out = c), the directional derivative along 3 random directions u of every input and
  *    weight: central differences L(x + h u) - L(x - h u) at h = 1e-2 and 2e-2 against
@@ -8,7 +9,8 @@
  *    Richardson extrapolation (fd_err). Tolerance: relative 1e-3; F32 rounding of L (about
  *    1e-6 absolute over ~200 terms, against a_h ~ 1e-2) makes the expected error ~1e-4;
  *  - gradients accumulate and NULL gradients are skipped;
- *  - the same bits with 1, 2 and 3 threads (attention's two backward schedules included);
+ *  - the same bits with 1, 2 and 3 threads (attention's two backward schedules included),
+ *    except sgemm (linear), which is only checked run to run at a fixed thread count;
  *  - edge cases: a query with no keys (0 output, no gradient), Hq / Hkv = 2 grouping, a
  *    query with only its second range; and a wrong gradient that the FD check must catch.
  * Set DSPARK_TEST_VERBOSE=1 to print every FD error. */
@@ -17,6 +19,7 @@
 #include "backend.h"
 #include "train_ops.h"
 
+#include <cblas.h>
 #include <omp.h>
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
@@ -101,42 +104,42 @@ static double dotc(const float *c, const float *out, size_t n) {
 
 /* ---- linear ---- */
 
-typedef struct { float *out, *in, *W, *b, *c; int N, I, O; } LinCtx;
+typedef struct { float *out, *in, *W, *b, *c; int N, Ni, O; } LinCtx;
 static double lin_loss(void *p) {
     LinCtx *t = p;
-    top_linear_fwd(t->out, t->in, t->W, t->b, t->N, t->I, t->O);
+    top_linear_fwd(t->out, t->in, t->W, t->b, t->N, t->Ni, t->O);
     return dotc(t->c, t->out, (size_t)t->N * t->O);
 }
 
 static void test_linear(void) {
-    int N = 5, I = 7, O = 6;
-    LinCtx t = {zeros(N * O), rnd(N * I, -1, 1), rnd(O * I, -1, 1), rnd(O, -1, 1), rnd(N * O, -1, 1), N, I, O};
+    int N = 5, Ni = 7, O = 6;
+    LinCtx t = {zeros(N * O), rnd(N * Ni, -1, 1), rnd(O * Ni, -1, 1), rnd(O, -1, 1), rnd(N * O, -1, 1), N, Ni, O};
     lin_loss(&t);
     float ref[5 * 6];
     for (int n = 0; n < N; n++)
         for (int o = 0; o < O; o++) {
             double s = t.b[o];
-            for (int i = 0; i < I; i++) s += (double)t.in[n * I + i] * t.W[o * I + i];
+            for (int i = 0; i < Ni; i++) s += (double)t.in[n * Ni + i] * t.W[o * Ni + i];
             ref[n * O + o] = (float)s;
         }
     CHECK_CLOSE("linear out", t.out, ref, (size_t)N * O, 1e-6f, 1e-5f);
-    float *d_in = zeros(N * I), *d_W = zeros(O * I), *d_b = zeros(O);
-    top_linear_bwd(d_in, d_W, d_b, t.c, t.in, t.W, N, I, O);
-    CHECK_FD("linear d_in", t.in, d_in, (size_t)N * I, lin_loss, &t);
-    CHECK_FD("linear d_W", t.W, d_W, (size_t)O * I, lin_loss, &t);
+    float *d_in = zeros(N * Ni), *d_W = zeros(O * Ni), *d_b = zeros(O);
+    top_linear_bwd(d_in, d_W, d_b, t.c, t.in, t.W, N, Ni, O);
+    CHECK_FD("linear d_in", t.in, d_in, (size_t)N * Ni, lin_loss, &t);
+    CHECK_FD("linear d_W", t.W, d_W, (size_t)O * Ni, lin_loss, &t);
     CHECK_FD("linear d_b", t.b, d_b, (size_t)O, lin_loss, &t);
     /* accumulation: a second call doubles; NULL gradients are skipped */
-    float *d_in2 = copyf(d_in, N * I), *d_W2 = copyf(d_W, O * I), *d_b2 = copyf(d_b, O);
-    top_linear_bwd(d_in2, NULL, NULL, t.c, t.in, t.W, N, I, O);
-    top_linear_bwd(NULL, d_W2, d_b2, t.c, t.in, t.W, N, I, O);
-    for (int i = 0; i < N * I; i++) d_in[i] *= 2;
-    for (int i = 0; i < O * I; i++) d_W[i] *= 2;
+    float *d_in2 = copyf(d_in, N * Ni), *d_W2 = copyf(d_W, O * Ni), *d_b2 = copyf(d_b, O);
+    top_linear_bwd(d_in2, NULL, NULL, t.c, t.in, t.W, N, Ni, O);
+    top_linear_bwd(NULL, d_W2, d_b2, t.c, t.in, t.W, N, Ni, O);
+    for (int i = 0; i < N * Ni; i++) d_in[i] *= 2;
+    for (int i = 0; i < O * Ni; i++) d_W[i] *= 2;
     for (int i = 0; i < O; i++) d_b[i] *= 2;
-    CHECK_CLOSE("linear d_in accumulates", d_in2, d_in, (size_t)N * I, 1e-6f, 1e-6f);
-    CHECK_CLOSE("linear d_W accumulates", d_W2, d_W, (size_t)O * I, 1e-6f, 1e-6f);
+    CHECK_CLOSE("linear d_in accumulates", d_in2, d_in, (size_t)N * Ni, 1e-6f, 1e-6f);
+    CHECK_CLOSE("linear d_W accumulates", d_W2, d_W, (size_t)O * Ni, 1e-6f, 1e-6f);
     CHECK_CLOSE("linear d_b accumulates", d_b2, d_b, (size_t)O, 1e-6f, 1e-6f);
     /* no bias */
-    top_linear_fwd(t.out, t.in, t.W, NULL, N, I, O);
+    top_linear_fwd(t.out, t.in, t.W, NULL, N, Ni, O);
     CHECK_CLOSE("linear out no bias", &t.out[0], &(float){ref[0] - t.b[0]}, 1, 1e-6f, 1e-5f);
     ds_free(t.out); ds_free(t.in); ds_free(t.W); ds_free(t.b); ds_free(t.c);
     ds_free(d_in); ds_free(d_W); ds_free(d_b); ds_free(d_in2); ds_free(d_W2); ds_free(d_b2);
@@ -167,6 +170,14 @@ static void test_rmsnorm(void) {
         }
         CHECK_CLOSE("rmsnorm out", t.out, ref, (size_t)N * D, 1e-6f, 1e-5f);
         CHECK_CLOSE("rmsnorm rstd", t.rstd, rref, (size_t)N, 0, 1e-5f);
+        /* the inference backend's rmsnorm on the same input: bit for bit (either ISA path) */
+        Backend *be = backend_cpu_create(0);
+        float *inf = zeros(N * D);
+        Weight wv = weight_view(t.w, DS_F32, 1, D);
+        be->rmsnorm(be, inf, t.x, &wv, N, D, t.eps);
+        CHECK(same_bits(inf, t.out, (size_t)N * D));
+        be->destroy(be);
+        ds_free(inf);
         float *d_x = zeros(N * D), *d_w = zeros(D);
         top_rmsnorm_bwd(d_x, d_w, t.c, t.x, t.w, t.rstd, N, D);
         CHECK_FD(s ? "rmsnorm d_x (D 40)" : "rmsnorm d_x (D 12)", t.x, d_x, (size_t)N * D, norm_loss, &t);
@@ -266,7 +277,8 @@ static double att_loss(void *p) {
     return dotc(t->c, t->out, (size_t)t->Nq * t->Hq * t->hd);
 }
 
-/* ranges: query i gets r0 = [a, b) and r1 = [c, d), b <= c; some queries get one or none */
+/* ranges: query i gets r0 = [a, b) and r1 = [c, d), b <= c, or the other way round, or one
+ * of them (each query at least one key; tests empty queries themselves) */
 static AttCtx att_make(int Nq, int Nk, int Hq, int Hkv, int hd, float qscale) {
     AttCtx t = {0};
     t.Nq = Nq; t.Nk = Nk; t.Hq = Hq; t.Hkv = Hkv; t.hd = hd;
@@ -283,8 +295,14 @@ static AttCtx att_make(int Nq, int Nk, int Hq, int Hkv, int hd, float qscale) {
                 if (cut[b] < cut[a]) { int x = cut[a]; cut[a] = cut[b]; cut[b] = x; }
         t.r0lo[i] = cut[0]; t.r0hi[i] = cut[1]; t.r1lo[i] = cut[2]; t.r1hi[i] = cut[3];
         if (i % 5 == 1) t.r1lo[i] = t.r1hi[i] = 0;                 /* r0 only */
-        if (i % 5 == 2) { t.r0lo[i] = t.r0hi[i] = cut[3]; }        /* r1 only */
-        if (t.r0lo[i] == t.r0hi[i] && t.r1lo[i] == t.r1hi[i]) t.r0hi[i] = t.r0lo[i] < Nk ? t.r0lo[i] + 1 : t.r0lo[i], t.r0lo[i] = t.r0hi[i] - 1;
+        if (i % 5 == 2) t.r0lo[i] = t.r0hi[i] = cut[3];             /* r1 only */
+        if (i % 5 == 3) {                                           /* r0 above r1 */
+            t.r0lo[i] = cut[2]; t.r0hi[i] = cut[3]; t.r1lo[i] = cut[0]; t.r1hi[i] = cut[1];
+        }
+        if (t.r0lo[i] == t.r0hi[i] && t.r1lo[i] == t.r1hi[i]) {     /* no keys: give it one */
+            t.r0lo[i] = t.r0lo[i] < Nk ? t.r0lo[i] : Nk - 1;
+            t.r0hi[i] = t.r0lo[i] + 1;
+        }
     }
     return t;
 }
@@ -338,8 +356,8 @@ static void test_attention(void) {
     for (int c = 0; c < 3; c++) {
         int Nq = 7, Nk = 10, Hq = cfg[c][0], Hkv = cfg[c][1], hd = cfg[c][2];
         AttCtx t = att_make(Nq, Nk, Hq, Hkv, hd, 2.0f);
-        /* edge: query 3 has no keys at all */
-        t.r0lo[3] = t.r0hi[3] = 4; t.r1lo[3] = t.r1hi[3] = 9;
+        /* edge: query 4 has no keys at all */
+        t.r0lo[4] = t.r0hi[4] = 4; t.r1lo[4] = t.r1hi[4] = 9;
         size_t nq = (size_t)Nq * Hq * hd, nk = (size_t)Nk * Hkv * hd;
         att_loss(&t);
         float *ro = zeros(nq), *rl = zeros((size_t)Nq * Hq);
@@ -350,13 +368,13 @@ static void test_attention(void) {
             lse_ok &= (isinf(rl[i]) && isinf(t.lse[i]) && t.lse[i] < 0) || fabsf(t.lse[i] - rl[i]) <= 1e-5f * (1 + fabsf(rl[i]));
         CHECK(lse_ok);
         bool empty_zero = true;
-        for (int h = 0; h < Hq; h++) empty_zero &= isinf(t.lse[3 * Hq + h]) && t.lse[3 * Hq + h] < 0;
-        for (int e = 0; e < Hq * hd; e++) empty_zero &= t.out[(size_t)3 * Hq * hd + e] == 0.0f;
+        for (int h = 0; h < Hq; h++) empty_zero &= isinf(t.lse[4 * Hq + h]) && t.lse[4 * Hq + h] < 0;
+        for (int e = 0; e < Hq * hd; e++) empty_zero &= t.out[(size_t)4 * Hq * hd + e] == 0.0f;
         CHECK(empty_zero);
         float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
         att_grads(&t, dq, dk, dv);
         bool empty_nograd = true;
-        for (int e = 0; e < Hq * hd; e++) empty_nograd &= dq[(size_t)3 * Hq * hd + e] == 0.0f;
+        for (int e = 0; e < Hq * hd; e++) empty_nograd &= dq[(size_t)4 * Hq * hd + e] == 0.0f;
         CHECK(empty_nograd);
         const char *nm[3][3] = {{"attention d_q (Hq/Hkv 2)", "attention d_k (Hq/Hkv 2)", "attention d_v (Hq/Hkv 2)"},
                                 {"attention d_q (Hq/Hkv 1)", "attention d_k (Hq/Hkv 1)", "attention d_v (Hq/Hkv 1)"},
@@ -414,12 +432,12 @@ static void run_all(Outs *o, uint64_t seed, int Hkv) {
     o->nb = 0;
 #define KEEP(p, cnt) (o->bufs[o->nb] = (p), o->n[o->nb++] = (cnt))
     {   /* linear: N*O > 65536 (bias rows in parallel) */
-        int N = 300, I = 64, O = 256;
-        float *in = rnd((size_t)N * I, -1, 1), *W = rnd((size_t)O * I, -1, 1), *b = rnd(O, -1, 1), *c = rnd((size_t)N * O, -1, 1);
-        float *out = zeros((size_t)N * O), *di = zeros((size_t)N * I), *dW = zeros((size_t)O * I), *db = zeros(O);
-        top_linear_fwd(out, in, W, b, N, I, O);
-        top_linear_bwd(di, dW, db, c, in, W, N, I, O);
-        KEEP(out, (size_t)N * O); KEEP(di, (size_t)N * I); KEEP(dW, (size_t)O * I); KEEP(db, (size_t)O);
+        int N = 300, Ni = 64, O = 256;
+        float *in = rnd((size_t)N * Ni, -1, 1), *W = rnd((size_t)O * Ni, -1, 1), *b = rnd(O, -1, 1), *c = rnd((size_t)N * O, -1, 1);
+        float *out = zeros((size_t)N * O), *di = zeros((size_t)N * Ni), *dW = zeros((size_t)O * Ni), *db = zeros(O);
+        top_linear_fwd(out, in, W, b, N, Ni, O);
+        top_linear_bwd(di, dW, db, c, in, W, N, Ni, O);
+        KEEP(out, (size_t)N * O); KEEP(di, (size_t)N * Ni); KEEP(dW, (size_t)O * Ni); KEEP(db, (size_t)O);
         ds_free(in); ds_free(W); ds_free(b); ds_free(c);
     }
     {   /* rmsnorm: N*D > 65536 */
@@ -465,22 +483,40 @@ static void test_thread_independence(void) {
     const char *names[16] = {"linear out", "linear d_in", "linear d_W", "linear d_b", "rmsnorm out", "rmsnorm d_x", "rmsnorm d_w",
                              "swiglu out", "swiglu d_gate", "rope fwd", "rope bwd", "attention out", "attention lse",
                              "attention d_q", "attention d_k", "attention d_v"};
-    int saved = omp_get_max_threads();
+    /* OpenBLAS may run its own thread pool (Debian's default build is the pthreads one, which
+     * ignores OpenMP's setting), so both counts are set. sgemm's bits DO change with
+     * OpenBLAS's thread count (seen with 0.3.21: 1 vs 2 threads), so for the three sgemm
+     * outputs the check is run to run at a fixed count; every other output must match the
+     * 1-thread run bit for bit. */
+    int saved = omp_get_max_threads(), saved_blas = openblas_get_num_threads();
+    bool sgemm_same = true;
     for (int Hkv = 1; Hkv <= 2; Hkv++) {
-        Outs ref, o;
+        Outs ref, o, o2;
         omp_set_num_threads(1);
+        openblas_set_num_threads(1);
         run_all(&ref, 77, Hkv);
         for (int nt = 2; nt <= 3; nt++) {
             omp_set_num_threads(nt);
+            openblas_set_num_threads(nt);
             run_all(&o, 77, Hkv);
+            run_all(&o2, 77, Hkv);
             for (int b = 0; b < ref.nb; b++) {
-                CHECK_MSG(same_bits(ref.bufs[b], o.bufs[b], ref.n[b]), "%s (Hkv %d): %d threads differ from 1", names[b], Hkv, nt);
+                if (b < 3) { /* linear out, d_in, d_W: sgemm */
+                    CHECK_MSG(same_bits(o2.bufs[b], o.bufs[b], ref.n[b]), "%s: two runs with %d threads differ", names[b], nt);
+                    sgemm_same &= same_bits(ref.bufs[b], o.bufs[b], ref.n[b]);
+                } else {
+                    CHECK_MSG(same_bits(ref.bufs[b], o.bufs[b], ref.n[b]), "%s (Hkv %d): %d threads differ from 1", names[b], Hkv, nt);
+                }
                 ds_free(o.bufs[b]);
+                ds_free(o2.bufs[b]);
             }
         }
         for (int b = 0; b < ref.nb; b++) ds_free(ref.bufs[b]);
     }
+    fprintf(stderr, "  sgemm (OpenBLAS %s): %s bits with 1, 2 and 3 threads\n", openblas_get_config(),
+            sgemm_same ? "the same" : "different");
     omp_set_num_threads(saved);
+    openblas_set_num_threads(saved_blas);
 }
 
 static void test_embedding(void) {
