@@ -84,6 +84,42 @@ static void test_greedy_real_drafters(void) {
     }
 }
 
+/* a drafter trained by dspark train on this target (tests/data/trained-draft): exact, and
+ * rejected, partially accepted and fully accepted blocks all happen with a real drafter */
+static void test_greedy_trained_drafter(void) {
+    char err[DS_ERR_LEN];
+    Drafter d;
+    CHECK_OK(drafter_load(&d, test_data("trained-draft"), &g_t, g_be, err), err);
+    DrafterSource ds;
+    CHECK_OK(spec_drafter_source_init(&ds, &d, CTX, 16, err), err);
+    SpecDecoder sd;
+    CHECK_OK(spec_init(&sd, &g_t, &ds.src, CTX, 16, err), err);
+    int block = d.cfg.block_size, zero = 0, partial = 0, full = 0, rounds = 0, tau = 0;
+    Rng r;
+    rng_seed(&r, 13, 0);
+    for (int c = 0; c < (TEST_SANITIZED ? 3 : 12); c++) {
+        int32_t prompt[40], ref[CTX], got[CTX];
+        int np = 1 + (int)(rng_next(&r) % 30), max_new = 16 + (int)(rng_next(&r) % 48), ngot;
+        random_prompt(&r, prompt, np);
+        int nref = plain_greedy(prompt, np, max_new, NULL, 0, ref);
+        SpecParams p = greedy_params(max_new);
+        SpecStats st;
+        CHECK_OK(spec_generate(&sd, prompt, np, &p, got, &ngot, &st, err), err);
+        CHECK_MSG(ngot == nref && memcmp(got, ref, sizeof(int32_t) * nref) == 0, "trained drafter case %d", c);
+        zero += st.rounds - st.accepted_at[0];
+        full += st.accepted_at[block - 1];
+        partial += st.accepted_at[0] - st.accepted_at[block - 1];
+        rounds += st.rounds;
+        tau += st.tau_sum;
+    }
+    printf("  trained drafter: %d rounds, tau %.2f; zero %d, partial %d, full-block %d\n", rounds, rounds ? (double)tau / rounds : 0.0,
+           zero, partial, full);
+    CHECK(zero > 0 && partial > 0 && full > 0);
+    spec_free(&sd);
+    spec_drafter_source_free(&ds);
+    drafter_free(&d);
+}
+
 /* ---- edge cases ---- */
 static void test_edge_cases(void) {
     char err[DS_ERR_LEN];
@@ -176,6 +212,7 @@ int main(void) {
     spec_testing_load();
     RUN(test_greedy_identical);
     RUN(test_greedy_real_drafters);
+    RUN(test_greedy_trained_drafter);
     RUN(test_edge_cases);
     spec_testing_free();
     return test_summary();
