@@ -34,15 +34,6 @@
 #include "train_data.h"
 #include "train_loop.h"
 
-#if !__has_include("train_draft.h")
-/* The drafter's training forward/backward (src/train_draft.*) lands from another branch; until
- * then the command exists but says so. */
-int cmd_train(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "dspark train: this build has no drafter trainer (src/train_draft.c)\n");
-    return 1;
-}
-#else
 #include "spec.h"
 #include "train_draft.h"
 
@@ -540,4 +531,3 @@ fail:
     if (be) be->destroy(be);
     return status;
 }
-#endif
