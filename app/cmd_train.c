@@ -34,15 +34,6 @@
 #include "train_data.h"
 #include "train_loop.h"
 
-#if !__has_include("train_draft.h")
-/* The drafter's training forward/backward (src/train_draft.*) lands from another branch; until
- * then the command exists but says so. */
-int cmd_train(int argc, char **argv) {
-    (void)argc; (void)argv;
-    fprintf(stderr, "dspark train: this build has no drafter trainer (src/train_draft.c)\n");
-    return 1;
-}
-#else
 #include "spec.h"
 #include "train_draft.h"
 
@@ -120,16 +111,20 @@ typedef struct {
     TrainLossCfg loss;
     int num_anchors;
     float *features, *last_hidden;   /* [max_len][m*d], [max_len][d] */
+    int32_t *ids;                    /* [max_len] the current sample */
+    uint8_t *mask;
 } DraftModel;
 
 static ds_status draft_sample(void *ctx, int64_t i, const ParamSet *params, ParamSet *grads, float scale, uint64_t *rng,
                               TrainSampleStats *out, char *err) {
     (void)params; (void)grads; /* they are m->t.params / m->t.grads */
     DraftModel *m = ctx;
-    const int32_t *ids = m->data->ids[i];
-    const uint8_t *mask = m->data->mask[i];
-    int S = m->data->len[i];
-    ds_status rc = train_draft_features(m->target, &m->t.cfg, ids, S, m->features, m->last_hidden, err);
+    int32_t *ids = m->ids;
+    uint8_t *mask = m->mask;
+    int S;
+    ds_status rc = train_data_sample(m->data, i, ids, mask, &S, err);
+    if (rc) return rc;
+    rc = train_draft_features(m->target, &m->t.cfg, ids, S, m->features, m->last_hidden, err);
     if (rc) return rc;
     TrainDraftStats st;
     if ((rc = train_draft_step(&m->t, ids, mask, S, m->features, m->last_hidden, NULL, NULL, m->num_anchors, rng, &m->loss, scale, &st,
@@ -458,7 +453,9 @@ int cmd_train(int argc, char **argv) {
     size_t fl = (size_t)data.max_len * dc.base.hidden_size;
     dm.features = ds_malloc(sizeof(float) * fl * (size_t)dc.n_target_layers);
     dm.last_hidden = ds_malloc(sizeof(float) * fl);
-    if (!dm.features || !dm.last_hidden) { ds_err(err, DS_ENOMEM, "out of memory for target features"); goto fail; }
+    dm.ids = ds_malloc(sizeof(int32_t) * (size_t)data.max_len);
+    dm.mask = ds_malloc((size_t)data.max_len);
+    if (!dm.features || !dm.last_hidden || !dm.ids || !dm.mask) { ds_err(err, DS_ENOMEM, "out of memory for target features"); goto fail; }
     if (ds_mkdirs(out, err)) goto fail;
     if (eval_prompts) {
         if (!tok) { ds_err(err, DS_EARG, "--eval-prompts needs the target's tokenizer.json"); goto fail; }
@@ -533,6 +530,8 @@ fail:
     ds_free(lg.y);
     ds_free(dm.features);
     ds_free(dm.last_hidden);
+    ds_free(dm.ids);
+    ds_free(dm.mask);
     if (dm.t.params.data) train_draft_free(&dm.t);
     train_data_free(&data);
     if (tok) tokenizer_free(tok);
@@ -540,4 +539,3 @@ fail:
     if (be) be->destroy(be);
     return status;
 }
-#endif

@@ -18,20 +18,28 @@
 
 typedef struct {
     int64_t n;               /* samples kept */
-    int32_t **ids;           /* [n][len[i]] */
-    uint8_t **mask;          /* [n][len[i]] */
-    int *len;
-    int64_t *line_id;        /* the "id" of each kept sample */
+    int64_t *offset;         /* [n] byte offset of each kept line in the file */
+    int32_t *line_len;       /* [n] its length in bytes */
+    int *len;                /* [n] tokens (after max_len truncation) */
+    int64_t *line_id;        /* [n] the "id" of each kept sample */
     int64_t tokens, loss_tokens, dropped;
     int max_len;             /* longest kept sample */
+    int vocab, max_len_cap;
     uint64_t hash;           /* checksum of the file's bytes (part of a run's config hash) */
+    const char *map;         /* the file, memory-mapped read-only */
+    size_t map_len;
+    char path[1024];
 } TrainData;
 
-/* Reads every line; ids must be in [0, vocab); samples longer than max_len are truncated
- * (DeepSpec: max_length 4096); samples with fewer than min_loss_tokens masked tokens are
- * dropped (DeepSpec: 14) and counted. */
+/* Indexes every line (each is parsed and checked once here); samples are parsed again when
+ * used (train_data_sample), so memory is the page cache of the file plus 24 bytes a sample,
+ * whatever the data size (DeepSpec keeps a 6 + 12 x hidden bytes/token cache on disk instead).
+ * ids must be in [0, vocab); samples longer than max_len are truncated (DeepSpec: max_length
+ * 4096); samples with fewer than min_loss_tokens masked tokens are dropped (DeepSpec: 14). */
 ds_status train_data_load(TrainData *d, const char *path, int vocab, int max_len, int min_loss_tokens, char *err);
 void train_data_free(TrainData *d);
+/* Sample i into ids / mask (room for d->max_len each); *n = its length. */
+ds_status train_data_sample(const TrainData *d, int64_t i, int32_t *ids, uint8_t *mask, int *n, char *err);
 
 /* Append one line and make it durable (fflush + fsync). */
 ds_status train_data_write_line(FILE *f, const char *path, int64_t id, const int32_t *ids, const uint8_t *mask, int n, char *err);

@@ -70,7 +70,7 @@ ds_status train_loop_run(const TrainLoopCfg *c, ParamSet *params, ParamSet *grad
     int64_t *perm = ds_malloc(sizeof *perm * (size_t)c->n_samples), perm_epoch = -1;
     if (!perm) { s = ds_err(err, DS_ENOMEM, "train: out of memory"); goto done; }
     const float scale = 1.0f / (float)c->global_batch;
-    while (st.step < T) {
+    while (st.step < T && !(c->stop_after > 0 && st.step >= c->stop_after)) {
         double t0 = ds_now();
         TrainStepLog log = {.step = st.step + 1, .total_steps = T, .samples = c->global_batch};
         params_zero(grads);

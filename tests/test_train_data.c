@@ -28,7 +28,14 @@ static void test_round_trip_and_filters(void) {
     TrainData d;
     CHECK_OK(train_data_load(&d, p, 100, 32, 14, err), err);
     CHECK(d.n == 2 && d.dropped == 1 && d.len[0] == 32 && d.len[1] == 30 && d.line_id[1] == 2 && d.max_len == 32);
-    CHECK(memcmp(d.ids[0], ids, 32 * sizeof(int32_t)) == 0 && memcmp(d.mask[1], mask + 5, 30) == 0);
+    int32_t got_ids[32];
+    uint8_t got_mask[32];
+    int n;
+    CHECK_OK(train_data_sample(&d, 0, got_ids, got_mask, &n, err), err);
+    CHECK(n == 32 && memcmp(got_ids, ids, 32 * sizeof(int32_t)) == 0 && memcmp(got_mask, mask, 32) == 0);
+    CHECK_OK(train_data_sample(&d, 1, got_ids, got_mask, &n, err), err);
+    CHECK(n == 30 && memcmp(got_ids, ids + 5, 30 * sizeof(int32_t)) == 0 && memcmp(got_mask, mask + 5, 30) == 0);
+    CHECK(train_data_sample(&d, 2, got_ids, got_mask, &n, err) == DS_EARG); /* must fail: out of range */
     CHECK(d.loss_tokens == 22 + 25 && d.tokens == 62);
     uint64_t h = d.hash;
     train_data_free(&d);
