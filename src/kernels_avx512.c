@@ -308,6 +308,9 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
     /* rows per block: the block of x (rb x K floats) stays in L2 while all panels pass */
     int rb = (int)(RB_BYTES / ((size_t)K * sizeof(float)));
     rb = rb < TR ? TR : rb > RB_MAX ? RB_MAX : rb - rb % TR;
+    /* equal blocks (a short last block would re-read every weight panel for a few tiles) */
+    const int nblk = (n + rb - 1) / rb;
+    rb = ((n + nblk - 1) / nblk + TR - 1) / TR * TR;
     for (int i0 = 0; i0 < n; i0 += rb) {
         int i1 = i0 + rb < n ? i0 + rb : n;
         for (int o = o0; o < o1; o += NP) {
