@@ -110,15 +110,7 @@ static void cpu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_hea
     const float *cc = cs, *ss = cs + (size_t)n * half;
     #pragma omp parallel for schedule(static) if ((size_t)n * n_heads * head_dim >= 65536)
     for (int i = 0; i < n; i++) {
-        const float *c = cc + (size_t)i * half, *s = ss + (size_t)i * half;
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)i * n_heads + h) * head_dim;
-            for (int j = 0; j < half; j++) {
-                float a = v[j], b = v[j + half];
-                v[j] = a * c[j] - b * s[j];
-                v[j + half] = b * c[j] + a * s[j];
-            }
-        }
+        kern_rope_apply(x + (size_t)i * n_heads * head_dim, cc + (size_t)i * half, ss + (size_t)i * half, n_heads, head_dim);
     }
 }
 

@@ -409,6 +409,25 @@ void kern_add_avx512(float *x, const float *y, size_t n) {
     for (; i < n; i++) x[i] += y[i];
 }
 
+void kern_rope_apply_avx512(float *x, const float *c, const float *s, int n_heads, int head_dim) {
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        int j = 0;
+        for (; j + 16 <= half; j += 16) {
+            __m512 a = _mm512_loadu_ps(v + j), b = _mm512_loadu_ps(v + j + half);
+            __m512 cv = _mm512_loadu_ps(c + j), sv = _mm512_loadu_ps(s + j);
+            _mm512_storeu_ps(v + j, _mm512_sub_ps(_mm512_mul_ps(a, cv), _mm512_mul_ps(b, sv)));
+            _mm512_storeu_ps(v + j + half, _mm512_add_ps(_mm512_mul_ps(b, cv), _mm512_mul_ps(a, sv)));
+        }
+        for (; j < half; j++) {
+            float a = v[j], b = v[j + half];
+            v[j] = a * c[j] - b * s[j];
+            v[j + half] = b * c[j] + a * s[j];
+        }
+    }
+}
+
 /* ---- exp ---- */
 
 /* e^x for 16 lanes, deterministic (no table, no libm): x = n ln2 + r, |r| <= ln2/2, e^r by
