@@ -5,7 +5,8 @@
  * by the same fixed tree; threads split output columns, never a reduction. So a row's result
  * does not depend on the batch it is in or on the thread count (backend.h's contract).
  * Faster ISA paths (kernels_avx512.c) keep that property within themselves; the choice is
- * made once per process. */
+ * made once per process. A Backend serves one thread at a time (its rope table below is
+ * unsynchronised), as the engine and the server use it. */
 #include "backend.h"
 #include "kernels.h"
 
@@ -50,29 +51,66 @@ static void cpu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w
     kern_rmsnorm(out, x, w, n, dim, eps);
 }
 
-static void cpu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim, float theta) {
-    (void)be;
-    int half = head_dim / 2;
+/* cos/sin of the last rope call's positions: the q and k calls of a layer, and all the
+ * layers of a forward, rotate by the same positions, so the trigonometry is done once per
+ * forward instead of 2 x n_layers times (same cosf/sinf values, so the same results). */
+typedef struct {
+    float *cs;        /* [cap][half] cos, then [cap][half] sin */
+    int32_t *pos;     /* [cap] the positions cs holds */
+    int cap, n, half;
+    float theta;
+} RopeCache;
+
+static const float *rope_table(Backend *be, const int32_t *pos, int n, int half, int head_dim, float theta) {
+    RopeCache *rc = be->impl;
+    if (rc->n == n && rc->half == half && rc->theta == theta && memcmp(rc->pos, pos, sizeof(int32_t) * n) == 0) return rc->cs;
+    if (n > rc->cap) {
+        float *cs = ds_malloc(sizeof(float) * 2 * (size_t)n * half);
+        int32_t *p = ds_malloc(sizeof(int32_t) * (size_t)n);
+        if (!cs || !p) { ds_free(cs); ds_free(p); return NULL; }
+        ds_free(rc->cs); ds_free(rc->pos);
+        rc->cs = cs; rc->pos = p; rc->cap = n;
+    }
     float inv_freq[512];
     DS_ASSERT(half <= 512);
     /* transformers: inv_freq = 1 / theta^(arange(0, hd, 2) / hd), in float32 */
     for (int j = 0; j < half; j++) inv_freq[j] = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+    float *c = rc->cs, *s = rc->cs + (size_t)n * half;
     #pragma omp parallel for schedule(static) if (n >= 16)
-    for (int i = 0; i < n; i++) {
-        float c[256], s[256];
+    for (int i = 0; i < n; i++)
         for (int j = 0; j < half; j++) {
             float f = (float)pos[i] * inv_freq[j];
-            c[j] = cosf(f);
-            s[j] = sinf(f);
+            c[(size_t)i * half + j] = cosf(f);
+            s[(size_t)i * half + j] = sinf(f);
         }
-        for (int h = 0; h < n_heads; h++) {
-            float *v = x + ((size_t)i * n_heads + h) * head_dim;
-            for (int j = 0; j < half; j++) {
-                float a = v[j], b = v[j + half];
-                v[j] = a * c[j] - b * s[j];
-                v[j + half] = b * c[j] + a * s[j];
+    memcpy(rc->pos, pos, sizeof(int32_t) * n);
+    rc->n = n; rc->half = half; rc->theta = theta;
+    return rc->cs;
+}
+
+static void cpu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim, float theta) {
+    int half = head_dim / 2;
+    const float *cs = rope_table(be, pos, n, half, head_dim, theta);
+    if (!cs) {
+        /* no memory for the table: the same values computed in place, per token */
+        float inv_freq[512];
+        DS_ASSERT(half <= 512);
+        for (int j = 0; j < half; j++) inv_freq[j] = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < n_heads; h++) {
+                float *v = x + ((size_t)i * n_heads + h) * head_dim;
+                for (int j = 0; j < half; j++) {
+                    float f = (float)pos[i] * inv_freq[j], c = cosf(f), s = sinf(f), a = v[j], b = v[j + half];
+                    v[j] = a * c - b * s;
+                    v[j + half] = b * c + a * s;
+                }
             }
-        }
+        return;
+    }
+    const float *cc = cs, *ss = cs + (size_t)n * half;
+    #pragma omp parallel for schedule(static) if ((size_t)n * n_heads * head_dim >= 65536)
+    for (int i = 0; i < n; i++) {
+        kern_rope_apply(x + (size_t)i * n_heads * head_dim, cc + (size_t)i * half, ss + (size_t)i * half, n_heads, head_dim);
     }
 }
 
@@ -138,6 +176,8 @@ static void cpu_ew(Backend *be, int op, float *out, const float *a, const float 
 }
 
 static void cpu_destroy(Backend *be) {
+    RopeCache *rc = be->impl;
+    if (rc) { ds_free(rc->cs); ds_free(rc->pos); ds_free(rc); }
     kern_release_scratch();
     ds_free(be);
 }
@@ -145,6 +185,8 @@ static void cpu_destroy(Backend *be) {
 Backend *backend_cpu_create(int n_threads) {
     Backend *be = ds_calloc(1, sizeof *be);
     if (!be) return NULL;
+    be->impl = ds_calloc(1, sizeof(RopeCache));
+    if (!be->impl) { ds_free(be); return NULL; }
     be->name = "cpu";
     be->host_memory = true;
     if (n_threads > 0) omp_set_num_threads(n_threads);

@@ -144,6 +144,19 @@ void kern_add(float *x, const float *y, size_t n) {
     }
 }
 
+void kern_rope_apply(float *x, const float *c, const float *s, int n_heads, int head_dim) {
+    if (g_avx512) { kern_rope_apply_avx512(x, c, s, n_heads, head_dim); return; }
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        for (int j = 0; j < half; j++) {
+            float a = v[j], b = v[j + half];
+            v[j] = a * c[j] - b * s[j];
+            v[j + half] = b * c[j] + a * s[j];
+        }
+    }
+}
+
 /* ---- swiglu ---- */
 
 void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {

@@ -46,6 +46,10 @@ void kern_matmul_multi(float *const *outs, const float *x, const Weight *const *
 /* RMSNorm of n rows of dim: ss = dot(x, x) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r)
  * (out may be x) */
 void kern_rmsnorm(float *out, const float *x, const Weight *w, int n, int dim, float eps);
+/* rotate-half rotary embedding of one token's n_heads heads in place, with that token's
+ * cos c[half] and sin s[half]: v[j] = a c - b s, v[j + half] = b c + a s (a = v[j],
+ * b = v[j + half]; two roundings each, no FMA, on every path) */
+void kern_rope_apply(float *x, const float *c, const float *s, int n_heads, int head_dim);
 /* x += y */
 void kern_add(float *x, const float *y, size_t n);
 /* out = silu(gate) * up, n elements (out may be gate) */
@@ -74,6 +78,7 @@ void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n);
 float kern_dot_f32_avx512(const float *a, const float *b, int n);
 void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w, int dim);
 void kern_add_avx512(float *x, const float *y, size_t n);
+void kern_rope_apply_avx512(float *x, const float *c, const float *s, int n_heads, int head_dim);
 void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n);
 bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n);
 void kern_matmul_multi_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);

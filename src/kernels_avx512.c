@@ -308,6 +308,9 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
     /* rows per block: the block of x (rb x K floats) stays in L2 while all panels pass */
     int rb = (int)(RB_BYTES / ((size_t)K * sizeof(float)));
     rb = rb < TR ? TR : rb > RB_MAX ? RB_MAX : rb - rb % TR;
+    /* equal blocks (a short last block would re-read every weight panel for a few tiles) */
+    const int nblk = (n + rb - 1) / rb;
+    rb = ((n + nblk - 1) / nblk + TR - 1) / TR * TR;
     for (int i0 = 0; i0 < n; i0 += rb) {
         int i1 = i0 + rb < n ? i0 + rb : n;
         for (int o = o0; o < o1; o += NP) {
@@ -404,6 +407,25 @@ void kern_add_avx512(float *x, const float *y, size_t n) {
     size_t i = 0;
     for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_add_ps(_mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
     for (; i < n; i++) x[i] += y[i];
+}
+
+void kern_rope_apply_avx512(float *x, const float *c, const float *s, int n_heads, int head_dim) {
+    const int half = head_dim / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *v = x + (size_t)h * head_dim;
+        int j = 0;
+        for (; j + 16 <= half; j += 16) {
+            __m512 a = _mm512_loadu_ps(v + j), b = _mm512_loadu_ps(v + j + half);
+            __m512 cv = _mm512_loadu_ps(c + j), sv = _mm512_loadu_ps(s + j);
+            _mm512_storeu_ps(v + j, _mm512_sub_ps(_mm512_mul_ps(a, cv), _mm512_mul_ps(b, sv)));
+            _mm512_storeu_ps(v + j + half, _mm512_add_ps(_mm512_mul_ps(b, cv), _mm512_mul_ps(a, sv)));
+        }
+        for (; j < half; j++) {
+            float a = v[j], b = v[j + half];
+            v[j] = a * c[j] - b * s[j];
+            v[j + half] = b * c[j] + a * s[j];
+        }
+    }
 }
 
 /* ---- exp ---- */
@@ -509,6 +531,99 @@ AI void attn_block(const float *qv, float *acc, SoftState *st, const float *kb, 
     }
 }
 
+/* the softmax step of attn_block for one (query, head) given its 16 raw scores (before the
+ * scale): updates st, writes p to pj, returns c */
+AI float soft_update(__m512 raw, int nb, SoftState *st, float scale, float *pj) {
+    const __mmask16 valid = (__mmask16)((1u << nb) - 1);
+    __m512 s = _mm512_mul_ps(raw, _mm512_set1_ps(scale));
+    s = _mm512_mask_blend_ps(valid, _mm512_set1_ps(-INFINITY), s);
+    float mb = _mm512_reduce_max_ps(s);
+    float mnew = st->m > mb ? st->m : mb;
+    __m512 p = _mm512_maskz_mov_ps(valid, exp16(_mm512_sub_ps(s, _mm512_set1_ps(mnew))));
+    float c = 0.0f;
+    if (st->m != -INFINITY) c = _mm512_cvtss_f32(exp16(_mm512_set1_ps(st->m - mnew)));
+    st->l = st->l * c + hsum16(p);
+    st->m = mnew;
+    _mm512_store_ps(pj, p);
+    return c;
+}
+
+/* attn_block for TWO (query, head) pairs a, b that read the same K/V block (two heads of a GQA
+ * group, or two queries of one slot on the local copy): every K and V vector is loaded once
+ * for both, and the two dependency chains interleave. Each pair's arithmetic is exactly
+ * attn_block's: the same FMA chain per score, the same hsum16 tree per score (hsum16x16
+ * reduces every vector by the same tree whatever vectors share the call), the same softmax
+ * step, and acc * c then + p_j v_j for its own j < nb only. Needs hd % 16 == 0, hd <= 128 per
+ * register pass (larger hd: passes of 128). Unpadded: na == nbb. */
+AI void attn_block2(const float *qa, const float *qb, float *acca, float *accb, SoftState *sta, SoftState *stb,
+                    const float *kb, const float *vb, size_t ld, int na, int nbb, int hd, float scale, bool padded) {
+    __m512 r[2];
+    for (int half = 0; half < 2; half++) {
+        __m512 sacc[16];
+        #pragma GCC unroll 16
+        for (int j = 0; j < 16; j++) sacc[j] = _mm512_setzero_ps();
+        const int nmax = na > nbb ? na : nbb;
+        for (int d = 0; d < hd; d += 16) {
+            const __m512 a = _mm512_loadu_ps(qa + d), b = _mm512_loadu_ps(qb + d);
+            #pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                const int key = half * 8 + j;
+                if (padded || key < nmax) {
+                    const __m512 kv = _mm512_loadu_ps(kb + (size_t)key * ld + d);
+                    sacc[j] = _mm512_fmadd_ps(a, kv, sacc[j]);
+                    sacc[8 + j] = _mm512_fmadd_ps(b, kv, sacc[8 + j]);
+                }
+            }
+        }
+        r[half] = hsum16x16(sacc); /* lanes 0-7: a's keys half*8.., lanes 8-15: b's */
+    }
+    const __m512 rawa = _mm512_shuffle_f32x4(r[0], r[1], 0x44), rawb = _mm512_shuffle_f32x4(r[0], r[1], 0xEE);
+    float pja[AB] __attribute__((aligned(64))), pjb[AB] __attribute__((aligned(64)));
+    const float ca = soft_update(rawa, na, sta, scale, pja), cb = soft_update(rawb, nbb, stb, scale, pjb);
+    const __m512 cva = _mm512_set1_ps(ca), cvb = _mm512_set1_ps(cb);
+    const int nmin = na < nbb ? na : nbb;
+    for (int d0 = 0; d0 < hd; d0 += 128) {
+        const int nd = hd - d0 < 128 ? (hd - d0) / 16 : 8;
+        __m512 xa[8], xb[8];
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            if (t < nd) {
+                xa[t] = _mm512_mul_ps(_mm512_load_ps(acca + d0 + 16 * t), cva);
+                xb[t] = _mm512_mul_ps(_mm512_load_ps(accb + d0 + 16 * t), cvb);
+            }
+        int j = 0;
+        for (; j < nmin; j++) {
+            const __m512 pa = _mm512_set1_ps(pja[j]), pb = _mm512_set1_ps(pjb[j]);
+            const float *vj = vb + (size_t)j * ld + d0;
+            #pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                if (t < nd) {
+                    const __m512 v = _mm512_loadu_ps(vj + 16 * t);
+                    xa[t] = _mm512_fmadd_ps(pa, v, xa[t]);
+                    xb[t] = _mm512_fmadd_ps(pb, v, xb[t]);
+                }
+        }
+        for (int ja = j; ja < na; ja++) {
+            const __m512 pa = _mm512_set1_ps(pja[ja]);
+            #pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                if (t < nd) xa[t] = _mm512_fmadd_ps(pa, _mm512_loadu_ps(vb + (size_t)ja * ld + d0 + 16 * t), xa[t]);
+        }
+        for (int jb = j; jb < nbb; jb++) {
+            const __m512 pb = _mm512_set1_ps(pjb[jb]);
+            #pragma GCC unroll 8
+            for (int t = 0; t < 8; t++)
+                if (t < nd) xb[t] = _mm512_fmadd_ps(pb, _mm512_loadu_ps(vb + (size_t)jb * ld + d0 + 16 * t), xb[t]);
+        }
+        #pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            if (t < nd) {
+                _mm512_store_ps(acca + d0 + 16 * t, xa[t]);
+                _mm512_store_ps(accb + d0 + 16 * t, xb[t]);
+            }
+    }
+}
+
 bool kern_attention_avx512_ok(int head_dim) { return head_dim % 16 == 0 && head_dim <= HD_MAX; }
 
 void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
@@ -562,13 +677,27 @@ void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int la
                             have_slot = slot[i];
                             have_nb = nb;
                         }
-                        for (int hh = 0; hh < nh; hh++) {
+                        int hh = 0;
+                        for (; hh + 2 <= nh; hh += 2) {
+                            int a = (i - i0) * G + hh;
+                            const float *qa = q + ((size_t)i * n_heads + h0 + hh) * hd;
+                            attn_block2(qa, qa + hd, acc[a], acc[a + 1], &st[a], &st[a + 1], kloc, vloc, (size_t)hd, nb, nb, hd,
+                                        scale, true);
+                        }
+                        for (; hh < nh; hh++) {
                             int a = (i - i0) * G + hh;
                             attn_block(q + ((size_t)i * n_heads + h0 + hh) * hd, acc[a], &st[a], kloc, vloc, (size_t)hd, nb, hd,
                                        scale, true);
                         }
                     } else {
-                        for (int hh = 0; hh < nh; hh++) {
+                        int hh = 0;
+                        for (; hh + 2 <= nh; hh += 2) {
+                            int a = (i - i0) * G + hh;
+                            const float *qa = q + ((size_t)i * n_heads + h0 + hh) * hd;
+                            attn_block2(qa, qa + hd, acc[a], acc[a + 1], &st[a], &st[a + 1], kb, vb, (size_t)ld, nb, nb, hd, scale,
+                                        false);
+                        }
+                        for (; hh < nh; hh++) {
                             int a = (i - i0) * G + hh;
                             attn_block(q + ((size_t)i * n_heads + h0 + hh) * hd, acc[a], &st[a], kb, vb, (size_t)ld, nb, hd,
                                        scale, false);

@@ -142,7 +142,7 @@ static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W,
 #define BKC 2048    /* k per block: NP rows x BKC BF16 stay in L1 */
 #endif
 #ifndef BRB_BYTES
-#define BRB_BYTES (512 * 1024)  /* BF16 x block kept in L2 */
+#define BRB_BYTES (768 * 1024)  /* BF16 x block kept in L2 (1 MB on Zen 5): 128 rows of K 3072 */
 #endif
 #define RB_MAX 128
 #ifndef BNP
@@ -241,6 +241,9 @@ static void prefill_cols(float *out, const uint16_t *xb, int Kp, const Weight *W
     uint16_t pan[NP * KC] __attribute__((aligned(64)));
     int rb = (int)(RB_BYTES / ((size_t)Kp * 2));
     rb = rb < TR ? TR : rb > RB_MAX ? RB_MAX : rb - rb % TR;
+    /* equal blocks (a short last block would re-read every weight panel for a few tiles) */
+    const int nblk = (n + rb - 1) / rb;
+    rb = ((n + nblk - 1) / nblk + TR - 1) / TR * TR;
     for (int i0 = 0; i0 < n; i0 += rb) {
         int i1 = i0 + rb < n ? i0 + rb : n;
         for (int o = o0; o < o1; o += NP) {
