@@ -3,7 +3,8 @@
  * checkpoints, bit-exact --resume), so the project makes its own small targets.
  *
  * Data: every file is tokenized with the given tokenizer (an <|endoftext|> between files) into
- * one token stream, cut into non-overlapping windows of seq+1 tokens; a sample is one window.
+ * one token stream, cut into non-overlapping windows of seq+1 tokens; a sample is --micro-batch
+ * adjacent windows, run as one forward (larger matrix products).
  * The held-out files give the evaluation loss (fixed windows) at every checkpoint.
  * Output: OUT/ckpt/step_N (checkpoints) and OUT/model: a Hugging Face model directory (config,
  * BF16 safetensors, generation_config.json, the tokenizer files) updated at each checkpoint. */
@@ -48,10 +49,11 @@ static ds_status lm_sample(void *ctx, int64_t sample, const ParamSet *params, Pa
     (void)params; (void)grads; (void)rng; (void)err;
     Pretrain *p = ctx;
     int T = p->lm.T;
-    double loss = train_lm_step(&p->lm, p->train + sample * (T + 1), 1, grad_scale, true);
+    int M = p->lm.B; /* a sample is M adjacent windows: one forward over M x T rows keeps the matrix products large */
+    double loss = train_lm_step(&p->lm, p->train + sample * M * (T + 1), M, grad_scale, true);
     out->loss = loss;
     out->ce = loss;
-    out->tokens = T;
+    out->tokens = (double)M * T;
     return DS_OK;
 }
 
@@ -235,7 +237,7 @@ static ds_status load_config(Qwen3Config *c, const char *path, const Tokenizer *
 int cmd_pretrain(int argc, char **argv) {
     const char *config = NULL, *tok_dir = NULL, *out = NULL;
     ArgList data = {0}, held = {0};
-    int steps = 2000, batch = 32, seq = 256, threads = 0, save_every = 200, eval_windows = 64, seed = 1234;
+    int steps = 2000, batch = 32, micro = 8, seq = 256, threads = 0, save_every = 200, eval_windows = 64, seed = 1234;
     double lr = 3e-3, warmup = 0.04, wd = 0.0, clip = 1.0, init_std = 0.02;
     bool resume = false;
     int stop_after = 0;
@@ -247,6 +249,7 @@ int cmd_pretrain(int argc, char **argv) {
         {"--out", ARG_STR, &out, "DIR", "output: DIR/model (Hugging Face), DIR/ckpt, DIR/metrics.csv, DIR/loss.svg", 0, -1},
         {"--steps", ARG_INT, &steps, "N", "optimizer steps (default 2000)", 1, 1e9},
         {"--batch", ARG_INT, &batch, "N", "sequences per optimizer step (default 32)", 1, 1 << 20},
+        {"--micro-batch", ARG_INT, &micro, "M", "sequences per forward (default 8, at most --batch; --batch must be a multiple)", 1, 1 << 16},
         {"--seq", ARG_INT, &seq, "T", "tokens per sequence (default 256)", 2, 1 << 16},
         {"--lr", ARG_FLOAT, &lr, "LR", "peak learning rate (default 3e-3)", 0, 1},
         {"--warmup-ratio", ARG_FLOAT, &warmup, "R", "linear warmup fraction of the steps, then cosine to 0 (default 0.04)", 0, 1},
@@ -287,7 +290,10 @@ int cmd_pretrain(int argc, char **argv) {
     p.held = hold;
     int64_t n_windows = p.n_train / (seq + 1);
     if (n_windows < 1) { ds_err(err, DS_EARG, "the training text has %lld tokens, fewer than one sequence of %d", (long long)p.n_train, seq + 1); goto fail; }
-    if (train_lm_init(&p.lm, &cfg, 1, seq, err)) goto fail;
+    if (micro > batch) micro = batch;
+    if (batch % micro) { ds_err(err, DS_EARG, "--batch %d is not a multiple of --micro-batch %d", batch, micro); goto fail; }
+    if (n_windows < micro) { ds_err(err, DS_EARG, "the training text has %lld windows of %d tokens, fewer than a micro-batch of %d", (long long)n_windows, seq + 1, micro); goto fail; }
+    if (train_lm_init(&p.lm, &cfg, micro, seq, err)) goto fail;
     train_lm_init_weights(&p.lm, (float)init_std, (uint64_t)seed);
     size_t n_params = 0;
     for (int i = 0; i < p.lm.params.n; i++) n_params += p.lm.params.info[i].numel;
@@ -302,7 +308,8 @@ int cmd_pretrain(int argc, char **argv) {
     uint64_t h = ckpt_hash_bytes(CKPT_HASH_INIT, &cfg, sizeof cfg);
     int64_t hs[3] = {p.n_train, seq, (int64_t)(init_std * 1e9)};
     h = ckpt_hash_bytes(h, hs, sizeof hs);
-    TrainLoopCfg lc = {.n_samples = n_windows, .global_batch = batch, .epochs = 1, .max_steps = steps, .lr = lr,
+    h = ckpt_hash_bytes(h, &micro, sizeof micro);
+    TrainLoopCfg lc = {.n_samples = n_windows / micro, .global_batch = batch / micro, .epochs = 1, .max_steps = steps, .lr = lr,
                        .warmup_ratio = warmup, .max_grad_norm = clip, .adam = adamw_default(), .seed = (uint64_t)seed,
                        .ckpt_every = save_every, .keep_last = 2, .stop_after = stop_after, .extra_hash = h, .out_dir = ckpt_dir,
                        .write_config = write_config, .config_ctx = &p, .sample_fn = lm_sample, .model_ctx = &p,

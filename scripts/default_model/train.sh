@@ -15,4 +15,4 @@ mkdir -p "$WORK"
 # 3. target: 6-layer Qwen3, hidden 192 (about 3M parameters)
 "$BIN" pretrain --config scripts/default_model/target_config.json --tokenizer "$WORK/tokenizer" \
   --data "$WORK/corpus/train.txt" --heldout "$WORK/corpus/heldout.txt" --out "$WORK/target" \
-  --steps 3000 --batch 32 --seq 256 --lr 2e-3 --warmup-ratio 0.02 --save-every 50 --seed 1234 --resume
+  --steps 1200 --batch 32 --micro-batch 8 --seq 256 --lr 2e-3 --warmup-ratio 0.02 --save-every 50 --seed 1234 --resume
