@@ -97,7 +97,7 @@ static void test_greedy_trained_drafter(void) {
     int block = d.cfg.block_size, zero = 0, partial = 0, full = 0, rounds = 0, tau = 0;
     Rng r;
     rng_seed(&r, 13, 0);
-    for (int c = 0; c < (TEST_SANITIZED ? 3 : 12); c++) {
+    for (int c = 0; c < 12; c++) { /* 3 cases saw no full block (CI, sanitised) */
         int32_t prompt[40], ref[CTX], got[CTX];
         int np = 1 + (int)(rng_next(&r) % 30), max_new = 16 + (int)(rng_next(&r) % 48), ngot;
         random_prompt(&r, prompt, np);
