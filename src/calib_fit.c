@@ -119,12 +119,13 @@ void calib_sts_fit(const float *z, const uint8_t *valid, const uint8_t *y, int r
         temps[j] = 1;
         if (n > 0) {
             double best = INFINITY;
-            for (int k = 0; k < n_grid; k++) {
-                for (int i = 0; i < n; i++) pred[i] = base[i] * sigmoid(zj[i] / grid[k]);
+            for (int k = -1; k < n_grid; k++) { /* k = -1: T = 1, the uncalibrated head */
+                double t = k < 0 ? 1.0 : grid[k];
+                for (int i = 0; i < n; i++) pred[i] = base[i] * sigmoid(zj[i] / t);
                 double e = calib_ece(pred, label, n, bins);
-                if (e < best || (e == best && fabs(log(grid[k])) < fabs(log(temps[j])))) {
+                if (e < best || (e == best && fabs(log(t)) < fabs(log(temps[j])))) {
                     best = e;
-                    temps[j] = grid[k];
+                    temps[j] = t;
                 }
             }
         }

@@ -40,7 +40,8 @@ int calib_predictions(const float *z, const uint8_t *valid, const uint8_t *y, in
                       double *pred, uint8_t *label);
 
 /* Sequential Temperature Scaling: for j = 0..B-1 in order, with temps[0..j-1] fixed, choose
- * temps[j] from the grid (n_grid values over [t_min, t_max]) minimising the `bins`-bin ECE of
+ * temps[j] from the grid (n_grid values over [t_min, t_max]) or 1 (the grid need not hold 1;
+ * so a fit never makes position 0 worse on its own data) minimising the `bins`-bin ECE of
  * position j's predictions; an exact tie goes to the value nearest 1 (smallest |log T|). A
  * position with no rows keeps T = 1. counts (may be NULL): rows per position [B]. */
 void calib_sts_fit(const float *z, const uint8_t *valid, const uint8_t *y, int rounds, int B, int n_grid, double t_min,
