@@ -349,12 +349,12 @@ static ds_status fit_and_report(const Rounds *rec, const char *out_path, const c
         json_array_append_new(rel, o);
         if (!counts[j]) continue; /* nothing to draw */
         double xb[CALIB_BINS], yb[CALIB_BINS], xa[CALIB_BINS], ya[CALIB_BINS], diag[2] = {0, 1};
-        char lb[64], la[64], title[160], path[1300];
-        snprintf(lb, sizeof lb, "T = 1 (ECE %.4f)", ece_b[j]);
-        snprintf(la, sizeof la, "T = %.3f (ECE %.4f)", temps[j], ece_a[j]);
-        snprintf(title, sizeof title, "reliability, position %d (%d rounds, accept rate %.3f)", j, counts[j], acc[j]);
+        char la[32], title[160], path[1300];
+        snprintf(la, sizeof la, "after (T = %.3f)", temps[j]);
+        snprintf(title, sizeof title, "position %d: ECE %.4f -> %.4f (%d rounds, accepted %.3f)", j, ece_b[j], ece_a[j], counts[j],
+                 acc[j]);
         PlotSeries s[3] = {{"perfect", diag, diag, 2, true},
-                           {lb, xb, yb, bin_points(count[0], mp[0], my[0], CALIB_BINS, xb, yb), false},
+                           {"before (T = 1)", xb, yb, bin_points(count[0], mp[0], my[0], CALIB_BINS, xb, yb), false},
                            {la, xa, ya, bin_points(count[1], mp[1], my[1], CALIB_BINS, xa, ya), false}};
         PlotSpec spec = {title, "predicted survival (mean per bin)", "observed survival", false, true, true};
         snprintf(path, sizeof path, "%s-pos%d.svg", prefix, j);
