@@ -457,6 +457,12 @@ int cmd_calibrate(int argc, char **argv) {
             st = ds_err(err, DS_EUNSUPPORTED, "%s: the drafter has no confidence head (enable_confidence_head is false): nothing to calibrate", o.draft);
         rec.B = dc.block_size;
         for (int f = 0; !st && f < records.n; f++) st = read_records(records.items[f], &rec, err);
+        int longest = 0;
+        for (int r = 0; !st && r < rec.n; r++)
+            while (longest < rec.B && rec.valid[(size_t)r * rec.B + longest]) longest++;
+        if (!st && rec.n && longest < rec.B)
+            st = ds_err(err, DS_EFORMAT, "%s: no round verifies all %d slots of %s's block (longest %d): recorded with another drafter or a confidence threshold?",
+                        records.items[0], rec.B, o.draft, longest);
         json_t *files = json_array();
         for (int f = 0; f < records.n; f++) json_array_append_new(files, json_string(records.items[f]));
         json_object_set_new(cfg, "records", files);

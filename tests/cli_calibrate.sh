@@ -84,6 +84,9 @@ for k in (\"temperatures\", \"rounds\", \"positions_with_data\", \"ece_before\",
 printf '{"z": [1.5, 0.2], "y": [0, 1]}\n' > "$T/badrec.jsonl"
 "$B" calibrate --draft "$D/trained-draft" --records "$T/badrec.jsonl" --out "$T/x.json" 2>"$T/e6"; rc=$?
 check "records: y not a prefix indicator is one line naming file:line" '[ $rc -eq 1 ] && [ $(wc -l < "$T/e6") -eq 1 ] && grep -q "badrec.jsonl:1" "$T/e6"'
+printf '{"z": [1.5, 0.2], "y": [1, 0]}\n' > "$T/shortrec.jsonl"
+"$B" calibrate --draft "$D/trained-draft" --records "$T/shortrec.jsonl" --out "$T/x.json" 2>"$T/e8"; rc=$?
+check "records of a smaller block: one line" '[ $rc -eq 1 ] && [ $(wc -l < "$T/e8") -eq 1 ] && grep -q "longest 2" "$T/e8"'
 "$B" calibrate --draft "$D/trained-draft" --records "$T/rec.jsonl" --data "$T/cal.jsonl" --out "$T/x.json" 2>"$T/e7"; rc=$?
 check "--records with --data: usage error" '[ $rc -eq 2 ] && [ $(wc -l < "$T/e7") -eq 1 ]'
 cp "$T/calibration.json" "$T/keep.json"
