@@ -389,7 +389,7 @@ static ds_status fit_and_report(const Rounds *rec, const char *out_path, const c
     json_object_set_new(cal, "positions_with_data", pw);
     /* extra keys */
     json_object_set_new(cal, "accept_rate", num_array(acc, B)); /* observed survival per position */
-    json_object_set_new(cal, "sampling_temperature", temp > 0 ? json_real(temp) : json_null());
+    json_object_set_new(cal, "sampling_temperature", temp >= 0 ? json_real(temp) : json_null()); /* null: --records */
     json_object_set_new(cal, "method", json_pack("{s:s, s:i, s:f, s:f, s:i}", "name", "sequential temperature scaling", "grid",
                                                  CALIB_GRID, "t_min", CALIB_T_MIN, "t_max", CALIB_T_MAX, "ece_bins", CALIB_BINS));
     if ((rc = write_json(out_path, cal, err))) goto done;
@@ -466,7 +466,7 @@ int cmd_calibrate(int argc, char **argv) {
         json_t *files = json_array();
         for (int f = 0; f < records.n; f++) json_array_append_new(files, json_string(records.items[f]));
         json_object_set_new(cfg, "records", files);
-        o.temp = 0; /* unknown: the recording run's */
+        o.temp = -1; /* unknown: the recording run's */
     } else {
         st = decode_rounds(&o, &rec, err);
         json_t *files = json_array();
