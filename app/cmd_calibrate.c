@@ -324,7 +324,8 @@ static ds_status fit_and_report(const Rounds *rec, const char *out_path, const c
     for (int j = 0; j < B; j++) ones[j] = 1;
     calib_sts_fit(rec->z, rec->valid, rec->y, rec->n, B, CALIB_GRID, CALIB_T_MIN, CALIB_T_MAX, CALIB_BINS, temps, counts);
 
-    ds_status rc = DS_OK;
+    ds_status rc = DS_OK, plot_rc = DS_OK; /* a diagram that cannot be written does not cost the fit */
+    char plot_err[DS_ERR_LEN];
     double *pred = ds_malloc(sizeof(double) * (size_t)rec->n);
     uint8_t *label = ds_malloc((size_t)rec->n);
     json_t *rel = json_array(), *cal = json_object(), *report = NULL;
@@ -358,7 +359,7 @@ static ds_status fit_and_report(const Rounds *rec, const char *out_path, const c
                            {la, xa, ya, bin_points(count[1], mp[1], my[1], CALIB_BINS, xa, ya), false}};
         PlotSpec spec = {title, "predicted survival (mean per bin)", "observed survival", false, true, true};
         snprintf(path, sizeof path, "%s-pos%d.svg", prefix, j);
-        if ((rc = svg_plot(path, &spec, s, 3, err))) goto done;
+        if (!plot_rc) plot_rc = svg_plot(path, &spec, s, 3, plot_err);
     }
     fprintf(stderr, "%-8s %8s %8s %7s %10s %10s %10s %10s\n", "position", "rounds", "accept", "T", "ECE before", "ECE after",
             "AUC before", "AUC after");
@@ -393,7 +394,7 @@ static ds_status fit_and_report(const Rounds *rec, const char *out_path, const c
     json_object_set_new(cal, "method", json_pack("{s:s, s:i, s:f, s:f, s:i}", "name", "sequential temperature scaling", "grid",
                                                  CALIB_GRID, "t_min", CALIB_T_MIN, "t_max", CALIB_T_MAX, "ece_bins", CALIB_BINS));
     if ((rc = write_json(out_path, cal, err))) goto done;
-    fprintf(stderr, "wrote %s (%d rounds), reliability diagrams %s-pos*.svg\n", out_path, rec->n, prefix);
+    if (!plot_rc) fprintf(stderr, "wrote %s (%d rounds), reliability diagrams %s-pos*.svg\n", out_path, rec->n, prefix);
     if (json_out) {
         report = json_object();
         json_object_set_new(report, "config", cfg);
@@ -403,6 +404,7 @@ static ds_status fit_and_report(const Rounds *rec, const char *out_path, const c
         rel = NULL;
         rc = write_json(json_out, report, err);
     }
+    if (!rc && plot_rc) rc = ds_err(err, plot_rc, "%s (%s was written)", plot_err, out_path);
 done:
     ds_free(pred);
     ds_free(label);

@@ -89,6 +89,8 @@ printf '{"z": [1.5, 0.2], "y": [1, 0]}\n' > "$T/shortrec.jsonl"
 check "records of a smaller block: one line" '[ $rc -eq 1 ] && [ $(wc -l < "$T/e8") -eq 1 ] && grep -q "longest 2" "$T/e8"'
 "$B" calibrate --draft "$D/trained-draft" --records "$T/rec.jsonl" --data "$T/cal.jsonl" --out "$T/x.json" 2>"$T/e7"; rc=$?
 check "--records with --data: usage error" '[ $rc -eq 2 ] && [ $(wc -l < "$T/e7") -eq 1 ]'
+run --data "$T/ids.jsonl" --out "$T/plotfail.json" --plot "$T/no/such/dir/p" 2>"$T/e9"; rc=$?
+check "unwritable --plot: one line, calibration.json still written" '[ $rc -eq 1 ] && [ $(grep -c "dspark calibrate:" "$T/e9") -eq 1 ] && grep -q "plotfail.json was written" "$T/e9" && [ -f "$T/plotfail.json" ]'
 cp "$T/calibration.json" "$T/keep.json"
 "$B" calibrate --help >"$T/help" 2>&1; rc=$?
 check "--help" '[ $rc -eq 0 ] && grep -q -- "--out" "$T/help" && grep -q -- "--plot" "$T/help"'
