@@ -37,71 +37,7 @@
 #include "spec.h"
 #include "svgplot.h"
 
-typedef struct { int32_t *ids; int n; } Prompt;
-
-/* FILE.jsonl: one prompt per non-blank line ("turns", "prompt" or "prompt_ids") */
-static ds_status read_prompts(const char *path, int vocab, const Tokenizer *tok, Prompt **out, int *n_out, char *err) {
-    char *text;
-    size_t len;
-    ds_status rc = ds_read_file(path, &text, &len, err);
-    if (rc) return rc;
-    int cap = 64, n = 0, line_no = 0;
-    Prompt *p = ds_malloc(sizeof(Prompt) * cap);
-    for (char *line = text, *next; line && *line; line = next) {
-        next = strchr(line, '\n');
-        if (next) *next++ = 0;
-        line_no++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r') s++;
-        if (!*s) continue;
-        json_error_t je;
-        json_t *row = json_loads(s, 0, &je);
-        if (!json_is_object(row)) { rc = ds_err(err, DS_EFORMAT, "%s:%d: not a JSON object (%s)", path, line_no, je.text); json_decref(row); goto fail; }
-        if (n == cap) p = ds_realloc(p, sizeof(Prompt) * (cap *= 2));
-        json_t *ids = json_object_get(row, "prompt_ids"), *turn = json_array_get(json_object_get(row, "turns"), 0);
-        if (!json_is_string(turn)) turn = json_object_get(row, "prompt");
-        if (!json_is_array(ids) && json_is_string(turn)) {
-            if (!tok) rc = ds_err(err, DS_EUNSUPPORTED, "%s:%d: text prompts need the target's tokenizer.json (or give \"prompt_ids\")", path, line_no);
-            else rc = gen_prompt_ids(tok, json_string_value(turn), chat_has_template(tok), false, &p[n].ids, &p[n].n, err);
-            json_decref(row);
-            if (rc) goto fail;
-            n++;
-            continue;
-        }
-        if (!json_is_array(ids) || json_array_size(ids) == 0) {
-            rc = ds_err(err, DS_EFORMAT, "%s:%d: needs \"turns\" (a list of strings), \"prompt\" (a string) or \"prompt_ids\"", path, line_no);
-            json_decref(row);
-            goto fail;
-        }
-        p[n].n = (int)json_array_size(ids);
-        p[n].ids = ds_malloc(sizeof(int32_t) * p[n].n);
-        for (int i = 0; i < p[n].n; i++) {
-            json_t *v = json_array_get(ids, i);
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= vocab) {
-                rc = ds_err(err, DS_EFORMAT, "%s:%d: prompt_ids[%d] is not a token id in [0, %d)", path, line_no, i, vocab);
-                ds_free(p[n].ids);
-                json_decref(row);
-                goto fail;
-            }
-            p[n].ids[i] = (int32_t)json_integer_value(v);
-        }
-        n++;
-        json_decref(row);
-    }
-    ds_free(text);
-    if (n == 0) {
-        ds_free(p);
-        return ds_err(err, DS_EFORMAT, "%s: no prompts", path);
-    }
-    *out = p;
-    *n_out = n;
-    return DS_OK;
-fail:
-    for (int i = 0; i < n; i++) ds_free(p[i].ids);
-    ds_free(p);
-    ds_free(text);
-    return rc;
-}
+typedef GenPrompt Prompt;
 
 /* the recorded rounds: [cap][B] */
 typedef struct {
@@ -215,7 +151,7 @@ static ds_status decode_rounds(DecodeOpts *o, Rounds *rec, char *err) {
     if (o->max_new > o->ctx - 1) o->max_new = o->ctx - 1;
     int total = 0;
     for (int f = 0; f < nf; f++) { /* read every file first: a bad one fails before any decoding */
-        if ((rc = read_prompts(o->data->items[f], m.cfg.vocab_size, tok, &prompts[f], &n_rows[f], err))) goto done;
+        if ((rc = gen_read_prompts(o->data->items[f], m.cfg.vocab_size, tok, &prompts[f], &n_rows[f], err))) goto done;
         order[f] = ds_malloc(sizeof(int32_t) * (size_t)n_rows[f]);
         for (int i = 0; i < n_rows[f]; i++) order[f][i] = i;
         n_use[f] = n_rows[f];

@@ -35,71 +35,7 @@ static int deepspec_cap(const char *name) {
     return 0; /* unknown set: all rows */
 }
 
-typedef struct { int32_t *ids; int n; } Prompt;
-
-/* Read FILE.jsonl: one prompt per non-blank line. */
-static ds_status read_prompts(const char *path, int vocab, const Tokenizer *tok, Prompt **out, int *n_out, char *err) {
-    char *text;
-    size_t len;
-    ds_status rc = ds_read_file(path, &text, &len, err);
-    if (rc) return rc;
-    int cap = 64, n = 0, line_no = 0;
-    Prompt *p = ds_malloc(sizeof(Prompt) * cap);
-    for (char *line = text, *next; line && *line; line = next) {
-        next = strchr(line, '\n');
-        if (next) *next++ = 0;
-        line_no++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r') s++;
-        if (!*s) continue;
-        json_error_t je;
-        json_t *row = json_loads(s, 0, &je);
-        if (!json_is_object(row)) { rc = ds_err(err, DS_EFORMAT, "%s:%d: not a JSON object (%s)", path, line_no, je.text); json_decref(row); goto fail; }
-        json_t *ids = json_object_get(row, "prompt_ids"), *turns = json_object_get(row, "turns");
-        if (n == cap) p = ds_realloc(p, sizeof(Prompt) * (cap *= 2));
-        if (!json_is_array(ids) && json_is_array(turns) && json_is_string(json_array_get(turns, 0))) {
-            if (!tok) {
-                rc = ds_err(err, DS_EUNSUPPORTED, "%s:%d: text turns need the target's tokenizer.json (or give \"prompt_ids\")", path, line_no);
-                json_decref(row);
-                goto fail;
-            }
-            const char *text = json_string_value(json_array_get(turns, 0)); /* first turn only (DeepSpec) */
-            rc = gen_prompt_ids(tok, text, chat_has_template(tok), false, &p[n].ids, &p[n].n, err);
-            json_decref(row);
-            if (rc) goto fail;
-            n++;
-            continue;
-        }
-        if (!json_is_array(ids) || json_array_size(ids) == 0) {
-            rc = ds_err(err, DS_EFORMAT, "%s:%d: needs a non-empty \"turns\" list of strings or \"prompt_ids\"", path, line_no);
-            json_decref(row);
-            goto fail;
-        }
-        p[n].n = (int)json_array_size(ids);
-        p[n].ids = ds_malloc(sizeof(int32_t) * p[n].n);
-        for (int i = 0; i < p[n].n; i++) {
-            json_t *v = json_array_get(ids, i);
-            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= vocab) {
-                rc = ds_err(err, DS_EFORMAT, "%s:%d: prompt_ids[%d] is not a token id in [0, %d)", path, line_no, i, vocab);
-                ds_free(p[n].ids);
-                json_decref(row);
-                goto fail;
-            }
-            p[n].ids[i] = (int32_t)json_integer_value(v);
-        }
-        n++;
-        json_decref(row);
-    }
-    ds_free(text);
-    *out = p;
-    *n_out = n;
-    return DS_OK;
-fail:
-    for (int i = 0; i < n; i++) ds_free(p[i].ids);
-    ds_free(p);
-    ds_free(text);
-    return rc;
-}
+typedef GenPrompt Prompt;
 
 static void progress(const char *name, int done, int total) {
     int w = 30, f = total ? done * w / total : w;
@@ -196,7 +132,7 @@ int cmd_eval(int argc, char **argv) {
         if (dot) *dot = 0;
         Prompt *pr = NULL;
         int n_rows = 0;
-        if (read_prompts(path, m.cfg.vocab_size, tok, &pr, &n_rows, err)) { ds_free(out); goto fail; }
+        if (gen_read_prompts(path, m.cfg.vocab_size, tok, &pr, &n_rows, err)) { ds_free(out); goto fail; }
         int cap = max_samples ? max_samples : deepspec_cap(name);
         int32_t *order = ds_malloc(sizeof(int32_t) * (size_t)(n_rows ? n_rows : 1));
         for (int i = 0; i < n_rows; i++) order[i] = i;

@@ -71,3 +71,67 @@ ds_status gen_prompt_ids(const Tokenizer *tok, const char *text, bool chat, bool
     ds_free(rendered);
     return rc;
 }
+
+/* DeepSpec's prompt files (eval, calibrate) */
+ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, GenPrompt **out, int *n_out, char *err) {
+    char *text;
+    size_t len;
+    ds_status rc = ds_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    int cap = 64, n = 0, line_no = 0;
+    GenPrompt *p = ds_malloc(sizeof(GenPrompt) * cap);
+    for (char *line = text, *next; line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        line_no++;
+        char *s = line;
+        while (*s == ' ' || *s == '\t' || *s == '\r') s++;
+        if (!*s) continue;
+        json_error_t je;
+        json_t *row = json_loads(s, 0, &je);
+        if (!json_is_object(row)) { rc = ds_err(err, DS_EFORMAT, "%s:%d: not a JSON object (%s)", path, line_no, je.text); json_decref(row); goto fail; }
+        if (n == cap) p = ds_realloc(p, sizeof(GenPrompt) * (cap *= 2));
+        json_t *ids = json_object_get(row, "prompt_ids"), *turn = json_array_get(json_object_get(row, "turns"), 0);
+        if (!json_is_string(turn)) turn = json_object_get(row, "prompt");
+        if (!json_is_array(ids) && json_is_string(turn)) {
+            if (!tok) rc = ds_err(err, DS_EUNSUPPORTED, "%s:%d: text prompts need the target's tokenizer.json (or give \"prompt_ids\")", path, line_no);
+            else rc = gen_prompt_ids(tok, json_string_value(turn), chat_has_template(tok), false, &p[n].ids, &p[n].n, err);
+            json_decref(row);
+            if (rc) goto fail;
+            n++;
+            continue;
+        }
+        if (!json_is_array(ids) || json_array_size(ids) == 0) {
+            rc = ds_err(err, DS_EFORMAT, "%s:%d: needs \"turns\" (a list of strings), \"prompt\" (a string) or \"prompt_ids\"", path, line_no);
+            json_decref(row);
+            goto fail;
+        }
+        p[n].n = (int)json_array_size(ids);
+        p[n].ids = ds_malloc(sizeof(int32_t) * p[n].n);
+        for (int i = 0; i < p[n].n; i++) {
+            json_t *v = json_array_get(ids, i);
+            if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= vocab) {
+                rc = ds_err(err, DS_EFORMAT, "%s:%d: prompt_ids[%d] is not a token id in [0, %d)", path, line_no, i, vocab);
+                ds_free(p[n].ids);
+                json_decref(row);
+                goto fail;
+            }
+            p[n].ids[i] = (int32_t)json_integer_value(v);
+        }
+        n++;
+        json_decref(row);
+    }
+    ds_free(text);
+    if (n == 0) {
+        ds_free(p);
+        return ds_err(err, DS_EFORMAT, "%s: no prompts", path);
+    }
+    *out = p;
+    *n_out = n;
+    return DS_OK;
+fail:
+    for (int i = 0; i < n; i++) ds_free(p[i].ids);
+    ds_free(p);
+    ds_free(text);
+    return rc;
+}

@@ -29,4 +29,10 @@ ds_status gen_load_tokenizer(const char *model_dir, Tokenizer **out, char *err);
 /* Token ids of a prompt: raw text, or one user turn through the chat template. */
 ds_status gen_prompt_ids(const Tokenizer *tok, const char *text, bool chat, bool think, int32_t **ids, int *n, char *err);
 
+/* FILE.jsonl, one prompt per non-blank line: the first of "turns", or "prompt" (text through
+ * the chat template when the tokenizer has one, raw otherwise), or "prompt_ids". An empty file
+ * or a bad row (file:line) is an error. */
+typedef struct { int32_t *ids; int n; } GenPrompt;
+ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, GenPrompt **out, int *n_out, char *err);
+
 #endif
