@@ -16,6 +16,7 @@
 
 #include <pthread.h>
 
+#include "calib.h"
 #include "qwen3.h"
 #include "sample.h"
 #include "spec.h"
@@ -69,12 +70,21 @@ typedef struct {
      * must want the same target feature layers and block size */
     ProposalSource **sources;
     EngineScheduler sched;
+    /* draft bypass (beyond the paper): a request whose expected gain, an EMA of the calibrated
+     * survival sums of its verified drafts, is worth less time than drafting it
+     * (gain x seconds per committed token < bypass_draft_s) skips drafting this round and
+     * decodes one token plainly; its verified tokens still feed its drafter, and after
+     * bypass_probe_every bypassed rounds it drafts again to re-measure. 0 = never bypass. */
+    double bypass_draft_s;
+    int bypass_probe_every;     /* 0: 8 */
+    const Calibration *calib;   /* for the gain (NULL: identity temperatures) */
 } EngineConfig;
 
 typedef struct {
     uint64_t requests_finished, tokens_generated, prompt_tokens, steps;
     uint64_t rounds;           /* request-rounds: a request verified once (tau = tokens / rounds) */
     uint64_t drafts_verified;  /* draft tokens sent to verification (mean verify length) */
+    uint64_t rounds_bypassed;  /* request-rounds decoded without drafting (draft bypass) */
     double step_seconds_total;
     int active, waiting;
 } EngineStats;
@@ -103,6 +113,11 @@ typedef struct {
     const float **conf_ptrs;             /* [n_slots] for the scheduler */
     float *pt, *resid;                   /* [block+1][V], [V] */
     SampleScratch scratch;
+    /* draft bypass, per slot: EMA of expected accepted drafts, consecutive bypassed rounds */
+    Calibration calib;
+    float *slot_gain, *surv_tmp;
+    int *slot_bypass_run;
+    double sec_per_token;                /* EMA of step seconds per committed token */
     EngineStats stats;
     volatile int stopping;
 } Engine;
