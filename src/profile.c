@@ -71,6 +71,10 @@ static void rebuild_dense(SpsProfile *p) {
         else if (hi <= p->max_tokens) p->dense_s[b] = p->step_s[hi];
         else p->dense_s[b] = 1e-3 * b;                       /* nothing measured (never used by callers) */
     }
+    /* a larger batch never runs faster: a smaller batch measured slower than a larger one met
+     * interference (the machine is shared), so step time is made non-decreasing */
+    for (int b = p->max_tokens - 1; b >= 1; b--)
+        if (p->dense_s[b] > p->dense_s[b + 1]) p->dense_s[b] = p->dense_s[b + 1];
     p->n_measured = 0;
     for (int b = 1; b <= p->max_tokens; b++) p->n_measured += p->step_s[b] > 0;
 }
@@ -105,11 +109,17 @@ ds_status profile_init(SpsProfile *p, Qwen3Model *m, Drafter *d, int max_tokens,
     return DS_OK;
 }
 
-void profile_free(SpsProfile *p) {
+void profile_release_runner(SpsProfile *p) {
     if (p->have_st) qwen3_state_free(&p->st, p->m);
     if (p->have_ds) draft_state_free(&p->ds, p->d);
-    ds_free(p->step_s); ds_free(p->dense_s);
+    p->have_st = p->have_ds = false;
     ds_free(p->tok); ds_free(p->pos); ds_free(p->slot); ds_free(p->rows);
+    p->tok = p->pos = p->slot = p->rows = NULL;
+}
+
+void profile_free(SpsProfile *p) {
+    profile_release_runner(p);
+    ds_free(p->step_s); ds_free(p->dense_s);
     memset(p, 0, sizeof *p);
 }
 
@@ -270,7 +280,7 @@ bool profile_refine_one(SpsProfile *p, char *err, ds_status *rc) {
     int mid = best_lo + best_gap / 2;
     if (mid < 1) mid = 1;
     if (mid > p->max_tokens) mid = p->max_tokens;
-    *rc = measure_size(p, mid, 0.1, err);
+    *rc = measure_size(p, mid, 0.03, err);
     return *rc == DS_OK;
 }
 

@@ -9,7 +9,8 @@
  * kernel path, backend). A first start without a cache measures a few sizes within a time
  * budget and interpolates the rest; profile_refine_one() measures the missing sizes later
  * (`dspark profile`, or the server when idle). Step time is interpolated linearly between
- * measured sizes and extrapolated proportionally past the largest. */
+ * measured sizes, made non-decreasing (a smaller batch measured slower than a larger one met
+ * interference), and extrapolated proportionally past the largest. */
 #ifndef DSPARK_PROFILE_H
 #define DSPARK_PROFILE_H
 
@@ -50,6 +51,8 @@ ds_status profile_save_cache(const SpsProfile *p, char *err);
 ds_status profile_measure_coarse(SpsProfile *p, double budget_s, char *err);
 /* Measures the missing size in the middle of the widest gap; returns false when complete. */
 bool profile_refine_one(SpsProfile *p, char *err, ds_status *rc);
+/* Frees the measuring state (the table stays usable; measuring again re-creates it). */
+void profile_release_runner(SpsProfile *p);
 /* Interpolated seconds per forward / steps per second at `tokens` (>= 1). */
 double profile_step_s(const SpsProfile *p, int tokens);
 double profile_sps(void *p, int tokens); /* SpsCurve.at */
