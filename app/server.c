@@ -418,7 +418,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, const char *b
 
 static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
     EngineStats st = engine_stats(S.engine);
-    char buf[2048];
+    char buf[4096];
     int n = snprintf(buf, sizeof buf,
                      "# TYPE dspark_requests_total counter\ndspark_requests_total %llu\n"
                      "# TYPE dspark_http_requests_total counter\ndspark_http_requests_total %llu\n"
@@ -441,6 +441,7 @@ static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
                      (unsigned long long)st.drafts_verified, st.rounds ? (double)st.tokens_generated / st.rounds : 0.0,
                      st.rounds ? (double)st.drafts_verified / st.rounds : 0.0, (unsigned long long)st.rounds_bypassed,
                      S.cfg.policy_name ? S.cfg.policy_name : "none");
+    if (n < 0 || n >= (int)sizeof buf) n = (int)sizeof buf - 1;
     struct MHD_Response *resp = MHD_create_response_from_buffer((size_t)n, buf, MHD_RESPMEM_MUST_COPY);
     MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
     enum MHD_Result ret = MHD_queue_response(c, 200, resp);
