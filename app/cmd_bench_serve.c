@@ -100,7 +100,7 @@ static void *client_main(void *arg) {
         long st = http(url, body, &resp, 3600);
         double dt = ds_now() - t0;
         free(body);
-        json_t *r = st == 200 && resp ? json_loads(resp, 0, NULL) : NULL;
+        json_t *r = st == 200 && resp ? json_loads(resp, JSON_ALLOW_NUL, NULL) : NULL; /* the text may hold U+0000 */
         json_t *u = r ? json_object_get(json_object_get(r, "usage"), "completion_tokens") : NULL;
         if (json_is_integer(u)) {
             long k = (long)json_integer_value(u);
@@ -109,12 +109,19 @@ static void *client_main(void *arg) {
             c->speed_sum += k / (dt > 0 ? dt : 1e-9);
             c->done++;
         } else {
-            c->errors++;
+            if (!c->errors++) fprintf(stderr, "dspark bench-serve: a request failed: HTTP %ld: %.200s\n", st, resp ? resp : "(no body)");
         }
         json_decref(r);
         free(resp);
     }
     return NULL;
+}
+
+static void read_loadavg(char *out, size_t cap) {
+    snprintf(out, cap, "unknown");
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f && fgets(out, (int)cap, f)) out[strcspn(out, "\n")] = 0;
+    if (f) fclose(f);
 }
 
 static char **load_prompts(const char *path, int *n) {
@@ -200,6 +207,8 @@ int cmd_bench_serve(int argc, char **argv) {
     char **prompts = load_prompts(prompts_path, &n_prompts);
     if (!prompts || !n_prompts) { fprintf(stderr, "dspark bench-serve: no prompts in %s\n", prompts_path ? prompts_path : "(builtin)"); return 2; }
     curl_global_init(CURL_GLOBAL_ALL);
+    char load0[64], load1[64]; /* the machine may be shared: the load average goes into the JSON */
+    read_loadavg(load0, sizeof load0);
     json_t *results = json_array();
     double tput[16][64], speed[16][64], vlen[16][64], xconc[64], byp[16][64];
     for (int i = 0; i < n_conc; i++) xconc[i] = conc[i];
@@ -276,9 +285,11 @@ int cmd_bench_serve(int argc, char **argv) {
         waitpid(pid, NULL, 0);
     }
     char err[DS_ERR_LEN];
+    read_loadavg(load1, sizeof load1);
     if (!status && json_out) {
-        json_t *root = json_pack("{s:{s:s,s:s?,s:i,s:i,s:f},s:o}", "config", "model", model, "draft", draft, "requests_per_user", requests,
-                                 "max_tokens", max_tokens, "temperature", temp, "results", results);
+        json_t *root = json_pack("{s:{s:s,s:s?,s:i,s:i,s:f,s:s?,s:i,s:s,s:s},s:o}", "config", "model", model, "draft", draft,
+                                 "requests_per_user", requests, "max_tokens", max_tokens, "temperature", temp, "prompts", prompts_path,
+                                 "threads", threads, "loadavg_start", load0, "loadavg_end", load1, "results", results);
         char *text = json_dumps(root, JSON_INDENT(2));
         json_decref(root);
         if (ds_write_file_atomic(json_out, text, strlen(text), err)) { fprintf(stderr, "dspark bench-serve: %s\n", err); status = 1; }
