@@ -39,7 +39,7 @@ static void describe_dir(char *out, size_t cap, const char *dir) {
         size_t n = strlen(e->d_name);
         if (n < 12 || strcmp(e->d_name + n - 12, ".safetensors") != 0) continue;
         struct stat st;
-        snprintf(path, sizeof path, "%s/%s", real, e->d_name);
+        if (snprintf(path, sizeof path, "%s/%s", real, e->d_name) >= (int)sizeof path) continue;
         if (stat(path, &st) == 0 && k < cap)
             k += (size_t)snprintf(out + k, cap - k, "|%s %lld:%lld", e->d_name, (long long)st.st_size, (long long)st.st_mtime);
     }
@@ -97,8 +97,11 @@ ds_status profile_init(SpsProfile *p, Qwen3Model *m, Drafter *d, int max_tokens,
     if (d) describe_dir(dd, sizeof dd, d->dir);
     cpu_model(cpu, sizeof cpu);
     int threads = m->be->n_threads > 0 ? m->be->n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-    snprintf(p->key, sizeof p->key, "model=%s;draft=%s;cpu=%s;threads=%d;kernels=%s;backend=%s;ctx=%d;max=%d", md, dd, cpu, threads,
-             kern_path_name(), m->be->name, ctx_len, max_tokens);
+    if (snprintf(p->key, sizeof p->key, "model=%s;draft=%s;cpu=%s;threads=%d;kernels=%s;backend=%s;ctx=%d;max=%d", md, dd, cpu, threads,
+                 kern_path_name(), m->be->name, ctx_len, max_tokens) >= (int)sizeof p->key) {
+        profile_free(p);
+        return ds_err(err, DS_EARG, "profile: model path too long for the cache key");
+    }
     const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     char dir[1100];
     if (xdg && *xdg) snprintf(dir, sizeof dir, "%s/dspark", xdg);
