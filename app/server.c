@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <omp.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -507,6 +508,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 static void *engine_thread(void *arg) {
     (void)arg;
     char err[DS_ERR_LEN];
+    /* OpenMP's thread count is per calling thread: without this the engine thread ignores
+     * --threads and runs a team of every core (on a shared 2-core machine: 10-100x slower) */
+    if (S.engine->model->be->n_threads > 0) omp_set_num_threads(S.engine->model->be->n_threads);
     double drain_start = 0;
     for (;;) {
         EngineStats st = engine_stats(S.engine);

@@ -141,6 +141,8 @@ bool profile_load_cache(SpsProfile *p) {
         }
         json_t *ds = json_object_get(root, "draft_s");
         if (ok && json_is_number(ds)) p->draft_s = json_number_value(ds);
+        json_t *db = json_object_get(root, "draft_block");
+        if (ok && json_is_integer(db)) p->draft_block = (int)json_integer_value(db);
         if (!ok) memset(p->step_s, 0, sizeof(double) * ((size_t)p->max_tokens + 1));
     }
     json_decref(root);

@@ -37,7 +37,7 @@ static void test_profile(void) {
     /* the same key loads the same table, bit for bit */
     SpsProfile q;
     CHECK_OK(profile_init(&q, &g_t, NULL, 32, 64, err), err);
-    CHECK(strcmp(p.path, q.path) == 0 && profile_load_cache(&q) && q.n_measured == p.n_measured);
+    CHECK(strcmp(p.path, q.path) == 0 && profile_load_cache(&q) && q.n_measured == p.n_measured && q.draft_block == p.draft_block);
     CHECK(memcmp(p.step_s, q.step_s, sizeof(double) * 33) == 0);
     profile_free(&q);
     /* a different size or context is another key and another file */
