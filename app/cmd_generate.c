@@ -97,6 +97,7 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
             sps = profile_curve(&prof);
         }
         if (sched_init(&sched, &pol, &cal, sps, 1, block, err)) goto done;
+        sched.draft_s = prof.draft_s; /* each round drafts: part of the step's time */
     }
     int ctx = n_prompt + max_new + block + 1;
     if (ctx > m->cfg.max_position_embeddings) ctx = m->cfg.max_position_embeddings;

@@ -99,10 +99,12 @@ static int load(void *p, Engine **engine, const Tokenizer **tok) {
             SpsCurve sps = x->have_prof ? profile_curve(&x->prof) : (SpsCurve){0};
             if (sched_init(&x->sched, &x->pol, &x->cal, sps, x->slots, x->drafter.cfg.block_size, err)) goto fail;
             x->have_sched = true;
+            if (x->have_prof) x->sched.draft_s = x->prof.draft_s; /* the step drafts too: part of its time */
             ec.sched = (EngineScheduler){sched_choose, &x->sched};
         }
         if (x->pol.bypass) {
             ec.bypass_draft_s = x->prof.draft_s;
+            ec.sps = profile_curve(&x->prof);
             fprintf(stderr, "dspark serve: draft bypass on: drafting one request costs %.3f ms\n", x->prof.draft_s * 1e3);
         }
         if (ec.max_batch_tokens < x->slots * (x->drafter.cfg.block_size + 1))

@@ -18,6 +18,7 @@
 
 #include "calib.h"
 #include "qwen3.h"
+#include "scheduler.h"
 #include "sample.h"
 #include "spec.h"
 
@@ -70,14 +71,18 @@ typedef struct {
      * must want the same target feature layers and block size */
     ProposalSource **sources;
     EngineScheduler sched;
-    /* draft bypass (beyond the paper): a request whose expected gain, an EMA of the calibrated
-     * survival sums of its verified drafts, is worth less time than drafting it
-     * (gain x seconds per committed token < bypass_draft_s) skips drafting this round and
-     * decodes one token plainly; its verified tokens still feed its drafter, and after
+    /* draft bypass (beyond the paper): request r skips drafting this round and decodes one
+     * token plainly when its expected gain g (EMA of the calibrated survival sums of its
+     * verified drafts) bought at plain decoding's price of time is worth less than what
+     * drafting costs:  g x t_plain < bypass_draft_s + L x t_verify, with L its (EMA) verified
+     * length, t_plain = step(R)/R the forward time per token of plain decoding of the R
+     * decoding requests and t_verify the marginal forward time of a verified token, both
+     * from the SPS profile (sps). Its verified tokens still feed its drafter, and after
      * bypass_probe_every bypassed rounds it drafts again to re-measure. 0 = never bypass. */
     double bypass_draft_s;
     int bypass_probe_every;     /* 0: 8 */
     const Calibration *calib;   /* for the gain (NULL: identity temperatures) */
+    SpsCurve sps;               /* forward steps/s by batch size (profile.h); needed for the bypass */
 } EngineConfig;
 
 typedef struct {
@@ -115,9 +120,8 @@ typedef struct {
     SampleScratch scratch;
     /* draft bypass, per slot: EMA of expected accepted drafts, consecutive bypassed rounds */
     Calibration calib;
-    float *slot_gain, *surv_tmp;
+    float *slot_gain, *slot_vlen, *surv_tmp;
     int *slot_bypass_run;
-    double sec_per_token;                /* EMA of step seconds per committed token */
     EngineStats stats;
     volatile int stopping;
 } Engine;

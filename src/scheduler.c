@@ -124,6 +124,13 @@ int sched_search_unconstrained(int n_req, const float *const *a, const int *n, S
 
 /* ---- the scheduler object ---- */
 
+/* SPS of a step that also drafts: 1 / (1/SPS(B) + overhead) */
+typedef struct { SpsCurve inner; double overhead_s; } StepCurve;
+static double step_at(void *ctx, int B) {
+    const StepCurve *c = ctx;
+    return 1.0 / (1.0 / c->inner.at(c->inner.ctx, B) + c->overhead_s);
+}
+
 ds_status sched_init(Scheduler *s, const SchedPolicy *pol, const Calibration *cal, SpsCurve sps, int max_req, int block, char *err) {
     memset(s, 0, sizeof *s);
     s->pol = *pol;
@@ -167,8 +174,11 @@ void sched_choose(void *ctx, int n_req, const float *const *conf, const int *n_d
         s->n[r] = n_drafted[r] < s->block ? n_drafted[r] : s->block;
         calib_survival(&s->cal, conf[r], s->n[r], s->surv + (size_t)r * s->block);
     }
-    int admitted = 0;
+    int admitted = 0, drafted = 0;
+    for (int r = 0; r < n_req; r++) drafted += s->n[r] > 0;
     s->last_capacity = -1;
+    StepCurve cur = {s->sps, s->draft_s * drafted};
+    SpsCurve sps = {step_at, &cur};
     switch (s->pol.kind) {
     case SCHED_FULL:
         for (int r = 0; r < n_req; r++) admitted += len[r] = s->n[r];
@@ -185,21 +195,23 @@ void sched_choose(void *ctx, int n_req, const float *const *conf, const int *n_d
         }
         break;
     case SCHED_ALG1:
-        admitted = sched_alg1(n_req, s->rows, s->n, s->sps, len);
+        admitted = sched_alg1(n_req, s->rows, s->n, sps, len);
         break;
     case SCHED_ASYNC: {
         int K;
         if (s->calls >= 2) { /* capacity from the survivals two steps ago; they cannot see this step's tokens */
             int h = (int)(s->calls % 2);
+            StepCurve old = {s->sps, s->draft_s * s->hist_drafted[h]};
             K = sched_search_unconstrained(s->hist_req[h], s->hist_rows + (size_t)h * s->max_req, s->hist_n + (size_t)h * s->max_req,
-                                           s->sps, NULL);
+                                           (SpsCurve){step_at, &old}, NULL);
         } else { /* no history yet: the causal Algorithm 1 */
-            K = sched_alg1(n_req, s->rows, s->n, s->sps, len);
+            K = sched_alg1(n_req, s->rows, s->n, sps, len);
         }
         s->last_capacity = K;
         admitted = sched_top_k(n_req, s->rows, s->n, K, len);
         int h = (int)(s->calls % 2); /* the slot two steps old was just used: overwrite it */
         s->hist_req[h] = n_req;
+        s->hist_drafted[h] = drafted;
         for (int r = 0; r < n_req; r++) {
             s->hist_n[(size_t)h * s->max_req + r] = s->n[r];
             memcpy(s->hist + ((size_t)h * s->max_req + r) * s->block, s->rows[r], sizeof(float) * (size_t)s->n[r]);

@@ -16,6 +16,9 @@
  *   async         the production variant: the capacity K (drafts verified in all) comes from
  *                 an unconstrained search (no early stop) over the survivals of two steps
  *                 earlier; then the K candidates of highest current survival are verified
+ * The throughput objective uses the step rate of the whole step: the profiled forward time
+ * 1/SPS(B) plus the drafting time of the step (Scheduler.draft_s per drafted request, also
+ * profiled), which is what a step costs when the drafter runs in series with the target.
  * Every policy chooses per request a prefix length; nothing here sees a slot's token before
  * deciding whether that slot is verified, except through its own earlier slots.
  *
@@ -76,6 +79,10 @@ typedef struct {
     int *hist_n;          /* [2][max_req] */
     int hist_req[2];
     uint64_t calls;
+    /* the engine's step also drafts every drafted request (on the CPU, in series with the
+     * forward): step time = 1 / SPS(B) + draft_s x (requests drafted this step); 0 = none */
+    double draft_s;
+    int hist_drafted[2];
     /* what the last call did */
     int last_capacity, last_admitted;
 } Scheduler;

@@ -18,6 +18,7 @@ static void on_fin(void *u, FinishReason r) { Sink *k = u; (void)r; k->finished+
 static int32_t g_prompts[NR][40];
 static double g_bypass_s;   /* EngineConfig.bypass_draft_s of run_engine (0: off) */
 static int g_probe_every;
+static double flat_sps(void *ctx, int tokens) { (void)ctx; (void)tokens; return 1000.0; }
 static int g_plen[NR];
 
 static void make_prompts(void) {
@@ -31,7 +32,8 @@ static void run_engine(ProposalSource **srcs, int n_slots, EngineScheduler sched
     char err[DS_ERR_LEN];
     Engine e;
     EngineConfig cfg = {.n_slots = n_slots, .max_ctx = CTX - 16, .max_batch_tokens = 40, .sources = srcs, .sched = sched,
-                        .bypass_draft_s = g_bypass_s, .bypass_probe_every = g_probe_every};
+                        .bypass_draft_s = g_bypass_s, .bypass_probe_every = g_probe_every,
+                        .sps = {flat_sps, NULL}};
     CHECK_OK(engine_init(&e, &g_t, &cfg, err), err);
     EngineRequest req[NR];
     for (int i = 0; i < NR; i++) {

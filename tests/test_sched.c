@@ -224,6 +224,16 @@ static void test_scheduler_object(void) {
     sched_choose(&sc, 2, conf, nd, len);
     CHECK(len[0] == 2 && len[1] == 1);
     sched_free(&sc);
+    /* step time proportional to the batch: verifying never pays... unless the step also
+     * drafts (draft_s), a cost already paid that a longer verification amortises */
+    pol = (SchedPolicy){.kind = SCHED_ALG1};
+    Affine lin = {0, 1e-3, 1};
+    CHECK_OK(sched_init(&sc, &pol, NULL, (SpsCurve){affine_at, &lin}, 4, 3, err), err);
+    float sure[3] = {4, 4, 4}; /* sigmoid(4) = 0.982 */
+    CHECK(sched_choose_one(&sc, sure, 3) == 0);
+    sc.draft_s = 5e-3;
+    CHECK(sched_choose_one(&sc, sure, 3) == 3);
+    sched_free(&sc);
     /* async: the capacity follows the survivals of two calls earlier */
     pol = (SchedPolicy){.kind = SCHED_ASYNC};
     CHECK_OK(sched_init(&sc, &pol, NULL, (SpsCurve){flat_at, NULL}, 4, 3, err), err);
