@@ -33,12 +33,17 @@ typedef struct {
     SpsProfile prof;
     bool have_prof, refine_done;
     int refined;
+    uint64_t idle_steps;   /* engine steps seen when the idle spell began */
+    double idle_since;
 } ServeCtx;
 
 /* idle engine thread: refine the SPS profile one size at a time, save when complete */
 static void on_idle(void *p) {
     ServeCtx *x = p;
     if (!x->have_prof || x->refine_done) return;
+    uint64_t steps = engine_stats(&x->engine).steps;
+    if (steps != x->idle_steps || x->idle_since == 0) { x->idle_steps = steps; x->idle_since = ds_now(); }
+    if (ds_now() - x->idle_since < 1.0) return; /* only after a second without requests */
     char err[DS_ERR_LEN];
     ds_status rc;
     bool more = profile_refine_one(&x->prof, err, &rc);
