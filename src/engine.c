@@ -64,8 +64,8 @@ ds_status engine_init(Engine *e, Qwen3Model *m, const EngineConfig *cfg, char *e
     if (e->cfg.bypass_probe_every <= 0) e->cfg.bypass_probe_every = 8;
     if (!e->slots || !e->b_tokens || !e->b_pos || !e->b_slot || !e->b_rows || !e->b_row_req || !e->probs || !e->slot_tokens ||
         !e->slot_q || !e->slot_drafts || !e->slot_conf || !e->slot_avail || !e->slot_len || !e->slot_row0 || !e->slot_prefill_row0 ||
-        !e->slot_prefill_n || !e->slot_prefill_pos || !e->slot_src_broken || !e->conf_ptrs || !e->pt || !e->resid || !e->slot_gain || !e->slot_vlen || !e->surv_tmp || !e->slot_bypass_run ||
-        sample_scratch_init(&e->scratch, V, err)) {
+        !e->slot_prefill_n || !e->slot_prefill_pos || !e->slot_src_broken || !e->conf_ptrs || !e->pt || !e->resid ||
+        !e->slot_gain || !e->slot_vlen || !e->surv_tmp || !e->slot_bypass_run || sample_scratch_init(&e->scratch, V, err)) {
         engine_free(e);
         return ds_err(err, DS_ENOMEM, "engine: out of memory");
     }
@@ -397,7 +397,6 @@ int engine_step(Engine *e, char *err) {
     e->stats.steps++;
     e->stats.step_seconds_total += ds_now() - t0;
     pthread_mutex_unlock(&e->lock);
-
     return n_rows > 0 ? n_rows : 1;
 }
 
