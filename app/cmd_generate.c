@@ -235,6 +235,12 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "dspark generate: --compare, --confidence-threshold and --policy need --draft\n");
         return 2;
     }
+    if (a.policy) {
+        SchedPolicy pol;
+        char perr[DS_ERR_LEN];
+        if (sched_policy_parse(a.policy, "--policy", &pol, perr)) { fprintf(stderr, "dspark generate: %s\n", perr); return 2; }
+        if (pol.bypass) { fprintf(stderr, "dspark generate: --policy %s: the draft bypass is for many requests (dspark serve)\n", a.policy); return 2; }
+    }
     if (!!a.prompt + !!a.chat + !!a.prompt_ids != 1) {
         fprintf(stderr, "dspark generate: give exactly one of --prompt, --chat, --prompt-ids\n");
         return 2;
