@@ -17,6 +17,7 @@
 
 #include "args.h"
 #include "commands.h"
+#include "scheduler.h"
 #include "svgplot.h"
 
 #ifdef DSPARK_HAVE_CURL
@@ -67,8 +68,8 @@ static double metric(const char *base, const char *name) {
     snprintf(url, sizeof url, "%s/metrics", base);
     double v = 0;
     if (http(url, NULL, &body, 10) == 200 && body) {
-        char *p = strstr(body, name);
-        while (p && p[strlen(name)] != ' ') p = strstr(p + 1, name);
+        char *p = strstr(body, name); /* the sample line: at a line start, then a space (not "# TYPE name") */
+        while (p && (p[strlen(name)] != ' ' || (p != body && p[-1] != '\n'))) p = strstr(p + 1, name);
         if (p) v = atof(p + strlen(name) + 1);
     }
     free(body);
@@ -99,7 +100,7 @@ static void *client_main(void *arg) {
         long st = http(url, body, &resp, 3600);
         double dt = ds_now() - t0;
         free(body);
-        json_t *r = st == 200 && resp ? json_loads(resp, 0, NULL) : NULL;
+        json_t *r = st == 200 && resp ? json_loads(resp, JSON_ALLOW_NUL, NULL) : NULL; /* the text may hold U+0000 */
         json_t *u = r ? json_object_get(json_object_get(r, "usage"), "completion_tokens") : NULL;
         if (json_is_integer(u)) {
             long k = (long)json_integer_value(u);
@@ -108,12 +109,19 @@ static void *client_main(void *arg) {
             c->speed_sum += k / (dt > 0 ? dt : 1e-9);
             c->done++;
         } else {
-            c->errors++;
+            if (!c->errors++) fprintf(stderr, "dspark bench-serve: a request failed: HTTP %ld: %.200s\n", st, resp ? resp : "(no body)");
         }
         json_decref(r);
         free(resp);
     }
     return NULL;
+}
+
+static void read_loadavg(char *out, size_t cap) {
+    snprintf(out, cap, "unknown");
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f && fgets(out, (int)cap, f)) out[strcspn(out, "\n")] = 0;
+    if (f) fclose(f);
 }
 
 static char **load_prompts(const char *path, int *n) {
@@ -162,7 +170,7 @@ int cmd_bench_serve(int argc, char **argv) {
         {"--model", ARG_STR, &model, "DIR", "target model directory", 0, -1},
         {"--draft", ARG_STR, &draft, "DIR", "drafter directory (speculative decoding)", 0, -1},
         {"--concurrency", ARG_STR, &conc_s, "LIST", "concurrent users, e.g. 1,4,16 (default 1,2,4,8)", 0, -1},
-        {"--policy", ARG_STR, &policy_s, "LIST", "verification policies, e.g. full,fixed:1,alg1 (default full)", 0, -1},
+        {"--policy", ARG_STR, &policy_s, "LIST", "verification policies: full, fixed:L, threshold:C, alg1, async, each optionally +bypass (default full)", 0, -1},
         {"--prompts", ARG_STR, &prompts_path, "FILE", "JSONL with {\"turns\": [...]} or {\"prompt\": ...} lines", 0, -1},
         {"--requests", ARG_INT, &requests, "N", "requests per user and level (default 4)", 1, 100000},
         {"--max-tokens", ARG_INT, &max_tokens, "N", "max_tokens per request (default 64)", 1, 1 << 20},
@@ -190,15 +198,22 @@ int cmd_bench_serve(int argc, char **argv) {
         snprintf(policies[n_pol++], sizeof policies[0], "%.*s", (int)k, p);
         p += k + (p[k] == ',');
     }
+    for (int i = 0; i < n_pol; i++) {
+        SchedPolicy sp;
+        char perr[DS_ERR_LEN];
+        if (sched_policy_parse(policies[i], "--policy", &sp, perr)) { fprintf(stderr, "dspark bench-serve: %s\n", perr); return 2; }
+    }
     int n_prompts;
     char **prompts = load_prompts(prompts_path, &n_prompts);
     if (!prompts || !n_prompts) { fprintf(stderr, "dspark bench-serve: no prompts in %s\n", prompts_path ? prompts_path : "(builtin)"); return 2; }
     curl_global_init(CURL_GLOBAL_ALL);
+    char load0[64], load1[64]; /* the machine may be shared: the load average goes into the JSON */
+    read_loadavg(load0, sizeof load0);
     json_t *results = json_array();
-    double tput[16][64], speed[16][64], vlen[16][64], xconc[64];
+    double tput[16][64], speed[16][64], vlen[16][64], xconc[64], byp[16][64];
     for (int i = 0; i < n_conc; i++) xconc[i] = conc[i];
     int status = 0;
-    printf("%-12s %6s %12s %14s %10s %8s\n", "policy", "users", "tokens/s", "user tok/s", "verify_len", "errors");
+    printf("%-14s %6s %12s %14s %10s %6s %9s %8s\n", "policy", "users", "tokens/s", "user tok/s", "verify_len", "tau", "bypassed", "errors");
     for (int pi = 0; pi < n_pol && !status; pi++) {
         char port_s[16], slots_s[16], threads_s[16], base[64];
         snprintf(port_s, sizeof port_s, "%d", port + pi);
@@ -234,6 +249,7 @@ int cmd_bench_serve(int argc, char **argv) {
             Client *cl = calloc((size_t)users, sizeof *cl);
             pthread_t *th = calloc((size_t)users, sizeof *th);
             double r0 = metric(base, "dspark_rounds_total"), d0 = metric(base, "dspark_drafts_verified_total");
+            double b0 = metric(base, "dspark_rounds_bypassed_total"), g0 = metric(base, "dspark_generated_tokens_total");
             double t0 = ds_now();
             for (int u = 0; u < users; u++) {
                 cl[u] = (Client){.base = base, .prompts = (const char **)prompts, .n_prompts = n_prompts, .first = u * requests,
@@ -249,15 +265,19 @@ int cmd_bench_serve(int argc, char **argv) {
             }
             double wall = ds_now() - t0;
             double r1 = metric(base, "dspark_rounds_total"), d1 = metric(base, "dspark_drafts_verified_total");
+            double b1 = metric(base, "dspark_rounds_bypassed_total"), g1 = metric(base, "dspark_generated_tokens_total");
+            double tau = r1 > r0 ? (g1 - g0) / (r1 - r0) : 0;
+            byp[pi][ci] = r1 > r0 ? (b1 - b0) / (r1 - r0) : 0;
             tput[pi][ci] = tokens / (wall > 0 ? wall : 1e-9);
             speed[pi][ci] = done ? speed_sum / done : 0;
             vlen[pi][ci] = r1 > r0 ? (d1 - d0) / (r1 - r0) : 0;
-            printf("%-12s %6d %12.2f %14.2f %10.3f %8d\n", policies[pi], users, tput[pi][ci], speed[pi][ci], vlen[pi][ci], errors);
+            printf("%-14s %6d %12.2f %14.2f %10.3f %6.2f %8.1f%% %8d\n", policies[pi], users, tput[pi][ci], speed[pi][ci], vlen[pi][ci], tau,
+                   100 * byp[pi][ci], errors);
             fflush(stdout);
-            json_array_append_new(results, json_pack("{s:s,s:i,s:f,s:f,s:f,s:I,s:i,s:f}", "policy", policies[pi], "concurrency", users,
+            json_array_append_new(results, json_pack("{s:s,s:i,s:f,s:f,s:f,s:I,s:i,s:f,s:f,s:f}", "policy", policies[pi], "concurrency", users,
                                                      "tokens_per_s", tput[pi][ci], "user_tokens_per_s", speed[pi][ci],
                                                      "verify_len_mean", vlen[pi][ci], "tokens", (json_int_t)tokens, "errors", errors,
-                                                     "wall_s", wall));
+                                                     "wall_s", wall, "tau", tau, "bypassed_fraction", byp[pi][ci]));
             free(cl);
             free(th);
         }
@@ -265,9 +285,11 @@ int cmd_bench_serve(int argc, char **argv) {
         waitpid(pid, NULL, 0);
     }
     char err[DS_ERR_LEN];
+    read_loadavg(load1, sizeof load1);
     if (!status && json_out) {
-        json_t *root = json_pack("{s:{s:s,s:s?,s:i,s:i,s:f},s:o}", "config", "model", model, "draft", draft, "requests_per_user", requests,
-                                 "max_tokens", max_tokens, "temperature", temp, "results", results);
+        json_t *root = json_pack("{s:{s:s,s:s?,s:i,s:i,s:f,s:s?,s:i,s:s,s:s},s:o}", "config", "model", model, "draft", draft,
+                                 "requests_per_user", requests, "max_tokens", max_tokens, "temperature", temp, "prompts", prompts_path,
+                                 "threads", threads, "loadavg_start", load0, "loadavg_end", load1, "results", results);
         char *text = json_dumps(root, JSON_INDENT(2));
         json_decref(root);
         if (ds_write_file_atomic(json_out, text, strlen(text), err)) { fprintf(stderr, "dspark bench-serve: %s\n", err); status = 1; }

@@ -10,6 +10,8 @@
 #include "commands.h"
 #include "gen_common.h"
 #include "gen_spec.h"
+#include "profile.h"
+#include "scheduler.h"
 
 #define PREFILL_CHUNK 256
 
@@ -23,6 +25,7 @@ typedef struct {
     int num_samples;
     bool compare;
     double confidence_threshold;
+    const char *policy;         /* --policy (src/scheduler.h) */
 } GenArgs;
 
 /* ---- --draft / --num-samples / --compare: through the speculative loop (src/spec.h) ---- */
@@ -74,10 +77,27 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
     Drafter d = {0};
     DrafterSource ds = {0};
     SpecDecoder sd = {0}, plain = {0};
+    SpsProfile prof = {0};
+    Scheduler sched = {0};
+    Calibration cal;
     int status = 1, block = 0;
     if (a->draft) {
         if (drafter_load(&d, a->draft, m, m->be, err)) goto done;
         block = d.cfg.block_size;
+    }
+    if (a->policy) { /* one request: Algorithm 1 with R = 1 weighs each slot against SPS(1 + L) */
+        SchedPolicy pol;
+        if (sched_policy_parse(a->policy, "--policy", &pol, err) || calib_load(a->draft, &cal, err)) goto done;
+        if (pol.bypass) { ds_err(err, DS_EARG, "--policy %s: the draft bypass is for many requests (dspark serve)", a->policy); goto done; }
+        SpsCurve sps = {0};
+        if (sched_policy_needs_sps(&pol)) {
+            if (profile_init(&prof, m, &d, block + 1, 256 < m->cfg.max_position_embeddings - block - 2 ? 256 : 0, err) ||
+                profile_get(&prof, 15, stderr, err))
+                goto done;
+            sps = profile_curve(&prof);
+        }
+        if (sched_init(&sched, &pol, &cal, sps, 1, block, err)) goto done;
+        sched.draft_s = prof.draft_s; /* each round drafts: part of the step's time */
     }
     int ctx = n_prompt + max_new + block + 1;
     if (ctx > m->cfg.max_position_embeddings) ctx = m->cfg.max_position_embeddings;
@@ -89,6 +109,7 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
     SampleOut so = {.tok = tok, .print_ids = a->print_ids, .gd = gd};
     GenSpecOptions o = {.sampler = *sp, .seed = (uint64_t)a->seed, .max_new = max_new, .num_samples = a->num_samples,
                         .confidence_threshold = (float)a->confidence_threshold, .on_sample = print_sample, .user = &so};
+    if (sched.max_req) o.policy = (VerifyLenPolicy){sched_choose_one, &sched};
     if (a->num_samples == 1 && !a->print_ids && tok) { /* like plain generate: the text as it comes */
         o.on_token = stream_token;
         o.on_sample = finish_stream;
@@ -122,6 +143,8 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
     }
     status = 0;
 done:
+    if (sched.max_req) sched_free(&sched);
+    if (prof.step_s) profile_free(&prof);
     if (plain.target) spec_free(&plain);
     if (sd.target) spec_free(&sd);
     if (ds.d) spec_drafter_source_free(&ds);
@@ -202,14 +225,21 @@ int cmd_generate(int argc, char **argv) {
         {"--compare", ARG_FLAG, &a.compare, NULL, "with --draft: also run plain decoding and print the speedup", 0, -1},
         {"--confidence-threshold", ARG_FLOAT, &a.confidence_threshold, "C",
          "with --draft: verify up to the first slot with sigmoid(confidence) < C (0 = full block)", 0, 1},
+        {"--policy", ARG_STR, &a.policy, "P", "with --draft: verification length full, fixed:L, threshold:C (calibrated) or alg1 / async (SPS profile)", 0, -1},
     };
     int n_specs = sizeof specs / sizeof specs[0];
     int rc = args_parse("generate", "--model DIR (--prompt TEXT | --chat TEXT | --prompt-ids LIST) [flags]", specs, n_specs, argc, argv);
     if (rc) return rc == 1 ? 0 : 2;
     if (!a.model) { fprintf(stderr, "dspark generate: --model is required (see --help)\n"); return 2; }
-    if ((a.compare || a.confidence_threshold > 0) && !a.draft) {
-        fprintf(stderr, "dspark generate: --compare and --confidence-threshold need --draft\n");
+    if ((a.compare || a.confidence_threshold > 0 || a.policy) && !a.draft) {
+        fprintf(stderr, "dspark generate: --compare, --confidence-threshold and --policy need --draft\n");
         return 2;
+    }
+    if (a.policy) {
+        SchedPolicy pol;
+        char perr[DS_ERR_LEN];
+        if (sched_policy_parse(a.policy, "--policy", &pol, perr)) { fprintf(stderr, "dspark generate: %s\n", perr); return 2; }
+        if (pol.bypass) { fprintf(stderr, "dspark generate: --policy %s: the draft bypass is for many requests (dspark serve)\n", a.policy); return 2; }
     }
     if (!!a.prompt + !!a.chat + !!a.prompt_ids != 1) {
         fprintf(stderr, "dspark generate: give exactly one of --prompt, --chat, --prompt-ids\n");

@@ -8,6 +8,8 @@
 #include "commands.h"
 #include "gen_common.h"
 #ifdef DSPARK_HAVE_SERVER
+#include "profile.h"
+#include "scheduler.h"
 #include "server.h"
 
 typedef struct {
@@ -23,45 +25,38 @@ typedef struct {
     DrafterSource *sources;
     ProposalSource **src_ptrs;
     int n_sources;
-    /* verification policy: full, fixed:L, threshold:C */
-    int fixed_len;
-    double threshold;
+    /* verification policy (src/scheduler.h), calibration, SPS profile */
+    SchedPolicy pol;
+    Calibration cal;
+    Scheduler sched;
+    bool have_sched;
+    SpsProfile prof;
+    bool have_prof, refine_done;
+    int refined;
+    uint64_t idle_steps;   /* engine steps seen when the idle spell began */
+    double idle_since;
 } ServeCtx;
 
-/* fixed:L and threshold:C as an EngineScheduler (full = no scheduler) */
-static void choose_policy(void *ctx, int n_req, const float *const *conf, const int *n_drafted, int *len) {
-    const ServeCtx *x = ctx;
-    for (int i = 0; i < n_req; i++) {
-        int L = n_drafted[i];
-        if (x->fixed_len >= 0 && L > x->fixed_len) L = x->fixed_len;
-        if (x->threshold > 0)
-            for (int j = 0; j < L; j++)
-                if (1.0 / (1.0 + exp(-(double)conf[i][j])) < x->threshold) { L = j; break; }
-        len[i] = L;
+/* idle engine thread: refine the SPS profile one size at a time, save when complete */
+static void on_idle(void *p) {
+    ServeCtx *x = p;
+    if (!x->have_prof || x->refine_done) return;
+    uint64_t steps = engine_stats(&x->engine).steps;
+    if (steps != x->idle_steps || x->idle_since == 0) { x->idle_steps = steps; x->idle_since = ds_now(); }
+    if (ds_now() - x->idle_since < 1.0) return; /* only after a second without requests */
+    char err[DS_ERR_LEN];
+    ds_status rc;
+    bool more = profile_refine_one(&x->prof, err, &rc);
+    if (more) x->refined++;
+    if (rc) { fprintf(stderr, "dspark serve: SPS refine: %s\n", err); x->refine_done = true; return; }
+    if (!more || x->refined % 32 == 0) {
+        if (profile_save_cache(&x->prof, err)) fprintf(stderr, "dspark serve: SPS profile: %s\n", err);
     }
-}
-
-static int parse_policy(ServeCtx *x) {
-    x->fixed_len = -1;
-    x->threshold = 0;
-    const char *p = x->policy;
-    char *end;
-    if (strcmp(p, "full") == 0) return 0;
-    if (strncmp(p, "fixed:", 6) == 0) {
-        long v = strtol(p + 6, &end, 10);
-        if (*end || end == p + 6 || v < 0 || v > 64) goto bad;
-        x->fixed_len = (int)v;
-        return 0;
+    if (!more) {
+        x->refine_done = true;
+        profile_release_runner(&x->prof);
+        if (x->refined) fprintf(stderr, "dspark serve: SPS profile refined while idle: %d sizes measured, saved to %s\n", x->prof.n_measured, x->prof.path);
     }
-    if (strncmp(p, "threshold:", 10) == 0) {
-        double v = strtod(p + 10, &end);
-        if (*end || end == p + 10 || !(v >= 0 && v <= 1)) goto bad;
-        x->threshold = v;
-        return 0;
-    }
-bad:
-    fprintf(stderr, "dspark serve: --policy '%s': expected full, fixed:L (0..64) or threshold:C (0..1)\n", p);
-    return 2;
 }
 
 static int load(void *p, Engine **engine, const Tokenizer **tok) {
@@ -89,7 +84,34 @@ static int load(void *p, Engine **engine, const Tokenizer **tok) {
             x->src_ptrs[i] = &x->sources[i].src;
         }
         ec.sources = x->src_ptrs;
-        if (x->fixed_len >= 0 || x->threshold > 0) ec.sched = (EngineScheduler){choose_policy, x};
+        if (calib_load(x->draft, &x->cal, err)) goto fail;
+        if (x->cal.loaded) fprintf(stderr, "dspark serve: calibrated confidences from %s/calibration.json\n", x->draft);
+        ec.calib = &x->cal;
+        if (x->pol.bypass && !x->drafter.cfg.enable_confidence_head) {
+            fprintf(stderr, "dspark serve: note: the drafter has no confidence head: draft bypass off\n");
+            x->pol.bypass = false;
+        }
+        if (sched_policy_needs_sps(&x->pol) || x->pol.bypass) {
+            int pctx = ctx - x->batch_tokens - 2 < 256 ? ctx - x->batch_tokens - 2 : 256;
+            if (pctx < 0) pctx = 0;
+            if (profile_init(&x->prof, &x->m, &x->drafter, x->batch_tokens, pctx, err)) goto fail;
+            x->have_prof = true;
+            if (profile_get(&x->prof, 15, stderr, err)) goto fail;
+            x->cfg->on_idle = on_idle;
+            x->cfg->idle_ctx = x;
+        }
+        if (x->pol.kind != SCHED_FULL) {
+            SpsCurve sps = x->have_prof ? profile_curve(&x->prof) : (SpsCurve){0};
+            if (sched_init(&x->sched, &x->pol, &x->cal, sps, x->slots, x->drafter.cfg.block_size, err)) goto fail;
+            x->have_sched = true;
+            if (x->have_prof) x->sched.draft_s = x->prof.draft_s; /* the step drafts too: part of its time */
+            ec.sched = (EngineScheduler){sched_choose, &x->sched};
+        }
+        if (x->pol.bypass) {
+            ec.bypass_draft_s = x->prof.draft_s;
+            ec.sps = profile_curve(&x->prof);
+            fprintf(stderr, "dspark serve: draft bypass on: drafting one request costs %.3f ms\n", x->prof.draft_s * 1e3);
+        }
         if (ec.max_batch_tokens < x->slots * (x->drafter.cfg.block_size + 1))
             fprintf(stderr, "dspark serve: note: --batch-tokens %d < slots x (block + 1) = %d: some requests verify fewer drafts\n",
                     ec.max_batch_tokens, x->slots * (x->drafter.cfg.block_size + 1));
@@ -117,7 +139,7 @@ int cmd_serve(int argc, char **argv) {
     ArgSpec specs[] = {
         {"--model", ARG_STR, &x.model, "DIR", "target model directory", 0, -1},
         {"--draft", ARG_STR, &x.draft, "DIR", "DSpark/DFlash drafter (speculative decoding)", 0, -1},
-        {"--policy", ARG_STR, &x.policy, "P", "verification length: full, fixed:L, threshold:C (default full)", 0, -1},
+        {"--policy", ARG_STR, &x.policy, "P", "verification length: full, fixed:L, threshold:C, alg1, async; +bypass skips drafting hopeless requests (default full)", 0, -1},
         {"--host", ARG_STR, &cfg.host, "ADDR", "IPv4 address to bind (default 127.0.0.1: loopback only)", 0, -1},
         {"--port", ARG_INT, &cfg.port, "N", "TCP port (default 8000)", 1, 65535},
         {"--model-name", ARG_STR, &name, "NAME", "model id reported by /v1/models (default: the directory name)", 0, -1},
@@ -135,7 +157,9 @@ int cmd_serve(int argc, char **argv) {
     if (rc) return rc == 1 ? 0 : 2;
     if (!x.model) { fprintf(stderr, "dspark serve: --model is required (see --help)\n"); return 2; }
     if (x.batch_tokens < x.slots) { fprintf(stderr, "dspark serve: --batch-tokens must be >= --slots\n"); return 2; }
-    if (parse_policy(&x)) return 2;
+    char perr[DS_ERR_LEN], pname[64];
+    if (sched_policy_parse(x.policy, "--policy", &x.pol, perr)) { fprintf(stderr, "dspark serve: %s\n", perr); return 2; }
+    cfg.policy_name = sched_policy_format(&x.pol, pname, sizeof pname);
     if (!x.draft && strcmp(x.policy, "full") != 0) { fprintf(stderr, "dspark serve: --policy needs --draft\n"); return 2; }
     if (!name) {
         const char *slash = strrchr(x.model, '/');
@@ -145,6 +169,8 @@ int cmd_serve(int argc, char **argv) {
     cfg.max_body_bytes = (size_t)max_body_kb * 1024;
     int status = server_run(&cfg, load, &x);
     if (x.engine.model) engine_free(&x.engine);
+    if (x.have_sched) sched_free(&x.sched);
+    if (x.have_prof) profile_free(&x.prof);
     for (int i = 0; i < x.n_sources; i++) spec_drafter_source_free(&x.sources[i]);
     ds_free(x.sources);
     ds_free(x.src_ptrs);

@@ -17,6 +17,7 @@ ds_status gen_spec_run(SpecDecoder *sd, const int32_t *prompt, int n_prompt, con
         p.on_token = o->on_token;
         p.user = o->user;
         if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
+        if (o->policy.choose) p.policy = o->policy;
         int n = 0;
         SpecStats st;
         ds_status rc = spec_generate(sd, prompt, n_prompt, &p, buf, &n, &st, err);

@@ -15,6 +15,7 @@ typedef struct {
     int max_new;
     int num_samples;            /* sample i seeded with ds_hash64(seed, i) (i = 0 uses seed itself when N == 1) */
     float confidence_threshold; /* 0: verify the full block */
+    VerifyLenPolicy policy;     /* when choose != NULL: the verification length (`--policy`), over the threshold */
     int32_t stop_ids[SPEC_MAX_STOP];
     int n_stop;
     /* called once per sample with its generated ids (NULL: nothing) */

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <jansson.h>
 #include <microhttpd.h>
+#include <omp.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -418,7 +419,7 @@ static enum MHD_Result handle_completion(struct MHD_Connection *c, const char *b
 
 static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
     EngineStats st = engine_stats(S.engine);
-    char buf[2048];
+    char buf[4096];
     int n = snprintf(buf, sizeof buf,
                      "# TYPE dspark_requests_total counter\ndspark_requests_total %llu\n"
                      "# TYPE dspark_http_requests_total counter\ndspark_http_requests_total %llu\n"
@@ -432,12 +433,16 @@ static enum MHD_Result handle_metrics(struct MHD_Connection *c) {
                      "# TYPE dspark_rounds_total counter\ndspark_rounds_total %llu\n"
                      "# TYPE dspark_drafts_verified_total counter\ndspark_drafts_verified_total %llu\n"
                      "# TYPE dspark_tau gauge\ndspark_tau %.4f\n"
-                     "# TYPE dspark_verify_len_mean gauge\ndspark_verify_len_mean %.4f\n",
+                     "# TYPE dspark_verify_len_mean gauge\ndspark_verify_len_mean %.4f\n"
+                     "# TYPE dspark_rounds_bypassed_total counter\ndspark_rounds_bypassed_total %llu\n"
+                     "# TYPE dspark_policy_info gauge\ndspark_policy_info{policy=\"%s\"} 1\n",
                      (unsigned long long)st.requests_finished, (unsigned long long)S.http_requests, (unsigned long long)S.http_errors,
                      (unsigned long long)st.tokens_generated, (unsigned long long)st.prompt_tokens, (unsigned long long)st.steps,
                      st.step_seconds_total, st.active, st.waiting, (unsigned long long)st.rounds,
                      (unsigned long long)st.drafts_verified, st.rounds ? (double)st.tokens_generated / st.rounds : 0.0,
-                     st.rounds ? (double)st.drafts_verified / st.rounds : 0.0);
+                     st.rounds ? (double)st.drafts_verified / st.rounds : 0.0, (unsigned long long)st.rounds_bypassed,
+                     S.cfg.policy_name ? S.cfg.policy_name : "none");
+    if (n < 0 || n >= (int)sizeof buf) n = (int)sizeof buf - 1;
     struct MHD_Response *resp = MHD_create_response_from_buffer((size_t)n, buf, MHD_RESPMEM_MUST_COPY);
     MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4");
     enum MHD_Result ret = MHD_queue_response(c, 200, resp);
@@ -503,6 +508,9 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 static void *engine_thread(void *arg) {
     (void)arg;
     char err[DS_ERR_LEN];
+    /* OpenMP's thread count is per calling thread: without this the engine thread ignores
+     * --threads and runs a team of every core (on a shared 2-core machine: 10-100x slower) */
+    if (S.engine->model->be->n_threads > 0) omp_set_num_threads(S.engine->model->be->n_threads);
     double drain_start = 0;
     for (;;) {
         EngineStats st = engine_stats(S.engine);
@@ -514,7 +522,9 @@ static void *engine_thread(void *arg) {
             drain_start = ds_now();
         }
         engine_wait_work(S.engine, 0.05);
-        if (engine_step(S.engine, err) < 0) fprintf(stderr, "dspark serve: engine: %s\n", err);
+        int progressed = engine_step(S.engine, err);
+        if (progressed < 0) fprintf(stderr, "dspark serve: engine: %s\n", err);
+        if (progressed == 0 && !S.stop && S.cfg.on_idle) S.cfg.on_idle(S.cfg.idle_ctx);
     }
     return NULL;
 }

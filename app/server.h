@@ -17,6 +17,11 @@ typedef struct {
     SamplerParams sampler;     /* defaults when a request gives none */
     int32_t stop_ids[16];
     int n_stop;
+    /* optional: called on the engine thread while no request is running (e.g. refining the
+     * SPS profile one size at a time); keep each call short */
+    void (*on_idle)(void *ctx);
+    void *idle_ctx;
+    const char *policy_name;   /* what /metrics reports as dspark_policy_info (NULL: none) */
 } ServerConfig;
 
 /* Loads the model after the socket is open (so /health can answer 503 meanwhile). Returns 0

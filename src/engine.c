@@ -56,10 +56,16 @@ ds_status engine_init(Engine *e, Qwen3Model *m, const EngineConfig *cfg, char *e
     e->conf_ptrs = ds_calloc((size_t)S, sizeof(float *));
     e->pt = ds_malloc(sizeof(float) * (size_t)(B + 1) * V);
     e->resid = ds_malloc(sizeof(float) * V);
+    e->slot_gain = ds_calloc((size_t)S, sizeof(float));
+    e->slot_vlen = ds_calloc((size_t)S, sizeof(float));
+    e->surv_tmp = ds_calloc((size_t)B + 1, sizeof(float));
+    e->slot_bypass_run = ds_calloc((size_t)S, sizeof(int));
+    if (cfg->calib) e->calib = *cfg->calib; else calib_identity(&e->calib);
+    if (e->cfg.bypass_probe_every <= 0) e->cfg.bypass_probe_every = 8;
     if (!e->slots || !e->b_tokens || !e->b_pos || !e->b_slot || !e->b_rows || !e->b_row_req || !e->probs || !e->slot_tokens ||
         !e->slot_q || !e->slot_drafts || !e->slot_conf || !e->slot_avail || !e->slot_len || !e->slot_row0 || !e->slot_prefill_row0 ||
         !e->slot_prefill_n || !e->slot_prefill_pos || !e->slot_src_broken || !e->conf_ptrs || !e->pt || !e->resid ||
-        sample_scratch_init(&e->scratch, V, err)) {
+        !e->slot_gain || !e->slot_vlen || !e->surv_tmp || !e->slot_bypass_run || sample_scratch_init(&e->scratch, V, err)) {
         engine_free(e);
         return ds_err(err, DS_ENOMEM, "engine: out of memory");
     }
@@ -76,6 +82,7 @@ void engine_free(Engine *e) {
     ds_free(e->slot_tokens); ds_free(e->slot_q); ds_free(e->slot_drafts); ds_free(e->slot_conf); ds_free(e->slot_avail);
     ds_free(e->slot_len); ds_free(e->slot_row0); ds_free(e->slot_prefill_row0); ds_free(e->slot_prefill_n);
     ds_free(e->slot_prefill_pos); ds_free(e->slot_src_broken); ds_free(e->conf_ptrs); ds_free(e->pt); ds_free(e->resid);
+    ds_free(e->slot_gain); ds_free(e->slot_vlen); ds_free(e->surv_tmp); ds_free(e->slot_bypass_run);
     sample_scratch_free(&e->scratch);
     if (e->model) { pthread_mutex_destroy(&e->lock); pthread_cond_destroy(&e->wake); }
     memset(e, 0, sizeof *e);
@@ -156,6 +163,8 @@ static void admit(Engine *e) {
         memcpy(e->slot_tokens + (size_t)s * (e->cfg.max_ctx + e->block + 1), r->prompt, sizeof(int32_t) * (size_t)r->n_prompt);
         r->n_committed = r->n_prompt;
         e->slot_src_broken[s] = false;
+        e->slot_gain[s] = e->slot_vlen[s] = (float)e->block; /* optimistic until measured: a new request drafts */
+        e->slot_bypass_run[s] = 0;
         if (e->cfg.sources) e->cfg.sources[s]->reset(e->cfg.sources[s]->self);
     }
     while (cancelled) {
@@ -212,6 +221,23 @@ static ds_status draft(Engine *e, EngineRequest *r, int s, char *err) {
     return DS_OK;
 }
 
+/* Draft bypass: is request s's expected gain worth less than drafting it (engine.h)? */
+static bool bypass_round(Engine *e, int s, double t_plain, double t_verify) {
+    if (!(e->cfg.bypass_draft_s > 0) || !e->cfg.sps.at || e->slot_src_broken[s]) return false;
+    if (e->slot_bypass_run[s] >= e->cfg.bypass_probe_every) return false; /* re-probe */
+    return e->slot_gain[s] * t_plain < e->cfg.bypass_draft_s + e->slot_vlen[s] * t_verify;
+}
+
+/* forward seconds per plain-decoded token and per extra verified token, from the profile */
+static void bypass_prices(const Engine *e, int n_dec, double *t_plain, double *t_verify) {
+    *t_plain = *t_verify = 0;
+    if (!(e->cfg.bypass_draft_s > 0) || !e->cfg.sps.at || n_dec < 1) return;
+    double base = 1.0 / e->cfg.sps.at(e->cfg.sps.ctx, n_dec), span = (double)n_dec * (e->block > 0 ? e->block : 1);
+    *t_plain = base / n_dec;
+    *t_verify = (1.0 / e->cfg.sps.at(e->cfg.sps.ctx, n_dec + (int)span) - base) / span;
+    if (*t_verify < 0) *t_verify = 0;
+}
+
 int engine_step(Engine *e, char *err) {
     admit(e);
     const int T = e->cfg.max_batch_tokens, V = e->model->cfg.vocab_size, S = e->cfg.n_slots;
@@ -223,11 +249,22 @@ int engine_step(Engine *e, char *err) {
     }
     /* 1. drafts for every decoding request, then the verification lengths */
     int n_req = 0, req_slot[1024], req_avail[1024], req_len[1024];
+    uint64_t bypassed = 0;
+    double t_plain = 0, t_verify = 0;
+    if (e->cfg.sources && e->cfg.bypass_draft_s > 0) {
+        int n_dec = 0;
+        for (int s = 0; s < S; s++) n_dec += e->slots[s] && e->slots[s]->n_prefilled == e->slots[s]->n_prompt;
+        bypass_prices(e, n_dec, &t_plain, &t_verify);
+    }
     for (int s = 0; s < S; s++) {
         EngineRequest *r = e->slots[s];
         e->slot_len[s] = -1; /* not verified this step */
         if (!r || r->n_prefilled < r->n_prompt) continue;
-        if (e->cfg.sources && draft(e, r, s, err)) {
+        if (e->cfg.sources && bypass_round(e, s, t_plain, t_verify)) {
+            e->slot_avail[s] = 0; /* plain decoding step: exact, and the anchor still feeds the drafter */
+            e->slot_bypass_run[s]++;
+            bypassed++;
+        } else if (e->cfg.sources && draft(e, r, s, err)) {
             /* a failing drafter must not fail the request: continue it without drafts */
             e->slot_src_broken[s] = true;
             e->slot_avail[s] = 0;
@@ -251,6 +288,14 @@ int engine_step(Engine *e, char *err) {
         if (L > e->cfg.max_ctx - r->n_committed) L = e->cfg.max_ctx - r->n_committed;
         if (L > T - n - 1) L = T - n - 1;
         if (L < 0) L = 0;
+        if (req_avail[i] > 0) { /* drafted: update the expected gain from the verified slots' survivals */
+            calib_survival(&e->calib, e->conf_ptrs[i], L, e->surv_tmp);
+            float g = 0;
+            for (int j = 0; j < L; j++) g += e->surv_tmp[j];
+            e->slot_gain[s] = 0.7f * e->slot_gain[s] + 0.3f * g;
+            e->slot_vlen[s] = 0.7f * e->slot_vlen[s] + 0.3f * (float)L;
+            e->slot_bypass_run[s] = 0;
+        }
         const int start = r->n_committed - 1;
         const int32_t *tokens = e->slot_tokens + (size_t)s * stride;
         e->slot_len[s] = L;
@@ -347,6 +392,7 @@ int engine_step(Engine *e, char *err) {
     e->stats.tokens_generated += committed;
     e->stats.rounds += rounds;
     e->stats.drafts_verified += drafts_verified;
+    e->stats.rounds_bypassed += bypassed;
     e->stats.prompt_tokens += (uint64_t)n_prefill_tok;
     e->stats.steps++;
     e->stats.step_seconds_total += ds_now() - t0;

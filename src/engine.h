@@ -16,7 +16,9 @@
 
 #include <pthread.h>
 
+#include "calib.h"
 #include "qwen3.h"
+#include "scheduler.h"
 #include "sample.h"
 #include "spec.h"
 
@@ -69,12 +71,25 @@ typedef struct {
      * must want the same target feature layers and block size */
     ProposalSource **sources;
     EngineScheduler sched;
+    /* draft bypass (beyond the paper): request r skips drafting this round and decodes one
+     * token plainly when its expected gain g (EMA of the calibrated survival sums of its
+     * verified drafts) bought at plain decoding's price of time is worth less than what
+     * drafting costs:  g x t_plain < bypass_draft_s + L x t_verify, with L its (EMA) verified
+     * length, t_plain = step(R)/R the forward time per token of plain decoding of the R
+     * decoding requests and t_verify the marginal forward time of a verified token, both
+     * from the SPS profile (sps). Its verified tokens still feed its drafter, and after
+     * bypass_probe_every bypassed rounds it drafts again to re-measure. 0 = never bypass. */
+    double bypass_draft_s;
+    int bypass_probe_every;     /* 0: 8 */
+    const Calibration *calib;   /* for the gain (NULL: identity temperatures) */
+    SpsCurve sps;               /* forward steps/s by batch size (profile.h); needed for the bypass */
 } EngineConfig;
 
 typedef struct {
     uint64_t requests_finished, tokens_generated, prompt_tokens, steps;
     uint64_t rounds;           /* request-rounds: a request verified once (tau = tokens / rounds) */
     uint64_t drafts_verified;  /* draft tokens sent to verification (mean verify length) */
+    uint64_t rounds_bypassed;  /* request-rounds decoded without drafting (draft bypass) */
     double step_seconds_total;
     int active, waiting;
 } EngineStats;
@@ -103,6 +118,10 @@ typedef struct {
     const float **conf_ptrs;             /* [n_slots] for the scheduler */
     float *pt, *resid;                   /* [block+1][V], [V] */
     SampleScratch scratch;
+    /* draft bypass, per slot: EMA of expected accepted drafts, consecutive bypassed rounds */
+    Calibration calib;
+    float *slot_gain, *slot_vlen, *surv_tmp;
+    int *slot_bypass_run;
     EngineStats stats;
     volatile int stopping;
 } Engine;

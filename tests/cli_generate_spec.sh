@@ -27,4 +27,15 @@ check "compare prints speedup" 'grep "speedup" "$T/cmp.err"'
 check "--compare without --draft is a usage error" '[ $rc -eq 2 ]'
 "$B" generate --model "$D/target" --draft "$D/draft-rnn" --prompt-ids $P --confidence-threshold 2 >/dev/null 2>&1; rc=$?
 check "threshold out of range" '[ $rc -eq 2 ]'
+# --policy: every verification policy keeps greedy output (alg1/async measure an SPS profile
+# into their own cache directory first); bad names are usage errors naming the flag
+for pol in full fixed:1 threshold:0.5 alg1 async; do
+  spec=$(XDG_CACHE_HOME="$T/cache" "$B" generate --model "$D/target" --draft "$D/draft-gated" --prompt-ids $P -n 30 --temp 0 --print-ids --threads 1 --policy $pol 2>"$T/pol.err")
+  check "greedy --policy $pol == plain" '[ "$spec" == "$plain" ]'
+done
+check "alg1 measured an SPS profile" 'ls "$T"/cache/dspark/sps-*.json >/dev/null'
+"$B" generate --model "$D/target" --draft "$D/draft-gated" --prompt-ids $P --policy alg2 >/dev/null 2>"$T/bad.err"; rc=$?
+check "--policy alg2 is a usage error naming the flag" '[ $rc -eq 2 ] && grep -q -- "--policy" "$T/bad.err" && [ $(wc -l < "$T/bad.err") -eq 1 ]'
+"$B" generate --model "$D/target" --draft "$D/draft-gated" --prompt-ids $P --policy alg1+bypass >/dev/null 2>&1; rc=$?
+check "--policy +bypass is for serve" '[ $rc -eq 2 ]'
 exit $fail

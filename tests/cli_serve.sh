@@ -50,4 +50,28 @@ fetch(base + "/v1/completions", {method: "POST", body: JSON.stringify({prompt: e
     if (!(d > 0)) { console.log("FAIL no drafts verified"); process.exit(1); } console.log("speculative server ok, drafts verified " + d); })
   .catch(err => { console.log("FAIL " + err); process.exit(1); });' "http://127.0.0.1:$PORT2" "$TMP/expect.json" || rc=1
 kill -TERM $PID2; wait $PID2 || { echo "FAIL speculative server exit status"; cat "$TMP/server2.log"; rc=1; }
+# and through the hardware-aware scheduler with the draft bypass (the trained drafter has a
+# confidence head): a first start measures the SPS profile coarsely into its own cache dir
+for POL in alg1+bypass async; do
+PORT3=$((PORT + 2))
+XDG_CACHE_HOME="$TMP/cache" "$BIN" serve --model "$MODEL" --draft "$DATA/trained-draft" --policy $POL --port $PORT3 --slots 2 \
+  --batch-tokens 32 --ctx 512 2> "$TMP/server3.log" &
+PID2=$!
+for i in $(seq 1 300); do
+  if node -e "fetch('http://127.0.0.1:$PORT3/health').then(r=>process.exit(r.status==200?0:1)).catch(()=>process.exit(1))"; then break; fi
+  sleep 0.1
+done
+node -e '
+const fs = require("fs"); const [base, exp, pol] = process.argv.slice(1); const e = JSON.parse(fs.readFileSync(exp, "utf8"));
+fetch(base + "/v1/completions", {method: "POST", body: JSON.stringify({prompt: e.prompt, max_tokens: e.n, temperature: 0})})
+  .then(r => r.json()).then(j => { if (j.choices[0].text !== e.completion) { console.log("FAIL " + pol + " server text differs"); process.exit(1); }
+    return fetch(base + "/metrics"); }).then(r => r.text()).then(m => {
+    if (!m.includes("dspark_policy_info{policy=\"" + pol + "\"} 1") || !/\ndspark_rounds_bypassed_total \d+/.test(m)) {
+      console.log("FAIL /metrics lacks the policy or the bypass counter"); process.exit(1); }
+    console.log(pol + " server ok"); })
+  .catch(err => { console.log("FAIL " + err); process.exit(1); });' "http://127.0.0.1:$PORT3" "$TMP/expect.json" "$POL" || rc=1
+kill -TERM $PID2; wait $PID2 || { echo "FAIL $POL server exit status"; cat "$TMP/server3.log"; rc=1; }
+grep -q "SPS profile" "$TMP/server3.log" || { echo "FAIL no SPS profile line"; cat "$TMP/server3.log"; rc=1; }
+done
+ls "$TMP"/cache/dspark/sps-*.json > /dev/null || { echo "FAIL no cached SPS profile"; rc=1; }
 exit $rc

@@ -3,7 +3,7 @@
  * Greedy: every request's tokens equal plain greedy decoding alone. Sampling: every request's
  * tokens equal spec_generate of the same request alone (same seed, same proposal source),
  * so batching changes nothing. With a real DSpark drafter and with scheduler policies that
- * verify fewer drafts (fixed 1, none).
+ * verify fewer drafts (fixed 1, none), and with the draft bypass skipping most drafting rounds.
  * ctest: labels=unit;spec */
 #include "engine.h"
 #include "spec_testing.h"
@@ -16,6 +16,9 @@ static bool on_tok(void *u, int32_t t, bool s) { Sink *k = u; (void)s; if (k->n 
 static void on_fin(void *u, FinishReason r) { Sink *k = u; (void)r; k->finished++; }
 
 static int32_t g_prompts[NR][40];
+static double g_bypass_s;   /* EngineConfig.bypass_draft_s of run_engine (0: off) */
+static int g_probe_every;
+static double flat_sps(void *ctx, int tokens) { (void)ctx; (void)tokens; return 1000.0; }
 static int g_plen[NR];
 
 static void make_prompts(void) {
@@ -28,7 +31,9 @@ static void make_prompts(void) {
 static void run_engine(ProposalSource **srcs, int n_slots, EngineScheduler sched, float temp, Sink *sink, EngineStats *stats) {
     char err[DS_ERR_LEN];
     Engine e;
-    EngineConfig cfg = {.n_slots = n_slots, .max_ctx = CTX - 16, .max_batch_tokens = 40, .sources = srcs, .sched = sched};
+    EngineConfig cfg = {.n_slots = n_slots, .max_ctx = CTX - 16, .max_batch_tokens = 40, .sources = srcs, .sched = sched,
+                        .bypass_draft_s = g_bypass_s, .bypass_probe_every = g_probe_every,
+                        .sps = {flat_sps, NULL}};
     CHECK_OK(engine_init(&e, &g_t, &cfg, err), err);
     EngineRequest req[NR];
     for (int i = 0; i < NR; i++) {
@@ -123,12 +128,51 @@ static void test_real_drafter(void) {
     drafter_free(&d);
 }
 
+/* Draft bypass: with drafting priced absurdly high every request skips drafting except on
+ * the periodic re-probes; greedy outputs still equal plain greedy, bypassed rounds are
+ * counted, and the probes still draft and get drafts accepted, which needs the drafter's
+ * context to have been fed through the bypassed rounds (DrafterSource refuses to draft
+ * when its cache does not end at the anchor). */
+static void test_bypass_lossless(void) {
+    char err[DS_ERR_LEN];
+    Drafter d;
+    CHECK_OK(drafter_load(&d, test_data("trained-draft"), &g_t, g_be, err), err);
+    DrafterSource ds[3];
+    ProposalSource *srcs[3];
+    for (int i = 0; i < 3; i++) { CHECK_OK(spec_drafter_source_init(&ds[i], &d, CTX, 40, err), err); srcs[i] = &ds[i].src; }
+    Sink sink[NR];
+    EngineStats st_off, st_on;
+    run_engine(srcs, 3, (EngineScheduler){0}, 0.0f, sink, &st_off);
+    g_bypass_s = 1e9;
+    g_probe_every = 3;
+    run_engine(srcs, 3, (EngineScheduler){0}, 0.0f, sink, &st_on);
+    g_bypass_s = 0;
+    g_probe_every = 0;
+    for (int i = 0; i < NR; i++) {
+        int32_t ref[64];
+        int n = plain_greedy(g_prompts[i], g_plen[i], MAXNEW, NULL, 0, ref);
+        CHECK_MSG(n == sink[i].n && memcmp(ref, sink[i].out, sizeof(int32_t) * n) == 0, "request %d: bypassed engine != plain greedy", i);
+    }
+    uint64_t drafted = st_on.rounds - st_on.rounds_bypassed;
+    fprintf(stderr, "  no bypass: %llu rounds, %llu drafts verified; bypass: %llu rounds, %llu bypassed, %llu drafted, %llu drafts verified\n",
+            (unsigned long long)st_off.rounds, (unsigned long long)st_off.drafts_verified, (unsigned long long)st_on.rounds,
+            (unsigned long long)st_on.rounds_bypassed, (unsigned long long)drafted, (unsigned long long)st_on.drafts_verified);
+    CHECK(st_off.rounds_bypassed == 0);
+    CHECK_MSG(st_on.rounds_bypassed > 0 && drafted > 0 && st_on.rounds_bypassed >= 2 * drafted,
+              "expected mostly bypassed rounds with periodic probes: %llu bypassed, %llu drafted",
+              (unsigned long long)st_on.rounds_bypassed, (unsigned long long)drafted);
+    CHECK_MSG(st_on.drafts_verified > 0 && st_on.tokens_generated > st_on.rounds + NR, "probes after bypassed rounds accepted no drafts");
+    for (int i = 0; i < 3; i++) spec_drafter_source_free(&ds[i]);
+    drafter_free(&d);
+}
+
 int main(void) {
     spec_testing_load();
     make_prompts();
     RUN(test_greedy_noisy);
     RUN(test_sampled_equals_alone);
     RUN(test_real_drafter);
+    RUN(test_bypass_lossless);
     spec_testing_free();
     return test_summary();
 }
