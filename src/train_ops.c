@@ -130,20 +130,34 @@ void top_rope_bwd(float *d_x, const int32_t *pos, int N, int H, int hd, float th
 /* ---- SwiGLU ---- */
 
 void top_swiglu_fwd(float *out, const float *gate, const float *up, size_t n) {
-    #pragma omp parallel for schedule(static) if (n > 65536)
+    #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
-        out[i] = (g / (1.0f + expf(-g))) * up[i];
+        out[i] = (g / (1.0f + top_expf(-g))) * up[i];
     }
 }
 
 /* silu(g) = g s, s = sigmoid(g); silu'(g) = s (1 + g (1 - s)) */
 void top_swiglu_bwd(float *d_gate, float *d_up, const float *d_out, const float *gate, const float *up, size_t n) {
-    #pragma omp parallel for schedule(static) if (n > 65536)
-    for (size_t i = 0; i < n; i++) {
-        float g = gate[i], s = 1.0f / (1.0f + expf(-g));
-        if (d_up) d_up[i] += d_out[i] * (g * s);
-        if (d_gate) d_gate[i] += d_out[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
+    if (d_up && d_gate) { /* loops without a branch inside, so that they vectorise */
+        #pragma omp parallel for simd schedule(static) if (n > 65536)
+        for (size_t i = 0; i < n; i++) {
+            float g = gate[i], s = 1.0f / (1.0f + top_expf(-g));
+            d_up[i] += d_out[i] * (g * s);
+            d_gate[i] += d_out[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
+        }
+    } else if (d_up) {
+        #pragma omp parallel for simd schedule(static) if (n > 65536)
+        for (size_t i = 0; i < n; i++) {
+            float g = gate[i];
+            d_up[i] += d_out[i] * (g * (1.0f / (1.0f + top_expf(-g))));
+        }
+    } else if (d_gate) {
+        #pragma omp parallel for simd schedule(static) if (n > 65536)
+        for (size_t i = 0; i < n; i++) {
+            float g = gate[i], s = 1.0f / (1.0f + top_expf(-g));
+            d_gate[i] += d_out[i] * up[i] * (s * (1.0f + g * (1.0f - s)));
+        }
     }
 }
 
