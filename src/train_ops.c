@@ -105,13 +105,35 @@ static void rope(float *x, const int32_t *pos, int N, int H, int hd, float theta
     DS_ASSERT(hd % 2 == 0 && half <= 512);
     /* transformers: inv_freq = 1 / theta^(arange(0, hd, 2) / hd) in float32, as backend_cpu.c */
     for (int j = 0; j < half; j++) inv_freq[j] = 1.0f / powf(theta, (float)(2 * j) / (float)hd);
+    /* when positions repeat (a batch of sequences), cos and sin once per position: a table */
+    int P = 0;
+    for (int i = 0; i < N; i++) {
+        DS_ASSERT(pos[i] >= 0);
+        P = pos[i] >= P ? pos[i] + 1 : P;
+    }
+    float *tab = P < N ? ds_malloc(sizeof(float) * 2 * (size_t)P * half) : NULL; /* [P][cos half | sin half] */
+    if (tab) {
+        #pragma omp parallel for schedule(static) if (P >= 16)
+        for (int p = 0; p < P; p++)
+            for (int j = 0; j < half; j++) {
+                float f = (float)p * inv_freq[j];
+                tab[(size_t)p * 2 * half + j] = cosf(f);
+                tab[(size_t)p * 2 * half + half + j] = sign * sinf(f);
+            }
+    }
     #pragma omp parallel for schedule(static) if (N >= 16)
     for (int i = 0; i < N; i++) {
-        float c[512], s[512];
-        for (int j = 0; j < half; j++) {
-            float f = (float)pos[i] * inv_freq[j];
-            c[j] = cosf(f);
-            s[j] = sign * sinf(f);
+        float cbuf[512], sbuf[512];
+        const float *c = cbuf, *s = sbuf;
+        if (tab) {
+            c = tab + (size_t)pos[i] * 2 * half;
+            s = c + half;
+        } else {
+            for (int j = 0; j < half; j++) {
+                float f = (float)pos[i] * inv_freq[j];
+                cbuf[j] = cosf(f);
+                sbuf[j] = sign * sinf(f);
+            }
         }
         for (int h = 0; h < H; h++) {
             float *v = x + ((size_t)i * H + h) * hd;
@@ -122,6 +144,7 @@ static void rope(float *x, const int32_t *pos, int N, int H, int hd, float theta
             }
         }
     }
+    ds_free(tab);
 }
 
 void top_rope_fwd(float *x, const int32_t *pos, int N, int H, int hd, float theta) { rope(x, pos, N, H, hd, theta, 1.0f); }

@@ -16,6 +16,7 @@
  *    analytic backward in double: 1e-5 of the largest gradient entry (measured 3e-7);
  *  - top_expf against double exp over [-87.3, 88]: relative 1.5e-7 (it measures 8.3e-8), the
  *    edges (-inf, underflow, overflow clamp, NaN), and a 1e-6 error the check must catch;
+ *  - RoPE over repeated positions (its per-position table) bit for bit one row at a time;
  *  - edge cases: a query with no keys (0 output, no gradient), Hq / Hkv = 2 grouping, a
  *    query with only its second range; and a wrong gradient that the FD check must catch.
  * Set DSPARK_TEST_VERBOSE=1 to print every FD error. */
@@ -238,6 +239,17 @@ static void test_rope(void) {
     top_rope_bwd(back, pos, N, H, hd, t.theta);
     CHECK_CLOSE("rope bwd(fwd(x)) == x", back, t.x, n, 1e-6f, 1e-6f);
     ds_free(t.out); ds_free(t.x); ds_free(t.c); ds_free(inf); ds_free(ref); ds_free(g); ds_free(back);
+    /* repeated positions (a batch of 8 sequences of 5) take the per-position table: the same
+     * bits as one row at a time, forward and backward */
+    int32_t bpos[40];
+    float *bx = rnd((size_t)40 * H * hd, -1, 1), *bx1 = copyf(bx, (size_t)40 * H * hd);
+    for (int sgn = 0; sgn < 2; sgn++) {
+        for (int i = 0; i < 40; i++) bpos[i] = 3 * (i % 5) + 1; /* positions 1 .. 13 */
+        (sgn ? top_rope_bwd : top_rope_fwd)(bx, bpos, 40, H, hd, t.theta);
+        for (int i = 0; i < 40; i++) (sgn ? top_rope_bwd : top_rope_fwd)(bx1 + (size_t)i * H * hd, &bpos[i], 1, H, hd, t.theta);
+        CHECK(same_bits(bx, bx1, (size_t)40 * H * hd));
+    }
+    ds_free(bx); ds_free(bx1);
 }
 
 /* ---- SwiGLU ---- */
