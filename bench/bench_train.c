@@ -12,18 +12,28 @@
  * Part 2 (with --target DIR, e.g. the Qwen3-0.6B-shaped weights bench_cpu writes): the
  * features of S tokens computed by the target's forward vs read back from a BF16 cache file
  * of the same features (what `train` would memory-map), per token; the cache's bytes per token
- * against DeepSpec's 6 + 12 x hidden. */
+ * against DeepSpec's 6 + 12 x hidden.
+ *
+ *   bench_train --lm [--micro B (8)] [--seq T (256)] [--steps N] [--threads N]
+ *
+ * LM mode (issue 5): the embedded default target's shape (scripts/default_model: 6 layers,
+ * hidden 192, 4/2 heads of 48, FFN 576, vocab 2048 tied), one train_lm_step (forward,
+ * loss, backward; no optimiser) over B x T random tokens per step; prints the best and the
+ * median step as tokens/s (the median says how noisy the machine was) and the best step's
+ * CPU time over all threads (tokens per CPU-second: what a shared machine distorts least). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <time.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "draft_init.h"
+#include "train_lm.h"
 #include "qwen3.h"
 #include "train_draft.h"
 
@@ -42,18 +52,66 @@ static float frand(uint64_t *s) {
     return (float)((double)(*s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
 
+/* this process's CPU time, all threads (on a shared machine it does not count time spent
+ * waiting for a core, which wall time does) */
+static double cpu_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int bench_lm(int B, int T, int steps, int threads) {
+    Qwen3Config c = {.vocab_size = 2048, .hidden_size = 192, .intermediate_size = 576, .n_layers = 6, .n_heads = 4,
+                     .n_kv_heads = 2, .head_dim = 48, .rms_norm_eps = 1e-6f, .rope_theta = 10000.0f,
+                     .tie_word_embeddings = true, .max_position_embeddings = 2048};
+    snprintf(c.architecture, sizeof c.architecture, "Qwen3ForCausalLM");
+    char err[DS_ERR_LEN];
+    TrainLM m;
+    if (train_lm_init(&m, &c, B, T, err)) { fprintf(stderr, "bench_train: %s\n", err); return 1; }
+    train_lm_init_weights(&m, 0.02f, 1);
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)B * (T + 1));
+    uint64_t s = 11;
+    for (size_t i = 0; i < (size_t)B * (T + 1); i++) tok[i] = (int32_t)((frand(&s) + 1) * 0.5f * (c.vocab_size - 1));
+    double *dt = malloc(sizeof(double) * 2 * (size_t)steps), *cpu = dt + steps, loss = 0;
+    for (int k = 0; k <= steps; k++) { /* step 0 warms up */
+        params_zero(&m.grads);
+        double a = ds_now(), ca = cpu_seconds();
+        loss = train_lm_step(&m, tok, B, 1.0f, true);
+        if (k > 0) dt[k - 1] = ds_now() - a, cpu[k - 1] = cpu_seconds() - ca;
+    }
+    qsort(dt, (size_t)steps, sizeof *dt, cmp_double);
+    qsort(cpu, (size_t)steps, sizeof *cpu, cmp_double);
+    double tokens = (double)B * T;
+    printf("lm step (default target shape, %d x %d tokens, %d threads, %d steps): best %.3f s = %.0f tokens/s, median %.3f s = %.0f "
+           "tokens/s; CPU time (all threads) best %.3f s = %.0f tokens per CPU-second (loss %.3f)\n",
+           B, T, threads, steps, dt[0], tokens / dt[0], dt[steps / 2], tokens / dt[steps / 2], cpu[0], tokens / cpu[0], loss);
+    free(dt); free(tok);
+    train_lm_free(&m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    int anchors = 16, seq = 512, steps = 3, threads = 0, hidden = 2560, layers = 5, vocab = 151936, ffn = 9728;
+    int lm = 0, micro = 8;
+    for (int i = 1; i < argc; i++) lm |= !strcmp(argv[i], "--lm");
+    int anchors = 16, seq = 0, steps = 3, threads = 0, hidden = 2560, layers = 5, vocab = 151936, ffn = 9728;
     const char *target_dir = NULL, *json = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             printf("usage: bench_train [--anchors A (16)] [--seq S (512)] [--steps N (3)] [--threads N] [--hidden D (2560)]\n"
-                   "                   [--layers L (5)] [--ffn F (9728)] [--vocab V (151936)] [--target DIR] [--json OUT]\n");
+                   "                   [--layers L (5)] [--ffn F (9728)] [--vocab V (151936)] [--target DIR] [--json OUT]\n"
+                   "       bench_train --lm [--micro B (8)] [--seq T (256)] [--steps N] [--threads N]\n");
             return 0;
         }
+        if (!strcmp(a, "--lm")) continue;
         if (!v) { fprintf(stderr, "bench_train: %s needs a value (see --help)\n", a); return 2; }
         if (!strcmp(a, "--anchors")) anchors = atoi(v);
+        else if (!strcmp(a, "--micro")) micro = atoi(v);
         else if (!strcmp(a, "--seq")) seq = atoi(v);
         else if (!strcmp(a, "--steps")) steps = atoi(v);
         else if (!strcmp(a, "--threads")) threads = atoi(v);
@@ -66,7 +124,7 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "bench_train: unknown flag %s (see --help)\n", a); return 2; }
         i++;
     }
-    if (anchors < 1 || seq < 16 || steps < 1 || hidden < 64 || layers < 1 || vocab < 16 || ffn < 1) {
+    if (anchors < 1 || (seq && seq < 16) || steps < 1 || hidden < 64 || layers < 1 || vocab < 16 || ffn < 1 || micro < 1) {
         fprintf(stderr, "bench_train: sizes must be positive (anchors >= 1, seq >= 16)\n");
         return 2;
     }
@@ -74,6 +132,8 @@ int main(int argc, char **argv) {
     if (threads > 0) omp_set_num_threads(threads);
     threads = omp_get_max_threads();
 #endif
+    if (lm) return bench_lm(micro, seq ? seq : 256, steps, threads);
+    if (!seq) seq = 512;
     char err[DS_ERR_LEN];
     /* ---- part 1: drafter training step ---- */
     Qwen3Config tc = {.vocab_size = vocab, .hidden_size = hidden, .intermediate_size = ffn, .n_layers = 36, .n_heads = hidden >= 80 ? hidden / 80 : 1,

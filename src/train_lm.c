@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOGIT_CHUNK 64 /* rows of vocabulary-sized logits at a time */
+#define LOGIT_CHUNK 256 /* rows of vocabulary-sized logits at a time */
 
 typedef struct {
     float *res, *ln1, *rstd1, *qlin, *klin, *q, *k, *v, *qrstd, *krstd, *att, *lse, *mid, *ln2, *rstd2, *gate, *up, *act;
@@ -123,6 +123,7 @@ static float *W(const ParamSet *p, int layer, int t) {
 }
 
 static void add_into(float *dst, const float *a, const float *b, size_t n) {
+    #pragma omp parallel for simd schedule(static) if (n > 65536)
     for (size_t i = 0; i < n; i++) dst[i] = a[i] + b[i];
 }
 
@@ -175,21 +176,31 @@ double train_lm_step(TrainLM *m, const int32_t *tokens, int n_seq, float grad_sc
     for (int r0 = 0; r0 < N; r0 += LOGIT_CHUNK) {
         int rows = N - r0 < LOGIT_CHUNK ? N - r0 : LOGIT_CHUNK;
         top_linear_fwd(a.logits, a.lnf + (size_t)r0 * d, lm_head, NULL, rows, d, V);
+        double row_loss[LOGIT_CHUNK];
+        /* rows in parallel, each in one fixed order; e = exp(z - max) lands in d_logits */
+        #pragma omp parallel for schedule(static)
         for (int i = 0; i < rows; i++) {
             const float *z = a.logits + (size_t)i * V;
-            float mx = z[0];
-            for (int v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+            float *e = a.d_logits + (size_t)i * V, mx = z[0];
+            #pragma omp simd reduction(max : mx)
+            for (int v = 0; v < V; v++) mx = z[v] > mx ? z[v] : mx;
             double sum = 0;
-            for (int v = 0; v < V; v++) sum += exp((double)z[v] - mx);
+            #pragma omp simd reduction(+ : sum)
+            for (int v = 0; v < V; v++) {
+                e[v] = top_expf(z[v] - mx);
+                sum += e[v];
+            }
             int y = targets[r0 + i];
-            loss += log(sum) + mx - z[y];
+            row_loss[i] = log(sum) + mx - z[y];
             if (grads_wanted) {
-                float *dz = a.d_logits + (size_t)i * V;
                 double scale = (double)grad_scale / N;
-                for (int v = 0; v < V; v++) dz[v] = (float)(exp((double)z[v] - mx) / sum * scale);
-                dz[y] -= (float)scale;
+                float f = (float)(scale / sum);
+                #pragma omp simd
+                for (int v = 0; v < V; v++) e[v] *= f;
+                e[y] -= (float)scale;
             }
         }
+        for (int i = 0; i < rows; i++) loss += row_loss[i];
         if (grads_wanted)
             top_linear_bwd(a.d_lnf + (size_t)r0 * d, g_head, NULL, a.d_logits, a.lnf + (size_t)r0 * d, lm_head, rows, d, V);
     }

@@ -11,6 +11,12 @@
  *  - gradients accumulate and NULL gradients are skipped;
  *  - the same bits with 1, 2 and 3 threads (attention's two backward schedules included),
  *    except sgemm (linear), which is only checked run to run at a fixed thread count;
+ *  - attention over many 64 x 64 tiles (random ranges, a causal batch whose sequences cross
+ *    tile edges, the drafter's layout) against the double reference's forward and its
+ *    analytic backward in double: 1e-5 of the largest gradient entry (measured 3e-7);
+ *  - top_expf against double exp over [-87.3, 88]: relative 1.5e-7 (it measures 8.3e-8), the
+ *    edges (-inf, underflow, overflow clamp, NaN), and a 1e-6 error the check must catch;
+ *  - RoPE over repeated positions (its per-position table) bit for bit one row at a time;
  *  - edge cases: a query with no keys (0 output, no gradient), Hq / Hkv = 2 grouping, a
  *    query with only its second range; and a wrong gradient that the FD check must catch.
  * Set DSPARK_TEST_VERBOSE=1 to print every FD error. */
@@ -233,6 +239,17 @@ static void test_rope(void) {
     top_rope_bwd(back, pos, N, H, hd, t.theta);
     CHECK_CLOSE("rope bwd(fwd(x)) == x", back, t.x, n, 1e-6f, 1e-6f);
     ds_free(t.out); ds_free(t.x); ds_free(t.c); ds_free(inf); ds_free(ref); ds_free(g); ds_free(back);
+    /* repeated positions (a batch of 8 sequences of 5) take the per-position table: the same
+     * bits as one row at a time, forward and backward */
+    int32_t bpos[40];
+    float *bx = rnd((size_t)40 * H * hd, -1, 1), *bx1 = copyf(bx, (size_t)40 * H * hd);
+    for (int sgn = 0; sgn < 2; sgn++) {
+        for (int i = 0; i < 40; i++) bpos[i] = 3 * (i % 5) + 1; /* positions 1 .. 13 */
+        (sgn ? top_rope_bwd : top_rope_fwd)(bx, bpos, 40, H, hd, t.theta);
+        for (int i = 0; i < 40; i++) (sgn ? top_rope_bwd : top_rope_fwd)(bx1 + (size_t)i * H * hd, &bpos[i], 1, H, hd, t.theta);
+        CHECK(same_bits(bx, bx1, (size_t)40 * H * hd));
+    }
+    ds_free(bx); ds_free(bx1);
 }
 
 /* ---- SwiGLU ---- */
@@ -422,6 +439,135 @@ static void test_attention_drafter_layout(void) {
     att_free(&t);
 }
 
+/* the backward of L = sum c . out in double, from att_ref's softmax: p, dp_ij = c_i . v_j,
+ * ds = p (dp - sum_j p dp), dq_i = scale sum_j ds k_j, dk_j = scale sum_i ds q_i, dv_j = sum_i p c_i */
+static void att_ref_grads(const AttCtx *t, double *dq, double *dk, double *dv) {
+    int group = t->Hq / t->Hkv, hd = t->hd, Nk = t->Nk;
+    double scale = 1.0 / sqrt((double)hd), *s = ds_malloc(sizeof(double) * (size_t)Nk * 2), *dp = s + Nk;
+    memset(dq, 0, sizeof(double) * (size_t)t->Nq * t->Hq * hd);
+    memset(dk, 0, sizeof(double) * (size_t)Nk * t->Hkv * hd);
+    memset(dv, 0, sizeof(double) * (size_t)Nk * t->Hkv * hd);
+    for (int i = 0; i < t->Nq; i++)
+        for (int h = 0; h < t->Hq; h++) {
+            const float *qi = t->q + ((size_t)i * t->Hq + h) * hd, *ci = t->c + ((size_t)i * t->Hq + h) * hd;
+            double m = -INFINITY, z = 0, D = 0;
+            for (int j = 0; j < Nk; j++) {
+                s[j] = -INFINITY;
+                if (!((t->r0lo[i] <= j && j < t->r0hi[i]) || (t->r1lo[i] <= j && j < t->r1hi[i]))) continue;
+                const float *kj = t->k + ((size_t)j * t->Hkv + h / group) * hd;
+                double d = 0;
+                for (int e = 0; e < hd; e++) d += (double)qi[e] * kj[e];
+                s[j] = d * scale;
+                m = fmax(m, s[j]);
+            }
+            if (m == -INFINITY) continue;
+            for (int j = 0; j < Nk; j++) z += exp(s[j] - m);
+            for (int j = 0; j < Nk; j++) {
+                const float *vj = t->v + ((size_t)j * t->Hkv + h / group) * hd;
+                s[j] = exp(s[j] - m) / z; /* now p */
+                dp[j] = 0;
+                for (int e = 0; e < hd; e++) dp[j] += (double)ci[e] * vj[e];
+                D += s[j] * dp[j];
+            }
+            for (int j = 0; j < Nk; j++) {
+                if (s[j] == 0) continue;
+                size_t jk = ((size_t)j * t->Hkv + h / group) * hd;
+                double ds = s[j] * (dp[j] - D) * scale;
+                for (int e = 0; e < hd; e++) {
+                    dq[((size_t)i * t->Hq + h) * hd + e] += ds * t->k[jk + e];
+                    dk[jk + e] += ds * qi[e];
+                    dv[jk + e] += s[j] * ci[e];
+                }
+            }
+        }
+    ds_free(s);
+}
+
+/* |got - ref| <= rtol * max|ref| for every entry (gradients of a sum over many keys: the
+ * entries' own sizes vary too much for a per-entry relative bound) */
+static bool close_to_max(const char *name, const float *got, const double *ref, size_t n, double rtol) {
+    double mx = 0, err = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(ref[i]));
+    for (size_t i = 0; i < n; i++) err = fmax(err, fabs((double)got[i] - ref[i]));
+    if (!(err <= rtol * mx) && !g_expect_failure) fprintf(stderr, "  %s: max|err| %.3g, max|ref| %.3g\n", name, err, mx);
+    if (getenv("DSPARK_TEST_VERBOSE")) fprintf(stderr, "  %s: max|err| / max|ref| %.3g\n", name, err / mx);
+    return err <= rtol * mx;
+}
+
+static void att_check_tiled(const char *what, AttCtx *t) {
+    size_t nq = (size_t)t->Nq * t->Hq * t->hd, nk = (size_t)t->Nk * t->Hkv * t->hd;
+    att_loss(t);
+    float *ro = zeros(nq), *rl = zeros((size_t)t->Nq * t->Hq);
+    att_ref(t, ro, rl);
+    bool out_ok = true, lse_ok = true;
+    for (size_t i = 0; i < nq; i++) out_ok &= fabsf(t->out[i] - ro[i]) <= 1e-6f + 1e-5f * fabsf(ro[i]);
+    for (int i = 0; i < t->Nq * t->Hq; i++)
+        lse_ok &= (isinf(rl[i]) && isinf(t->lse[i]) && t->lse[i] < 0) || fabsf(t->lse[i] - rl[i]) <= 1e-5f * (1 + fabsf(rl[i]));
+    CHECK_MSG(out_ok && lse_ok, "%s: forward vs double", what);
+    float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
+    double *rq = ds_malloc(sizeof(double) * nq), *rk = ds_malloc(sizeof(double) * nk), *rv = ds_malloc(sizeof(double) * nk);
+    att_grads(t, dq, dk, dv);
+    att_ref_grads(t, rq, rk, rv);
+    CHECK_MSG(close_to_max("d_q", dq, rq, nq, 1e-5), "%s: d_q vs double", what);
+    CHECK_MSG(close_to_max("d_k", dk, rk, nk, 1e-5), "%s: d_k vs double", what);
+    CHECK_MSG(close_to_max("d_v", dv, rv, nk, 1e-5), "%s: d_v vs double", what);
+    /* the check must catch one d_k entry off by 1% of the largest */
+    size_t worst = 0;
+    for (size_t i = 0; i < nk; i++) worst = fabs(rk[i]) > fabs(rk[worst]) ? i : worst;
+    dk[worst] += 0.01f * (float)fabs(rk[worst]);
+    g_expect_failure = 1;
+    CHECK_MSG(!close_to_max("d_k + 1%", dk, rk, nk, 1e-5), "%s: a 1%% d_k error passed", what);
+    g_expect_failure = 0;
+    ds_free(ro); ds_free(rl); ds_free(dq); ds_free(dk); ds_free(dv); ds_free(rq); ds_free(rk); ds_free(rv);
+}
+
+/* many tiles: 150 queries x 200 keys (3 x 4 tiles), 3 layouts */
+static void test_attention_tiles(void) {
+    {
+        AttCtx t = att_make(150, 200, 4, 2, 16, 2.0f);
+        att_check_tiled("random ranges", &t);
+        att_free(&t);
+    }
+    {   /* causal LM batch: sequences of 75 tokens, so tiles straddle sequence edges */
+        AttCtx t = att_make(150, 150, 6, 2, 8, 2.0f);
+        for (int i = 0; i < 150; i++) {
+            t.r0lo[i] = i / 75 * 75; t.r0hi[i] = i + 1; t.r1lo[i] = t.r1hi[i] = 0;
+        }
+        att_check_tiled("causal batch", &t);
+        att_free(&t);
+    }
+    {   /* drafter: context 100, 20 blocks of 7, unsorted anchors, one block with no context */
+        int S = 100, B = 7, nb = 20, Nq = nb * B;
+        AttCtx t = att_make(Nq, S + Nq, 4, 1, 16, 2.0f);
+        for (int b = 0; b < nb; b++)
+            for (int s = 0; s < B; s++) {
+                int i = b * B + s;
+                t.r0lo[i] = 0; t.r0hi[i] = (37 * b) % S;
+                t.r1lo[i] = S + b * B; t.r1hi[i] = S + (b + 1) * B;
+            }
+        att_check_tiled("drafter layout", &t);
+        att_free(&t);
+    }
+}
+
+/* top_expf over [-87.3, 88] against double exp, and its edges */
+static void test_expf(void) {
+    double worst = 0;
+    for (int n = 0; n <= 2000000; n++) {
+        float x = -87.3f + (float)((double)n * (88.0 + 87.3) / 2000000);
+        double e = exp((double)x);
+        worst = fmax(worst, fabs(top_expf(x) - e) / e);
+    }
+    for (float x = -1e-3f; x < 1e-3f; x += 1.1e-7f) worst = fmax(worst, fabs(top_expf(x) - exp((double)x)) / exp((double)x));
+    CHECK_MSG(worst <= 1.5e-7, "top_expf max relative error %.3g", worst);
+    if (getenv("DSPARK_TEST_VERBOSE")) fprintf(stderr, "  top_expf max relative error %.3g\n", worst);
+    CHECK(top_expf(-INFINITY) == 0.0f && top_expf(-88.0f) == 0.0f && top_expf(-1e30f) == 0.0f);
+    CHECK(top_expf(0.0f) == 1.0f && top_expf(1000.0f) == top_expf(88.0f) && isfinite(top_expf(INFINITY)));
+    CHECK(isnan(top_expf(NAN)) && isnan(top_expf(-NAN)));
+    /* the bound must catch an exp 1e-6 off */
+    CHECK(fabs(top_expf(1.0f) * (1 + 1e-6) - exp(1.0)) / exp(1.0) > 1.5e-7);
+}
+
 /* ---- thread-count independence ---- */
 
 typedef struct { float *bufs[16]; size_t n[16]; int nb; } Outs;
@@ -467,13 +613,14 @@ static void run_all(Outs *o, uint64_t seed, int Hkv) {
         top_rope_bwd(d, pos, N, H, hd, 10000.0f);
         KEEP(x, n); KEEP(d, n);
     }
-    {   /* attention: Hkv = 1 takes the key-side backward with 2+ threads, the per-kv-head one with 1 */
-        AttCtx t = att_make(33, 40, 4, Hkv, 16, 2.0f);
-        size_t nq = (size_t)33 * 4 * 16, nk = (size_t)40 * Hkv * 16;
+    {   /* attention over 3 x 4 tiles: Hkv = 1 takes the two-pass backward with 2+ threads, the
+         * per-kv-head one with 1; Hkv = 2 the per-kv-head one with 1 and 2, two-pass with 3 */
+        AttCtx t = att_make(150, 200, 4, Hkv, 16, 2.0f);
+        size_t nq = (size_t)150 * 4 * 16, nk = (size_t)200 * Hkv * 16;
         float *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
         att_loss(&t);
         att_grads(&t, dq, dk, dv);
-        KEEP(copyf(t.out, nq), nq); KEEP(copyf(t.lse, (size_t)33 * 4), (size_t)33 * 4); KEEP(dq, nq); KEEP(dk, nk); KEEP(dv, nk);
+        KEEP(copyf(t.out, nq), nq); KEEP(copyf(t.lse, (size_t)150 * 4), (size_t)150 * 4); KEEP(dq, nq); KEEP(dk, nk); KEEP(dv, nk);
         att_free(&t);
     }
 #undef KEEP
@@ -534,6 +681,8 @@ int main(void) {
     RUN(test_swiglu);
     RUN(test_attention);
     RUN(test_attention_drafter_layout);
+    RUN(test_attention_tiles);
+    RUN(test_expf);
     RUN(test_thread_independence);
     RUN(test_embedding);
     fprintf(stderr, "worst FD relative error over all checks: %.2e (tolerance %.0e)\n", g_worst_fd, FD_TOL);
