@@ -220,6 +220,8 @@ __global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const f
     for (int i = 0; i < NB; i++) acc[i] = 0.0f;
     const size_t wo = (size_t)o * K;
     if (VEC) {
+        /* unrolled: more loads in flight per warp (the order of each acc's FMAs is unchanged) */
+#pragma unroll(NB <= 4 ? 4 : 1)
         for (int k0 = lane * 8; k0 < K; k0 += 256) {
             float wv[8];
             load8<DT>(w, wo + k0, wv);
