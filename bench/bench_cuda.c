@@ -3,7 +3,7 @@
  * in memory by this program, against the memory floor measured in the same process:
  * floor = weight bytes read per step / device-to-device copy bandwidth (bytes copied per s).
  *
- *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--json OUT]
+ *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--json OUT] [--profile]
  *
  * Rows: the batch-1 decode step (one token at position ctx, logits to the host), the verify
  * curve (n = 1..16 tokens of one sequence in one forward), larger flat batches, and prefill. */
@@ -21,6 +21,25 @@ static uint16_t rand_bf16(float scale) {
     float u = (float)((g_s >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; /* uniform [-1, 1) */
     return ds_f32_to_bf16(u * scale);
 }
+
+/* --profile: each op of one decode step timed between two synchronize() calls (so launch
+ * gaps and the sync itself are included: small ops read high; matmul's share is the signal) */
+enum { P_EMBED, P_MATMUL, P_RMSNORM, P_ROPE, P_KVW, P_ATT, P_SWIGLU, P_ADD, P_GATHER, P_N };
+static const char *g_pname[P_N] = {"embed", "matmul", "rmsnorm", "rope", "kv_write", "attention", "swiglu", "add", "gather"};
+static double g_ptime[P_N];
+static Backend g_inner;
+#define TIMED(id, call) do { g_inner.synchronize(be); double t0_ = ds_now(); call; g_inner.synchronize(be); g_ptime[id] += ds_now() - t0_; } while (0)
+static void w_embed(Backend *be, float *o, const Weight *t, const int32_t *ids, int n) { TIMED(P_EMBED, g_inner.embed(be, o, t, ids, n)); }
+static void w_matmul(Backend *be, float *o, const float *x, const Weight *w, int n) { TIMED(P_MATMUL, g_inner.matmul(be, o, x, w, n)); }
+static void w_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) { TIMED(P_RMSNORM, g_inner.rmsnorm(be, o, x, w, n, d, e)); }
+static void w_rope(Backend *be, float *x, const int32_t *p, int n, int h, int hd, float th) { TIMED(P_ROPE, g_inner.rope(be, x, p, n, h, hd, th)); }
+static void w_kvw(Backend *be, KvCache *kv, int l, const float *k, const float *v, const int32_t *s, const int32_t *p, int n) { TIMED(P_KVW, g_inner.kv_write(be, kv, l, k, v, s, p, n)); }
+static void w_att(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *s, const int32_t *kl, int n, int h, int kvh, int hd) {
+    TIMED(P_ATT, g_inner.attention(be, o, q, kv, l, s, kl, n, h, kvh, hd));
+}
+static void w_swiglu(Backend *be, float *o, const float *g, const float *u, size_t n) { TIMED(P_SWIGLU, g_inner.swiglu(be, o, g, u, n)); }
+static void w_add(Backend *be, float *x, const float *y, size_t n) { TIMED(P_ADD, g_inner.add(be, x, y, n)); }
+static void w_gather(Backend *be, float *d, int ds, const float *s, int ss, const int32_t *r, int n, int c) { TIMED(P_GATHER, g_inner.gather_rows(be, d, ds, s, ss, r, n, c)); }
 
 /* median seconds of `reps` forwards of n tokens at positions pos0.. (n_logits rows to the host) */
 static double time_forward(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n_logits, int reps, char *err, int *fail) {
@@ -42,13 +61,15 @@ static double time_forward(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n
 int main(int argc, char **argv) {
     int ctx = 512, reps = 20, L = 36;
     const char *json_out = NULL;
+    bool profile = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--ctx") && i + 1 < argc) ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--layers") && i + 1 < argc) L = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_out = argv[++i];
+        else if (!strcmp(argv[i], "--profile")) profile = true;
         else {
-            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--json OUT]\n");
+            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--json OUT] [--profile]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -126,6 +147,19 @@ int main(int argc, char **argv) {
         printf("%-34s %10.3f %10.2f   (%.2fx the 1-token step)\n", lab, t[i] * 1e3, t[i] / floor_s, t[i] / t[0]);
     }
     printf("%-34s %10.3f   (%.0f tokens/s)\n", "prefill 256 tokens", prefill * 1e3, 256 / prefill);
+    if (profile) { /* one decode step, every op synchronised */
+        g_inner = *be;
+        be->embed = w_embed; be->matmul = w_matmul; be->rmsnorm = w_rmsnorm; be->rope = w_rope; be->kv_write = w_kvw;
+        be->attention = w_att; be->swiglu = w_swiglu; be->add = w_add; be->gather_rows = w_gather;
+        double step = time_forward(&m, &st, 1, ctx, 1, 5, err, &fail) * 1e3, sum = 0;
+        *be = g_inner;
+        printf("\nprofile of a synchronised decode step (%.3f ms; 7 steps, per step):", step);
+        for (int i = 0; i < P_N; i++) {
+            sum += g_ptime[i] / 7 * 1e3;
+            if (g_ptime[i] > 0) printf(" %s %.3f ms", g_pname[i], g_ptime[i] / 7 * 1e3);
+        }
+        printf("; rest %.3f ms\n", step - sum);
+    }
     if (json_out) {
         FILE *f = fopen(json_out, "w");
         if (f) {
