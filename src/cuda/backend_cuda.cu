@@ -11,7 +11,7 @@
  *   rmsnorm    ss = sum(x^2) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r), as the CPU.
  *   rope       the CPU's float32 inverse frequencies (computed on the host with powf), then
  *              cosf/sinf on the device (within an ulp or two of glibc's).
- *   attention  per (token, head) one block; warp w takes keys w, w + 4, ... with an online
+ *   attention  per (token, head) one block; warp w of 8 takes keys w, w + 8, ... with an online
  *              softmax, then the warps' partial results are merged in warp order.
  *   elementwise ops are the CPU's expressions; add, ew, gather, embed and kv_write are
  *   bitwise the CPU's results. */
@@ -313,7 +313,7 @@ __global__ void k_kv_write(float *kc, float *vc, const float *k, const float *v,
     }
 }
 
-#define ATT_WARPS 4
+#define ATT_WARPS 8
 
 /* one block per (head, token); head_dim <= 32 * DPL */
 template <int DPL>
