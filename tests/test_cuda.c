@@ -291,7 +291,7 @@ static void test_elementwise(void) {
     memset(ref, 0, sizeof(float) * 5 * 40);
     g_cpu->gather_rows(g_cpu, ref, 40, a, 37, ids, 5, 30);
     g_cpu->gather_rows(g_cpu, ref + 30, 40, b, 50, NULL, 5, 10);
-    float *dz = g_gpu->alloc(g_gpu, sizeof(float) * 5 * 40);
+    float *dz = g_gpu->alloc(g_gpu, sizeof(float) * 5 * 64); /* the gather's 5 x 40, then embed's 5 x 64 */
     g_gpu->gather_rows(g_gpu, dz, 40, da, 37, dids, 5, 30);
     g_gpu->gather_rows(g_gpu, dz + 30, 40, db, 50, NULL, 5, 10);
     got = host_from(dz, 5 * 40);
@@ -486,7 +486,8 @@ static int cpu_greedy(const int32_t *prompt, int np, int max_new, int32_t *out) 
     return n;
 }
 
-static void spec_case(const char *dir, int n_cases, bool want_all_kinds) {
+/* prompts as test_spec.c draws them (the same cases for the same seed) */
+static void spec_case(const char *dir, int n_cases, uint64_t seed, int min_new, int span_new, bool want_all_kinds) {
     char err[DS_ERR_LEN];
     Drafter d;
     DrafterSource ds;
@@ -497,10 +498,12 @@ static void spec_case(const char *dir, int n_cases, bool want_all_kinds) {
     CHECK_OK(spec_init(&sd, &g_tg, &ds.src, CTX, 16, err), err);
     const int block = d.cfg.block_size;
     int zero = 0, partial = 0, full = 0, rounds = 0, tau = 0, same = 0;
+    Rng r;
+    rng_seed(&r, seed, 0);
     for (int c = 0; c < n_cases; c++) {
         int32_t prompt[40], ref[CTX], got[CTX];
-        int np = 1 + (int)(rng_next(&g_rng) % 30), max_new = 16 + (int)(rng_next(&g_rng) % 48), ngot = 0;
-        for (int i = 0; i < np; i++) prompt[i] = (int32_t)(rng_next(&g_rng) % 511);
+        int np = 1 + (int)(rng_next(&r) % 30), max_new = min_new + (int)(rng_next(&r) % (uint64_t)span_new), ngot = 0;
+        for (int i = 0; i < np; i++) prompt[i] = (int32_t)(rng_next(&r) % (uint64_t)(g_tc.cfg.vocab_size - 1));
         int nref = cpu_greedy(prompt, np, max_new, ref);
         SpecParams p = {.sampler = {0.0f, 0, 1.0f}, .seed = 1, .max_new = max_new};
         SpecStats st;
@@ -523,11 +526,11 @@ static void spec_case(const char *dir, int n_cases, bool want_all_kinds) {
 }
 
 static void test_spec_greedy(void) {
-    spec_case("trained-draft", 12, true);
-    spec_case("tiny-qwen3/draft-vanilla", 3, false);
-    spec_case("tiny-qwen3/draft-gated", 3, false);
-    spec_case("tiny-qwen3/draft-rnn", 3, false);
-    spec_case("tiny-qwen3/draft-dflash", 3, false);
+    spec_case("trained-draft", 12, 13, 16, 48, true); /* test_greedy_trained_drafter's cases */
+    spec_case("tiny-qwen3/draft-vanilla", 6, 11, 1, 40, false);
+    spec_case("tiny-qwen3/draft-gated", 6, 11, 1, 40, false);
+    spec_case("tiny-qwen3/draft-rnn", 6, 11, 1, 40, false);
+    spec_case("tiny-qwen3/draft-dflash", 6, 11, 1, 40, false);
     /* plain decoding through the same loop on the GPU */
     char err[DS_ERR_LEN];
     SpecDecoder sd;
