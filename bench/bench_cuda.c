@@ -128,6 +128,28 @@ int main(int argc, char **argv) {
     if (b2) be->free(be, b2);
     const double floor_s = bytes / bw;
     printf("device-to-device copy %.0f GB/s -> memory floor %.3f ms per step\n", bw / 1e9, floor_s * 1e3);
+    /* the product kernel alone at 1 row: bytes of the weight / time, against the copy bandwidth */
+    {
+        float *x = be->alloc(be, sizeof(float) * ff), *o = be->alloc(be, sizeof(float) * V);
+        const Weight *ws[3] = {&m.embed, &m.layers[0].gate_proj, &m.layers[0].down_proj};
+        const char *wn[3] = {"lm_head 151936x2560", "gate_proj 9728x2560", "down_proj 2560x9728"};
+        for (int k = 0; k < 3 && x && o; k++) {
+            double mt[21];
+            for (int r = -1; r < 21; r++) {
+                be->synchronize(be);
+                double c0 = ds_now();
+                be->matmul(be, o, x, ws[k], 1);
+                be->synchronize(be);
+                if (r >= 0) mt[r] = ds_now() - c0;
+            }
+            qsort(mt, 21, sizeof(double), cmp_d);
+            double wb = (double)ws[k]->rows * ws[k]->cols * 2;
+            printf("matmul 1 row, %-22s %8.1f us  %6.0f GB/s  (%.2f of copy bandwidth)\n", wn[k], mt[10] * 1e6, wb / mt[10] / 1e9,
+                   wb / mt[10] / bw);
+        }
+        if (x) be->free(be, x);
+        if (o) be->free(be, o);
+    }
     Qwen3State st;
     if (qwen3_state_init(&st, &m, 256, 256, 0, 1, ctx + 300, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
     int fail = 0;
