@@ -1,7 +1,8 @@
 /* bench_cuda.c - step times of the CUDA backend on a Qwen3-4B-shaped target (36 layers, hidden
  * 2560, 32/8 heads, head_dim 128, FFN 9728, vocab 151936, tied) with random BF16 weights made
  * in memory by this program, against the memory floor measured in the same process:
- * floor = weight bytes read per step / device-to-device copy bandwidth (bytes copied per s).
+ * floor = weight bytes read per step / device-to-device copy bandwidth (bytes read + written
+ * per second, so a step that only reads its weights could reach it).
  *
  *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--json OUT] [--profile]
  *
@@ -122,12 +123,12 @@ int main(int argc, char **argv) {
             if (r >= 0) ct[r] = ds_now() - c0;
         }
         qsort(ct, 10, sizeof(double), cmp_d);
-        bw = cb / ct[5];
+        bw = 2.0 * cb / ct[5]; /* bytes read + written, as ../shared/docs/anchors-measured.md counts */
     }
     if (a) be->free(be, a);
     if (b2) be->free(be, b2);
     const double floor_s = bytes / bw;
-    printf("device-to-device copy %.0f GB/s -> memory floor %.3f ms per step\n", bw / 1e9, floor_s * 1e3);
+    printf("device-to-device copy %.0f GB/s (read + written) -> memory floor %.3f ms per step\n", bw / 1e9, floor_s * 1e3);
     /* the product kernel alone at 1 row: bytes of the weight / time, against the copy bandwidth */
     {
         float *x = be->alloc(be, sizeof(float) * ff), *o = be->alloc(be, sizeof(float) * V);
