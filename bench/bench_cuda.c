@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
             if (r >= 0) ct[r] = ds_now() - c0;
         }
         qsort(ct, 10, sizeof(double), cmp_d);
-        bw = 2.0 * cb / ct[5]; /* bytes read + written, as ../shared/docs/anchors-measured.md counts */
+        bw = 2.0 * cb / ct[5]; /* bytes read + written (the convention of our measured GPU anchors) */
     }
     if (a) be->free(be, a);
     if (b2) be->free(be, b2);
