@@ -34,7 +34,11 @@ static void cuda_fatal(cudaError_t e, const char *what, const char *file, int li
     abort();
 }
 #define CU(call) do { cudaError_t _e = (call); if (_e != cudaSuccess) cuda_fatal(_e, #call, __FILE__, __LINE__); } while (0)
-#define LAUNCHED(what) do { cudaError_t _e = cudaGetLastError(); if (_e != cudaSuccess) cuda_fatal(_e, what, __FILE__, __LINE__); } while (0)
+/* DSPARK_CUDA_SYNC=1: wait after every op, so a fault names the op that made it */
+static bool g_sync_each;
+#define LAUNCHED(what) do { cudaError_t _e = cudaGetLastError(); \
+    if (_e == cudaSuccess && g_sync_each) _e = cudaDeviceSynchronize(); \
+    if (_e != cudaSuccess) cuda_fatal(_e, what, __FILE__, __LINE__); } while (0)
 
 /* ---- cuBLAS, opened at run time (the binary must start where no CUDA library exists) ---- */
 
@@ -646,6 +650,8 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
         return NULL;
     }
     c->have_blas = cublas_open(&c->blas, c->stream);
+    const char *sync = getenv("DSPARK_CUDA_SYNC");
+    g_sync_each = sync && strcmp(sync, "1") == 0;
     snprintf(c->info, sizeof c->info, "%.200s (sm_%d%d, %.1f GB, %d SMs), products: own kernel%s", prop.name, prop.major, prop.minor,
              prop.totalGlobalMem / 1e9, prop.multiProcessorCount, c->have_blas ? " <= 64 rows, cuBLAS F32 above" : " (no cuBLAS)");
     be->impl = c;
