@@ -185,9 +185,9 @@ static void test_rope(void) {
 
 /* kv_write then attention over a flattened batch: each token its own slot and kv_len */
 static void test_attention(void) {
-    const int cfg[][3] = {{4, 2, 16}, {8, 2, 128}, {6, 3, 80}, {2, 1, 256}};
+    const int cfg[][4] = {{4, 2, 16, 300}, {8, 2, 128, 1500}, {6, 3, 80, 300}, {2, 1, 256, 700}}; /* heads, kv heads, hd, context */
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
-        const int H = cfg[c][0], KV = cfg[c][1], hd = cfg[c][2], L = 2, S = 3, T = 300, n = 9;
+        const int H = cfg[c][0], KV = cfg[c][1], hd = cfg[c][2], L = 2, S = 3, T = cfg[c][3], n = 9;
         KvCache ck = {NULL, NULL, L, S, T, KV * hd}, gk = ck;
         size_t kvn = (size_t)L * S * T * KV * hd;
         ck.k = rand_f32(kvn, 1.0f);

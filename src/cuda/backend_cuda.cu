@@ -5,14 +5,16 @@
  * F32 stays F32) and widened to F32 in registers; activations are F32 throughout.
  *
  * Arithmetic (compiled with --fmad=false, so nothing is fused unless written as fmaf):
- *   matmul     one warp per output column, lane l sums k = 8l.. in steps of 256 (or k = l..
- *              in steps of 32 when rows are not 16-byte aligned), then a fixed xor-shuffle
- *              tree; the same for every row whatever the number of rows (<= CUDA_SMALL_N).
+ *   matmul     one block of 256 threads per 1-4 output columns, thread t sums k = 8t.. in
+ *              steps of 2048 (or k = t.. in steps of 256 when rows are not 16-byte aligned),
+ *              then a fixed xor-shuffle tree per warp and the 8 warps in order; the same for
+ *              every row whatever the number of rows (<= CUDA_SMALL_N).
  *   rmsnorm    ss = sum(x^2) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r), as the CPU.
  *   rope       the CPU's float32 inverse frequencies (computed on the host with powf), then
  *              cosf/sinf on the device (within an ulp or two of glibc's).
- *   attention  per (token, head) one block; warp w of 8 takes keys w, w + 8, ... with an online
- *              softmax, then the warps' partial results are merged in warp order.
+ *   attention  per (token, head) 8 blocks, block z taking the 64-key chunks z, z + 8, ... and
+ *              its warp w the keys w, w + 8, ... of them, online softmax; warps then blocks
+ *              merged in order. The split depends on the key count only, never on n.
  *   elementwise ops are the CPU's expressions; add, ew, gather, embed and kv_write are
  *   bitwise the CPU's results. */
 #include "backend_cuda.h"
@@ -92,6 +94,8 @@ typedef struct {
     Cublas blas;
     bool have_blas;
     float *wide;       /* [WIDE_ELEMS], allocated at the first large BF16/F16 product */
+    float *att_part;   /* attention partial results of the largest call so far */
+    size_t att_cap;    /* floats in att_part */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
     char info[512];
@@ -213,46 +217,74 @@ __global__ void k_embed(float *out, const void *table, int dt, const int32_t *id
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)i * cols + c] = weight_at(table, dt, row + c);
 }
 
-/* out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB, 8 columns per block (one per warp) */
-template <int NB, int DT, bool VEC>
+/* out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB and R columns o0.. per block of 256
+ * threads. Thread t sums k = 8t.. in steps of 2048 (scalar path: k = t.. in steps of 256), then
+ * each warp's lanes by a fixed xor tree and the 8 warps in order: every (i, o) gets the same
+ * arithmetic whatever n, NB and R are. R > 1 reuses each x load for R columns. */
+template <int NB, int R, int DT, bool VEC>
 __global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
                                                 int n, int K, int O) {
-    const int lane = threadIdx.x & 31, o = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (o >= O) return;
-    float acc[NB];
+    __shared__ float part[8][R * NB];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, o0 = blockIdx.x * R;
+    float acc[R][NB];
 #pragma unroll
-    for (int i = 0; i < NB; i++) acc[i] = 0.0f;
-    const size_t wo = (size_t)o * K;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int i = 0; i < NB; i++) acc[r][i] = 0.0f;
+    size_t wo[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) wo[r] = (size_t)(o0 + r < O ? o0 + r : O - 1) * K;
     if (VEC) {
-        /* unrolled: more loads in flight per warp (the order of each acc's FMAs is unchanged) */
-#pragma unroll(NB <= 4 ? 4 : 1)
-        for (int k0 = lane * 8; k0 < K; k0 += 256) {
-            float wv[8];
-            load8<DT>(w, wo + k0, wv);
+        for (int k0 = t * 8; k0 < K; k0 += 2048) {
+            float wv[R][8];
+#pragma unroll
+            for (int r = 0; r < R; r++) load8<DT>(w, wo[r] + k0, wv[r]);
 #pragma unroll
             for (int i = 0; i < NB; i++) {
                 if (i < n) {
                     const float4 *xp = (const float4 *)(x + (size_t)i * K + k0);
-                    float4 a = __ldg(xp), b = __ldg(xp + 1);
-                    float s = acc[i];
-                    s = fmaf(a.x, wv[0], s); s = fmaf(a.y, wv[1], s); s = fmaf(a.z, wv[2], s); s = fmaf(a.w, wv[3], s);
-                    s = fmaf(b.x, wv[4], s); s = fmaf(b.y, wv[5], s); s = fmaf(b.z, wv[6], s); s = fmaf(b.w, wv[7], s);
-                    acc[i] = s;
+                    const float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        float s = acc[r][i];
+                        s = fmaf(a.x, wv[r][0], s); s = fmaf(a.y, wv[r][1], s); s = fmaf(a.z, wv[r][2], s); s = fmaf(a.w, wv[r][3], s);
+                        s = fmaf(b.x, wv[r][4], s); s = fmaf(b.y, wv[r][5], s); s = fmaf(b.z, wv[r][6], s); s = fmaf(b.w, wv[r][7], s);
+                        acc[r][i] = s;
+                    }
                 }
             }
         }
     } else {
-        for (int k = lane; k < K; k += 32) {
-            float wv = weight_at(w, DT, wo + k);
+        for (int k = t; k < K; k += 256) {
+            float wv[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) wv[r] = weight_at(w, DT, wo[r] + k);
 #pragma unroll
             for (int i = 0; i < NB; i++)
-                if (i < n) acc[i] = fmaf(x[(size_t)i * K + k], wv, acc[i]);
+                if (i < n) {
+                    const float xv = x[(size_t)i * K + k];
+#pragma unroll
+                    for (int r = 0; r < R; r++) acc[r][i] = fmaf(xv, wv[r], acc[r][i]);
+                }
         }
     }
 #pragma unroll
-    for (int i = 0; i < NB; i++) {
-        float s = warp_sum(acc[i]);
-        if (lane == 0 && i < n) out[(size_t)i * O + o] = s;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int i = 0; i < NB; i++)
+            if (i < n) { /* n is the same for the whole block */
+                const float v = warp_sum(acc[r][i]);
+                if (lane == 0) part[warp][r * NB + i] = v;
+            }
+    __syncthreads();
+    for (int q = t; q < R * NB; q += 256) {
+        const int r = q / NB, i = q % NB;
+        if (i < n && o0 + r < O) {
+            float v = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) v += part[j][q];
+            out[(size_t)i * O + o0 + r] = v;
+        }
     }
 }
 
@@ -318,15 +350,19 @@ __global__ void k_kv_write(float *kc, float *vc, const float *k, const float *v,
 }
 
 #define ATT_WARPS 8
+#define ATT_SPLITS 8   /* blocks per (token, head) */
+#define ATT_CHUNK 64   /* keys per chunk; block z takes chunks z, z + ATT_SPLITS, ... */
 
-/* one block per (head, token); head_dim <= 32 * DPL */
+/* Partial attention of (head, token, split z): warp w takes keys w, w + 8, ... of the block's
+ * chunks with an online softmax; the warps are merged in order into part [hd] sum, [hd] max,
+ * [hd + 1] normaliser (a split with no keys writes max -inf). head_dim <= 32 * DPL. */
 template <int DPL>
-__global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *out, const float *q, const float *kc, const float *vc,
+__global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim,
                                                               float scale) {
     extern __shared__ float sm[]; /* [ATT_WARPS][head_dim] acc, [ATT_WARPS] m, [ATT_WARPS] l */
-    const int h = blockIdx.x, i = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h = blockIdx.x, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int len = kv_len[i];
     const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)(h / group) * head_dim;
     const float *qi = q + ((size_t)i * n_heads + h) * head_dim;
@@ -338,28 +374,31 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *out, const 
         acc[t] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    for (int j = warp; j < len; j += ATT_WARPS) {
-        const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
-        float s = 0.0f;
+    for (int c0 = z * ATT_CHUNK; c0 < len; c0 += ATT_SPLITS * ATT_CHUNK) {
+        const int c1 = c0 + ATT_CHUNK < len ? c0 + ATT_CHUNK : len;
+        for (int j = c0 + warp; j < c1; j += ATT_WARPS) {
+            const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
+            float s = 0.0f;
 #pragma unroll
-        for (int t = 0; t < DPL; t++) {
-            const int d = lane + 32 * t;
-            if (d < head_dim) s = fmaf(qv[t], kj[d], s);
-        }
-        s = warp_sum(s) * scale;
-        if (s > m) {
-            const float corr = expf(m - s); /* 0 on the warp's first key */
-            l *= corr;
+            for (int t = 0; t < DPL; t++) {
+                const int d = lane + 32 * t;
+                if (d < head_dim) s = fmaf(qv[t], kj[d], s);
+            }
+            s = warp_sum(s) * scale;
+            if (s > m) {
+                const float corr = expf(m - s); /* 0 on the warp's first key */
+                l *= corr;
 #pragma unroll
-            for (int t = 0; t < DPL; t++) acc[t] *= corr;
-            m = s;
-        }
-        const float p = expf(s - m);
-        l += p;
+                for (int t = 0; t < DPL; t++) acc[t] *= corr;
+                m = s;
+            }
+            const float p = expf(s - m);
+            l += p;
 #pragma unroll
-        for (int t = 0; t < DPL; t++) {
-            const int d = lane + 32 * t;
-            if (d < head_dim) acc[t] = fmaf(p, vj[d], acc[t]);
+            for (int t = 0; t < DPL; t++) {
+                const int d = lane + 32 * t;
+                if (d < head_dim) acc[t] = fmaf(p, vj[d], acc[t]);
+            }
         }
     }
     float *sacc = sm, *sm_m = sm + ATT_WARPS * head_dim, *sm_l = sm_m + ATT_WARPS;
@@ -379,12 +418,36 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *out, const 
         f[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - M); /* a warp with no keys adds nothing */
         L += sm_l[w] * f[w];
     }
+    float *pz = part + (((size_t)i * n_heads + h) * ATT_SPLITS + z) * (head_dim + 2);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) o += sacc[w * head_dim + d] * f[w];
+        pz[d] = o;
+    }
+    if (threadIdx.x == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
+}
+
+/* out of (head, token): the splits' partial results merged in split order */
+__global__ void k_attention_merge(float *out, const float *part, int n_heads, int head_dim) {
+    const int h = blockIdx.x, i = blockIdx.y;
+    const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
+    float M = -INFINITY;
+#pragma unroll
+    for (int z = 0; z < ATT_SPLITS; z++) M = fmaxf(M, p[z * (head_dim + 2) + head_dim]);
+    float L = 0.0f, f[ATT_SPLITS];
+#pragma unroll
+    for (int z = 0; z < ATT_SPLITS; z++) {
+        const float mz = p[z * (head_dim + 2) + head_dim];
+        f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
+        L += p[z * (head_dim + 2) + head_dim + 1] * f[z];
+    }
     const float inv = 1.0f / L;
     float *oi = out + ((size_t)i * n_heads + h) * head_dim;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o = 0.0f;
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) o += sacc[w * head_dim + d] * f[w];
+        for (int z = 0; z < ATT_SPLITS; z++) o += p[z * (head_dim + 2) + d] * f[z];
         oi[d] = o * inv;
     }
 }
@@ -431,19 +494,24 @@ static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t
     LAUNCHED("embed");
 }
 
+template <int NB, int R, int DT, bool VEC>
+static void matmul_launch(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+    k_matmul<NB, R, DT, VEC><<<(unsigned)((O + R - 1) / R), 256, 0, st>>>(out, x, w, n, K, O);
+}
+
+/* rows in chunks of 32; R (columns per block) grows with the rows, which changes no value */
 template <int DT, bool VEC>
 static void matmul_small(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
-    const unsigned grid = (unsigned)((O + 7) / 8);
     for (int i0 = 0; i0 < n; i0 += 32) {
         const int nb = n - i0 < 32 ? n - i0 : 32;
         float *o = out + (size_t)i0 * O;
         const float *xi = x + (size_t)i0 * K;
-        if (nb <= 1) k_matmul<1, DT, VEC><<<grid, 256, 0, st>>>(o, xi, w, nb, K, O);
-        else if (nb <= 2) k_matmul<2, DT, VEC><<<grid, 256, 0, st>>>(o, xi, w, nb, K, O);
-        else if (nb <= 4) k_matmul<4, DT, VEC><<<grid, 256, 0, st>>>(o, xi, w, nb, K, O);
-        else if (nb <= 8) k_matmul<8, DT, VEC><<<grid, 256, 0, st>>>(o, xi, w, nb, K, O);
-        else if (nb <= 16) k_matmul<16, DT, VEC><<<grid, 256, 0, st>>>(o, xi, w, nb, K, O);
-        else k_matmul<32, DT, VEC><<<grid, 256, 0, st>>>(o, xi, w, nb, K, O);
+        if (nb <= 1) matmul_launch<1, 1, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 2) matmul_launch<2, 2, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 4) matmul_launch<4, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 8) matmul_launch<8, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 16) matmul_launch<16, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else matmul_launch<32, 2, DT, VEC>(st, o, xi, w, nb, K, O);
     }
 }
 
@@ -544,12 +612,21 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
                          const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
     if (n <= 0) return;
     DS_ASSERT(head_dim <= 512 && n_heads % n_kv_heads == 0);
-    const dim3 grid((unsigned)n_heads, (unsigned)n);
+    CudaImpl *c = impl(be);
+    const size_t need = (size_t)n * n_heads * ATT_SPLITS * (head_dim + 2);
+    if (need > c->att_cap) { /* grows to the largest call once (cudaFree waits for its users) */
+        if (c->att_part) CU(cudaFree(c->att_part));
+        c->att_part = NULL;
+        CU(cudaMalloc(&c->att_part, sizeof(float) * need));
+        c->att_cap = need;
+    }
+    const dim3 grid((unsigned)n_heads, (unsigned)n, ATT_SPLITS);
     const size_t smem = sizeof(float) * ATT_WARPS * ((size_t)head_dim + 2);
     const float scale = 1.0f / sqrtf((float)head_dim);
     const int group = n_heads / n_kv_heads;
-    cudaStream_t st = stream_of(be);
-#define ATT(D) k_attention<D><<<grid, 32 * ATT_WARPS, smem, st>>>(out, q, kv->k, kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, \
+    cudaStream_t st = c->stream;
+    float *part = c->att_part;
+#define ATT(D) k_attention<D><<<grid, 32 * ATT_WARPS, smem, st>>>(part, q, kv->k, kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, \
                                                                   kv->kv_dim, n_heads, group, head_dim, scale)
     if (head_dim <= 32) ATT(1);
     else if (head_dim <= 64) ATT(2);
@@ -558,6 +635,8 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     else ATT(16);
 #undef ATT
     LAUNCHED("attention");
+    k_attention_merge<<<dim3((unsigned)n_heads, (unsigned)n), 128, 0, st>>>(out, part, n_heads, head_dim);
+    LAUNCHED("attention merge");
 }
 
 static void cu_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
@@ -599,6 +678,7 @@ static void cu_destroy(Backend *be) {
         cudaStreamSynchronize(c->stream);
         for (int i = 0; i < N_ROPE_TABLES; i++) if (c->rope[i].inv_freq) cudaFree(c->rope[i].inv_freq);
         if (c->wide) cudaFree(c->wide);
+        if (c->att_part) cudaFree(c->att_part);
         if (c->have_blas) {
             c->blas.destroy(c->blas.h);
             dlclose(c->blas.lib);
