@@ -58,18 +58,19 @@ typedef struct {
     float *cs;        /* [cap][half] cos, then [cap][half] sin */
     int32_t *pos;     /* [cap] the positions cs holds */
     int cap, n, half;
+    size_t cs_cap;    /* floats in cs: a call with fewer positions but a larger head_dim needs more */
     float theta;
 } RopeCache;
 
 static const float *rope_table(Backend *be, const int32_t *pos, int n, int half, int head_dim, float theta) {
     RopeCache *rc = be->impl;
     if (rc->n == n && rc->half == half && rc->theta == theta && memcmp(rc->pos, pos, sizeof(int32_t) * n) == 0) return rc->cs;
-    if (n > rc->cap) {
+    if (n > rc->cap || (size_t)2 * n * half > rc->cs_cap) {
         float *cs = ds_malloc(sizeof(float) * 2 * (size_t)n * half);
         int32_t *p = ds_malloc(sizeof(int32_t) * (size_t)n);
         if (!cs || !p) { ds_free(cs); ds_free(p); return NULL; }
         ds_free(rc->cs); ds_free(rc->pos);
-        rc->cs = cs; rc->pos = p; rc->cap = n;
+        rc->cs = cs; rc->pos = p; rc->cap = n; rc->cs_cap = (size_t)2 * n * half;
     }
     float inv_freq[512];
     DS_ASSERT(half <= 512);

@@ -1,0 +1,763 @@
+/* backend_cuda.cu - the Backend interface on one NVIDIA GPU (see backend_cuda.h).
+ *
+ * Every buffer is device memory; every op is queued on one stream and only to_host and
+ * synchronize wait for it. Weights are copied to the GPU in their own dtype (BF16 stays BF16,
+ * F32 stays F32) and widened to F32 in registers; activations are F32 throughout.
+ *
+ * Arithmetic (compiled with --fmad=false, so nothing is fused unless written as fmaf):
+ *   matmul     one block of 256 threads per 1-4 output columns, thread t sums k = 8t.. in
+ *              steps of 2048 (or k = t.. in steps of 256 when rows are not 16-byte aligned),
+ *              then a fixed xor-shuffle tree per warp and the 8 warps in order; the same for
+ *              every row whatever the number of rows (<= CUDA_SMALL_N).
+ *   rmsnorm    ss = sum(x^2) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r), as the CPU.
+ *   rope       the CPU's float32 inverse frequencies (computed on the host with powf), then
+ *              cosf/sinf on the device (within an ulp or two of glibc's).
+ *   attention  per (token, head) 8 blocks, block z taking the 64-key chunks z, z + 8, ... and
+ *              its warp w the keys w, w + 8, ... of them, online softmax; warps then blocks
+ *              merged in order. The split depends on the key count only, never on n.
+ *   elementwise ops are the CPU's expressions; add, ew, gather, embed and kv_write are
+ *   bitwise the CPU's results. */
+#include "backend_cuda.h"
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- errors: a failing CUDA call inside an op is a device fault, not a user error ---- */
+
+static void cuda_fatal(cudaError_t e, const char *what, const char *file, int line) {
+    fprintf(stderr, "dspark: CUDA error in %s (%s:%d): %s\n", what, file, line, cudaGetErrorString(e));
+    abort();
+}
+#define CU(call) do { cudaError_t _e = (call); if (_e != cudaSuccess) cuda_fatal(_e, #call, __FILE__, __LINE__); } while (0)
+/* DSPARK_CUDA_SYNC=1: wait after every op, so a fault names the op that made it */
+static bool g_sync_each;
+#define LAUNCHED(what) do { cudaError_t _e = cudaGetLastError(); \
+    if (_e == cudaSuccess && g_sync_each) _e = cudaDeviceSynchronize(); \
+    if (_e != cudaSuccess) cuda_fatal(_e, what, __FILE__, __LINE__); } while (0)
+
+/* ---- cuBLAS, opened at run time (the binary must start where no CUDA library exists) ---- */
+
+typedef struct {
+    void *lib;
+    decltype(&cublasCreate_v2) create;
+    decltype(&cublasDestroy_v2) destroy;
+    decltype(&cublasSetStream_v2) set_stream;
+    decltype(&cublasSetMathMode) set_math_mode;
+    decltype(&cublasSgemm_v2) sgemm;
+    cublasHandle_t h;
+} Cublas;
+
+static bool cublas_open(Cublas *c, cudaStream_t stream) {
+    memset(c, 0, sizeof *c);
+    const char *env = getenv("DSPARK_CUDA_CUBLAS");
+    if (env && strcmp(env, "0") == 0) return false;
+    const char *names[] = {getenv("DSPARK_CUBLAS_LIB"), "libcublas.so.13", "libcublas.so"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0] && !c->lib; i++)
+        if (names[i]) c->lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!c->lib) return false;
+    c->create = (decltype(c->create))dlsym(c->lib, "cublasCreate_v2");
+    c->destroy = (decltype(c->destroy))dlsym(c->lib, "cublasDestroy_v2");
+    c->set_stream = (decltype(c->set_stream))dlsym(c->lib, "cublasSetStream_v2");
+    c->set_math_mode = (decltype(c->set_math_mode))dlsym(c->lib, "cublasSetMathMode");
+    c->sgemm = (decltype(c->sgemm))dlsym(c->lib, "cublasSgemm_v2");
+    /* CUBLAS_DEFAULT_MATH never uses TF32 (that takes CUBLAS_TF32_TENSOR_OP_MATH) */
+    if (!c->create || !c->destroy || !c->set_stream || !c->set_math_mode || !c->sgemm || c->create(&c->h) != CUBLAS_STATUS_SUCCESS ||
+        c->set_stream(c->h, stream) != CUBLAS_STATUS_SUCCESS || c->set_math_mode(c->h, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
+        if (c->h) c->destroy(c->h);
+        dlclose(c->lib);
+        memset(c, 0, sizeof *c);
+        return false;
+    }
+    return true;
+}
+
+/* ---- backend state ---- */
+
+typedef struct {
+    float theta;
+    int head_dim;
+    float *inv_freq;   /* device, [head_dim / 2] */
+} RopeFreq;
+
+#define N_ROPE_TABLES 8
+#define WIDE_ELEMS ((size_t)16 << 20)  /* cuBLAS path: 64 MB of widened weight rows at a time */
+
+typedef struct {
+    cudaStream_t stream;
+    Cublas blas;
+    bool have_blas;
+    float *wide;       /* [WIDE_ELEMS], allocated at the first large BF16/F16 product */
+    float *att_part;   /* attention partial results of the largest call so far */
+    size_t att_cap;    /* floats in att_part */
+    RopeFreq rope[N_ROPE_TABLES];
+    int rope_next;
+    char info[512];
+} CudaImpl;
+
+static CudaImpl *impl(Backend *be) { return (CudaImpl *)be->impl; }
+static cudaStream_t stream_of(Backend *be) { return impl(be)->stream; }
+
+static inline unsigned blocks_for(size_t n, unsigned per) {
+    size_t b = (n + per - 1) / per;
+    return (unsigned)(b < 1 ? 1 : b > 65536 ? 65536 : b);
+}
+
+/* ---- memory ---- */
+
+static void *cu_alloc(Backend *be, size_t bytes) {
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
+        cudaGetLastError(); /* clear it: the caller reports out of memory */
+        return NULL;
+    }
+    CU(cudaMemsetAsync(p, 0, bytes, stream_of(be)));
+    return p;
+}
+static void cu_free(Backend *be, void *p) {
+    (void)be;
+    if (p) CU(cudaFree(p));
+}
+/* from pageable host memory the copy has read src when this returns (CUDA staging), so the
+ * caller may reuse src at once; the kernels after it on the stream see the data */
+static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(be)));
+}
+static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_of(be)));
+    CU(cudaStreamSynchronize(stream_of(be)));
+}
+static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (bytes && dst != src) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(be)));
+}
+static void cu_sync(Backend *be) { CU(cudaStreamSynchronize(stream_of(be))); }
+
+static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
+    if (w->dev) return DS_OK;
+    if (w->dtype != DS_F32 && w->dtype != DS_BF16 && w->dtype != DS_F16)
+        return ds_err(err, DS_EUNSUPPORTED, "cuda: %s weights are not supported (F32, BF16 or F16)", ds_dtype_name(w->dtype));
+    size_t bytes = (size_t)w->rows * w->cols * ds_dtype_size(w->dtype);
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        return ds_err(err, DS_ENOMEM, "cuda: out of GPU memory for a %dx%d %s weight (%.1f MB; %.1f of %.1f GB free)", w->rows, w->cols,
+                      ds_dtype_name(w->dtype), bytes / 1e6, free_b / 1e9, total_b / 1e9);
+    }
+    /* on our stream: a legacy-stream copy from pageable memory may still be in flight when it
+     * returns, and our non-blocking stream would not wait for it */
+    cudaError_t e = cudaMemcpyAsync(p, w->host, bytes, cudaMemcpyHostToDevice, stream_of(be));
+    if (e != cudaSuccess) {
+        cudaFree(p);
+        return ds_err(err, DS_EDEVICE, "cuda: copying a %dx%d weight to the GPU: %s", w->rows, w->cols, cudaGetErrorString(e));
+    }
+    w->dev = p;
+    return DS_OK;
+}
+static void cu_release_weight(Backend *be, Weight *w) {
+    (void)be;
+    if (w->dev) CU(cudaFree(w->dev));
+    w->dev = NULL;
+}
+
+/* ---- device helpers ---- */
+
+__device__ __forceinline__ float bf16_bits(uint32_t hi16) { return __uint_as_float(hi16 << 16); }
+
+/* element i of a weight of dtype dt (DS_F32, DS_BF16, DS_F16) */
+__device__ __forceinline__ float weight_at(const void *w, int dt, size_t i) {
+    if (dt == DS_BF16) return bf16_bits(((const uint16_t *)w)[i]);
+    if (dt == DS_F16) return __half2float(((const __half *)w)[i]);
+    return ((const float *)w)[i];
+}
+
+/* 8 consecutive weights from element i (16-byte aligned for BF16/F16, 32 for F32) */
+template <int DT>
+__device__ __forceinline__ void load8(const void *w, size_t i, float *o) {
+    if (DT == DS_F32) {
+        const float4 *p = (const float4 *)((const float *)w + i);
+        float4 a = __ldg(p), b = __ldg(p + 1);
+        o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+    } else {
+        uint4 u = __ldg((const uint4 *)((const uint16_t *)w + i));
+        uint32_t v[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (DT == DS_BF16) {
+                o[2 * j] = __uint_as_float(v[j] << 16);
+                o[2 * j + 1] = __uint_as_float(v[j] & 0xffff0000u);
+            } else {
+                __half2 h = *(const __half2 *)&v[j];
+                float2 f = __half22float2(h);
+                o[2 * j] = f.x;
+                o[2 * j + 1] = f.y;
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+/* ---- kernels ---- */
+
+__global__ void k_embed(float *out, const void *table, int dt, const int32_t *ids, int cols) {
+    const int i = blockIdx.x;
+    const size_t row = (size_t)ids[i] * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)i * cols + c] = weight_at(table, dt, row + c);
+}
+
+/* out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB and R columns o0.. per block of 256
+ * threads. Thread t sums k = 8t.. in steps of 2048 (scalar path: k = t.. in steps of 256), then
+ * each warp's lanes by a fixed xor tree and the 8 warps in order: every (i, o) gets the same
+ * arithmetic whatever n, NB and R are. R > 1 reuses each x load for R columns. */
+template <int NB, int R, int DT, bool VEC>
+__global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
+                                                int n, int K, int O) {
+    __shared__ float part[8][R * NB];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, o0 = blockIdx.x * R;
+    float acc[R][NB];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int i = 0; i < NB; i++) acc[r][i] = 0.0f;
+    size_t wo[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) wo[r] = (size_t)(o0 + r < O ? o0 + r : O - 1) * K;
+    if (VEC) {
+        for (int k0 = t * 8; k0 < K; k0 += 2048) {
+            float wv[R][8];
+#pragma unroll
+            for (int r = 0; r < R; r++) load8<DT>(w, wo[r] + k0, wv[r]);
+#pragma unroll
+            for (int i = 0; i < NB; i++) {
+                if (i < n) {
+                    const float4 *xp = (const float4 *)(x + (size_t)i * K + k0);
+                    const float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        float s = acc[r][i];
+                        s = fmaf(a.x, wv[r][0], s); s = fmaf(a.y, wv[r][1], s); s = fmaf(a.z, wv[r][2], s); s = fmaf(a.w, wv[r][3], s);
+                        s = fmaf(b.x, wv[r][4], s); s = fmaf(b.y, wv[r][5], s); s = fmaf(b.z, wv[r][6], s); s = fmaf(b.w, wv[r][7], s);
+                        acc[r][i] = s;
+                    }
+                }
+            }
+        }
+    } else {
+        for (int k = t; k < K; k += 256) {
+            float wv[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) wv[r] = weight_at(w, DT, wo[r] + k);
+#pragma unroll
+            for (int i = 0; i < NB; i++)
+                if (i < n) {
+                    const float xv = x[(size_t)i * K + k];
+#pragma unroll
+                    for (int r = 0; r < R; r++) acc[r][i] = fmaf(xv, wv[r], acc[r][i]);
+                }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int i = 0; i < NB; i++)
+            if (i < n) { /* n is the same for the whole block */
+                const float v = warp_sum(acc[r][i]);
+                if (lane == 0) part[warp][r * NB + i] = v;
+            }
+    __syncthreads();
+    for (int q = t; q < R * NB; q += 256) {
+        const int r = q / NB, i = q % NB;
+        if (i < n && o0 + r < O) {
+            float v = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) v += part[j][q];
+            out[(size_t)i * O + o0 + r] = v;
+        }
+    }
+}
+
+__global__ void k_widen(float *dst, const void *w, int dt, size_t off, size_t count) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = weight_at(w, dt, off + i);
+}
+
+/* rows of dim <= 256: one warp per row, 8 rows per block */
+__global__ void k_rmsnorm_warp(float *out, const float *x, const void *w, int dt, int n, int dim, float eps) {
+    const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (row >= n) return;
+    const float *xi = x + (size_t)row * dim;
+    float *oi = out + (size_t)row * dim;
+    float ss = 0.0f;
+    for (int k = lane; k < dim; k += 32) ss = fmaf(xi[k], xi[k], ss);
+    ss = warp_sum(ss) / (float)dim;
+    const float r = 1.0f / sqrtf(ss + eps);
+    for (int k = lane; k < dim; k += 32) oi[k] = weight_at(w, dt, k) * (xi[k] * r);
+}
+
+/* larger rows: one block of 256 per row */
+__global__ void __launch_bounds__(256) k_rmsnorm_block(float *out, const float *x, const void *w, int dt, int dim, float eps) {
+    __shared__ float part[8];
+    const int row = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float *xi = x + (size_t)row * dim;
+    float *oi = out + (size_t)row * dim;
+    float ss = 0.0f;
+    for (int k = threadIdx.x; k < dim; k += 256) ss = fmaf(xi[k], xi[k], ss);
+    ss = warp_sum(ss);
+    if (lane == 0) part[warp] = ss;
+    __syncthreads();
+    float t = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) t += part[j];
+    const float r = 1.0f / sqrtf(t / (float)dim + eps);
+    for (int k = threadIdx.x; k < dim; k += 256) oi[k] = weight_at(w, dt, k) * (xi[k] * r);
+}
+
+/* x [n][n_heads][head_dim] rotated in place by pos[i] (rotate-half) */
+__global__ void k_rope(float *x, const int32_t *pos, const float *inv_freq, int n_heads, int head_dim) {
+    const int i = blockIdx.x, half = head_dim / 2;
+    const float p = (float)pos[i];
+    for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x) {
+        const int h = t / half, j = t % half;
+        float s, c;
+        sincosf(p * inv_freq[j], &s, &c);
+        float *v = x + ((size_t)i * n_heads + h) * head_dim;
+        const float a = v[j], b = v[j + half];
+        v[j] = a * c - b * s;
+        v[j + half] = b * c + a * s;
+    }
+}
+
+__global__ void k_kv_write(float *kc, float *vc, const float *k, const float *v, const int32_t *slot, const int32_t *pos, int layer,
+                           int n_slots, int max_ctx, int kv_dim) {
+    const int i = blockIdx.x;
+    const size_t o = (((size_t)layer * n_slots + slot[i]) * max_ctx + pos[i]) * kv_dim;
+    for (int c = threadIdx.x; c < kv_dim; c += blockDim.x) {
+        kc[o + c] = k[(size_t)i * kv_dim + c];
+        vc[o + c] = v[(size_t)i * kv_dim + c];
+    }
+}
+
+#define ATT_WARPS 8
+#define ATT_SPLITS 8   /* blocks per (token, head) */
+#define ATT_CHUNK 64   /* keys per chunk; block z takes chunks z, z + ATT_SPLITS, ... */
+
+/* Partial attention of (head, token, split z): warp w takes keys w, w + 8, ... of the block's
+ * chunks with an online softmax; the warps are merged in order into part [hd] sum, [hd] max,
+ * [hd + 1] normaliser (a split with no keys writes max -inf). head_dim <= 32 * DPL. */
+template <int DPL>
+__global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
+                                                              const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
+                                                              int max_ctx, int kv_dim, int n_heads, int group, int head_dim,
+                                                              float scale) {
+    extern __shared__ float sm[]; /* [ATT_WARPS][head_dim] acc, [ATT_WARPS] m, [ATT_WARPS] l */
+    const int h = blockIdx.x, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int len = kv_len[i];
+    const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)(h / group) * head_dim;
+    const float *qi = q + ((size_t)i * n_heads + h) * head_dim;
+    float qv[DPL], acc[DPL];
+#pragma unroll
+    for (int t = 0; t < DPL; t++) {
+        const int d = lane + 32 * t;
+        qv[t] = d < head_dim ? qi[d] : 0.0f;
+        acc[t] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int c0 = z * ATT_CHUNK; c0 < len; c0 += ATT_SPLITS * ATT_CHUNK) {
+        const int c1 = c0 + ATT_CHUNK < len ? c0 + ATT_CHUNK : len;
+        for (int j = c0 + warp; j < c1; j += ATT_WARPS) {
+            const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
+            float s = 0.0f;
+#pragma unroll
+            for (int t = 0; t < DPL; t++) {
+                const int d = lane + 32 * t;
+                if (d < head_dim) s = fmaf(qv[t], kj[d], s);
+            }
+            s = warp_sum(s) * scale;
+            if (s > m) {
+                const float corr = expf(m - s); /* 0 on the warp's first key */
+                l *= corr;
+#pragma unroll
+                for (int t = 0; t < DPL; t++) acc[t] *= corr;
+                m = s;
+            }
+            const float p = expf(s - m);
+            l += p;
+#pragma unroll
+            for (int t = 0; t < DPL; t++) {
+                const int d = lane + 32 * t;
+                if (d < head_dim) acc[t] = fmaf(p, vj[d], acc[t]);
+            }
+        }
+    }
+    float *sacc = sm, *sm_m = sm + ATT_WARPS * head_dim, *sm_l = sm_m + ATT_WARPS;
+#pragma unroll
+    for (int t = 0; t < DPL; t++) {
+        const int d = lane + 32 * t;
+        if (d < head_dim) sacc[warp * head_dim + d] = acc[t];
+    }
+    if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
+    __syncthreads();
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w]);
+    float L = 0.0f, f[ATT_WARPS];
+#pragma unroll
+    for (int w = 0; w < ATT_WARPS; w++) {
+        f[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - M); /* a warp with no keys adds nothing */
+        L += sm_l[w] * f[w];
+    }
+    float *pz = part + (((size_t)i * n_heads + h) * ATT_SPLITS + z) * (head_dim + 2);
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) o += sacc[w * head_dim + d] * f[w];
+        pz[d] = o;
+    }
+    if (threadIdx.x == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
+}
+
+/* out of (head, token): the splits' partial results merged in split order */
+__global__ void k_attention_merge(float *out, const float *part, int n_heads, int head_dim) {
+    const int h = blockIdx.x, i = blockIdx.y;
+    const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
+    float M = -INFINITY;
+#pragma unroll
+    for (int z = 0; z < ATT_SPLITS; z++) M = fmaxf(M, p[z * (head_dim + 2) + head_dim]);
+    float L = 0.0f, f[ATT_SPLITS];
+#pragma unroll
+    for (int z = 0; z < ATT_SPLITS; z++) {
+        const float mz = p[z * (head_dim + 2) + head_dim];
+        f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
+        L += p[z * (head_dim + 2) + head_dim + 1] * f[z];
+    }
+    const float inv = 1.0f / L;
+    float *oi = out + ((size_t)i * n_heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+#pragma unroll
+        for (int z = 0; z < ATT_SPLITS; z++) o += p[z * (head_dim + 2) + d] * f[z];
+        oi[d] = o * inv;
+    }
+}
+
+__global__ void k_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float g = gate[i];
+        out[i] = (g / (1.0f + expf(-g))) * up[i];
+    }
+}
+
+__global__ void k_add(float *x, const float *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) x[i] += y[i];
+}
+
+__global__ void k_gather_rows(float *dst, int dst_stride, const float *src, int src_stride, const int32_t *rows, int cols) {
+    const int i = blockIdx.x;
+    const float *s = src + (size_t)(rows ? rows[i] : i) * src_stride;
+    float *d = dst + (size_t)i * dst_stride;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) d[c] = s[c];
+}
+
+__global__ void k_bias_act(float *x, const void *bias, int dt, size_t n, int dim, int act) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i] + (bias ? weight_at(bias, dt, i % dim) : 0.0f);
+        if (act == ACT_SIGMOID) v = 1.0f / (1.0f + expf(-v));
+        else if (act == ACT_TANH) v = tanhf(v);
+        x[i] = v;
+    }
+}
+
+__global__ void k_ew(int op, float *out, const float *a, const float *b, const float *c, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        if (op == EW_MUL) out[i] = a[i] * b[i];
+        else out[i] = c[i] * a[i] + (1.0f - c[i]) * b[i];
+    }
+}
+
+/* ---- ops ---- */
+
+static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t *ids, int n) {
+    if (n <= 0) return;
+    k_embed<<<n, 256, 0, stream_of(be)>>>(out, table->dev, table->dtype, ids, table->cols);
+    LAUNCHED("embed");
+}
+
+template <int NB, int R, int DT, bool VEC>
+static void matmul_launch(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+    k_matmul<NB, R, DT, VEC><<<(unsigned)((O + R - 1) / R), 256, 0, st>>>(out, x, w, n, K, O);
+}
+
+/* rows in chunks of 32; R (columns per block) grows with the rows, which changes no value */
+template <int DT, bool VEC>
+static void matmul_small(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+    for (int i0 = 0; i0 < n; i0 += 32) {
+        const int nb = n - i0 < 32 ? n - i0 : 32;
+        float *o = out + (size_t)i0 * O;
+        const float *xi = x + (size_t)i0 * K;
+        if (nb <= 1) matmul_launch<1, 1, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 2) matmul_launch<2, 2, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 4) matmul_launch<4, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 8) matmul_launch<8, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 16) matmul_launch<16, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else matmul_launch<32, 2, DT, VEC>(st, o, xi, w, nb, K, O);
+    }
+}
+
+template <int DT>
+static void matmul_small_dt(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+    const bool vec = K % 8 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0;
+    if (vec) matmul_small<DT, true>(st, out, x, w, n, K, O);
+    else matmul_small<DT, false>(st, out, x, w, n, K, O);
+}
+
+/* cuBLAS is column-major: W (row-major [O][K]) is K x O with ld K, x is K x n with ld K, and out
+ * (row-major [n][O]) is O x n with ld O, so out = op_T(W) * x. BF16/F16 weights are widened to
+ * F32 in slices of rows first (cuBLAS has no F32 x BF16 product). */
+static void blas_check(cublasStatus_t s, const char *what) {
+    if (s == CUBLAS_STATUS_SUCCESS) return;
+    fprintf(stderr, "dspark: cuBLAS error %d in %s\n", (int)s, what);
+    abort();
+}
+static void matmul_cublas(Backend *be, float *out, const float *x, const Weight *w, int n) {
+    CudaImpl *c = impl(be);
+    const int K = w->cols, O = w->rows;
+    const float one = 1.0f, zero = 0.0f;
+    if (w->dtype == DS_F32) {
+        blas_check(c->blas.sgemm(c->blas.h, CUBLAS_OP_T, CUBLAS_OP_N, O, n, K, &one, (const float *)w->dev, K, x, K, &zero, out, O), "sgemm");
+        return;
+    }
+    if (!c->wide) CU(cudaMalloc(&c->wide, sizeof(float) * WIDE_ELEMS));
+    int rows_per = (int)(WIDE_ELEMS / (size_t)K);
+    if (rows_per < 1) rows_per = 1; /* K > 16M columns cannot happen with the config limits */
+    for (int r0 = 0; r0 < O; r0 += rows_per) {
+        const int rc = O - r0 < rows_per ? O - r0 : rows_per;
+        const size_t count = (size_t)rc * K;
+        k_widen<<<blocks_for(count, 256 * 8), 256, 0, c->stream>>>(c->wide, w->dev, w->dtype, (size_t)r0 * K, count);
+        LAUNCHED("widen");
+        blas_check(c->blas.sgemm(c->blas.h, CUBLAS_OP_T, CUBLAS_OP_N, rc, n, K, &one, c->wide, K, x, K, &zero, out + r0, O), "sgemm");
+    }
+}
+
+static void cu_matmul(Backend *be, float *out, const float *x, const Weight *w, int n) {
+    if (n <= 0) return;
+    CudaImpl *c = impl(be);
+    if (n > CUDA_SMALL_N && c->have_blas) {
+        matmul_cublas(be, out, x, w, n);
+        return;
+    }
+    switch (w->dtype) {
+    case DS_BF16: matmul_small_dt<DS_BF16>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
+    case DS_F16: matmul_small_dt<DS_F16>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
+    default: matmul_small_dt<DS_F32>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
+    }
+    LAUNCHED("matmul");
+}
+
+static void cu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
+    if (n <= 0) return;
+    if (dim <= 256) k_rmsnorm_warp<<<(unsigned)((n + 7) / 8), 256, 0, stream_of(be)>>>(out, x, w->dev, w->dtype, n, dim, eps);
+    else k_rmsnorm_block<<<(unsigned)n, 256, 0, stream_of(be)>>>(out, x, w->dev, w->dtype, dim, eps);
+    LAUNCHED("rmsnorm");
+}
+
+/* the CPU's float32 inverse frequencies, on the device, one table per (theta, head_dim) */
+static const float *rope_freq(Backend *be, float theta, int head_dim) {
+    CudaImpl *c = impl(be);
+    for (int i = 0; i < N_ROPE_TABLES; i++)
+        if (c->rope[i].inv_freq && c->rope[i].theta == theta && c->rope[i].head_dim == head_dim) return c->rope[i].inv_freq;
+    RopeFreq *r = &c->rope[c->rope_next];
+    c->rope_next = (c->rope_next + 1) % N_ROPE_TABLES;
+    if (r->inv_freq) CU(cudaFree(r->inv_freq));
+    float host[256];
+    const int half = head_dim / 2;
+    DS_ASSERT(half <= 256);
+    /* transformers: inv_freq = 1 / theta^(arange(0, hd, 2) / hd), in float32 (backend_cpu.c) */
+    for (int j = 0; j < half; j++) host[j] = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
+    CU(cudaMalloc(&r->inv_freq, sizeof(float) * half));
+    CU(cudaMemcpyAsync(r->inv_freq, host, sizeof(float) * half, cudaMemcpyHostToDevice, c->stream));
+    r->theta = theta;
+    r->head_dim = head_dim;
+    return r->inv_freq;
+}
+
+static void cu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim, float theta) {
+    if (n <= 0) return;
+    const float *f = rope_freq(be, theta, head_dim);
+    int threads = n_heads * (head_dim / 2);
+    threads = threads < 32 ? 32 : threads > 256 ? 256 : threads;
+    k_rope<<<(unsigned)n, (unsigned)threads, 0, stream_of(be)>>>(x, pos, f, n_heads, head_dim);
+    LAUNCHED("rope");
+}
+
+static void cu_kv_write(Backend *be, KvCache *kv, int layer, const float *k, const float *v, const int32_t *slot, const int32_t *pos,
+                        int n) {
+    if (n <= 0) return;
+    k_kv_write<<<(unsigned)n, 256, 0, stream_of(be)>>>(kv->k, kv->v, k, v, slot, pos, layer, kv->n_slots, kv->max_ctx, kv->kv_dim);
+    LAUNCHED("kv_write");
+}
+
+static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                         const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
+    if (n <= 0) return;
+    DS_ASSERT(head_dim <= 512 && n_heads % n_kv_heads == 0);
+    CudaImpl *c = impl(be);
+    const size_t need = (size_t)n * n_heads * ATT_SPLITS * (head_dim + 2);
+    if (need > c->att_cap) { /* grows to the largest call once (cudaFree waits for its users) */
+        if (c->att_part) CU(cudaFree(c->att_part));
+        c->att_part = NULL;
+        CU(cudaMalloc(&c->att_part, sizeof(float) * need));
+        c->att_cap = need;
+    }
+    const dim3 grid((unsigned)n_heads, (unsigned)n, ATT_SPLITS);
+    const size_t smem = sizeof(float) * ATT_WARPS * ((size_t)head_dim + 2);
+    const float scale = 1.0f / sqrtf((float)head_dim);
+    const int group = n_heads / n_kv_heads;
+    cudaStream_t st = c->stream;
+    float *part = c->att_part;
+#define ATT(D) k_attention<D><<<grid, 32 * ATT_WARPS, smem, st>>>(part, q, kv->k, kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, \
+                                                                  kv->kv_dim, n_heads, group, head_dim, scale)
+    if (head_dim <= 32) ATT(1);
+    else if (head_dim <= 64) ATT(2);
+    else if (head_dim <= 128) ATT(4);
+    else if (head_dim <= 256) ATT(8);
+    else ATT(16);
+#undef ATT
+    LAUNCHED("attention");
+    k_attention_merge<<<dim3((unsigned)n_heads, (unsigned)n), 128, 0, st>>>(out, part, n_heads, head_dim);
+    LAUNCHED("attention merge");
+}
+
+static void cu_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
+    if (!n) return;
+    k_swiglu<<<blocks_for(n, 256 * 4), 256, 0, stream_of(be)>>>(out, gate, up, n);
+    LAUNCHED("swiglu");
+}
+
+static void cu_add(Backend *be, float *x, const float *y, size_t n) {
+    if (!n) return;
+    k_add<<<blocks_for(n, 256 * 4), 256, 0, stream_of(be)>>>(x, y, n);
+    LAUNCHED("add");
+}
+
+static void cu_gather_rows(Backend *be, float *dst, int dst_stride, const float *src, int src_stride, const int32_t *rows, int n,
+                           int cols) {
+    if (n <= 0 || cols <= 0) return;
+    k_gather_rows<<<(unsigned)n, 256, 0, stream_of(be)>>>(dst, dst_stride, src, src_stride, rows, cols);
+    LAUNCHED("gather_rows");
+}
+
+static void cu_bias_act(Backend *be, float *x, const Weight *bias, int n, int dim, int act) {
+    const size_t total = (size_t)n * dim;
+    if (!total) return;
+    k_bias_act<<<blocks_for(total, 256 * 4), 256, 0, stream_of(be)>>>(x, bias ? bias->dev : NULL, bias ? bias->dtype : DS_F32, total,
+                                                                       dim, act);
+    LAUNCHED("bias_act");
+}
+
+static void cu_ew(Backend *be, int op, float *out, const float *a, const float *b, const float *c, size_t n) {
+    if (!n) return;
+    k_ew<<<blocks_for(n, 256 * 4), 256, 0, stream_of(be)>>>(op, out, a, b, c, n);
+    LAUNCHED("ew");
+}
+
+static void cu_destroy(Backend *be) {
+    CudaImpl *c = impl(be);
+    if (c) {
+        cudaStreamSynchronize(c->stream);
+        for (int i = 0; i < N_ROPE_TABLES; i++) if (c->rope[i].inv_freq) cudaFree(c->rope[i].inv_freq);
+        if (c->wide) cudaFree(c->wide);
+        if (c->att_part) cudaFree(c->att_part);
+        if (c->have_blas) {
+            c->blas.destroy(c->blas.h);
+            dlclose(c->blas.lib);
+        }
+        cudaStreamDestroy(c->stream);
+        ds_free(c);
+    }
+    ds_free(be);
+}
+
+extern "C" const char *backend_cuda_info(const Backend *be) { return ((const CudaImpl *)be->impl)->info; }
+
+extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
+    (void)n_threads;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count < 1) {
+        const char *why = e == cudaErrorInsufficientDriver ? "no NVIDIA driver, or one older than this build's CUDA runtime"
+                          : e != cudaSuccess              ? cudaGetErrorString(e)
+                                                          : "no device found";
+        ds_err(err, DS_EDEVICE, "--device cuda: no usable NVIDIA GPU (%s)", why);
+        return NULL;
+    }
+    cudaDeviceProp prop;
+    if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) {
+        ds_err(err, DS_EDEVICE, "--device cuda: cannot open GPU 0 (%s)", cudaGetErrorString(e));
+        return NULL;
+    }
+    /* the kernels exist only for the architectures this binary was built for */
+    cudaFuncAttributes fa;
+    if ((e = cudaFuncGetAttributes(&fa, k_add)) != cudaSuccess) {
+        cudaGetLastError();
+        ds_err(err, DS_EDEVICE, "--device cuda: %s (sm_%d%d) cannot run this build's kernels (%s); rebuild with -DCMAKE_CUDA_ARCHITECTURES=%d%d",
+               prop.name, prop.major, prop.minor, cudaGetErrorString(e), prop.major, prop.minor);
+        return NULL;
+    }
+    Backend *be = (Backend *)ds_calloc(1, sizeof *be);
+    CudaImpl *c = (CudaImpl *)ds_calloc(1, sizeof *c);
+    if (!be || !c) {
+        ds_free(be);
+        ds_free(c);
+        ds_err(err, DS_ENOMEM, "out of memory creating the CUDA backend");
+        return NULL;
+    }
+    if ((e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+        ds_free(be);
+        ds_free(c);
+        ds_err(err, DS_EDEVICE, "--device cuda: cannot create a stream (%s)", cudaGetErrorString(e));
+        return NULL;
+    }
+    c->have_blas = cublas_open(&c->blas, c->stream);
+    const char *sync = getenv("DSPARK_CUDA_SYNC");
+    g_sync_each = sync && strcmp(sync, "1") == 0;
+    snprintf(c->info, sizeof c->info, "%.200s (sm_%d%d, %.1f GB, %d SMs), products: own kernel%s", prop.name, prop.major, prop.minor,
+             prop.totalGlobalMem / 1e9, prop.multiProcessorCount, c->have_blas ? " <= 64 rows, cuBLAS F32 above" : " (no cuBLAS)");
+    be->impl = c;
+    be->name = "cuda";
+    be->host_memory = false;
+    be->n_threads = 1;
+    be->alloc = cu_alloc;
+    be->free = cu_free;
+    be->to_device = cu_to_device;
+    be->to_host = cu_to_host;
+    be->copy = cu_copy;
+    be->upload_weight = cu_upload_weight;
+    be->release_weight = cu_release_weight;
+    be->synchronize = cu_sync;
+    be->embed = cu_embed;
+    be->matmul = cu_matmul;
+    be->matmul_multi = NULL;
+    be->rmsnorm = cu_rmsnorm;
+    be->rope = cu_rope;
+    be->kv_write = cu_kv_write;
+    be->attention = cu_attention;
+    be->swiglu = cu_swiglu;
+    be->add = cu_add;
+    be->gather_rows = cu_gather_rows;
+    be->bias_act = cu_bias_act;
+    be->ew = cu_ew;
+    be->destroy = cu_destroy;
+    return be;
+}

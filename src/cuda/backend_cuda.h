@@ -1,0 +1,37 @@
+/* backend_cuda.h - the CUDA backend (backend_cuda.cu), declared for the CPU code and tests.
+ *
+ * Built only when nvcc is found (DSPARK_HAVE_CUDA). The binary never needs a driver to start:
+ * cudart is linked statically and asks for the driver at backend_cuda_create(); cuBLAS is
+ * opened with dlopen() there too, and without it every product runs on our own kernel.
+ *
+ * Exactness on the GPU: matmul rows of calls with at most CUDA_SMALL_N rows (decode and
+ * verify steps) go through one deterministic kernel whose per-element arithmetic does not
+ * depend on the number of rows, so a token's logits are bitwise the same alone or in a verify
+ * block (backend.h's contract). Larger calls (prefill) use cuBLAS in float32 (no TF32), BF16
+ * weights widened to F32 first, equal to the CPU up to float32 rounding; DSPARK_CUDA_CUBLAS=0
+ * keeps the deterministic kernel for every size. */
+#ifndef DSPARK_BACKEND_CUDA_H
+#define DSPARK_BACKEND_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "backend.h"
+
+#define CUDA_SMALL_N 64
+
+/* NULL with a one-line error in err when no usable GPU (or driver) exists. */
+Backend *backend_cuda_create(int n_threads, char *err);
+/* one line: device name, compute capability, memory, whether cuBLAS is used */
+const char *backend_cuda_info(const Backend *be);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
