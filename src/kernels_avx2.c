@@ -168,6 +168,12 @@ static void decode_cols(float *out, const float *x, const Weight *W, int R, int 
 #define RB_BYTES (256 * 1024)  /* x block (rows x K floats) kept in L2 while the panels pass */
 #endif
 #define RB_MAX 128  /* rows per block */
+#ifndef PFD
+#define PFD 512     /* weight elements between a fused tile's software prefetch and its use */
+#endif
+#ifndef PF_AHEAD
+#define PF_AHEAD 1  /* panels between a prefetch and its use */
+#endif
 #define NP 3        /* panel columns = tile columns */
 #define TR 4        /* tile rows: TR x NP accumulators + NP weights + 1 = 16 registers */
 
@@ -199,9 +205,12 @@ static void panel_widen(float *pan, int knp, const Weight *W, int o, int k0, int
 
 /* One R x NP tile (R <= TR) over k block [k0, k0+kn), half h at a time: accumulators from/to
  * spill (k blocks before/after), or reduced into out on the last block. The masked step when
- * the block ends at K with K % 16 != 0 keeps x past K unread (it may be anything). */
-AI void tile_run(int R, float *out, int O, int nc, const float *x, int K, const float *pan, int knp, int k0, int kn,
-                 float *spill, bool first, bool last) {
+ * the block ends at K with K % 16 != 0 keeps x past K unread (it may be anything).
+ * widen (dt's rows w + c K from the block start, all NP rows exist): the tile widens the
+ * weights itself and stores them into the panel for the row block's other tiles, so the loads
+ * from memory overlap its FMAs instead of stalling a separate widening pass. */
+AI void tile_run(int R, ds_dtype dt, bool widen, float *out, int O, int nc, const float *x, int K, float *pan, int knp, int k0,
+                 int kn, float *spill, bool first, bool last, const void *w) {
     const int nfull = kn >> 4, kt = kn & 15;
     x += k0;
     for (int h = 0; h < 2; h++) {
@@ -211,11 +220,28 @@ AI void tile_run(int R, float *out, int O, int nc, const float *x, int K, const 
         for (int r = 0; r < R; r++)
             #pragma GCC unroll 4
             for (int c = 0; c < NP; c++) acc[r][c] = first ? _mm256_setzero_ps() : _mm256_load_ps(sp + (r * NP + c) * 8);
-        const float *ph = pan + 8 * h, *xh = x + 8 * h;
+        float *ph = pan + 8 * h;
+        const float *xh = x + 8 * h;
         for (int s = 0; s < nfull; s++) {
             __m256 wv[NP];
+            if (widen && h == 0 && !(s & 1)) {
+                /* each weight row's line PFD elements ahead; past the row's end, the same
+                 * place in the next panel's row (rows are contiguous: it follows this one) */
+                const int kk = k0 + 16 * s + PFD;
+                const size_t es = dt == DS_F32 ? 4 : 2;
+                #pragma GCC unroll 4
+                for (int c = 0; c < NP; c++)
+                    __builtin_prefetch((const char *)w + ((kk < K ? (size_t)c * K + 16 * s + PFD : (size_t)(c + NP) * K + (size_t)(kk - K) - (size_t)k0)) * es, 0, 3);
+            }
             #pragma GCC unroll 4
-            for (int c = 0; c < NP; c++) wv[c] = _mm256_load_ps(ph + (size_t)c * knp + 16 * s);
+            for (int c = 0; c < NP; c++) {
+                if (widen) {
+                    wv[c] = wload8(dt, w, (size_t)c * K + 16 * s + 8 * h);
+                    _mm256_store_ps(ph + (size_t)c * knp + 16 * s, wv[c]);
+                } else {
+                    wv[c] = _mm256_load_ps(ph + (size_t)c * knp + 16 * s);
+                }
+            }
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const __m256 xv = _mm256_loadu_ps(xh + (size_t)r * K + 16 * s);
@@ -227,7 +253,16 @@ AI void tile_run(int R, float *out, int O, int nc, const float *x, int K, const 
             const __m256i m = lane_mask(kt - 8 * h);
             __m256 wv[NP];
             #pragma GCC unroll 4
-            for (int c = 0; c < NP; c++) wv[c] = _mm256_load_ps(ph + (size_t)c * knp + 16 * nfull);
+            for (int c = 0; c < NP; c++) {
+                if (widen) {
+                    float wb[16] __attribute__((aligned(32)));
+                    wtail(dt, wb, w, (size_t)c * K + 16 * nfull, kt);
+                    wv[c] = wload8(dt, wb, 8 * h);
+                    _mm256_store_ps(ph + (size_t)c * knp + 16 * nfull, wv[c]);
+                } else {
+                    wv[c] = _mm256_load_ps(ph + (size_t)c * knp + 16 * nfull);
+                }
+            }
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) {
                 const __m256 xv = _mm256_maskload_ps(xh + (size_t)r * K + 16 * nfull, m);
@@ -248,14 +283,15 @@ AI void tile_run(int R, float *out, int O, int nc, const float *x, int K, const 
         }
 }
 
-static void tile_any(int R, float *out, int O, int nc, const float *x, int K, const float *pan, int knp, int k0, int kn,
-                     float *spill, bool first, bool last) {
-    switch (R) {
-    case 4: tile_run(4, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
-    case 3: tile_run(3, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
-    case 2: tile_run(2, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
-    default: tile_run(1, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last); break;
-    }
+#define TILE_R(dt, widen)                                                                                          switch (R) {                                                                                                   case 4: tile_run(4, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              case 3: tile_run(3, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              case 2: tile_run(2, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              default: tile_run(1, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;             }
+
+/* w: NULL (the panel is filled) or the block start of the panel's first weight row */
+static void tile_any(int R, ds_dtype dt, float *out, int O, int nc, const float *x, int K, float *pan, int knp, int k0, int kn,
+                     float *spill, bool first, bool last, const void *w) {
+    if (!w) TILE_R(DS_F32, false)
+    else if (dt == DS_BF16) TILE_R(DS_BF16, true)
+    else if (dt == DS_F16) TILE_R(DS_F16, true)
+    else TILE_R(DS_F32, true)
 }
 
 /* rows [0, n) x columns [o0, o1) */
@@ -276,20 +312,27 @@ static void prefill_cols(float *out, const float *x, const Weight *W, int n, int
             int nc = o1 - o < NP ? o1 - o : NP;
             for (int k0 = 0; k0 < K; k0 += KC) {
                 int kn = K - k0 < KC ? K - k0 : KC, knp = (kn + 15) & ~15;
-                panel_widen(pan, knp, W, o, k0, kn);
-                /* prefetch the next panel while this one's tiles run (kernels.h) */
-                int no = o, nk0 = k0 + KC;
-                if (nk0 >= K) { no = o + NP; nk0 = 0; }
-                if (no >= o1) no = o0;
+                /* full panels: the row block's first tile widens them (tile_run) */
+                const bool fused = nc == NP;
+                if (!fused) panel_widen(pan, knp, W, o, k0, kn);
+                /* prefetch the panel PF_AHEAD steps ahead while this one's tiles run (kernels.h):
+                 * with few tiles per panel one panel ahead is too short to hide DRAM latency */
+                int no = o, nk0 = k0;
+                for (int a = 0; a < PF_AHEAD; a++) {
+                    nk0 += KC;
+                    if (nk0 >= K) { no += NP; nk0 = 0; }
+                    if (no >= o1) no = o0;
+                }
                 const int nnc = o1 - no < NP ? o1 - no : NP, nkn = K - nk0 < KC ? K - nk0 : KC;
                 const int ntiles = (i1 - i0 + TR - 1) / TR;
                 const size_t es = W->dtype == DS_F32 ? 4 : 2;
                 for (int i = i0; i < i1; i += TR) {
                     int R = i1 - i < TR ? i1 - i : TR;
-                    kern_prefetch_part((const char *)W->host + ((size_t)no * K + nk0) * es, (size_t)nkn * es, (size_t)K * es, nnc,
+                    if (!fused) kern_prefetch_part((const char *)W->host + ((size_t)no * K + nk0) * es, (size_t)nkn * es, (size_t)K * es, nnc,
                                        (i - i0) / TR, ntiles);
-                    tile_any(R, out + (size_t)i * O + o, O, nc, x + (size_t)i * K, K, pan, knp, k0, kn,
-                             spill + (size_t)((i - i0) / TR) * SPILL_TILE, k0 == 0, k0 + kn >= K);
+                    const void *wsrc = fused && i == i0 ? (const char *)W->host + ((size_t)o * K + k0) * es : NULL;
+                    tile_any(R, W->dtype, out + (size_t)i * O + o, O, nc, x + (size_t)i * K, K, pan, knp, k0, kn,
+                             spill + (size_t)((i - i0) / TR) * SPILL_TILE, k0 == 0, k0 + kn >= K, wsrc);
                 }
             }
         }
