@@ -474,99 +474,136 @@ void kern_swiglu_avx2(float *out, const float *gate, const float *up, size_t n) 
 
 /* ---- attention ---- */
 
-/* Per (query, head), keys in fixed blocks of 8 aligned to key 0:
+/* Per (query, head), keys in fixed blocks of 16 aligned to key 0:
  *   s_j = (q . k_j) (16-lane FMA over head_dim, hsum16 tree), times scale
  *   m' = max(m, max s); c = e^(m - m') (0 on the first block); p = e^(s - m') (0 past kv_len)
- *   l = l c + tree8(p); acc = acc c, then + p_j v_j for j increasing (FMA)
+ *   l = l c + tree16(p); acc = acc c, then + p_j v_j for j increasing (FMA)
  *   out = acc / l
  * The blocks depend only on the key index, so a query's result depends only on its q, its
- * slot's cache and its kv_len, never on the other queries or the thread count. */
-#define AB 8
+ * slot's cache and its kv_len, never on the other queries or the thread count. Two heads of
+ * a query run side by side (attn_heads, P = 2) so that their serial softmax chains overlap;
+ * each head's operations are exactly those it gets alone (P = 1). */
+#define AB 16
 #define HD_MAX 256
 
 bool kern_attention_avx2_ok(int head_dim) { return head_dim % 16 == 0 && head_dim <= HD_MAX; }
 
-static void attn_one(float *out, const float *q, const float *kb, const float *vb, size_t ld, int len, int hd, float scale) {
-    float acc[HD_MAX] __attribute__((aligned(32)));
-    memset(acc, 0, sizeof(float) * hd);
-    float m = -INFINITY, l = 0.0f;
+typedef struct {
+    const float *q, *kb, *vb; /* query; key 0 of its slot and kv head (keys ld floats apart) */
+    float *out;
+} AttnHead;
+
+AI float hmax8(__m256 s) {
+    __m128 mx = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    mx = _mm_max_ps(mx, _mm_movehl_ps(mx, mx));
+    mx = _mm_max_ss(mx, _mm_movehdup_ps(mx));
+    return _mm_cvtss_f32(mx);
+}
+
+/* scores of keys [j, j + 4) of the block (those < nb; others 0), each reduced to its 8
+ * level-(j, j+8) sums */
+AI void scores4(__m256 *sv, const float *q, const float *kj, size_t ld, int nb, int hd) {
+    __m256 lo[4], hi[4];
+    #pragma GCC unroll 4
+    for (int t = 0; t < 4; t++) lo[t] = hi[t] = _mm256_setzero_ps();
+    for (int d = 0; d < hd; d += 16) {
+        const __m256 ql = _mm256_loadu_ps(q + d), qh = _mm256_loadu_ps(q + d + 8);
+        #pragma GCC unroll 4
+        for (int t = 0; t < 4; t++)
+            if (t < nb) {
+                const float *kp = kj + (size_t)t * ld + d;
+                lo[t] = _mm256_fmadd_ps(ql, _mm256_loadu_ps(kp), lo[t]);
+                hi[t] = _mm256_fmadd_ps(qh, _mm256_loadu_ps(kp + 8), hi[t]);
+            }
+    }
+    #pragma GCC unroll 4
+    for (int t = 0; t < 4; t++) sv[t] = _mm256_add_ps(lo[t], hi[t]);
+}
+
+AI void attn_heads(int P, const AttnHead *hs, size_t ld, int len, int hd, float scale) {
+    float acc[2][HD_MAX] __attribute__((aligned(32)));
+    float m[2], l[2];
+    for (int p = 0; p < P; p++) {
+        memset(acc[p], 0, sizeof(float) * hd);
+        m[p] = -INFINITY;
+        l[p] = 0.0f;
+    }
     for (int j0 = 0; j0 < len; j0 += AB) {
         const int nb = len - j0 < AB ? len - j0 : AB;
-        const float *kj0 = kb + (size_t)j0 * ld, *vj0 = vb + (size_t)j0 * ld;
-        __m256 sv[AB];
-        for (int j = 0; j < AB; j += 4) { /* 4 keys x 2 halves = 8 independent chains */
-            __m256 lo[4], hi[4];
+        const __m256i valid0 = lane_mask(nb), valid1 = lane_mask(nb - 8);
+        float pj[2][AB] __attribute__((aligned(32)));
+        float c[2];
+        #pragma GCC unroll 2
+        for (int p = 0; p < P; p++) {
+            const float *kj0 = hs[p].kb + (size_t)j0 * ld;
+            __m256 sv[AB];
             #pragma GCC unroll 4
-            for (int t = 0; t < 4; t++) lo[t] = hi[t] = _mm256_setzero_ps();
-            for (int d = 0; d < hd; d += 16) {
-                const __m256 ql = _mm256_loadu_ps(q + d), qh = _mm256_loadu_ps(q + d + 8);
-                #pragma GCC unroll 4
-                for (int t = 0; t < 4; t++)
-                    if (j + t < nb) {
-                        const float *kp = kj0 + (size_t)(j + t) * ld + d;
-                        lo[t] = _mm256_fmadd_ps(ql, _mm256_loadu_ps(kp), lo[t]);
-                        hi[t] = _mm256_fmadd_ps(qh, _mm256_loadu_ps(kp + 8), hi[t]);
-                    }
-            }
-            #pragma GCC unroll 4
-            for (int t = 0; t < 4; t++) sv[j + t] = _mm256_add_ps(lo[t], hi[t]); /* level (j, j+8) */
+            for (int j = 0; j < AB; j += 4) scores4(sv + j, hs[p].q, kj0 + (size_t)j * ld, ld, nb - j, hd);
+            const __m256 sc = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+            __m256 s0 = _mm256_mul_ps(hsum8x8(sv), sc), s1 = _mm256_mul_ps(hsum8x8(sv + 8), sc);
+            s0 = _mm256_blendv_ps(ninf, s0, _mm256_castsi256_ps(valid0));
+            s1 = _mm256_blendv_ps(ninf, s1, _mm256_castsi256_ps(valid1));
+            const float mb = hmax8(_mm256_max_ps(s0, s1)), mnew = m[p] > mb ? m[p] : mb; /* max: exact in any order */
+            const __m256 mv = _mm256_set1_ps(mnew);
+            const __m256 p0 = _mm256_and_ps(exp8(_mm256_sub_ps(s0, mv)), _mm256_castsi256_ps(valid0));
+            const __m256 p1 = _mm256_and_ps(exp8(_mm256_sub_ps(s1, mv)), _mm256_castsi256_ps(valid1));
+            c[p] = m[p] != -INFINITY ? _mm256_cvtss_f32(exp8(_mm256_set1_ps(m[p] - mnew))) : 0.0f;
+            l[p] = l[p] * c[p] + hsum16(p0, p1);
+            m[p] = mnew;
+            _mm256_store_ps(pj[p], p0);
+            _mm256_store_ps(pj[p] + 8, p1);
         }
-        const __m256i valid = lane_mask(nb);
-        __m256 s = _mm256_mul_ps(hsum8x8(sv), _mm256_set1_ps(scale));
-        s = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), s, _mm256_castsi256_ps(valid));
-        /* block max (max is exact whatever the order) */
-        __m128 mx = _mm_max_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        mx = _mm_max_ps(mx, _mm_movehl_ps(mx, mx));
-        mx = _mm_max_ss(mx, _mm_movehdup_ps(mx));
-        const float mb = _mm_cvtss_f32(mx), mnew = m > mb ? m : mb;
-        const __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(s, _mm256_set1_ps(mnew))), _mm256_castsi256_ps(valid));
-        float c = 0.0f;
-        if (m != -INFINITY) c = _mm256_cvtss_f32(exp8(_mm256_set1_ps(m - mnew)));
-        __m128 ps = _mm_add_ps(_mm256_castps256_ps128(p), _mm256_extractf128_ps(p, 1));
-        ps = _mm_add_ps(ps, _mm_movehl_ps(ps, ps));
-        ps = _mm_add_ss(ps, _mm_movehdup_ps(ps));
-        l = l * c + _mm_cvtss_f32(ps);
-        m = mnew;
-        float pj[AB] __attribute__((aligned(32)));
-        _mm256_store_ps(pj, p);
-        const __m256 cv = _mm256_set1_ps(c);
         /* 64 dims at a time in registers; per element: acc c, then + p_j v_j for j increasing */
-        for (int d0 = 0; d0 < hd; d0 += 64) {
-            const int nd = hd - d0 < 64 ? (hd - d0) / 8 : 8;
-            __m256 a[8];
-            #pragma GCC unroll 8
-            for (int t = 0; t < 8; t++)
-                a[t] = t < nd ? _mm256_mul_ps(_mm256_load_ps(acc + d0 + 8 * t), cv) : _mm256_setzero_ps();
-            for (int j = 0; j < nb; j++) {
-                const __m256 pv = _mm256_set1_ps(pj[j]);
-                const float *vj = vj0 + (size_t)j * ld + d0;
+        #pragma GCC unroll 2
+        for (int p = 0; p < P; p++) {
+            const __m256 cv = _mm256_set1_ps(c[p]);
+            const float *vj0 = hs[p].vb + (size_t)j0 * ld;
+            for (int d0 = 0; d0 < hd; d0 += 64) {
+                const int nd = hd - d0 < 64 ? (hd - d0) / 8 : 8;
+                __m256 a[8];
+                #pragma GCC unroll 8
+                for (int t = 0; t < 8; t++) a[t] = t < nd ? _mm256_mul_ps(_mm256_load_ps(acc[p] + d0 + 8 * t), cv) : _mm256_setzero_ps();
+                for (int j = 0; j < nb; j++) {
+                    const __m256 pv = _mm256_set1_ps(pj[p][j]);
+                    const float *vj = vj0 + (size_t)j * ld + d0;
+                    #pragma GCC unroll 8
+                    for (int t = 0; t < 8; t++)
+                        if (t < nd) a[t] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vj + 8 * t), a[t]);
+                }
                 #pragma GCC unroll 8
                 for (int t = 0; t < 8; t++)
-                    if (t < nd) a[t] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vj + 8 * t), a[t]);
+                    if (t < nd) _mm256_store_ps(acc[p] + d0 + 8 * t, a[t]);
             }
-            #pragma GCC unroll 8
-            for (int t = 0; t < 8; t++)
-                if (t < nd) _mm256_store_ps(acc + d0 + 8 * t, a[t]);
         }
     }
-    const __m256 inv = _mm256_set1_ps(1.0f / l);
-    for (int d = 0; d < hd; d += 8) _mm256_storeu_ps(out + d, _mm256_mul_ps(_mm256_load_ps(acc + d), inv));
+    for (int p = 0; p < P; p++) {
+        const __m256 inv = _mm256_set1_ps(1.0f / l[p]);
+        for (int d = 0; d < hd; d += 8) _mm256_storeu_ps(hs[p].out + d, _mm256_mul_ps(_mm256_load_ps(acc[p] + d), inv));
+    }
 }
 
 void kern_attention_avx2(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
                          int n, int n_heads, int n_kv_heads, int head_dim) {
     DS_ASSERT(kern_attention_avx2_ok(head_dim) && n_heads % n_kv_heads == 0);
-    const int group = n_heads / n_kv_heads, hd = head_dim;
+    const int group = n_heads / n_kv_heads, hd = head_dim, hpairs = (n_heads + 1) / 2;
     const size_t ld = (size_t)kv->kv_dim;
     const float scale = 1.0f / sqrtf((float)hd);
     long work = 0;
     for (int i = 0; i < n; i++) work += kv_len[i];
     work *= (long)n_heads * hd;
-    #pragma omp parallel for schedule(dynamic, 1) if (work >= 65536 && n * n_heads > 1)
-    for (int it = 0; it < n * n_heads; it++) {
-        const int i = it / n_heads, h = it % n_heads, len = kv_len[i];
+    /* work items: (query, pair of heads 2e, 2e+1) */
+    #pragma omp parallel for schedule(dynamic, 1) if (work >= 65536 && n * hpairs > 1)
+    for (int it = 0; it < n * hpairs; it++) {
+        const int i = it / hpairs, h0 = 2 * (it % hpairs), len = kv_len[i];
         DS_ASSERT(len >= 1 && len <= kv->max_ctx && slot[i] >= 0 && slot[i] < kv->n_slots);
-        const size_t base = (((size_t)layer * kv->n_slots + slot[i]) * kv->max_ctx) * ld + (size_t)(h / group) * hd;
-        attn_one(out + (size_t)it * hd, q + (size_t)it * hd, kv->k + base, kv->v + base, ld, len, hd, scale);
+        const size_t base = (((size_t)layer * kv->n_slots + slot[i]) * kv->max_ctx) * ld;
+        AttnHead hs[2];
+        const int P = h0 + 1 < n_heads ? 2 : 1;
+        for (int p = 0; p < P; p++) {
+            const size_t off = base + (size_t)((h0 + p) / group) * hd, qo = ((size_t)i * n_heads + h0 + p) * hd;
+            hs[p] = (AttnHead){q + qo, kv->k + off, kv->v + off, out + qo};
+        }
+        if (P == 2) attn_heads(2, hs, ld, len, hd, scale);
+        else attn_heads(1, hs, ld, len, hd, scale);
     }
 }
