@@ -123,11 +123,14 @@ AI void decode_tile(ds_dtype dt, int R, int DC, int nc, float *out, int O, const
             }
         }
     }
-    #pragma GCC unroll 4
+    /* R x DC <= 8 sums reduced together: hsum8x8 adds exactly hsum16's pairs */
+    __m256 v[8];
+    #pragma GCC unroll 8
+    for (int a = 0; a < 8; a++) v[a] = a < R * DC ? _mm256_add_ps(lo[a / DC][a % DC], hi[a / DC][a % DC]) : _mm256_setzero_ps();
+    float res[8] __attribute__((aligned(32)));
+    _mm256_store_ps(res, hsum8x8(v));
     for (int r = 0; r < R; r++)
-        #pragma GCC unroll 4
-        for (int c = 0; c < DC; c++)
-            if (c < nc) out[(size_t)r * O + o + c * cs] = hsum16(lo[r][c], hi[r][c]);
+        for (int c = 0; c < nc; c++) out[(size_t)r * O + o + c * cs] = res[r * DC + c];
 }
 
 /* columns [o0, o1) as DC segments of S = ceil(n / DC) rows: tile j takes row j of each
@@ -276,11 +279,20 @@ AI void tile_run(int R, ds_dtype dt, bool widen, float *out, int O, int nc, cons
             for (int c = 0; c < NP; c++) _mm256_store_ps(sp + (r * NP + c) * 8, acc[r][c]);
     }
     if (!last) return;
-    for (int r = 0; r < R; r++)
-        for (int c = 0; c < nc; c++) {
-            const float *a = spill + (r * NP + c) * 8;
-            out[(size_t)r * O + c] = hsum16(_mm256_load_ps(a), _mm256_load_ps(a + TR * NP * 8));
+    /* the R x NP sums reduced 8 at a time (hsum8x8: exactly hsum16's pairs) */
+    float res[2 * 8] __attribute__((aligned(32)));
+    #pragma GCC unroll 2
+    for (int g = 0; g < (R * NP + 7) / 8; g++) {
+        __m256 v[8];
+        #pragma GCC unroll 8
+        for (int j = 0; j < 8; j++) {
+            const int a = 8 * g + j;
+            v[j] = a < R * NP ? _mm256_add_ps(_mm256_load_ps(spill + a * 8), _mm256_load_ps(spill + a * 8 + TR * NP * 8)) : _mm256_setzero_ps();
         }
+        _mm256_store_ps(res + 8 * g, hsum8x8(v));
+    }
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < nc; c++) out[(size_t)r * O + c] = res[r * NP + c];
 }
 
 #define TILE_R(dt, widen)                                                                                          switch (R) {                                                                                                   case 4: tile_run(4, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              case 3: tile_run(3, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              case 2: tile_run(2, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              default: tile_run(1, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;             }
