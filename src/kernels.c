@@ -137,30 +137,43 @@ void kern_matmul_multi(float *const *outs, const float *x, const Weight *const *
 
 /* ---- rmsnorm, add ---- */
 
+/* A parallel region costs even when its if() clause is false (libgomp builds a team of one,
+ * with a malloc): below the thresholds the ops call their row / chunk function directly. */
+static void rmsnorm_row(float *out, const float *x, const Weight *w, int i, int dim, float eps) {
+    const float *xi = x + (size_t)i * dim;
+    float *oi = out + (size_t)i * dim;
+    float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
+    float r = 1.0f / sqrtf(ss + eps);
+    if (g_avx512) kern_scale_mul_avx512(oi, xi, r, w, dim);
+    else if (g_avx2) kern_scale_mul_avx2(oi, xi, r, w, dim);
+    else
+        for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
+}
+
 void kern_rmsnorm(float *out, const float *x, const Weight *w, int n, int dim, float eps) {
-    #pragma omp parallel for schedule(static) if ((size_t)n * dim >= 65536)
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * dim;
-        float *oi = out + (size_t)i * dim;
-        float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
-        float r = 1.0f / sqrtf(ss + eps);
-        if (g_avx512) kern_scale_mul_avx512(oi, xi, r, w, dim);
-        else if (g_avx2) kern_scale_mul_avx2(oi, xi, r, w, dim);
-        else
-            for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
+    if ((size_t)n * dim < 65536) {
+        for (int i = 0; i < n; i++) rmsnorm_row(out, x, w, i, dim, eps);
+        return;
     }
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) rmsnorm_row(out, x, w, i, dim, eps);
+}
+
+static void add_chunk(float *x, const float *y, size_t a, size_t b) {
+    if (g_avx512) kern_add_avx512(x + a, y + a, b - a);
+    else if (g_avx2) kern_add_avx2(x + a, y + a, b - a);
+    else
+        for (size_t i = a; i < b; i++) x[i] += y[i];
 }
 
 void kern_add(float *x, const float *y, size_t n) {
     const size_t CH = 16384, nch = (n + CH - 1) / CH;
-    #pragma omp parallel for schedule(static) if (n >= 262144)
-    for (size_t c = 0; c < nch; c++) {
-        size_t a = c * CH, b = a + CH < n ? a + CH : n;
-        if (g_avx512) kern_add_avx512(x + a, y + a, b - a);
-        else if (g_avx2) kern_add_avx2(x + a, y + a, b - a);
-        else
-            for (size_t i = a; i < b; i++) x[i] += y[i];
+    if (n < 262144) {
+        add_chunk(x, y, 0, n);
+        return;
     }
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nch; c++) add_chunk(x, y, c * CH, c * CH + CH < n ? c * CH + CH : n);
 }
 
 void kern_rope_apply(float *x, const float *c, const float *s, int n_heads, int head_dim) {
@@ -179,19 +192,24 @@ void kern_rope_apply(float *x, const float *c, const float *s, int n_heads, int 
 
 /* ---- swiglu ---- */
 
-void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
-    /* elementwise: any split is exact; chunks of 4096 keep the vector path's tails rare */
-    const size_t CH = 4096, nch = (n + CH - 1) / CH;
-    #pragma omp parallel for schedule(static) if (n >= 65536)
-    for (size_t c = 0; c < nch; c++) {
-        size_t a = c * CH, b = a + CH < n ? a + CH : n;
-        if (g_avx512) { kern_swiglu_avx512(out + a, gate + a, up + a, b - a); continue; }
-        if (g_avx2) { kern_swiglu_avx2(out + a, gate + a, up + a, b - a); continue; }
-        for (size_t i = a; i < b; i++) {
-            float g = gate[i];
-            out[i] = (g / (1.0f + expf(-g))) * up[i];
-        }
+static void swiglu_chunk(float *out, const float *gate, const float *up, size_t a, size_t b) {
+    if (g_avx512) { kern_swiglu_avx512(out + a, gate + a, up + a, b - a); return; }
+    if (g_avx2) { kern_swiglu_avx2(out + a, gate + a, up + a, b - a); return; }
+    for (size_t i = a; i < b; i++) {
+        float g = gate[i];
+        out[i] = (g / (1.0f + expf(-g))) * up[i];
     }
+}
+
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    /* elementwise: any split is exact (the vector paths treat a tail like the body) */
+    const size_t CH = 4096, nch = (n + CH - 1) / CH;
+    if (n < 65536) {
+        swiglu_chunk(out, gate, up, 0, n);
+        return;
+    }
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nch; c++) swiglu_chunk(out, gate, up, c * CH, c * CH + CH < n ? c * CH + CH : n);
 }
 
 /* ---- attention (portable) ---- */

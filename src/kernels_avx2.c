@@ -171,6 +171,12 @@ static void decode_cols(float *out, const float *x, const Weight *W, int R, int 
 #define RB_BYTES (256 * 1024)  /* x block (rows x K floats) kept in L2 while the panels pass */
 #endif
 #define RB_MAX 128  /* rows per block */
+#ifndef SMALL_N
+#define SMALL_N 16  /* up to this many rows, a weight range of at most SMALL_BYTES ... */
+#endif
+#ifndef SMALL_BYTES
+#define SMALL_BYTES (160 * 1024) /* ... goes through the decode tiles, 2 rows at a time */
+#endif
 #ifndef PFD
 #define PFD 512     /* weight elements between a fused tile's software prefetch and its use */
 #endif
@@ -295,7 +301,13 @@ AI void tile_run(int R, ds_dtype dt, bool widen, float *out, int O, int nc, cons
         for (int c = 0; c < nc; c++) out[(size_t)r * O + c] = res[r * NP + c];
 }
 
-#define TILE_R(dt, widen)                                                                                          switch (R) {                                                                                                   case 4: tile_run(4, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              case 3: tile_run(3, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              case 2: tile_run(2, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;              default: tile_run(1, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;             }
+#define TILE_R(dt, widen)                                                                                      \
+    switch (R) {                                                                                               \
+    case 4: tile_run(4, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;          \
+    case 3: tile_run(3, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;          \
+    case 2: tile_run(2, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;          \
+    default: tile_run(1, dt, widen, out, O, nc, x, K, pan, knp, k0, kn, spill, first, last, w); break;         \
+    }
 
 /* w: NULL (the panel is filled) or the block start of the panel's first weight row */
 static void tile_any(int R, ds_dtype dt, float *out, int O, int nc, const float *x, int K, float *pan, int knp, int k0, int kn,
@@ -363,33 +375,57 @@ static void matmul_part(float *out, const float *x, const Weight *w, int n, int 
     int o0, o1;
     part_range(w->rows, t, T, &o0, &o1);
     if (o0 >= o1) return;
-    if (n < 4) decode_cols(out, x, w, n, o0, o1);
-    else prefill_cols(out, x, w, n, o0, o1);
+    const size_t bytes = (size_t)(o1 - o0) * w->cols * (w->dtype == DS_F32 ? 4 : 2);
+    if (n < 4) {
+        decode_cols(out, x, w, n, o0, o1);
+    } else if (n <= SMALL_N && bytes <= SMALL_BYTES) {
+        /* a few rows (a verification block) on a cache-resident weight range: the decode
+         * tiles, 2 rows at a time (3 for an odd count's last), re-read the weights from cache
+         * and measured faster than the panels, whose fixed costs small K cannot amortise */
+        for (int i = 0; i < n;) {
+            const int R = n - i == 3 ? 3 : 2;
+            decode_cols(out + (size_t)i * w->rows, x + (size_t)i * w->cols, w, R, o0, o1);
+            i += R;
+        }
+    } else {
+        prefill_cols(out, x, w, n, o0, o1);
+    }
 }
 
 void kern_matmul_avx2(float *out, const float *x, const Weight *w, int n) {
-    const bool par = (size_t)w->rows * w->cols * (size_t)n >= 65536;
-    #pragma omp parallel if (par)
+    /* small: no parallel region at all (even an if(0) one costs a libgomp team allocation) */
+    if ((size_t)w->rows * w->cols * (size_t)n < 65536) {
+        matmul_part(out, x, w, n, 0, 1);
+        return;
+    }
+    #pragma omp parallel
     matmul_part(out, x, w, n, omp_get_thread_num(), omp_get_num_threads());
 }
 
+/* thread t of T's share of kern_matmul_multi_avx2: its column range of each weight, then
+ * (act) outs[0] = silu(outs[0]) * outs[1] on those columns (same rows count: same columns) */
+static void multi_part(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act, int t, int T) {
+    for (int j = 0; j < count; j++) matmul_part(outs[j], x, ws[j], n, t, T);
+    if (act == KERN_ACT_SWIGLU) {
+        int o0, o1, O = ws[0]->rows;
+        part_range(O, t, T, &o0, &o1);
+        for (int i = 0; i < n && o0 < o1; i++)
+            kern_swiglu_avx2(outs[0] + (size_t)i * O + o0, outs[0] + (size_t)i * O + o0, outs[1] + (size_t)i * O + o0,
+                             (size_t)(o1 - o0));
+    }
+}
+
 /* count matmuls of the same x in ONE parallel region (each thread its column range of each
- * weight); act: outs[0] = silu(outs[0]) * outs[1] on the thread's own columns right after */
+ * weight, so the bytes per thread stay balanced) */
 void kern_matmul_multi_avx2(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
     size_t work = 0;
     for (int j = 0; j < count; j++) work += (size_t)ws[j]->rows * ws[j]->cols * (size_t)n;
-    #pragma omp parallel if (work >= 65536)
-    {
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-        for (int j = 0; j < count; j++) matmul_part(outs[j], x, ws[j], n, t, T);
-        if (act == KERN_ACT_SWIGLU) {
-            int o0, o1, O = ws[0]->rows;
-            part_range(O, t, T, &o0, &o1);
-            for (int i = 0; i < n && o0 < o1; i++)
-                kern_swiglu_avx2(outs[0] + (size_t)i * O + o0, outs[0] + (size_t)i * O + o0, outs[1] + (size_t)i * O + o0,
-                                 (size_t)(o1 - o0));
-        }
+    if (work < 65536) {
+        multi_part(outs, x, ws, count, n, act, 0, 1);
+        return;
     }
+    #pragma omp parallel
+    multi_part(outs, x, ws, count, n, act, omp_get_thread_num(), omp_get_num_threads());
 }
 
 float kern_dot_f32_avx2(const float *a, const float *b, int n) {
@@ -594,28 +630,44 @@ AI void attn_heads(int P, const AttnHead *hs, size_t ld, int len, int hd, float 
     }
 }
 
+/* item it: query it / pairs, heads 2 (it % pairs) and the next one (if any) */
+static void attn_item(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
+                      int n_heads, int group, int hd, float scale, int it) {
+    const int hpairs = (n_heads + 1) / 2, i = it / hpairs, h0 = 2 * (it % hpairs), len = kv_len[i];
+    const size_t ld = (size_t)kv->kv_dim;
+    DS_ASSERT(len >= 1 && len <= kv->max_ctx && slot[i] >= 0 && slot[i] < kv->n_slots);
+    const size_t base = (((size_t)layer * kv->n_slots + slot[i]) * kv->max_ctx) * ld;
+    AttnHead hs[2];
+    const int P = h0 + 1 < n_heads ? 2 : 1;
+    for (int p = 0; p < P; p++) {
+        const size_t off = base + (size_t)((h0 + p) / group) * hd, qo = ((size_t)i * n_heads + h0 + p) * hd;
+        hs[p] = (AttnHead){q + qo, kv->k + off, kv->v + off, out + qo};
+    }
+    /* common head sizes as constants: the loops over dims unroll, no per-key branches */
+#define ATTN_HD(c) (P == 2 ? attn_heads(2, hs, ld, len, c, scale) : attn_heads(1, hs, ld, len, c, scale))
+    switch (hd) {
+    case 16: ATTN_HD(16); break;
+    case 32: ATTN_HD(32); break;
+    case 64: ATTN_HD(64); break;
+    case 128: ATTN_HD(128); break;
+    default: ATTN_HD(hd); break;
+    }
+#undef ATTN_HD
+}
+
 void kern_attention_avx2(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
                          int n, int n_heads, int n_kv_heads, int head_dim) {
     DS_ASSERT(kern_attention_avx2_ok(head_dim) && n_heads % n_kv_heads == 0);
     const int group = n_heads / n_kv_heads, hd = head_dim, hpairs = (n_heads + 1) / 2;
-    const size_t ld = (size_t)kv->kv_dim;
     const float scale = 1.0f / sqrtf((float)hd);
     long work = 0;
     for (int i = 0; i < n; i++) work += kv_len[i];
     work *= (long)n_heads * hd;
-    /* work items: (query, pair of heads 2e, 2e+1) */
-    #pragma omp parallel for schedule(dynamic, 1) if (work >= 65536 && n * hpairs > 1)
-    for (int it = 0; it < n * hpairs; it++) {
-        const int i = it / hpairs, h0 = 2 * (it % hpairs), len = kv_len[i];
-        DS_ASSERT(len >= 1 && len <= kv->max_ctx && slot[i] >= 0 && slot[i] < kv->n_slots);
-        const size_t base = (((size_t)layer * kv->n_slots + slot[i]) * kv->max_ctx) * ld;
-        AttnHead hs[2];
-        const int P = h0 + 1 < n_heads ? 2 : 1;
-        for (int p = 0; p < P; p++) {
-            const size_t off = base + (size_t)((h0 + p) / group) * hd, qo = ((size_t)i * n_heads + h0 + p) * hd;
-            hs[p] = (AttnHead){q + qo, kv->k + off, kv->v + off, out + qo};
-        }
-        if (P == 2) attn_heads(2, hs, ld, len, hd, scale);
-        else attn_heads(1, hs, ld, len, hd, scale);
+    /* work items: (query, pair of heads 2e, 2e+1); small: no parallel region (as matmul) */
+    if (work < 65536 || n * hpairs == 1) {
+        for (int it = 0; it < n * hpairs; it++) attn_item(out, q, kv, layer, slot, kv_len, n_heads, group, hd, scale, it);
+        return;
     }
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int it = 0; it < n * hpairs; it++) attn_item(out, q, kv, layer, slot, kv_len, n_heads, group, hd, scale, it);
 }
