@@ -16,7 +16,11 @@
  * DC far-apart segments of the thread's range (independent hardware prefetch streams).
  * Prefill (4+ rows, e.g. a verification block): per thread, panels of NP weight rows x KC
  * are widened to F32 once into an L1-resident buffer and reused by every TR-row tile of a
- * row block sized to stay in L2; a tile is TR x NP accumulators, one half at a time. */
+ * row block sized to stay in L2; a tile is TR x NP accumulators, one half at a time, and the
+ * block's first tile does the widening itself (with software prefetch), so the weight loads
+ * overlap FMAs. A few rows (<= SMALL_N) on a cache-resident weight range (small models) go
+ * through the decode tiles two rows at a time instead: measured faster at small K.
+ * Elsewhere: attention (below), and the elementwise ops with the portable path's roundings. */
 #include "kernels.h"
 
 #include <immintrin.h>
