@@ -3,11 +3,12 @@
  * random BF16 weights that this program writes itself (once, to DIR).
  *
  *   bench_cpu [--dir DIR] [--threads 1,2] [--prefill 128] [--decode 32] [--reps 3] [--json OUT]
- *             [--ik-llama PATH_TO_llama-bench --gguf MODEL.gguf]
+ *             [--ik-llama PATH_TO_llama-bench --gguf MODEL.gguf] [--vs-portable]
  *
  * Prints a table and, with --ik-llama, runs ik_llama.cpp's llama-bench on the same weights
  * (converted to GGUF beforehand; see docs/bench-cpu.md) at the same thread counts,
- * interleaved with our runs, and prints the ratios. */
+ * interleaved with our runs, and prints the ratios. With --vs-portable the baseline is this
+ * program's own portable C kernels (kern_set_path), interleaved the same way. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,7 +174,7 @@ static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, 
 int main(int argc, char **argv) {
     const char *dir = "/tmp/dspark-bench-qwen3-0.6b", *threads_s = "1,2", *json_out = NULL, *ik = NULL, *gguf = NULL;
     int n_prefill = 128, n_decode = 32, reps = 3;
-    bool bf16act = false;
+    bool bf16act = false, vs_portable = false;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dir") && i + 1 < argc) dir = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads_s = argv[++i];
@@ -185,13 +186,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--gguf") && i + 1 < argc) gguf = argv[++i];
         else if (!strcmp(argv[i], "--profile")) g_profile = true;
         else if (!strcmp(argv[i], "--bf16-act")) bf16act = true;
+        else if (!strcmp(argv[i], "--vs-portable")) vs_portable = true;
         else {
             fprintf(stderr, "usage: bench_cpu [--dir DIR] [--threads 1,2] [--prefill N] [--decode N] [--reps N] [--json OUT]"
-                            " [--ik-llama LLAMA_BENCH --gguf MODEL.gguf] [--profile] [--bf16-act]\n");
+                            " [--ik-llama LLAMA_BENCH --gguf MODEL.gguf] [--profile] [--bf16-act] [--vs-portable]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
-    if (reps < 1 || reps > 50 || n_prefill < 1 || n_decode < 1 || (ik && !gguf)) { fprintf(stderr, "bench_cpu: bad arguments\n"); return 2; }
+    if (reps < 1 || reps > 50 || n_prefill < 1 || n_decode < 1 || (ik && !gguf) || (ik && vs_portable)) { fprintf(stderr, "bench_cpu: bad arguments\n"); return 2; }
     char err[DS_ERR_LEN], path[1200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if (!ds_file_exists(path)) {
@@ -206,7 +208,10 @@ int main(int argc, char **argv) {
     FILE *js = json_out ? fopen(json_out, "w") : NULL;
     if (js) fprintf(js, "{\"model\": \"qwen3-0.6b-shape random bf16\", \"kernels\": \"%s\", \"prefill_tokens\": %d, \"decode_tokens\": %d, \"results\": [", kern_path_name(), n_prefill, n_decode);
     printf("kernels: %s; prefill pp%d, decode tg%d, median of %d interleaved runs\n", kern_path_name(), n_prefill, n_decode, reps);
-    printf("%-8s %14s %14s %14s %14s %9s %9s\n", "threads", "prefill tok/s", "decode tok/s", "ik prefill", "ik decode", "pp ratio", "tg ratio");
+    const char *path0 = kern_path_name();
+    if (vs_portable) printf("baseline: the portable kernels in this process (ratio = %s / portable)\n", path0);
+    printf("%-8s %14s %14s %14s %14s %9s %9s\n", "threads", "prefill tok/s", "decode tok/s", vs_portable ? "port prefill" : "ik prefill",
+           vs_portable ? "port decode" : "ik decode", "pp ratio", "tg ratio");
     int first = 1;
     for (const char *p = threads_s; *p;) {
         int th = atoi(p);
@@ -220,6 +225,11 @@ int main(int argc, char **argv) {
             Speed s = run_ours(&m, th, n_prefill, n_decode, err, &fail);
             pf[r] = s.prefill; dc[r] = s.decode;
             Speed t = ik ? run_ik(ik, gguf, th, n_prefill, n_decode) : (Speed){0, 0};
+            if (vs_portable) {
+                kern_set_path("portable");
+                t = run_ours(&m, th, n_prefill, n_decode, err, &fail);
+                kern_set_path(path0);
+            }
             ipf[r] = t.prefill; idc[r] = t.decode;
         }
         if (fail) { fprintf(stderr, "bench_cpu: %s\n", err); return 1; }
@@ -227,8 +237,9 @@ int main(int argc, char **argv) {
         qsort(ipf, reps, sizeof(double), cmp_d); qsort(idc, reps, sizeof(double), cmp_d);
         double a = pf[reps / 2], b = dc[reps / 2], c = ipf[reps / 2], d = idc[reps / 2];
         printf("%-8d %14.1f %14.2f %14.1f %14.2f %9.2f %9.2f\n", th, a, b, c, d, c > 0 ? a / c : 0, d > 0 ? b / d : 0);
-        if (js) fprintf(js, "%s{\"threads\": %d, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.3f, \"ik_prefill_tok_s\": %.2f, \"ik_decode_tok_s\": %.3f}",
-                        first ? "" : ", ", th, a, b, c, d);
+        const char *bl = vs_portable ? "portable" : "ik";
+        if (js) fprintf(js, "%s{\"threads\": %d, \"prefill_tok_s\": %.2f, \"decode_tok_s\": %.3f, \"%s_prefill_tok_s\": %.2f, \"%s_decode_tok_s\": %.3f}",
+                        first ? "" : ", ", th, a, b, bl, c, bl, d);
         first = 0;
         while (*p && *p != ',') p++;
         if (*p == ',') p++;

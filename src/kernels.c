@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool g_avx512, g_bf16_ok, g_bf16act;
+static bool g_avx512, g_avx2, g_bf16_ok, g_bf16act;
 static const char *g_path = "portable";
 
 void kern_init(void) {
@@ -16,6 +16,7 @@ void kern_init(void) {
     const char *force = getenv("DSPARK_KERNELS");
     if (force && strcmp(force, "portable") == 0) return;
     if (kern_avx512_available()) { g_avx512 = true; g_path = "avx512"; }
+    else if (kern_avx2_available()) { g_avx2 = true; g_path = "avx2"; }
     g_bf16_ok = g_avx512 && kern_avx512bf16_available();
     const char *bf = getenv("DSPARK_BF16_ACT");
     if (bf && strcmp(bf, "1") == 0) kern_set_bf16_activations(true);
@@ -23,8 +24,21 @@ void kern_init(void) {
 
 bool kern_set_bf16_activations(bool on) {
     g_bf16act = on && g_bf16_ok;
-    g_path = g_bf16act ? "avx512+bf16act" : g_avx512 ? "avx512" : "portable";
+    g_path = g_bf16act ? "avx512+bf16act" : g_avx512 ? "avx512" : g_avx2 ? "avx2" : "portable";
     return g_bf16act;
+}
+
+bool kern_set_path(const char *name) {
+    kern_init();
+    bool avx512 = strcmp(name, "avx512") == 0, avx2 = strcmp(name, "avx2") == 0;
+    if (!avx512 && !avx2 && strcmp(name, "portable") != 0) return false;
+    if ((avx512 && !kern_avx512_available()) || (avx2 && !kern_avx2_available())) return false;
+    kern_release_scratch();
+    g_bf16_ok = avx512 && kern_avx512bf16_available();
+    g_avx512 = avx512;
+    g_avx2 = avx2;
+    kern_set_bf16_activations(false);
+    return true;
 }
 bool kern_bf16_activations(void) { return g_bf16act; }
 
@@ -42,6 +56,7 @@ static inline float reduce16(float *acc) {
 
 float kern_dot_f32(const float *a, const float *b, int n) {
     if (g_avx512) return kern_dot_f32_avx512(a, b, n);
+    if (g_avx2) return kern_dot_f32_avx2(a, b, n);
     float acc[16] = {0};
     int k = 0;
     for (; k + 16 <= n; k += 16)
@@ -94,6 +109,7 @@ static void matmul_cols_portable(float *out, const float *x, const Weight *w, in
 void kern_matmul(float *out, const float *x, const Weight *w, int n) {
     if (g_bf16act && w->dtype == DS_BF16 && kern_matmul_bf16act_avx512(out, x, w, n)) return;
     if (g_avx512) { kern_matmul_avx512(out, x, w, n); return; }
+    if (g_avx2) { kern_matmul_avx2(out, x, w, n); return; }
     int O = w->rows;
     /* chunks of 16 output columns: enough work per task, and a chunk boundary never splits a
      * reduction, so the thread count cannot change any value */
@@ -114,38 +130,55 @@ void kern_matmul_multi(float *const *outs, const float *x, const Weight *const *
         kern_matmul_multi_avx512(outs, x, ws, count, n, act);
         return;
     }
+    if (g_avx2) { kern_matmul_multi_avx2(outs, x, ws, count, n, act); return; }
     for (int j = 0; j < count; j++) kern_matmul(outs[j], x, ws[j], n);
     if (act == KERN_ACT_SWIGLU) kern_swiglu(outs[0], outs[0], outs[1], (size_t)n * ws[0]->rows);
 }
 
 /* ---- rmsnorm, add ---- */
 
+/* A parallel region costs even when its if() clause is false (libgomp builds a team of one,
+ * with a malloc): below the thresholds the ops call their row / chunk function directly. */
+static void rmsnorm_row(float *out, const float *x, const Weight *w, int i, int dim, float eps) {
+    const float *xi = x + (size_t)i * dim;
+    float *oi = out + (size_t)i * dim;
+    float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
+    float r = 1.0f / sqrtf(ss + eps);
+    if (g_avx512) kern_scale_mul_avx512(oi, xi, r, w, dim);
+    else if (g_avx2) kern_scale_mul_avx2(oi, xi, r, w, dim);
+    else
+        for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
+}
+
 void kern_rmsnorm(float *out, const float *x, const Weight *w, int n, int dim, float eps) {
-    #pragma omp parallel for schedule(static) if ((size_t)n * dim >= 65536)
-    for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * dim;
-        float *oi = out + (size_t)i * dim;
-        float ss = kern_dot_f32(xi, xi, dim) / (float)dim;
-        float r = 1.0f / sqrtf(ss + eps);
-        if (g_avx512) kern_scale_mul_avx512(oi, xi, r, w, dim);
-        else
-            for (int k = 0; k < dim; k++) oi[k] = kern_weight_at(w, k) * (xi[k] * r);
+    if ((size_t)n * dim < 65536) {
+        for (int i = 0; i < n; i++) rmsnorm_row(out, x, w, i, dim, eps);
+        return;
     }
+    #pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) rmsnorm_row(out, x, w, i, dim, eps);
+}
+
+static void add_chunk(float *x, const float *y, size_t a, size_t b) {
+    if (g_avx512) kern_add_avx512(x + a, y + a, b - a);
+    else if (g_avx2) kern_add_avx2(x + a, y + a, b - a);
+    else
+        for (size_t i = a; i < b; i++) x[i] += y[i];
 }
 
 void kern_add(float *x, const float *y, size_t n) {
     const size_t CH = 16384, nch = (n + CH - 1) / CH;
-    #pragma omp parallel for schedule(static) if (n >= 262144)
-    for (size_t c = 0; c < nch; c++) {
-        size_t a = c * CH, b = a + CH < n ? a + CH : n;
-        if (g_avx512) kern_add_avx512(x + a, y + a, b - a);
-        else
-            for (size_t i = a; i < b; i++) x[i] += y[i];
+    if (n < 262144) {
+        add_chunk(x, y, 0, n);
+        return;
     }
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nch; c++) add_chunk(x, y, c * CH, c * CH + CH < n ? c * CH + CH : n);
 }
 
 void kern_rope_apply(float *x, const float *c, const float *s, int n_heads, int head_dim) {
     if (g_avx512) { kern_rope_apply_avx512(x, c, s, n_heads, head_dim); return; }
+    if (g_avx2) { kern_rope_apply_avx2(x, c, s, n_heads, head_dim); return; }
     const int half = head_dim / 2;
     for (int h = 0; h < n_heads; h++) {
         float *v = x + (size_t)h * head_dim;
@@ -159,18 +192,24 @@ void kern_rope_apply(float *x, const float *c, const float *s, int n_heads, int 
 
 /* ---- swiglu ---- */
 
-void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
-    /* elementwise: any split is exact; chunks of 4096 keep the vector path's tails rare */
-    const size_t CH = 4096, nch = (n + CH - 1) / CH;
-    #pragma omp parallel for schedule(static) if (n >= 65536)
-    for (size_t c = 0; c < nch; c++) {
-        size_t a = c * CH, b = a + CH < n ? a + CH : n;
-        if (g_avx512) { kern_swiglu_avx512(out + a, gate + a, up + a, b - a); continue; }
-        for (size_t i = a; i < b; i++) {
-            float g = gate[i];
-            out[i] = (g / (1.0f + expf(-g))) * up[i];
-        }
+static void swiglu_chunk(float *out, const float *gate, const float *up, size_t a, size_t b) {
+    if (g_avx512) { kern_swiglu_avx512(out + a, gate + a, up + a, b - a); return; }
+    if (g_avx2) { kern_swiglu_avx2(out + a, gate + a, up + a, b - a); return; }
+    for (size_t i = a; i < b; i++) {
+        float g = gate[i];
+        out[i] = (g / (1.0f + expf(-g))) * up[i];
     }
+}
+
+void kern_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    /* elementwise: any split is exact (the vector paths treat a tail like the body) */
+    const size_t CH = 4096, nch = (n + CH - 1) / CH;
+    if (n < 65536) {
+        swiglu_chunk(out, gate, up, 0, n);
+        return;
+    }
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nch; c++) swiglu_chunk(out, gate, up, c * CH, c * CH + CH < n ? c * CH + CH : n);
 }
 
 /* ---- attention (portable) ---- */
@@ -223,6 +262,8 @@ void kern_attention(float *out, const float *q, const KvCache *kv, int layer, co
                     int n, int n_heads, int n_kv_heads, int head_dim) {
     if (g_avx512 && kern_attention_avx512_ok(head_dim))
         kern_attention_avx512(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
+    else if (g_avx2 && kern_attention_avx2_ok(head_dim))
+        kern_attention_avx2(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
     else
         attention_portable(out, q, kv, layer, slot, kv_len, n, n_heads, n_kv_heads, head_dim);
 }

@@ -4,8 +4,9 @@
  * and the lanes are reduced by one fixed tree ((j, j+8), (j, j+4), (j, j+2), (j, j+1)), so
  * results are independent of batch composition and thread count: tiles, panels and thread
  * splits only group independent (row, column) pairs. An ISA path (AVX-512,
- * kernels_avx512.c) is chosen once, at kern_init(), by cpuid; it fuses multiply-add (so its
- * last bits differ from the portable path's), and one path is used for the whole process.
+ * kernels_avx512.c, else AVX2+FMA+F16C, kernels_avx2.c) is chosen once, at kern_init(), by
+ * cpuid; it fuses multiply-add (so its last bits differ from the portable path's), and one
+ * path is used for the whole process.
  * DSPARK_KERNELS=portable forces the portable path. */
 #ifndef DSPARK_KERNELS_H
 #define DSPARK_KERNELS_H
@@ -13,7 +14,11 @@
 #include "backend.h"
 
 void kern_init(void);
-const char *kern_path_name(void);   /* "portable", "avx512" or "avx512+bf16act" */
+const char *kern_path_name(void);   /* "portable", "avx2", "avx512" or "avx512+bf16act" */
+/* Tests and benchmarks only: switch to path "portable", "avx2" or "avx512" between calls (no
+ * kernel may be running; the BF16-activation path goes off). false, nothing changed, when the
+ * CPU lacks it. */
+bool kern_set_path(const char *name);
 
 /* OPT-IN lossy path (kernels_bf16_avx512.c): activations rounded to BF16 for matmuls with BF16
  * weights, on CPUs with AVX512_BF16. Off by default and never used by the parity or lossless
@@ -87,5 +92,18 @@ void kern_bf16_release_scratch(void);
 bool kern_attention_avx512_ok(int head_dim);
 void kern_attention_avx512(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                            const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim);
+
+/* ---- AVX2 + FMA + F16C entry points (kernels_avx2.c), same contracts ---- */
+bool kern_avx2_available(void);
+void kern_matmul_avx2(float *out, const float *x, const Weight *w, int n);
+void kern_matmul_multi_avx2(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
+float kern_dot_f32_avx2(const float *a, const float *b, int n);
+void kern_scale_mul_avx2(float *out, const float *x, float r, const Weight *w, int dim);
+void kern_add_avx2(float *x, const float *y, size_t n);
+void kern_rope_apply_avx2(float *x, const float *c, const float *s, int n_heads, int head_dim);
+void kern_swiglu_avx2(float *out, const float *gate, const float *up, size_t n);
+bool kern_attention_avx2_ok(int head_dim);
+void kern_attention_avx2(float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
+                         const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim);
 
 #endif

@@ -1,4 +1,5 @@
-/* test_kernels.c - the matmul kernels (kernels*.c) on their own: every output row must be
+/* test_kernels.c - the kernels (kernels*.c) on their own, on EVERY path this CPU supports
+ * (portable, avx2, avx512: kern_set_path). Matmul: every output row must be
  * bitwise independent of the batch it is in (n = 1..3 goes through the decode kernel, n >= 4
  * through the prefill tiles) and of the thread count, for BF16, F16 and F32 weights, shapes
  * with K and O tails and several k blocks, and weights at the 8-byte alignment safetensors
@@ -7,6 +8,13 @@
  *                    then a 4-level tree: a standard summation bound with margin 2)
  *   BF16 activations (opt-in): |out - ref| <= 2^-7 sum_k |x_k w_k|  (x rounded to BF16: 2^-9
  *                    per product, plus the F32 accumulation, with margin)
+ * Attention: a query's output bitwise the same alone, in a batch of 9 (two slots, kv_len 1..120)
+ * and under 1 or 2 threads, for head_dim 16, 64, 128 and 24 (no vector path: portable), and
+ *   |out - ref| <= 2^-20 max_j |v_j|  (per element, j over the query's keys; measured at most
+ *                 0.21 of it on the portable and avx2 paths: margin ~5)
+ * Elementwise: rope and add bitwise the scalar float expressions (two roundings, no FMA);
+ * swiglu and rmsnorm within 2^-20 relative of double, and swiglu of a range bitwise the same
+ * as inside a longer call; kern_dot_f32 within the matmul bound.
  * A copy of a result with one value moved past the bound must fail the check.
  * ctest: labels=unit */
 #include <omp.h>
@@ -79,15 +87,16 @@ static void check_case(ds_dtype dt, Shape s, bool bf16act, Rng *rng) {
             int i0 = (nmax - n) / 2;
             kern_matmul(out, x + (size_t)i0 * K, &w, n);
             if (memcmp(out, single + (size_t)i0 * O, sizeof(float) * n * O)) {
-                if (!bad) fprintf(stderr, "  dtype %d O %d K %d bf16act %d: n %d threads %d differs from the rows alone\n", (int)dt, O, K,
-                                  (int)bf16act, n, th);
+                if (!bad) fprintf(stderr, "  %s: dtype %d O %d K %d bf16act %d: n %d threads %d differs from the rows alone\n",
+                                  kern_path_name(), (int)dt, O, K, (int)bf16act, n, th);
                 bad = 1;
             }
         }
-    CHECK_MSG(!bad, "rows not bitwise independent of batch / threads (dtype %d, %d x %d, bf16act %d)", (int)dt, O, K, (int)bf16act);
+    CHECK_MSG(!bad, "%s: rows not bitwise independent of batch / threads (dtype %d, %d x %d, bf16act %d)", kern_path_name(), (int)dt, O,
+              K, (int)bf16act);
     double scale = bf16act ? 0x1p-7 : (K / 16.0 + 8) * 0x1p-23;
     double r = worst_ratio(single, x, &w, nmax, scale);
-    CHECK_MSG(r <= 1.0, "error %.3g of the bound (dtype %d, %d x %d, bf16act %d)", r, (int)dt, O, K, (int)bf16act);
+    CHECK_MSG(r <= 1.0, "%s: error %.3g of the bound (dtype %d, %d x %d, bf16act %d)", kern_path_name(), r, (int)dt, O, K, (int)bf16act);
     /* must fail: one value moved by twice the bound */
     double mag = 0;
     for (int k = 0; k < K; k++) mag += fabs((double)x[k] * wval(&w, k));
@@ -159,12 +168,160 @@ static void test_matmul_multi(void) {
     free(x);
 }
 
+/* ---- attention ---- */
+
+static void test_attention(void) {
+    Rng rng;
+    rng_seed(&rng, 10, 0);
+    const int hds[4] = {16, 64, 128, 24}, H = 4, Hkv = 2, L = 2, layer = 1, n_slots = 2, max_ctx = 120, n = 9;
+    const int32_t lens[9] = {1, 5, 16, 17, 33, 100, 120, 47, 64}, slots[9] = {0, 1, 0, 1, 1, 0, 1, 0, 1};
+    for (int t = 0; t < 4; t++) {
+        const int hd = hds[t], kvd = Hkv * hd;
+        const size_t kv_n = (size_t)L * n_slots * max_ctx * kvd, qn = (size_t)n * H * hd;
+        float *k = malloc(sizeof(float) * kv_n), *v = malloc(sizeof(float) * kv_n), *q = malloc(sizeof(float) * qn);
+        float *alone = malloc(sizeof(float) * qn), *out = malloc(sizeof(float) * qn);
+        for (size_t i = 0; i < kv_n; i++) { k[i] = (float)(rng_uniform(&rng) * 2 - 1); v[i] = (float)(rng_uniform(&rng) * 2 - 1); }
+        for (size_t i = 0; i < qn; i++) q[i] = (float)(rng_uniform(&rng) * 6 - 3); /* peaked and flat softmaxes */
+        KvCache kv = {k, v, L, n_slots, max_ctx, kvd};
+        omp_set_num_threads(2);
+        for (int i = 0; i < n; i++)
+            kern_attention(alone + (size_t)i * H * hd, q + (size_t)i * H * hd, &kv, layer, &slots[i], &lens[i], 1, H, Hkv, hd);
+        for (int th = 1; th <= 2; th++) {
+            omp_set_num_threads(th);
+            kern_attention(out, q, &kv, layer, slots, lens, n, H, Hkv, hd);
+            CHECK_MSG(!memcmp(out, alone, sizeof(float) * qn), "%s: attention hd %d: batch of %d, %d threads differs from the queries alone",
+                      kern_path_name(), hd, n, th);
+        }
+        /* double reference, bound 2^-20 max|v| */
+        double worst = 0;
+        int wi = 0;
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < H; h++) {
+                const float *qi = q + ((size_t)i * H + h) * hd;
+                const size_t base = (((size_t)layer * n_slots + slots[i]) * max_ctx) * kvd + (size_t)(h / (H / Hkv)) * hd;
+                double s[120], mx = -INFINITY, sum = 0;
+                for (int j = 0; j < lens[i]; j++) {
+                    double d = 0;
+                    for (int e = 0; e < hd; e++) d += (double)qi[e] * k[base + (size_t)j * kvd + e];
+                    s[j] = d / sqrt((double)hd);
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j < lens[i]; j++) sum += (s[j] = exp(s[j] - mx));
+                for (int e = 0; e < hd; e++) {
+                    double ref = 0, vmax = 0;
+                    for (int j = 0; j < lens[i]; j++) {
+                        double vv = v[base + (size_t)j * kvd + e];
+                        ref += s[j] / sum * vv;
+                        if (fabs(vv) > vmax) vmax = fabs(vv);
+                    }
+                    size_t at = ((size_t)i * H + h) * hd + e;
+                    double r = fabs((double)alone[at] - ref) / (0x1p-20 * vmax);
+                    if (!(r <= worst)) { worst = r; wi = (int)at; }
+                }
+            }
+        if (getenv("DSPARK_TEST_VERBOSE")) fprintf(stderr, "  %s attention hd %d: worst error %.3g of the bound\n", kern_path_name(), hd, worst);
+        CHECK_MSG(worst <= 1.0, "%s: attention hd %d: error %.3g of the bound at %d", kern_path_name(), hd, worst, wi);
+        /* must fail: the first query's output moved by 2.5 bounds (its one key: out = v_0) */
+        double r0 = fabs((double)(alone[0] + (float)(2.5 * 0x1p-20)) - v[(((size_t)layer * n_slots + 0) * max_ctx) * kvd]) / 0x1p-20;
+        CHECK(r0 > 1.0);
+        free(k); free(v); free(q); free(alone); free(out);
+    }
+    omp_set_num_threads(2);
+}
+
+/* ---- elementwise ops and the dot product ---- */
+
+static void test_elementwise(void) {
+    Rng rng;
+    rng_seed(&rng, 11, 0);
+    const size_t n = 2 * 4096 + 21;
+    float *g = malloc(sizeof(float) * n), *u = malloc(sizeof(float) * n), *o = malloc(sizeof(float) * n), *p = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) { g[i] = (float)(rng_uniform(&rng) * 16 - 8); u[i] = (float)(rng_uniform(&rng) * 4 - 2); }
+    /* swiglu: bound, and a range alone == inside the longer call */
+    kern_swiglu(o, g, u, n);
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double ref = (double)g[i] / (1.0 + exp(-(double)g[i])) * u[i];
+        double r = fabs(o[i] - ref) / (0x1p-20 * fabs(ref) + 1e-30);
+        if (!(r <= worst)) worst = r;
+    }
+    CHECK_MSG(worst <= 1.0, "%s: swiglu error %.3g of the bound", kern_path_name(), worst);
+    kern_swiglu(p, g, u, 13);
+    kern_swiglu(p + 13, g + 13, u + 13, n - 13);
+    CHECK_MSG(!memcmp(o, p, sizeof(float) * n), "%s: swiglu of a range differs from inside a longer call", kern_path_name());
+    /* add and rope: bitwise the float expressions */
+    memcpy(p, g, sizeof(float) * n);
+    kern_add(p, u, n);
+    bool same = true;
+    for (size_t i = 0; i < n; i++) same &= p[i] == g[i] + u[i];
+    CHECK_MSG(same, "%s: add differs from x + y", kern_path_name());
+    const int heads = 3, hd = 40, half = hd / 2; /* half = 20: vector body and scalar tail */
+    float cs[20], sn[20];
+    for (int j = 0; j < half; j++) { cs[j] = cosf(0.3f * (float)j); sn[j] = sinf(0.3f * (float)j); }
+    memcpy(p, g, sizeof(float) * heads * hd);
+    kern_rope_apply(p, cs, sn, heads, hd);
+    same = true;
+    for (int h = 0; h < heads; h++)
+        for (int j = 0; j < half; j++) {
+            float a = g[h * hd + j], b = g[h * hd + j + half];
+            same &= p[h * hd + j] == a * cs[j] - b * sn[j] && p[h * hd + j + half] == b * cs[j] + a * sn[j];
+        }
+    CHECK_MSG(same, "%s: rope differs from the two-rounding expression", kern_path_name());
+    /* rmsnorm (BF16 weight, dim 1000: vector body and tail), 3 rows; and one row alone */
+    const int dim = 1000;
+    uint16_t wb[1000];
+    for (int k = 0; k < dim; k++) wb[k] = ds_f32_to_bf16((float)(rng_uniform(&rng) + 0.5));
+    Weight w = weight_view(wb, DS_BF16, 1, dim);
+    kern_rmsnorm(o, g, &w, 3, dim, 1e-6f);
+    kern_rmsnorm(p, g + dim, &w, 1, dim, 1e-6f);
+    CHECK_MSG(!memcmp(o + dim, p, sizeof(float) * dim), "%s: rmsnorm row alone differs from inside 3 rows", kern_path_name());
+    worst = 0;
+    for (int r = 0; r < 3; r++) {
+        double ss = 0;
+        for (int k = 0; k < dim; k++) ss += (double)g[r * dim + k] * g[r * dim + k];
+        double rs = 1.0 / sqrt(ss / dim + 1e-6);
+        for (int k = 0; k < dim; k++) {
+            double ref = ds_bf16_to_f32(wb[k]) * (g[r * dim + k] * rs), e = fabs(o[r * dim + k] - ref) / (0x1p-20 * fabs(ref) + 1e-30);
+            if (!(e <= worst)) worst = e;
+        }
+    }
+    CHECK_MSG(worst <= 1.0, "%s: rmsnorm error %.3g of the bound", kern_path_name(), worst);
+    /* dot: lengths around the 16-lane step */
+    const int lens[6] = {1, 15, 16, 17, 100, 1000};
+    for (int t = 0; t < 6; t++) {
+        double ref = 0, mag = 0;
+        for (int k = 0; k < lens[t]; k++) { ref += (double)g[k] * u[k]; mag += fabs((double)g[k] * u[k]); }
+        float d = kern_dot_f32(g, u, lens[t]);
+        CHECK_MSG(fabs(d - ref) <= (lens[t] / 16.0 + 8) * 0x1p-23 * mag, "%s: dot of %d: %.9g vs %.9g", kern_path_name(), lens[t], d, ref);
+    }
+    /* must fail: a swiglu value moved by 2 bounds */
+    double ref0 = (double)g[0] / (1.0 + exp(-(double)g[0])) * u[0];
+    CHECK(fabs((o[0] = (float)(ref0 + 2.5 * 0x1p-20 * fabs(ref0))) - ref0) > 0x1p-20 * fabs(ref0));
+    free(g); free(u); free(o); free(p);
+}
+
 int main(void) {
     kern_init();
-    fprintf(stderr, "kernels: %s\n", kern_path_name());
-    RUN(test_matmul_f32_path);
-    RUN(test_matmul_bf16_activations);
-    RUN(test_matmul_multi);
+    const char *chosen = kern_path_name();
+    fprintf(stderr, "kernels: %s (cpuid, DSPARK_KERNELS)\n", chosen);
+    CHECK(!kern_set_path("avx9000"));
+    const char *paths[3] = {"portable", "avx2", "avx512"};
+    int tested = 0;
+    for (int p = 0; p < 3; p++) {
+        if (!kern_set_path(paths[p])) {
+            fprintf(stderr, "path %s: not supported by this CPU, not tested\n", paths[p]);
+            continue;
+        }
+        CHECK(strcmp(kern_path_name(), paths[p]) == 0);
+        fprintf(stderr, "path %s\n", paths[p]);
+        tested++;
+        RUN(test_matmul_f32_path);
+        RUN(test_matmul_bf16_activations);
+        RUN(test_matmul_multi);
+        RUN(test_attention);
+        RUN(test_elementwise);
+    }
+    CHECK(tested >= 1);
     kern_release_scratch();
     return test_summary();
 }
