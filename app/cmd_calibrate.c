@@ -210,20 +210,15 @@ static ds_status read_records(const char *path, Rounds *rec, char *err) {
     size_t len;
     ds_status rc = ds_read_file(path, &text, &len, err);
     if (rc) return rc;
-    int line_no = 0;
-    for (char *line = text, *next; line && *line; line = next) {
-        next = strchr(line, '\n');
-        if (next) *next++ = 0;
-        line_no++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r') s++;
-        if (!*s) continue;
+    int64_t line_no = 0;
+    char *cursor = text, *s;
+    while ((s = ds_next_nonblank_line(&cursor, &line_no))) {
         json_error_t je;
         json_t *row = json_loads(s, 0, &je), *z = json_object_get(row, "z"), *y = json_object_get(row, "y");
         size_t n = json_array_size(z);
         if (!json_is_array(z) || !json_is_array(y) || n == 0 || n > (size_t)rec->B || json_array_size(y) != n) {
-            rc = ds_err(err, DS_EFORMAT, "%s:%d: needs \"z\" and \"y\", lists of the same length in [1, %d] (the block size)", path,
-                        line_no, rec->B);
+            rc = ds_err(err, DS_EFORMAT, "%s:%lld: needs \"z\" and \"y\", lists of the same length in [1, %d] (the block size)", path,
+                        (long long)line_no, rec->B);
             json_decref(row);
             break;
         }
@@ -234,7 +229,7 @@ static ds_status read_records(const char *path, Rounds *rec, char *err) {
             bool v = (size_t)j < n;
             if (v && (!json_is_number(zj) || !json_is_integer(yj) || json_integer_value(yj) < 0 || json_integer_value(yj) > 1 ||
                       (j && json_integer_value(yj) > rec->y[o + j - 1]))) {
-                rc = ds_err(err, DS_EFORMAT, "%s:%d: z[%d] must be a number and y[%d] 0 or 1, never 1 after a 0", path, line_no, j, j);
+                rc = ds_err(err, DS_EFORMAT, "%s:%lld: z[%d] must be a number and y[%d] 0 or 1, never 1 after a 0", path, (long long)line_no, j, j);
                 break;
             }
             rec->z[o + j] = v ? (float)json_number_value(zj) : 0;

@@ -141,13 +141,8 @@ int cmd_gen_data(int argc, char **argv) {
     size_t len;
     if (ds_read_file(prompts, &text, &len, err)) goto fail;
     int64_t cap = 0, line_no = 0;
-    for (char *line = text, *next; line && *line; line = next) {
-        next = strchr(line, '\n');
-        if (next) *next++ = 0;
-        line_no++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r') s++;
-        if (!*s) continue;
+    char *cursor = text, *s;
+    while ((s = ds_next_nonblank_line(&cursor, &line_no))) {
         if (limit && n_jobs >= limit) break;
         json_error_t je; /* every row is checked now, so a bad line fails before any work */
         json_t *row = json_loads(s, 0, &je);

@@ -78,23 +78,19 @@ ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, Ge
     size_t len;
     ds_status rc = ds_read_file(path, &text, &len, err);
     if (rc) return rc;
-    int cap = 64, n = 0, line_no = 0;
+    int cap = 64, n = 0;
+    int64_t line_no = 0;
     GenPrompt *p = ds_malloc(sizeof(GenPrompt) * cap);
-    for (char *line = text, *next; line && *line; line = next) {
-        next = strchr(line, '\n');
-        if (next) *next++ = 0;
-        line_no++;
-        char *s = line;
-        while (*s == ' ' || *s == '\t' || *s == '\r') s++;
-        if (!*s) continue;
+    char *cursor = text, *s;
+    while ((s = ds_next_nonblank_line(&cursor, &line_no))) {
         json_error_t je;
         json_t *row = json_loads(s, 0, &je);
-        if (!json_is_object(row)) { rc = ds_err(err, DS_EFORMAT, "%s:%d: not a JSON object (%s)", path, line_no, je.text); json_decref(row); goto fail; }
+        if (!json_is_object(row)) { rc = ds_err(err, DS_EFORMAT, "%s:%lld: not a JSON object (%s)", path, (long long)line_no, je.text); json_decref(row); goto fail; }
         if (n == cap) p = ds_realloc(p, sizeof(GenPrompt) * (cap *= 2));
         json_t *ids = json_object_get(row, "prompt_ids"), *turn = json_array_get(json_object_get(row, "turns"), 0);
         if (!json_is_string(turn)) turn = json_object_get(row, "prompt");
         if (!json_is_array(ids) && json_is_string(turn)) {
-            if (!tok) rc = ds_err(err, DS_EUNSUPPORTED, "%s:%d: text prompts need the target's tokenizer.json (or give \"prompt_ids\")", path, line_no);
+            if (!tok) rc = ds_err(err, DS_EUNSUPPORTED, "%s:%lld: text prompts need the target's tokenizer.json (or give \"prompt_ids\")", path, (long long)line_no);
             else rc = gen_prompt_ids(tok, json_string_value(turn), chat_has_template(tok), false, &p[n].ids, &p[n].n, err);
             json_decref(row);
             if (rc) goto fail;
@@ -102,7 +98,7 @@ ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, Ge
             continue;
         }
         if (!json_is_array(ids) || json_array_size(ids) == 0) {
-            rc = ds_err(err, DS_EFORMAT, "%s:%d: needs \"turns\" (a list of strings), \"prompt\" (a string) or \"prompt_ids\"", path, line_no);
+            rc = ds_err(err, DS_EFORMAT, "%s:%lld: needs \"turns\" (a list of strings), \"prompt\" (a string) or \"prompt_ids\"", path, (long long)line_no);
             json_decref(row);
             goto fail;
         }
@@ -111,7 +107,7 @@ ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, Ge
         for (int i = 0; i < p[n].n; i++) {
             json_t *v = json_array_get(ids, i);
             if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= vocab) {
-                rc = ds_err(err, DS_EFORMAT, "%s:%d: prompt_ids[%d] is not a token id in [0, %d)", path, line_no, i, vocab);
+                rc = ds_err(err, DS_EFORMAT, "%s:%lld: prompt_ids[%d] is not a token id in [0, %d)", path, (long long)line_no, i, vocab);
                 ds_free(p[n].ids);
                 json_decref(row);
                 goto fail;

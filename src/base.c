@@ -193,3 +193,15 @@ bool ds_dtype_from_name(const char *s, ds_dtype *out) {
         if (strcmp(s, g_dtypes[i].name) == 0) { *out = (ds_dtype)i; return true; }
     return false;
 }
+
+char *ds_next_nonblank_line(char **cursor, int64_t *line_no) {
+    while (*cursor && **cursor) {
+        char *line = *cursor, *next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        *cursor = next;
+        ++*line_no;
+        line += strspn(line, " \t\r");
+        if (*line) return line;
+    }
+    return NULL;
+}

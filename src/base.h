@@ -47,6 +47,10 @@ double ds_now(void); /* monotonic seconds */
 
 /* Whole file into a NUL-terminated heap buffer (ds_free it). */
 ds_status ds_read_file(const char *path, char **out, size_t *len, char *err);
+/* The next non-blank line of a NUL-terminated buffer (JSONL readers), cut in place and with
+ * its leading blanks skipped; NULL at the end. *line_no counts every line passed, blank ones
+ * included, so errors can say file:line. */
+char *ds_next_nonblank_line(char **cursor, int64_t *line_no);
 /* Atomic write: path.tmp, fsync, rename. Nothing the user had is lost on failure. */
 ds_status ds_write_file_atomic(const char *path, const void *data, size_t len, char *err);
 bool ds_file_exists(const char *path);
