@@ -33,7 +33,6 @@
 #include "draft_config.h"
 #include "gen_common.h"
 #include "progress.h"
-#include "pyrandom.h"
 #include "spec.h"
 #include "svgplot.h"
 
@@ -153,14 +152,7 @@ static ds_status decode_rounds(DecodeOpts *o, Rounds *rec, char *err) {
     for (int f = 0; f < nf; f++) { /* read every file first: a bad one fails before any decoding */
         if ((rc = gen_read_prompts(o->data->items[f], m.cfg.vocab_size, tok, &prompts[f], &n_rows[f], err))) goto done;
         order[f] = ds_malloc(sizeof(int32_t) * (size_t)n_rows[f]);
-        for (int i = 0; i < n_rows[f]; i++) order[f][i] = i;
-        n_use[f] = n_rows[f];
-        if (o->max_samples && n_rows[f] > o->max_samples) { /* eval's capping */
-            PyRandom r;
-            pyrandom_seed(&r, (uint64_t)o->seed);
-            pyrandom_shuffle(&r, order[f], n_rows[f]);
-            n_use[f] = o->max_samples;
-        }
+        n_use[f] = gen_capped_order(order[f], n_rows[f], o->max_samples, (uint64_t)o->seed); /* eval's capping */
         total += n_use[f];
     }
     if ((rc = spec_drafter_source_init(&ds, &d, o->ctx + B + 1, 512, err)) || (rc = spec_init(&sd, &m, &ds.src, o->ctx, 512, err)))

@@ -25,7 +25,6 @@
 #include "chat.h"
 #include "gen_common.h"
 #include "gen_spec.h"
-#include "pyrandom.h"
 
 static int deepspec_cap(const char *name) {
     static const struct { const char *name; int cap; } caps[] = {
@@ -133,16 +132,8 @@ int cmd_eval(int argc, char **argv) {
         Prompt *pr = NULL;
         int n_rows = 0;
         if (gen_read_prompts(path, m.cfg.vocab_size, tok, &pr, &n_rows, err)) { ds_free(out); goto fail; }
-        int cap = max_samples ? max_samples : deepspec_cap(name);
         int32_t *order = ds_malloc(sizeof(int32_t) * (size_t)(n_rows ? n_rows : 1));
-        for (int i = 0; i < n_rows; i++) order[i] = i;
-        if (cap && n_rows > cap) {
-            PyRandom r;
-            pyrandom_seed(&r, (uint64_t)seed);
-            pyrandom_shuffle(&r, order, n_rows);
-        } else {
-            cap = n_rows;
-        }
+        int cap = gen_capped_order(order, n_rows, max_samples ? max_samples : deepspec_cap(name), (uint64_t)seed);
         SpecStats tot = {0}, tot_plain = {0};
         int truncated = 0;
         for (int idx = 0; idx < cap; idx++) {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "chat.h"
+#include "pyrandom.h"
 
 void gen_add_stop(GenDefaults *g, int32_t id) {
     if (id < 0 || gen_is_stop(g, id) || g->n_stop >= GEN_MAX_STOP) return;
@@ -130,4 +131,13 @@ fail:
     ds_free(p);
     ds_free(text);
     return rc;
+}
+
+int gen_capped_order(int32_t *order, int n_rows, int cap, uint64_t seed) {
+    for (int i = 0; i < n_rows; i++) order[i] = i;
+    if (cap <= 0 || n_rows <= cap) return n_rows;
+    PyRandom r;
+    pyrandom_seed(&r, seed);
+    pyrandom_shuffle(&r, order, n_rows);
+    return cap;
 }

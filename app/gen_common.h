@@ -35,4 +35,8 @@ ds_status gen_prompt_ids(const Tokenizer *tok, const char *text, bool chat, bool
 typedef struct { int32_t *ids; int n; } GenPrompt;
 ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, GenPrompt **out, int *n_out, char *err);
 
+/* DeepSpec's capped subset: order[0..n_rows) = 0..n_rows-1, then, when cap > 0 and the file has
+ * more rows, CPython's random.Random(seed).shuffle of it; returns how many rows to use. */
+int gen_capped_order(int32_t *order, int n_rows, int cap, uint64_t seed);
+
 #endif
