@@ -19,6 +19,7 @@
 
 #include "qwen3.h"
 #include "kernels.h"
+#include "op_profile.h"
 #include "sample.h"
 
 static ds_status write_model(const char *dir, char *err) {
@@ -77,38 +78,14 @@ static ds_status write_model(const char *dir, char *err) {
 
 /* --profile: every backend op timed (wall clock, the caller's thread) by wrapping the function
  * pointers; printed per op for the prefill and the decode phase. */
-enum { P_EMBED, P_MATMUL, P_RMSNORM, P_ROPE, P_KVW, P_ATT, P_SWIGLU, P_ADD, P_GATHER, P_N };
-static const char *g_pname[P_N] = {"embed", "matmul", "rmsnorm", "rope", "kv_write", "attention", "swiglu", "add", "gather"};
-static double g_ptime[P_N];
-static long g_pcalls[P_N];
-static Backend g_inner; /* the real ops */
-#define TIMED(id, call) do { double t0_ = ds_now(); call; g_ptime[id] += ds_now() - t0_; g_pcalls[id]++; } while (0)
-static void w_embed(Backend *be, float *o, const Weight *t, const int32_t *ids, int n) { TIMED(P_EMBED, g_inner.embed(be, o, t, ids, n)); }
-static void w_matmul(Backend *be, float *o, const float *x, const Weight *w, int n) { TIMED(P_MATMUL, g_inner.matmul(be, o, x, w, n)); }
-static void w_mmulti(Backend *be, float *const *o, const float *x, const Weight *const *w, int c, int n, int a) { TIMED(P_MATMUL, g_inner.matmul_multi(be, o, x, w, c, n, a)); }
-static void w_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) { TIMED(P_RMSNORM, g_inner.rmsnorm(be, o, x, w, n, d, e)); }
-static void w_rope(Backend *be, float *x, const int32_t *p, int n, int h, int hd, float th) { TIMED(P_ROPE, g_inner.rope(be, x, p, n, h, hd, th)); }
-static void w_kvw(Backend *be, KvCache *kv, int l, const float *k, const float *v, const int32_t *s, const int32_t *p, int n) { TIMED(P_KVW, g_inner.kv_write(be, kv, l, k, v, s, p, n)); }
-static void w_att(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *s, const int32_t *kl, int n, int h, int kvh, int hd) {
-    TIMED(P_ATT, g_inner.attention(be, o, q, kv, l, s, kl, n, h, kvh, hd));
-}
-static void w_swiglu(Backend *be, float *o, const float *g, const float *u, size_t n) { TIMED(P_SWIGLU, g_inner.swiglu(be, o, g, u, n)); }
-static void w_add(Backend *be, float *x, const float *y, size_t n) { TIMED(P_ADD, g_inner.add(be, x, y, n)); }
-static void w_gather(Backend *be, float *d, int ds, const float *s, int ss, const int32_t *r, int n, int c) { TIMED(P_GATHER, g_inner.gather_rows(be, d, ds, s, ss, r, n, c)); }
-static void profile_wrap(Backend *be) {
-    g_inner = *be;
-    be->embed = w_embed; be->matmul = w_matmul; be->rmsnorm = w_rmsnorm; be->rope = w_rope; be->kv_write = w_kvw;
-    be->attention = w_att; be->swiglu = w_swiglu; be->add = w_add; be->gather_rows = w_gather;
-    if (be->matmul_multi) be->matmul_multi = w_mmulti; /* counted as matmul (gate/up's swiglu included) */
-}
 static void profile_print(const char *phase, double total, int tokens) {
     double sum = 0;
     printf("  %s: %.2f ms per token;", phase, 1e3 * total / tokens);
-    for (int i = 0; i < P_N; i++) {
-        sum += g_ptime[i];
-        if (g_ptime[i] > 0) printf(" %s %.1f%%", g_pname[i], 100 * g_ptime[i] / total);
-        g_ptime[i] = 0; g_pcalls[i] = 0;
+    for (int i = 0; i < OP_N; i++) {
+        sum += op_time[i];
+        if (op_time[i] > 0) printf(" %s %.1f%%", op_name[i], 100 * op_time[i] / total);
     }
+    op_profile_reset();
     printf(" (rest %.1f%%)\n", 100 * (total - sum) / total);
 }
 static bool g_profile;
@@ -117,8 +94,7 @@ typedef struct { double prefill, decode; } Speed;
 
 static Speed run_ours(Qwen3Model *m, int threads, int n_prefill, int n_decode, char *err, int *fail) {
     omp_set_num_threads(threads);
-    memset(g_ptime, 0, sizeof g_ptime);
-    memset(g_pcalls, 0, sizeof g_pcalls);
+    op_profile_reset();
     Qwen3State st;
     Speed sp = {0, 0};
     if (qwen3_state_init(&st, m, n_prefill, 1, 0, 1, n_prefill + n_decode + 1, err)) { *fail = 1; return sp; }
@@ -201,7 +177,7 @@ int main(int argc, char **argv) {
         if (write_model(dir, err)) { fprintf(stderr, "bench_cpu: %s\n", err); return 1; }
     }
     Backend *be = backend_cpu_create(0);
-    if (g_profile) profile_wrap(be);
+    if (g_profile) op_profile_wrap(be, false);
     if (bf16act && !kern_set_bf16_activations(true)) { fprintf(stderr, "bench_cpu: --bf16-act: this CPU has no AVX512_BF16\n"); return 2; }
     Qwen3Model m;
     if (qwen3_load(&m, dir, be, err)) { fprintf(stderr, "bench_cpu: %s\n", err); return 1; }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "op_profile.h"
 #include "qwen3.h"
 
 static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
@@ -25,23 +26,6 @@ static uint16_t rand_bf16(float scale) {
 
 /* --profile: each op of one decode step timed between two synchronize() calls (so launch
  * gaps and the sync itself are included: small ops read high; matmul's share is the signal) */
-enum { P_EMBED, P_MATMUL, P_RMSNORM, P_ROPE, P_KVW, P_ATT, P_SWIGLU, P_ADD, P_GATHER, P_N };
-static const char *g_pname[P_N] = {"embed", "matmul", "rmsnorm", "rope", "kv_write", "attention", "swiglu", "add", "gather"};
-static double g_ptime[P_N];
-static Backend g_inner;
-#define TIMED(id, call) do { g_inner.synchronize(be); double t0_ = ds_now(); call; g_inner.synchronize(be); g_ptime[id] += ds_now() - t0_; } while (0)
-static void w_embed(Backend *be, float *o, const Weight *t, const int32_t *ids, int n) { TIMED(P_EMBED, g_inner.embed(be, o, t, ids, n)); }
-static void w_matmul(Backend *be, float *o, const float *x, const Weight *w, int n) { TIMED(P_MATMUL, g_inner.matmul(be, o, x, w, n)); }
-static void w_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) { TIMED(P_RMSNORM, g_inner.rmsnorm(be, o, x, w, n, d, e)); }
-static void w_rope(Backend *be, float *x, const int32_t *p, int n, int h, int hd, float th) { TIMED(P_ROPE, g_inner.rope(be, x, p, n, h, hd, th)); }
-static void w_kvw(Backend *be, KvCache *kv, int l, const float *k, const float *v, const int32_t *s, const int32_t *p, int n) { TIMED(P_KVW, g_inner.kv_write(be, kv, l, k, v, s, p, n)); }
-static void w_att(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *s, const int32_t *kl, int n, int h, int kvh, int hd) {
-    TIMED(P_ATT, g_inner.attention(be, o, q, kv, l, s, kl, n, h, kvh, hd));
-}
-static void w_swiglu(Backend *be, float *o, const float *g, const float *u, size_t n) { TIMED(P_SWIGLU, g_inner.swiglu(be, o, g, u, n)); }
-static void w_add(Backend *be, float *x, const float *y, size_t n) { TIMED(P_ADD, g_inner.add(be, x, y, n)); }
-static void w_gather(Backend *be, float *d, int ds, const float *s, int ss, const int32_t *r, int n, int c) { TIMED(P_GATHER, g_inner.gather_rows(be, d, ds, s, ss, r, n, c)); }
-
 /* median seconds of `reps` forwards of n tokens at positions pos0.. (n_logits rows to the host) */
 static double time_forward(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n_logits, int reps, char *err, int *fail) {
     int32_t tok[256], pos[256], rows[256];
@@ -171,15 +155,13 @@ int main(int argc, char **argv) {
     }
     printf("%-34s %10.3f   (%.0f tokens/s)\n", "prefill 256 tokens", prefill * 1e3, 256 / prefill);
     if (profile) { /* one decode step, every op synchronised */
-        g_inner = *be;
-        be->embed = w_embed; be->matmul = w_matmul; be->rmsnorm = w_rmsnorm; be->rope = w_rope; be->kv_write = w_kvw;
-        be->attention = w_att; be->swiglu = w_swiglu; be->add = w_add; be->gather_rows = w_gather;
+        op_profile_wrap(be, true);
         double step = time_forward(&m, &st, 1, ctx, 1, 5, err, &fail) * 1e3, sum = 0;
-        *be = g_inner;
+        op_profile_unwrap(be);
         printf("\nprofile of a synchronised decode step (%.3f ms; 7 steps, per step):", step);
-        for (int i = 0; i < P_N; i++) {
-            sum += g_ptime[i] / 7 * 1e3;
-            if (g_ptime[i] > 0) printf(" %s %.3f ms", g_pname[i], g_ptime[i] / 7 * 1e3);
+        for (int i = 0; i < OP_N; i++) {
+            sum += op_time[i] / 7 * 1e3;
+            if (op_time[i] > 0) printf(" %s %.3f ms", op_name[i], op_time[i] / 7 * 1e3);
         }
         printf("; rest %.3f ms\n", step - sum);
     }

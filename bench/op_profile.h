@@ -1,0 +1,57 @@
+/* op_profile.h - per-op wall time of a Backend, for benchmarks: op_profile_wrap replaces the
+ * backend's op pointers with timing wrappers around the real ops (optionally synchronising
+ * before and after each op, so a GPU's queued work lands on the op that queued it).
+ * matmul_multi is counted as matmul. One wrapped backend at a time; header-only, include it
+ * from one benchmark file. */
+#ifndef DSPARK_BENCH_OP_PROFILE_H
+#define DSPARK_BENCH_OP_PROFILE_H
+
+#include <string.h>
+
+#include "backend.h"
+
+enum { OP_EMBED, OP_MATMUL, OP_RMSNORM, OP_ROPE, OP_KVW, OP_ATT, OP_SWIGLU, OP_ADD, OP_GATHER, OP_N };
+static const char *const op_name[OP_N] = {"embed", "matmul", "rmsnorm", "rope", "kv_write", "attention", "swiglu", "add", "gather"};
+static double op_time[OP_N];  /* seconds since op_profile_reset */
+static Backend op_inner;      /* the real ops */
+static bool op_sync;
+
+#define OP_TIMED(id, call)                                        \
+    do {                                                          \
+        if (op_sync) op_inner.synchronize(be);                    \
+        double t0_ = ds_now();                                    \
+        call;                                                     \
+        if (op_sync) op_inner.synchronize(be);                    \
+        op_time[id] += ds_now() - t0_;                            \
+    } while (0)
+static inline void op_w_embed(Backend *be, float *o, const Weight *t, const int32_t *ids, int n) { OP_TIMED(OP_EMBED, op_inner.embed(be, o, t, ids, n)); }
+static inline void op_w_matmul(Backend *be, float *o, const float *x, const Weight *w, int n) { OP_TIMED(OP_MATMUL, op_inner.matmul(be, o, x, w, n)); }
+static inline void op_w_mmulti(Backend *be, float *const *o, const float *x, const Weight *const *w, int c, int n, int a) {
+    OP_TIMED(OP_MATMUL, op_inner.matmul_multi(be, o, x, w, c, n, a));
+}
+static inline void op_w_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) { OP_TIMED(OP_RMSNORM, op_inner.rmsnorm(be, o, x, w, n, d, e)); }
+static inline void op_w_rope(Backend *be, float *x, const int32_t *p, int n, int h, int hd, float th) { OP_TIMED(OP_ROPE, op_inner.rope(be, x, p, n, h, hd, th)); }
+static inline void op_w_kvw(Backend *be, KvCache *kv, int l, const float *k, const float *v, const int32_t *s, const int32_t *p, int n) {
+    OP_TIMED(OP_KVW, op_inner.kv_write(be, kv, l, k, v, s, p, n));
+}
+static inline void op_w_att(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *s, const int32_t *kl, int n, int h, int kvh, int hd) {
+    OP_TIMED(OP_ATT, op_inner.attention(be, o, q, kv, l, s, kl, n, h, kvh, hd));
+}
+static inline void op_w_swiglu(Backend *be, float *o, const float *g, const float *u, size_t n) { OP_TIMED(OP_SWIGLU, op_inner.swiglu(be, o, g, u, n)); }
+static inline void op_w_add(Backend *be, float *x, const float *y, size_t n) { OP_TIMED(OP_ADD, op_inner.add(be, x, y, n)); }
+static inline void op_w_gather(Backend *be, float *d, int ds, const float *s, int ss, const int32_t *r, int n, int c) {
+    OP_TIMED(OP_GATHER, op_inner.gather_rows(be, d, ds, s, ss, r, n, c));
+}
+
+static inline void op_profile_reset(void) { memset(op_time, 0, sizeof op_time); }
+static inline void op_profile_wrap(Backend *be, bool sync) {
+    op_inner = *be;
+    op_sync = sync;
+    op_profile_reset();
+    be->embed = op_w_embed; be->matmul = op_w_matmul; be->rmsnorm = op_w_rmsnorm; be->rope = op_w_rope; be->kv_write = op_w_kvw;
+    be->attention = op_w_att; be->swiglu = op_w_swiglu; be->add = op_w_add; be->gather_rows = op_w_gather;
+    if (be->matmul_multi) be->matmul_multi = op_w_mmulti;
+}
+static inline void op_profile_unwrap(Backend *be) { *be = op_inner; }
+
+#endif
