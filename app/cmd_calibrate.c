@@ -181,8 +181,7 @@ static ds_status decode_rounds(DecodeOpts *o, Rounds *rec, char *err) {
     progress_finish(&bar, o->prompts, extra);
 done:
     for (int f = 0; f < nf; f++) {
-        for (int i = 0; prompts[f] && i < n_rows[f]; i++) ds_free(prompts[f][i].ids);
-        ds_free(prompts[f]);
+        gen_free_prompts(prompts[f], n_rows[f]);
         ds_free(order[f]);
     }
     ds_free(prompts); ds_free(n_rows); ds_free(n_use); ds_free(order); ds_free(out);

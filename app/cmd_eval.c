@@ -63,12 +63,68 @@ static void record_round(void *user, const float *conf, int n_drafted, int n_ver
     fputs("]}\n", f);
 }
 
+/* One generation of the protocol: the prompt left-truncated to the context minus the budget
+ * (the end kept), speculative decoding into tot (its rounds recorded when rec is set), then
+ * plain decoding of the same prompt with the same seed into tot_plain (plain may be NULL). */
+static ds_status eval_one(SpecDecoder *sd, SpecDecoder *plain, const int32_t *ids, int n_ids, int ctx, SpecParams *p, FILE *rec,
+                          int32_t *out, int *n_out, SpecStats *tot, SpecStats *tot_plain, int *truncated, char *err) {
+    int keep = n_ids, room = ctx - p->max_new;
+    if (room < 1) room = 1;
+    if (keep > room) { keep = room; ++*truncated; }
+    SpecStats st;
+    p->on_round = rec ? record_round : NULL;
+    p->user = rec;
+    ds_status rc = spec_generate(sd, ids + (n_ids - keep), keep, p, out, n_out, &st, err);
+    p->on_round = NULL;
+    p->user = NULL;
+    if (rc) return rc;
+    spec_stats_add(tot, &st);
+    if (!plain) return DS_OK;
+    int n_plain; /* out holds 2 x max_new: the speculative answer stays (multi-turn history) */
+    if ((rc = spec_generate(plain, ids + (n_ids - keep), keep, p, out + p->max_new, &n_plain, &st, err))) return rc;
+    spec_stats_add(tot_plain, &st);
+    return DS_OK;
+}
+
+/* --multi-turn: every user turn in order, each answered after the conversation so far (the
+ * model's own earlier answers as assistant turns, rendered by the chat template, thinking
+ * off). Turn 0 is exactly the first-turn protocol; turn t draws from stream seed + idx, t. */
+static ds_status eval_conversation(SpecDecoder *sd, SpecDecoder *plain, const Tokenizer *tok, const GenDefaults *gd, const GenPrompt *q,
+                                   int ctx, SpecParams *p, FILE *rec, int32_t *out, SpecStats *tot, SpecStats *tot_plain, int *truncated,
+                                   char *err) {
+    ChatMessage *msgs = ds_calloc((size_t)q->n_turns * 2, sizeof *msgs);
+    char **answers = ds_calloc((size_t)q->n_turns, sizeof *answers);
+    uint64_t seed0 = p->seed;
+    ds_status rc = DS_OK;
+    for (int t = 0; t < q->n_turns && !rc; t++) {
+        msgs[2 * t] = (ChatMessage){"user", q->turns[t]};
+        char *text = NULL;
+        int32_t *ids = NULL;
+        int n_ids = 0, n = 0;
+        p->seed = seed0 + ((uint64_t)t << 32);
+        if (!(rc = chat_render(tok, msgs, 2 * t + 1, true, false, &text, err)) &&
+            !(rc = tokenizer_encode(tok, text, strlen(text), &ids, &n_ids, err)) &&
+            !(rc = eval_one(sd, plain, ids, n_ids, ctx, p, rec, out, &n, tot, tot_plain, truncated, err))) {
+            if (n > 0 && gen_is_stop(gd, out[n - 1])) n--; /* the answer's text, not its stop token */
+            rc = tokenizer_decode(tok, out, n, &answers[t], err);
+            msgs[2 * t + 1] = (ChatMessage){"assistant", answers[t]};
+        }
+        ds_free(text);
+        ds_free(ids);
+    }
+    p->seed = seed0;
+    for (int t = 0; t < q->n_turns; t++) ds_free(answers[t]);
+    ds_free(answers);
+    ds_free(msgs);
+    return rc;
+}
+
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *draft = NULL, *json_out = NULL, *device = "cpu", *record = NULL;
     ArgList data = {0};
     int max_samples = 0, max_new = 2048, seed = 980406, threads = 0, ctx = 0;
     double temp = 1.0, conf_thr = 0.0;
-    bool no_plain = false;
+    bool no_plain = false, multi_turn = false;
     ArgSpec specs[] = {
         {"--model", ARG_STR, &model, "DIR", "target model directory", 0, -1},
         {"--draft", ARG_STR, &draft, "DIR", "DSpark/DFlash drafter checkpoint", 0, -1},
@@ -81,6 +137,7 @@ int cmd_eval(int argc, char **argv) {
         {"--record", ARG_STR, &record, "FILE", "write each round's confidences and acceptance (JSONL, for dspark calibrate)", 0, -1},
         {"--confidence-threshold", ARG_FLOAT, &conf_thr, "C", "DeepSpec's static verification-length rule (0 = full block)", 0, 1},
         {"--no-plain", ARG_FLAG, &no_plain, NULL, "skip the plain-decoding run (no speedup)", 0, -1},
+        {"--multi-turn", ARG_FLAG, &multi_turn, NULL, "answer every turn of a row after the conversation so far (default: DeepSpec's first turn only)", 0, -1},
         {"--ctx", ARG_INT, &ctx, "N", "context positions (default: the target's max_position_embeddings, at most 8192)", 16, 1 << 24},
         {"--threads", ARG_INT, &threads, "N", "CPU threads (default: all)", 1, 1024},
         {"--device", ARG_STR, &device, "DEV", "cpu (default) or cuda", 0, -1},
@@ -107,6 +164,10 @@ int cmd_eval(int argc, char **argv) {
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model);
     if (ds_file_exists(tpath) && gen_load_tokenizer(model, &tok, err)) goto fail; /* optional: prompt_ids rows need none */
     if (gen_defaults_load(&gd, model, &m.cfg, tok, err)) goto fail;
+    if (multi_turn && !(tok && chat_has_template(tok))) {
+        ds_err(err, DS_EARG, "--multi-turn needs a model whose tokenizer has a chat template (%s has none)", model);
+        goto fail;
+    }
     const int B = d.cfg.block_size;
     if (!ctx) ctx = m.cfg.max_position_embeddings < 8192 ? m.cfg.max_position_embeddings : 8192;
     if (max_new > ctx - 1) max_new = ctx - 1;
@@ -118,7 +179,7 @@ int cmd_eval(int argc, char **argv) {
     for (int i = 0; i < gd.n_stop && p.n_stop < SPEC_MAX_STOP; i++) p.stop_ids[p.n_stop++] = gd.stop_ids[i];
     float thr = (float)conf_thr;
     if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
-    int32_t *out = ds_malloc(sizeof(int32_t) * (size_t)max_new);
+    int32_t *out = ds_malloc(sizeof(int32_t) * 2 * (size_t)max_new);
     if (record) {
         snprintf(record_tmp, sizeof record_tmp, "%s.tmp", record);
         if (!(rec = fopen(record_tmp, "w"))) { ds_err(err, DS_EIO, "%s: cannot create", record_tmp); ds_free(out); goto fail; }
@@ -138,21 +199,14 @@ int cmd_eval(int argc, char **argv) {
         int truncated = 0;
         for (int idx = 0; idx < cap; idx++) {
             Prompt *q = &pr[order[idx]];
-            int keep = q->n, room = ctx - max_new;
-            if (room < 1) room = 1;
-            if (keep > room) { keep = room; truncated++; } /* left-truncate: keep the end */
             p.seed = (uint64_t)seed + (uint64_t)idx; /* DeepSpec: seed_all(seed + idx) */
-            int n;
-            SpecStats st;
-            p.on_round = rec ? record_round : NULL;
-            p.user = rec;
-            if (spec_generate(&sd, q->ids + (q->n - keep), keep, &p, out, &n, &st, err)) goto ds_fail;
-            p.on_round = NULL;
-            p.user = NULL;
-            spec_stats_add(&tot, &st);
-            if (!no_plain) {
-                if (spec_generate(&plain, q->ids + (q->n - keep), keep, &p, out, &n, &st, err)) goto ds_fail;
-                spec_stats_add(&tot_plain, &st);
+            if (multi_turn && q->n_turns > 1) {
+                if (eval_conversation(&sd, no_plain ? NULL : &plain, tok, &gd, q, ctx, &p, rec, out, &tot, &tot_plain, &truncated, err))
+                    goto ds_fail;
+            } else {
+                int n;
+                if (eval_one(&sd, no_plain ? NULL : &plain, q->ids, q->n, ctx, &p, rec, out, &n, &tot, &tot_plain, &truncated, err))
+                    goto ds_fail;
             }
             progress(name, idx + 1, cap);
         }
@@ -177,13 +231,11 @@ int cmd_eval(int argc, char **argv) {
             if (!no_plain) fprintf(stderr, " plain %.1f speedup %.2fx", ptps, ptps > 0 ? tps / ptps : 0);
             fputc('\n', stderr);
         }
-        for (int i = 0; i < n_rows; i++) ds_free(pr[i].ids);
-        ds_free(pr);
+        gen_free_prompts(pr, n_rows);
         ds_free(order);
         continue;
     ds_fail:
-        for (int i = 0; i < n_rows; i++) ds_free(pr[i].ids);
-        ds_free(pr);
+        gen_free_prompts(pr, n_rows);
         ds_free(order);
         ds_free(out);
         goto fail;
@@ -201,6 +253,7 @@ int cmd_eval(int argc, char **argv) {
     json_object_set_new(config, "prompts", json_string(!tok ? "prompt_ids from the JSONL rows"
         : chat_has_template(tok) ? "first turn through the chat template (generation prompt, thinking disabled, no system prompt)"
         : "raw first turn: the tokenizer has no chat template"));
+    json_object_set_new(config, "multi_turn", json_boolean(multi_turn));
     json_object_set_new(config, "truncated_prompts", trunc);
     trunc = NULL;
     json_object_set_new(report, "config", config);

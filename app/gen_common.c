@@ -93,6 +93,13 @@ ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, Ge
         if (!json_is_array(ids) && json_is_string(turn)) {
             if (!tok) rc = ds_err(err, DS_EUNSUPPORTED, "%s:%lld: text prompts need the target's tokenizer.json (or give \"prompt_ids\")", path, (long long)line_no);
             else rc = gen_prompt_ids(tok, json_string_value(turn), chat_has_template(tok), false, &p[n].ids, &p[n].n, err);
+            p[n].turns = NULL;
+            p[n].n_turns = 0;
+            json_t *turns = json_object_get(row, "turns");
+            for (size_t t = 0; !rc && json_is_string(json_array_get(turns, t)); t++) { /* every turn, for --multi-turn */
+                p[n].turns = ds_realloc(p[n].turns, sizeof(char *) * (t + 1));
+                p[n].turns[p[n].n_turns++] = ds_strdup(json_string_value(json_array_get(turns, t)));
+            }
             json_decref(row);
             if (rc) goto fail;
             n++;
@@ -103,6 +110,8 @@ ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, Ge
             json_decref(row);
             goto fail;
         }
+        p[n].turns = NULL;
+        p[n].n_turns = 0;
         p[n].n = (int)json_array_size(ids);
         p[n].ids = ds_malloc(sizeof(int32_t) * p[n].n);
         for (int i = 0; i < p[n].n; i++) {
@@ -127,8 +136,7 @@ ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, Ge
     *n_out = n;
     return DS_OK;
 fail:
-    for (int i = 0; i < n; i++) ds_free(p[i].ids);
-    ds_free(p);
+    gen_free_prompts(p, n);
     ds_free(text);
     return rc;
 }
@@ -140,4 +148,13 @@ int gen_capped_order(int32_t *order, int n_rows, int cap, uint64_t seed) {
     pyrandom_seed(&r, seed);
     pyrandom_shuffle(&r, order, n_rows);
     return cap;
+}
+
+void gen_free_prompts(GenPrompt *p, int n) {
+    for (int i = 0; p && i < n; i++) {
+        ds_free(p[i].ids);
+        for (int t = 0; t < p[i].n_turns; t++) ds_free(p[i].turns[t]);
+        ds_free(p[i].turns);
+    }
+    ds_free(p);
 }

@@ -32,8 +32,14 @@ ds_status gen_prompt_ids(const Tokenizer *tok, const char *text, bool chat, bool
 /* FILE.jsonl, one prompt per non-blank line: the first of "turns", or "prompt" (text through
  * the chat template when the tokenizer has one, raw otherwise), or "prompt_ids". An empty file
  * or a bad row (file:line) is an error. */
-typedef struct { int32_t *ids; int n; } GenPrompt;
+typedef struct {
+    int32_t *ids;      /* the first turn (or "prompt" / "prompt_ids") as the model sees it */
+    int n;
+    char **turns;      /* every user turn of "turns" (eval --multi-turn); NULL otherwise */
+    int n_turns;
+} GenPrompt;
 ds_status gen_read_prompts(const char *path, int vocab, const Tokenizer *tok, GenPrompt **out, int *n_out, char *err);
+void gen_free_prompts(GenPrompt *p, int n);
 
 /* DeepSpec's capped subset: order[0..n_rows) = 0..n_rows-1, then, when cap > 0 and the file has
  * more rows, CPython's random.Random(seed).shuffle of it; returns how many rows to use. */

@@ -1,7 +1,7 @@
 #!/bin/bash
 # cli_eval.sh - `dspark eval`: JSON report shape (config + one object per dataset with exactly
 # the issue's keys, "tau" once per dataset and nowhere else), capping with --max-samples,
-# text-only rows rejected with a one-line error, missing flags are usage errors.
+# text-only rows rejected with a one-line error, missing flags are usage errors, --multi-turn.
 # ctest: labels=cli
 set -u
 B="$DSPARK_BIN"; D="$DSPARK_TEST_DATA/tiny-qwen3"; T="$DSPARK_TEST_TMP/cli_eval"; rm -rf "$T"; mkdir -p "$T"
@@ -54,6 +54,22 @@ assert 'chat template' in r['config']['prompts'], r['config']['prompts']
 assert r['datasets'][0]['name'] == 'mt-bench' and r['datasets'][0]['samples'] == 3
 "; rc=$?
 check "chat template used, all 3 rows (mt-bench cap 80)" '[ $rc -eq 0 ]'
+# --multi-turn: the second turn is answered after the model's first answer (more rounds than
+# first-turn-only, same greedy first turns); it needs a chat template (one-line error without)
+"$B" eval --model "$DSPARK_TEST_DATA/tiny-chat" --draft "$DSPARK_TEST_DATA/trained-draft" --data "$T/mt-bench.jsonl" -n 8 --temp 0 \
+  --no-plain --json "$T/s1.json" --threads 1 2>/dev/null; rc1=$?
+"$B" eval --model "$DSPARK_TEST_DATA/tiny-chat" --draft "$DSPARK_TEST_DATA/trained-draft" --data "$T/mt-bench.jsonl" -n 8 --temp 0 \
+  --no-plain --multi-turn --json "$T/m2.json" --threads 1 2>/dev/null; rc2=$?
+check "multi-turn runs" '[ $rc1 -eq 0 ] && [ $rc2 -eq 0 ]'
+python3 -c "
+import json
+s, m = json.load(open('$T/s1.json')), json.load(open('$T/m2.json'))
+assert m['config']['multi_turn'] is True and s['config']['multi_turn'] is False
+assert m['datasets'][0]['rounds'] > s['datasets'][0]['rounds'], (m['datasets'][0]['rounds'], s['datasets'][0]['rounds'])
+"; rc=$?
+check "multi-turn answers every turn" '[ $rc -eq 0 ]'
+"$B" eval --model "$D/target" --draft "$D/draft-gated" --data "$T/custom.jsonl" --multi-turn 2>"$T/err4"; rc=$?
+check "multi-turn without a chat template: one-line error" '[ $rc -eq 1 ] && [ $(wc -l < "$T/err4") -eq 1 ] && grep -q "chat template" "$T/err4"'
 "$B" eval --model "$D/target" --data "$T/custom.jsonl" >/dev/null 2>&1; rc=$?
 check "missing --draft" '[ $rc -eq 2 ]'
 "$B" eval --model "$D/target" --draft "$D/draft-vanilla" --data "$T/custom.jsonl" -n 16 --no-plain --threads 1 \
