@@ -16,6 +16,7 @@
  *   {"config": {...}, "datasets": [{"name", "samples", "rounds", "tau", "proposal_len",
  *    "accept_rate_at": [...], "cond_accept": [...], "tokens_per_s", "plain_tokens_per_s", "speedup"}]} */
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <string.h>
@@ -61,6 +62,26 @@ static void record_round(void *user, const float *conf, int n_drafted, int n_ver
     fputs("], \"y\": [", f);
     for (int j = 0; j < n_verified; j++) fprintf(f, j ? ", %d" : "%d", j < n_accepted);
     fputs("]}\n", f);
+}
+
+/* 95% confidence interval of tau = sum(a) / sum(b) (a: accepted + bonus, b: rounds, per
+ * sample): rounds within a sample are correlated, so samples are the independent units and the
+ * ratio estimator's standard error comes from the delta method,
+ * se^2 = sum((a_i - tau b_i)^2) / (n (n - 1) mean(b)^2). */
+static void tau_ci95(const long *a, const long *b, int n, double *lo, double *hi) {
+    double sa = 0, sb = 0, ss = 0;
+    for (int i = 0; i < n; i++) sa += (double)a[i], sb += (double)b[i];
+    double tau = sb > 0 ? sa / sb : 0, mb = n ? sb / n : 0;
+    for (int i = 0; i < n; i++) ss += ((double)a[i] - tau * (double)b[i]) * ((double)a[i] - tau * (double)b[i]);
+    double se = n > 1 && mb > 0 ? sqrt(ss / ((double)n * (n - 1))) / mb : 0;
+    *lo = tau - 1.96 * se;
+    *hi = tau + 1.96 * se;
+}
+
+static json_t *long_array(const long *v, int n) {
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(a, json_integer(v[i]));
+    return a;
 }
 
 /* One generation of the protocol: the prompt left-truncated to the context minus the budget
@@ -197,7 +218,9 @@ int cmd_eval(int argc, char **argv) {
         int cap = gen_capped_order(order, n_rows, max_samples ? max_samples : deepspec_cap(name), (uint64_t)seed);
         SpecStats tot = {0}, tot_plain = {0};
         int truncated = 0;
+        long *s_tau = ds_calloc((size_t)(cap ? cap : 1), sizeof(long)), *s_rounds = ds_calloc((size_t)(cap ? cap : 1), sizeof(long));
         for (int idx = 0; idx < cap; idx++) {
+            long tau0 = tot.tau_sum, rounds0 = tot.rounds;
             Prompt *q = &pr[order[idx]];
             p.seed = (uint64_t)seed + (uint64_t)idx; /* DeepSpec: seed_all(seed + idx) */
             if (multi_turn && q->n_turns > 1) {
@@ -208,6 +231,8 @@ int cmd_eval(int argc, char **argv) {
                 if (eval_one(&sd, no_plain ? NULL : &plain, q->ids, q->n, ctx, &p, rec, out, &n, &tot, &tot_plain, &truncated, err))
                     goto ds_fail;
             }
+            s_tau[idx] = tot.tau_sum - tau0;
+            s_rounds[idx] = tot.rounds - rounds0;
             progress(name, idx + 1, cap);
         }
         {
@@ -218,6 +243,15 @@ int cmd_eval(int argc, char **argv) {
             json_object_set_new(o, "samples", json_integer(cap));
             json_object_set_new(o, "rounds", json_integer(tot.rounds));
             json_object_set_new(o, "tau", tot.rounds ? json_real((double)tot.tau_sum / tot.rounds) : json_null());
+            double lo, hi;
+            tau_ci95(s_tau, s_rounds, cap, &lo, &hi);
+            json_t *ci = json_array();
+            json_array_append_new(ci, json_real(lo));
+            json_array_append_new(ci, json_real(hi));
+            json_object_set_new(o, "tau_ci95", ci);
+            /* per sample, for paired comparisons of two drafters on the same prompts */
+            json_object_set_new(o, "sample_tau_sum", long_array(s_tau, cap));
+            json_object_set_new(o, "sample_rounds", long_array(s_rounds, cap));
             json_object_set_new(o, "proposal_len", tot.rounds ? json_real((double)tot.proposed / tot.rounds) : json_null());
             json_object_set_new(o, "accept_rate_at", rate_array(tot.accepted_at, tot.proposed_at, B));
             json_object_set_new(o, "cond_accept", rate_array(tot.accepted_at, tot.reached_at, B));
@@ -226,17 +260,21 @@ int cmd_eval(int argc, char **argv) {
             json_object_set_new(o, "speedup", no_plain || ptps <= 0 ? json_null() : json_real(tps / ptps));
             json_array_append_new(dsets, o);
             json_object_set_new(trunc, name, json_integer(truncated));
-            fprintf(stderr, "%-16s samples %d rounds %d tau %.3f proposal %.2f tokens/s %.1f", name, cap, tot.rounds,
-                    tot.rounds ? (double)tot.tau_sum / tot.rounds : 0, tot.rounds ? (double)tot.proposed / tot.rounds : 0, tps);
+            fprintf(stderr, "%-16s samples %d rounds %d tau %.3f (95%% CI %.3f-%.3f) proposal %.2f tokens/s %.1f", name, cap, tot.rounds,
+                    tot.rounds ? (double)tot.tau_sum / tot.rounds : 0, lo, hi, tot.rounds ? (double)tot.proposed / tot.rounds : 0, tps);
             if (!no_plain) fprintf(stderr, " plain %.1f speedup %.2fx", ptps, ptps > 0 ? tps / ptps : 0);
             fputc('\n', stderr);
         }
         gen_free_prompts(pr, n_rows);
         ds_free(order);
+        ds_free(s_tau);
+        ds_free(s_rounds);
         continue;
     ds_fail:
         gen_free_prompts(pr, n_rows);
         ds_free(order);
+        ds_free(s_tau);
+        ds_free(s_rounds);
         ds_free(out);
         goto fail;
     }

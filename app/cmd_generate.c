@@ -16,7 +16,7 @@
 #define PREFILL_CHUNK 256
 
 typedef struct {
-    const char *model, *prompt, *chat, *prompt_ids, *device, *stop;
+    const char *model, *prompt, *chat, *prompt_ids, *prompts, *device, *stop;
     int max_new, top_k, seed, threads;
     double temp, top_p;
     bool print_ids, think;
@@ -72,8 +72,30 @@ static double median3(const double *v) {
 
 /* Statistics on stderr: rounds, tau, accept_rate@k, conditional acceptance, times, tokens/s;
  * --compare runs plain decoding on the same samples and prints the speedup. */
-static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd, const SamplerParams *sp, const int32_t *prompt,
-                         int n_prompt, int max_new, const Tokenizer *tok, char *err) {
+/* prompts[0..n_prompts): one after the other; with several (--prompts), each is printed before
+ * its continuation and the statistics (and --compare's runs) cover all of them together */
+static ds_status run_all(SpecDecoder *sd, const GenPrompt *prompts, int n_prompts, GenSpecOptions *o, SampleOut *so,
+                         SpecStats *st, char *err) {
+    for (int i = 0; i < n_prompts; i++) {
+        if (n_prompts > 1 && so) {
+            DecodeStream ds = {0};
+            char text[4096];
+            printf("%s### prompt %d of %d\n", i ? "\n" : "", i + 1, n_prompts);
+            for (int k = 0; k < prompts[i].n; k++) fwrite(text, 1, tokenizer_decode_step(so->tok, &ds, prompts[i].ids[k], text, sizeof text), stdout);
+            fwrite(text, 1, tokenizer_decode_flush(&ds, text, sizeof text), stdout);
+            printf("### continuation\n");
+            fflush(stdout);
+            so->ds = (DecodeStream){0};
+        }
+        ds_status rc = gen_spec_run(sd, prompts[i].ids, prompts[i].n, o, st, err);
+        if (rc) return rc;
+        if (n_prompts > 1 && so) printf("\n");
+    }
+    return DS_OK;
+}
+
+static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd, const SamplerParams *sp, const GenPrompt *prompts,
+                         int n_prompts, int max_new, const Tokenizer *tok, char *err) {
     Drafter d = {0};
     DrafterSource ds = {0};
     SpecDecoder sd = {0}, plain = {0};
@@ -99,6 +121,8 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
         if (sched_init(&sched, &pol, &cal, sps, 1, block, err)) goto done;
         sched.draft_s = prof.draft_s; /* each round drafts: part of the step's time */
     }
+    int n_prompt = 0; /* the longest */
+    for (int i = 0; i < n_prompts; i++) n_prompt = prompts[i].n > n_prompt ? prompts[i].n : n_prompt;
     int ctx = n_prompt + max_new + block + 1;
     if (ctx > m->cfg.max_position_embeddings) ctx = m->cfg.max_position_embeddings;
     int chunk = n_prompt < PREFILL_CHUNK ? n_prompt : PREFILL_CHUNK;
@@ -110,13 +134,14 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
     GenSpecOptions o = {.sampler = *sp, .seed = (uint64_t)a->seed, .max_new = max_new, .num_samples = a->num_samples,
                         .confidence_threshold = (float)a->confidence_threshold, .on_sample = print_sample, .user = &so};
     if (sched.max_req) o.policy = (VerifyLenPolicy){sched_choose_one, &sched};
-    if (a->num_samples == 1 && !a->print_ids && tok) { /* like plain generate: the text as it comes */
+    bool streaming = a->num_samples == 1 && !a->print_ids && tok;
+    if (streaming) { /* like plain generate: the text as it comes */
         o.on_token = stream_token;
         o.on_sample = finish_stream;
     }
     for (int i = 0; i < gd->n_stop && o.n_stop < SPEC_MAX_STOP; i++) o.stop_ids[o.n_stop++] = gd->stop_ids[i];
     SpecStats st = {0}, st_plain = {0};
-    if (gen_spec_run(&sd, prompt, n_prompt, &o, &st, err)) goto done;
+    if (run_all(&sd, prompts, n_prompts, &o, streaming ? &so : NULL, &st, err)) goto done;
     gen_spec_print_stats(stderr, a->draft ? "spec" : "plain", &st, block);
     if (a->compare) {
         /* speedup against the same binary without the drafter, same threads: three runs of
@@ -129,10 +154,10 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
         for (int rep = 0; rep < 3; rep++) {
             SpecStats sp2 = {0};
             st_plain = (SpecStats){0};
-            if (gen_spec_run(&plain, prompt, n_prompt, &o, &st_plain, err)) goto done;
+            if (run_all(&plain, prompts, n_prompts, &o, NULL, &st_plain, err)) goto done;
             ys[rep] = st_plain.total_s > 0 ? st_plain.generated / st_plain.total_s : 0;
             if (rep < 2) {
-                if (gen_spec_run(&sd, prompt, n_prompt, &o, &sp2, err)) goto done;
+                if (run_all(&sd, prompts, n_prompts, &o, NULL, &sp2, err)) goto done;
                 xs[rep + 1] = sp2.total_s > 0 ? sp2.generated / sp2.total_s : 0;
             }
         }
@@ -210,6 +235,8 @@ int cmd_generate(int argc, char **argv) {
         {"--prompt", ARG_STR, &a.prompt, "TEXT", "raw prompt text", 0, -1},
         {"--chat", ARG_STR, &a.chat, "TEXT", "one user turn, rendered with the chat template", 0, -1},
         {"--prompt-ids", ARG_STR, &a.prompt_ids, "1,2,3", "prompt token ids (no tokenizer needed)", 0, -1},
+        {"--prompts", ARG_STR, &a.prompts, "FILE.jsonl", "several prompts, one per line ({\"turns\": [TEXT]}, {\"prompt\": TEXT} or {\"prompt_ids\": [...]}; "
+         "chat template when the tokenizer has one), each printed before its continuation; statistics over all", 0, -1},
         {"--max-new|-n", ARG_INT, &a.max_new, "N", "new tokens at most (default 128)", 1, 1 << 24},
         {"--temp", ARG_FLOAT, &a.temp, "T", "temperature, 0 = greedy (default: generation_config.json, else 1.0)", 0, 100},
         {"--top-k", ARG_INT, &a.top_k, "K", "top-k, 0 = off (default: generation_config.json, else off)", 0, 1 << 30},
@@ -228,7 +255,8 @@ int cmd_generate(int argc, char **argv) {
         {"--policy", ARG_STR, &a.policy, "P", "with --draft: verification length full, fixed:L, threshold:C (calibrated) or alg1 / async (SPS profile)", 0, -1},
     };
     int n_specs = sizeof specs / sizeof specs[0];
-    int rc = args_parse("generate", "--model DIR (--prompt TEXT | --chat TEXT | --prompt-ids LIST) [flags]", specs, n_specs, argc, argv);
+    int rc = args_parse("generate", "--model DIR (--prompt TEXT | --chat TEXT | --prompt-ids LIST | --prompts FILE.jsonl) [flags]", specs,
+                        n_specs, argc, argv);
     if (rc) return rc == 1 ? 0 : 2;
     if (!a.model) { fprintf(stderr, "dspark generate: --model is required (see --help)\n"); return 2; }
     if ((a.compare || a.confidence_threshold > 0 || a.policy) && !a.draft) {
@@ -241,8 +269,8 @@ int cmd_generate(int argc, char **argv) {
         if (sched_policy_parse(a.policy, "--policy", &pol, perr)) { fprintf(stderr, "dspark generate: %s\n", perr); return 2; }
         if (pol.bypass) { fprintf(stderr, "dspark generate: --policy %s: the draft bypass is for many requests (dspark serve)\n", a.policy); return 2; }
     }
-    if (!!a.prompt + !!a.chat + !!a.prompt_ids != 1) {
-        fprintf(stderr, "dspark generate: give exactly one of --prompt, --chat, --prompt-ids\n");
+    if (!!a.prompt + !!a.chat + !!a.prompt_ids + !!a.prompts != 1) {
+        fprintf(stderr, "dspark generate: give exactly one of --prompt, --chat, --prompt-ids, --prompts\n");
         return 2;
     }
     char err[DS_ERR_LEN];
@@ -254,7 +282,8 @@ int cmd_generate(int argc, char **argv) {
     memset(&m, 0, sizeof m);
     memset(&st, 0, sizeof st);
     int32_t *prompt = NULL, *out_ids = NULL;
-    int n_prompt = 0;
+    int n_prompt = 0, n_many = 0;
+    GenPrompt *many = NULL; /* --prompts */
     bool have_state = false;
     if (backend_create(a.device, a.threads, &be, err)) goto fail;
     if (qwen3_load(&m, a.model, be, err)) goto fail;
@@ -287,6 +316,17 @@ int cmd_generate(int argc, char **argv) {
             prompt[i] = ids[i];
         }
         ds_free(ids);
+    } else if (a.prompts) {
+        if (gen_read_prompts(a.prompts, m.cfg.vocab_size, tok, &many, &n_many, err)) goto fail;
+        for (int i = 0; i < n_many; i++) {
+            if (many[i].n == 0 || many[i].n >= m.cfg.max_position_embeddings) {
+                fprintf(stderr, "dspark generate: %s: prompt %d has %d tokens (the context holds %d)\n", a.prompts, i + 1, many[i].n,
+                        m.cfg.max_position_embeddings);
+                status = 2;
+                goto done;
+            }
+            n_prompt = many[i].n > n_prompt ? many[i].n : n_prompt; /* the longest decides max_new */
+        }
     } else if (gen_prompt_ids(tok, a.prompt ? a.prompt : a.chat, a.chat != NULL, a.think, &prompt, &n_prompt, err)) {
         goto fail;
     }
@@ -298,8 +338,10 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int max_new = a.max_new < ctx - n_prompt ? a.max_new : ctx - n_prompt;
-    if (a.draft || a.num_samples > 1) {
-        status = generate_spec(&a, &m, &gd, &sp, prompt, n_prompt, max_new, tok, err);
+    if (a.draft || a.num_samples > 1 || many) {
+        GenPrompt one = {.ids = prompt, .n = n_prompt};
+        status = many ? generate_spec(&a, &m, &gd, &sp, many, n_many, max_new, tok, err)
+                      : generate_spec(&a, &m, &gd, &sp, &one, 1, max_new, tok, err);
         if (status) goto fail;
         goto done;
     }
@@ -322,6 +364,7 @@ done:
     if (have_state) qwen3_state_free(&st, &m);
     ds_free(prompt);
     ds_free(out_ids);
+    if (many) gen_free_prompts(many, n_many);
     if (tok) tokenizer_free(tok);
     if (m.layers) qwen3_free(&m);
     if (be) be->destroy(be);

@@ -1,6 +1,6 @@
 #!/bin/bash
 # cli_eval.sh - `dspark eval`: JSON report shape (config + one object per dataset with exactly
-# the keys, "tau" once per dataset and nowhere else), capping with --max-samples,
+# the keys plus tau's 95% CI and per-sample sums, "tau" once per dataset and nowhere else), capping with --max-samples,
 # text-only rows rejected with a one-line error, missing flags are usage errors, --multi-turn.
 # ctest: labels=cli
 set -u
@@ -25,12 +25,18 @@ import json, sys
 text = open(sys.argv[1]).read()
 r = json.loads(text)
 assert set(r) == {"config", "datasets"}, r.keys()
-keys = {"name", "samples", "rounds", "tau", "proposal_len", "accept_rate_at", "cond_accept", "tokens_per_s", "plain_tokens_per_s", "speedup"}
+keys = {"name", "samples", "rounds", "tau", "tau_ci95", "sample_tau_sum", "sample_rounds", "proposal_len", "accept_rate_at", "cond_accept",
+        "tokens_per_s", "plain_tokens_per_s", "speedup"}
 assert [d["name"] for d in r["datasets"]] == ["gsm8k", "custom"]
 for d in r["datasets"]:
     assert set(d) == keys, set(d) ^ keys
     assert len(d["accept_rate_at"]) == 4 and len(d["cond_accept"]) == 4
     assert d["tau"] >= 1 and d["rounds"] > 0
+    # per-sample sums add up to the totals; the 95% CI holds tau
+    assert sum(d["sample_rounds"]) == d["rounds"] and len(d["sample_rounds"]) == d["samples"]
+    assert abs(sum(d["sample_tau_sum"]) / d["rounds"] - d["tau"]) < 1e-12
+    lo, hi = d["tau_ci95"]
+    assert lo <= d["tau"] <= hi, d["tau_ci95"]
 assert r["datasets"][0]["samples"] == 4 and r["datasets"][1]["samples"] == 3
 assert text.count('"tau"') == 2
 assert r["config"]["seed"] == 980406

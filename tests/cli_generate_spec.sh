@@ -19,6 +19,19 @@ C="$DSPARK_TEST_DATA/tiny-chat"
 "$B" generate --model "$C" --chat "Hello there" -n 24 --temp 0 --threads 1 >"$T/plain.txt" 2>/dev/null
 "$B" generate --model "$C" --draft "$D/draft-vanilla" --chat "Hello there" -n 24 --temp 0 --threads 1 >"$T/spec.txt" 2>/dev/null
 check "greedy text identical" 'cmp -s "$T/plain.txt" "$T/spec.txt" && [ -s "$T/plain.txt" ]'
+# --prompts: several prompts in one run (each printed, then its continuation), the same text
+# as plain decoding, statistics and the final "tau X  speedup Yx" line over all of them
+printf '%s\n' '{"turns": ["Hello there"]}' '' '{"prompt": "How are you?"}' > "$T/two.jsonl"
+"$B" generate --model "$C" --prompts "$T/two.jsonl" -n 16 --temp 0 --threads 1 >"$T/p_plain.txt" 2>/dev/null
+"$B" generate --model "$C" --draft "$D/draft-vanilla" --prompts "$T/two.jsonl" -n 16 --temp 0 --threads 1 --compare \
+  >"$T/p_spec.txt" 2>"$T/p_spec.err"
+check "--prompts: greedy text identical, both prompts" 'cmp -s "$T/p_plain.txt" "$T/p_spec.txt" && grep -q "### prompt 2 of 2" "$T/p_spec.txt"'
+check "--prompts: final tau/speedup line" 'tail -1 "$T/p_spec.err" | grep -Eq "^tau [0-9]+\.[0-9]{2}  speedup [0-9]+\.[0-9]{2}x$"'
+printf '{"turns": 3}\n' > "$T/bad.jsonl"
+"$B" generate --model "$C" --prompts "$T/bad.jsonl" >/dev/null 2>"$T/badp.err"; rc=$?
+check "--prompts: bad row is a one-line error naming file:line" '[ $rc -ne 0 ] && grep -q "bad.jsonl:1" "$T/badp.err" && [ $(wc -l < "$T/badp.err") -eq 1 ]'
+"$B" generate --model "$C" --prompts "$T/two.jsonl" --prompt hi >/dev/null 2>&1; rc=$?
+check "--prompts with --prompt is a usage error" '[ $rc -eq 2 ]'
 n=$("$B" generate --model "$D/target" --draft "$D/draft-rnn" --prompt-ids $P -n 5 --temp 1 --num-samples 7 --print-ids --threads 1 2>/dev/null | wc -l)
 check "7 samples, 7 lines" '[ "$n" -eq 7 ]'
 "$B" generate --model "$D/target" --draft "$D/draft-vanilla" --prompt-ids $P -n 10 --temp 0 --compare --confidence-threshold 0.5 --print-ids --threads 1 >/dev/null 2>"$T/cmp.err"

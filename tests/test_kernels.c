@@ -28,7 +28,7 @@ typedef struct {
 } Shape;
 
 static const Shape g_shapes[] = {{37, 100}, {100, 1072}, {70, 2100}, {300, 64}, {19, 3000}};
-static const int g_ns[] = {1, 2, 3, 4, 5, 7, 13, 40, 130}; /* 130: several row blocks at K 3000 */
+static const int g_ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 40, 130}; /* 130: several row blocks at K 3000 */
 
 /* weights at an address 8 mod 64, as tensors in a safetensors file often are */
 static void *alloc_misaligned(size_t bytes, void **base) {
