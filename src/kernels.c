@@ -65,6 +65,16 @@ float kern_dot_f32(const float *a, const float *b, int n) {
     return reduce16(acc);
 }
 
+int32_t kern_argmax_f32(const float *x, int n) {
+    if (n >= 64 && x[0] == x[0]) { /* the ISA paths need a non-NaN x[0] (see kernels.h) */
+        if (g_avx512) return kern_argmax_f32_avx512(x, n);
+        if (g_avx2) return kern_argmax_f32_avx2(x, n);
+    }
+    int32_t best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
 static float dot_bf16(const float *x, const uint16_t *w, int n) {
     float acc[16] = {0};
     int k = 0;

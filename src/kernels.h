@@ -30,6 +30,10 @@ bool kern_bf16_activations(void);
 void kern_release_scratch(void);
 
 float kern_dot_f32(const float *a, const float *b, int n);
+/* the first index of the largest of x[0..n) (NaNs never win; x[0] when it is NaN): the scalar
+ * loop `if (x[i] > x[best]) best = i`, vectorised as a max over the non-NaN values, then the
+ * first index equal to it. Greedy decoding takes one per drafted and verified slot. */
+int32_t kern_argmax_f32(const float *x, int n);
 /* widen row r of w into out[w->cols] */
 void kern_row_to_f32(float *out, const Weight *w, int r);
 /* element k of a 1-D weight */
@@ -81,6 +85,7 @@ bool kern_avx512_available(void);
 bool kern_avx512bf16_available(void);
 void kern_matmul_avx512(float *out, const float *x, const Weight *w, int n);
 float kern_dot_f32_avx512(const float *a, const float *b, int n);
+int32_t kern_argmax_f32_avx512(const float *x, int n);
 void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w, int dim);
 void kern_add_avx512(float *x, const float *y, size_t n);
 void kern_rope_apply_avx512(float *x, const float *c, const float *s, int n_heads, int head_dim);
@@ -98,6 +103,7 @@ bool kern_avx2_available(void);
 void kern_matmul_avx2(float *out, const float *x, const Weight *w, int n);
 void kern_matmul_multi_avx2(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
 float kern_dot_f32_avx2(const float *a, const float *b, int n);
+int32_t kern_argmax_f32_avx2(const float *x, int n);
 void kern_scale_mul_avx2(float *out, const float *x, float r, const Weight *w, int dim);
 void kern_add_avx2(float *x, const float *y, size_t n);
 void kern_rope_apply_avx2(float *x, const float *c, const float *s, int n_heads, int head_dim);

@@ -432,6 +432,24 @@ void kern_matmul_multi_avx2(float *const *outs, const float *x, const Weight *co
     multi_part(outs, x, ws, count, n, act, omp_get_thread_num(), omp_get_num_threads());
 }
 
+/* (x[0] is not NaN: kern_argmax_f32) max(v, m) returns m when v is NaN, so NaNs never win */
+int32_t kern_argmax_f32_avx2(const float *x, int n) {
+    __m256 m = _mm256_set1_ps(x[0]);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
+    float lanes[8], mx = x[0];
+    _mm256_storeu_ps(lanes, m);
+    for (int j = 0; j < 8; j++) mx = lanes[j] > mx ? lanes[j] : mx;
+    for (int k = i; k < n; k++) mx = x[k] > mx ? x[k] : mx;
+    const __m256 mv = _mm256_set1_ps(mx);
+    for (int k = 0; k + 8 <= n; k += 8) {
+        int eq = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + k), mv, _CMP_EQ_OQ));
+        if (eq) return k + __builtin_ctz((unsigned)eq);
+    }
+    for (int k = i; k < n; k++) if (x[k] == mx) return k;
+    return 0; /* not reached: mx is one of the values */
+}
+
 float kern_dot_f32_avx2(const float *a, const float *b, int n) {
     __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
     int k = 0;

@@ -1,6 +1,8 @@
 /* sample.c - see sample.h. */
 #include "sample.h"
 
+#include "kernels.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,11 +32,7 @@ ds_status sample_scratch_init(SampleScratch *s, int vocab, char *err) {
 }
 void sample_scratch_free(SampleScratch *s) { ds_free(s->idx); ds_free(s->vals); s->idx = NULL; s->vals = NULL; }
 
-int32_t argmax_f32(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
-    return best;
-}
+int32_t argmax_f32(const float *x, int n) { return kern_argmax_f32(x, n); }
 
 ds_status sampler_params_check(const SamplerParams *p, char *err) {
     if (!(p->temperature >= 0 && p->temperature <= 100)) return ds_err(err, DS_EARG, "temperature %g out of range [0, 100]", p->temperature);

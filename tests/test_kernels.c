@@ -229,6 +229,46 @@ static void test_attention(void) {
     omp_set_num_threads(2);
 }
 
+/* ---- argmax: the scalar loop's index on every path, with ties, NaNs, infinities, zeros ---- */
+
+static int32_t argmax_ref(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static void test_argmax(void) {
+    Rng rng;
+    rng_seed(&rng, 5, 0);
+    const int nmax = 2200;
+    float *x = malloc(sizeof(float) * nmax);
+    int bad = 0;
+    for (int trial = 0; trial < 3000; trial++) {
+        int n = 1 + (int)(rng_uniform(&rng) * (trial < 2000 ? 300 : nmax - 1));
+        int kind = trial % 6;
+        for (int i = 0; i < n; i++) {
+            double u = rng_uniform(&rng);
+            x[i] = kind == 0 ? (float)(u * 8 - 4)                       /* distinct values */
+                 : kind == 1 ? (float)(int)(u * 5)                      /* many ties */
+                 : kind == 2 ? (u < 0.1 ? NAN : (float)(u * 2))         /* NaNs (x[0] too, sometimes) */
+                 : kind == 3 ? (u < 0.5 ? -INFINITY : (float)u)         /* -inf runs */
+                 : kind == 4 ? (u < 0.5 ? 0.0f : -0.0f)                 /* signed zeros */
+                 : -INFINITY;                                           /* all -inf */
+        }
+        if (kind == 2 && trial % 12 == 2) x[0] = NAN;
+        if (kind == 1 && n > 3) x[n - 1] = 9;                           /* the max in the tail */
+        int32_t a = kern_argmax_f32(x, n), b = argmax_ref(x, n);
+        if (a != b && !bad) { fprintf(stderr, "  argmax n %d kind %d: %d, scalar %d\n", n, kind, a, b); bad = 1; }
+    }
+    CHECK_MSG(!bad, "%s: argmax differs from the scalar loop", kern_path_name());
+    /* must fail: a reference that keeps the last of equal maxima differs on ties */
+    for (int i = 0; i < 100; i++) x[i] = (float)(i % 3);
+    int32_t last = 0;
+    for (int i = 1; i < 100; i++) if (x[i] >= x[last]) last = i;
+    CHECK(kern_argmax_f32(x, 100) != last);
+    free(x);
+}
+
 /* ---- elementwise ops and the dot product ---- */
 
 static void test_elementwise(void) {
@@ -320,6 +360,7 @@ int main(void) {
         RUN(test_matmul_multi);
         RUN(test_attention);
         RUN(test_elementwise);
+        RUN(test_argmax);
     }
     CHECK(tested >= 1);
     kern_release_scratch();
