@@ -136,6 +136,67 @@ static void test_matmul(void) {
     matmul_case(DS_F32, 256, 96, 70, 1);
 }
 
+#ifdef DSPARK_HAVE_CUDA
+/* a second GPU backend made with env var `name` set to `value` (then unset again) */
+static Backend *gpu_with_env(const char *name, const char *value) {
+    char err[DS_ERR_LEN];
+    setenv(name, value, 1);
+    Backend *be = backend_cuda_create(1, err);
+    unsetenv(name);
+    CHECK_MSG(be != NULL, "%s", err);
+    return be;
+}
+
+/* the product kernel is bitwise the previous one (k_matmul_ref, DSPARK_CUDA_MATMUL_REF=1) for
+ * every row count up to CUDA_SMALL_N, every dtype, both paths, and every columns-per-block
+ * setting (DSPARK_CUDA_MM_COLS): the arithmetic of a (row, column) is unchanged */
+static void test_matmul_vs_reference(void) {
+    Backend *bes[4] = {gpu_with_env("DSPARK_CUDA_MATMUL_REF", "1"), g_gpu, gpu_with_env("DSPARK_CUDA_MM_COLS", "2"),
+                       gpu_with_env("DSPARK_CUDA_MM_COLS", "8,2,8,8")};
+    if (!bes[0] || !bes[2] || !bes[3]) return;
+    const ds_dtype dts[] = {DS_F32, DS_BF16, DS_F16};
+    const int shapes[][2] = {{2560, 67}, {9728, 40}, {64, 160}, {72, 33}, {4096, 24}, {1000, 9}};
+    const int ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 40, 63, 64};
+    int cases = 0, bad = 0;
+    for (int d = 0; d < 3; d++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int off = 0; off < 2; off++) {
+                const int K = shapes[s][0], O = shapes[s][1], nmax = 64;
+                float *wf = rand_f32((size_t)O * K, 1.0f / sqrtf((float)K)), *x = rand_f32((size_t)nmax * K + off, 1.0f);
+                void *wh = to_dtype(wf, (size_t)O * K, dts[d]);
+                Weight cw = weight_view(wh, dts[d], O, K), gw = gpu_weight(&cw);
+                float *dx = dev_from(x, sizeof(float) * ((size_t)nmax * K + off)), *dout = g_gpu->alloc(g_gpu, sizeof(float) * (size_t)nmax * O);
+                float *ref = malloc(sizeof(float) * (size_t)nmax * O), *got = malloc(sizeof(float) * (size_t)nmax * O);
+                g_gpu->synchronize(g_gpu); /* the other backends' streams do not wait for g_gpu's uploads */
+                for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+                    const int n = ns[i];
+                    for (int b = 0; b < 4; b++) {
+                        bes[b]->matmul(bes[b], dout, dx + off, &gw, n);
+                        bes[b]->synchronize(bes[b]);
+                        g_gpu->to_host(g_gpu, b ? got : ref, dout, sizeof(float) * (size_t)n * O);
+                        if (b) {
+                            cases++;
+                            if (memcmp(got, ref, sizeof(float) * (size_t)n * O) != 0) {
+                                if (bad++ < 5)
+                                    CHECK_MSG(0, "matmul %s K %d O %d n %d%s backend %d: not bitwise the reference kernel", ds_dtype_name(dts[d]), K, O, n,
+                                              off ? " (unaligned x)" : "", b);
+                            }
+                        }
+                    }
+                }
+                g_gpu->release_weight(g_gpu, &gw);
+                g_gpu->free(g_gpu, dx);
+                g_gpu->free(g_gpu, dout);
+                free(wf); free(x); free(wh); free(ref); free(got);
+            }
+    CHECK_MSG(bad == 0, "%d of %d products differ from the reference kernel", bad, cases);
+    printf("  matmul vs the reference kernel: %d of %d products bitwise equal\n", cases - bad, cases);
+    bes[0]->destroy(bes[0]);
+    bes[2]->destroy(bes[2]);
+    bes[3]->destroy(bes[3]);
+}
+#endif
+
 static void test_rmsnorm(void) {
     const int dims[][2] = {{12, 16}, {5, 64}, {3, 300}, {2, 2560}, {40, 128}};
     for (int dt = 0; dt < 2; dt++)
@@ -562,6 +623,9 @@ int main(void) {
     rng_seed(&g_rng, 2026, 7);
     load_ids();
     RUN(test_matmul);
+#ifdef DSPARK_HAVE_CUDA
+    RUN(test_matmul_vs_reference);
+#endif
     RUN(test_rmsnorm);
     RUN(test_rope);
     RUN(test_attention);

@@ -98,6 +98,8 @@ typedef struct {
     size_t att_cap;    /* floats in att_part */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
+    bool mm_ref;       /* DSPARK_CUDA_MATMUL_REF=1: the previous product kernel (k_matmul_ref) */
+    int mm_cols[4];    /* columns per block of the BF16 product for n = 1, 2, 3-4, 5-64 rows */
     char info[512];
 } CudaImpl;
 
@@ -217,12 +219,14 @@ __global__ void k_embed(float *out, const void *table, int dt, const int32_t *id
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)i * cols + c] = weight_at(table, dt, row + c);
 }
 
-/* out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB and R columns o0.. per block of 256
+/* The previous product kernel, kept as the reference the new one must equal bitwise
+ * (DSPARK_CUDA_MATMUL_REF=1 selects it; tests/test_cuda.c compares the two).
+ * out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB and R columns o0.. per block of 256
  * threads. Thread t sums k = 8t.. in steps of 2048 (scalar path: k = t.. in steps of 256), then
  * each warp's lanes by a fixed xor tree and the 8 warps in order: every (i, o) gets the same
  * arithmetic whatever n, NB and R are. R > 1 reuses each x load for R columns. */
 template <int NB, int R, int DT, bool VEC>
-__global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
+__global__ void __launch_bounds__(256) k_matmul_ref(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
                                                 int n, int K, int O) {
     __shared__ float part[8][R * NB];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5, o0 = blockIdx.x * R;
@@ -285,6 +289,116 @@ __global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const f
             for (int j = 0; j < 8; j++) v += part[j][q];
             out[(size_t)i * O + o0 + r] = v;
         }
+    }
+}
+
+/* warp_sum's tree (lanes l and l ^ off added at off = 16, 8, 4, 2, 1) for each of M values
+ * at once. While a lane still holds several values, the lanes with bit `off` set keep the upper
+ * half of them and the others the lower half, each adding its partner's copy: M values cost
+ * about M shuffles instead of 5 M, and every value gets exactly the pairs (and, float addition
+ * commuting, the bits) of warp_sum. LIVE: values still held per lane. Afterwards a lane holds
+ * values base + q for q < LIVE (LIVE = max(M / 32, 1)); *base is accumulated here. */
+template <int M, int LIVE, int OFF>
+__device__ __forceinline__ void warp_sum_multi_level(float (&a)[M], int lane, int &base) {
+    if constexpr (OFF > 0) {
+        if constexpr (LIVE > 1) {
+            constexpr int H = LIVE / 2;
+            const bool up = (lane & OFF) != 0;
+#pragma unroll
+            for (int q = 0; q < H; q++) {
+                const float keep = up ? a[q + H] : a[q], send = up ? a[q] : a[q + H];
+                a[q] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+            }
+            if (up) base += H;
+            warp_sum_multi_level<M, H, OFF / 2>(a, lane, base);
+        } else {
+            a[0] += __shfl_xor_sync(0xffffffffu, a[0], OFF);
+            warp_sum_multi_level<M, 1, OFF / 2>(a, lane, base);
+        }
+    }
+}
+/* returns base: this lane holds the sums of values base .. base + max(M / 32, 1) - 1; when
+ * M < 32 the lanes that differ only in the low bits hold copies and lane & (32 / M - 1) == 0
+ * is the one to write */
+template <int M>
+__device__ __forceinline__ int warp_sum_multi(float (&a)[M], int lane) {
+    int base = 0;
+    warp_sum_multi_level<M, M, 16>(a, lane, base);
+    return base;
+}
+
+/* out[i][o] = sum_k x[i][k] w[o][k] for i < n (rows in chunks of NB) and C columns o0.. per
+ * block of 256 threads: the block reads its columns' weights once per chunk of rows (once per
+ * call for n <= NB) and applies each load to all rows of the chunk. Per (i, o) the arithmetic
+ * is exactly k_matmul_ref's: thread t sums k = 8t.. in steps of 2048 with the same fmaf order
+ * (scalar path: k = t.. in steps of 256), each warp's 32 partial sums go through warp_sum's
+ * tree (warp_sum_multi, many values at once), then the 8 warps are added in order from 0. So
+ * every row's result is bitwise the same whatever n, NB and C are. */
+template <int NB, int C, int DT, bool VEC>
+__global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
+                                                int n, int K, int O) {
+    constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
+    __shared__ float part[8][M];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, o0 = blockIdx.x * C;
+    size_t wo[C];
+#pragma unroll
+    for (int c = 0; c < C; c++) wo[c] = (size_t)(o0 + c < O ? o0 + c : O - 1) * K;
+    for (int i0 = 0; i0 < n; i0 += NB) {
+        const int nr = n - i0 < NB ? n - i0 : NB; /* the same for the whole block */
+        const float *xb = x + (size_t)i0 * K;
+        float acc[M]; /* [c * NB + i] */
+#pragma unroll
+        for (int q = 0; q < M; q++) acc[q] = 0.0f;
+        if (VEC) {
+            for (int k0 = t * 8; k0 < K; k0 += 2048) {
+                float wv[C][8];
+#pragma unroll
+                for (int c = 0; c < C; c++) load8<DT>(w, wo[c] + k0, wv[c]);
+#pragma unroll
+                for (int i = 0; i < NB; i++) {
+                    if (i < nr) {
+                        const float4 *xp = (const float4 *)(xb + (size_t)i * K + k0);
+                        const float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+                        for (int c = 0; c < C; c++) {
+                            float s = acc[c * NB + i];
+                            s = fmaf(a.x, wv[c][0], s); s = fmaf(a.y, wv[c][1], s); s = fmaf(a.z, wv[c][2], s); s = fmaf(a.w, wv[c][3], s);
+                            s = fmaf(b.x, wv[c][4], s); s = fmaf(b.y, wv[c][5], s); s = fmaf(b.z, wv[c][6], s); s = fmaf(b.w, wv[c][7], s);
+                            acc[c * NB + i] = s;
+                        }
+                    }
+                }
+            }
+        } else {
+            for (int k = t; k < K; k += 256) {
+                float wv[C];
+#pragma unroll
+                for (int c = 0; c < C; c++) wv[c] = weight_at(w, DT, wo[c] + k);
+#pragma unroll
+                for (int i = 0; i < NB; i++)
+                    if (i < nr) {
+                        const float xv = xb[(size_t)i * K + k];
+#pragma unroll
+                        for (int c = 0; c < C; c++) acc[c * NB + i] = fmaf(xv, wv[c], acc[c * NB + i]);
+                    }
+            }
+        }
+        const int base = warp_sum_multi<M>(acc, lane);
+        if ((lane & COPY_MASK) == 0) {
+#pragma unroll
+            for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
+        }
+        __syncthreads();
+        for (int q = t; q < M; q += 256) {
+            const int c = q / NB, i = q % NB;
+            if (i < nr && o0 + c < O) {
+                float v = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) v += part[j][q];
+                out[(size_t)(i0 + i) * O + o0 + c] = v;
+            }
+        }
+        __syncthreads(); /* part is the next chunk's */
     }
 }
 
@@ -495,31 +609,56 @@ static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t
 }
 
 template <int NB, int R, int DT, bool VEC>
-static void matmul_launch(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
-    k_matmul<NB, R, DT, VEC><<<(unsigned)((O + R - 1) / R), 256, 0, st>>>(out, x, w, n, K, O);
+static void matmul_launch_ref(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+    k_matmul_ref<NB, R, DT, VEC><<<(unsigned)((O + R - 1) / R), 256, 0, st>>>(out, x, w, n, K, O);
 }
 
-/* rows in chunks of 32; R (columns per block) grows with the rows, which changes no value */
+/* the reference: rows in chunks of 32, R (columns per block) growing with the rows */
 template <int DT, bool VEC>
-static void matmul_small(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+static void matmul_small_ref(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
     for (int i0 = 0; i0 < n; i0 += 32) {
         const int nb = n - i0 < 32 ? n - i0 : 32;
         float *o = out + (size_t)i0 * O;
         const float *xi = x + (size_t)i0 * K;
-        if (nb <= 1) matmul_launch<1, 1, DT, VEC>(st, o, xi, w, nb, K, O);
-        else if (nb <= 2) matmul_launch<2, 2, DT, VEC>(st, o, xi, w, nb, K, O);
-        else if (nb <= 4) matmul_launch<4, 4, DT, VEC>(st, o, xi, w, nb, K, O);
-        else if (nb <= 8) matmul_launch<8, 4, DT, VEC>(st, o, xi, w, nb, K, O);
-        else if (nb <= 16) matmul_launch<16, 4, DT, VEC>(st, o, xi, w, nb, K, O);
-        else matmul_launch<32, 2, DT, VEC>(st, o, xi, w, nb, K, O);
+        if (nb <= 1) matmul_launch_ref<1, 1, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 2) matmul_launch_ref<2, 2, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 4) matmul_launch_ref<4, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 8) matmul_launch_ref<8, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 16) matmul_launch_ref<16, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else matmul_launch_ref<32, 2, DT, VEC>(st, o, xi, w, nb, K, O);
     }
 }
 
+template <int NB, int C, int DT, bool VEC>
+static void matmul_launch(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+    k_matmul<NB, C, DT, VEC><<<(unsigned)((O + C - 1) / C), 256, 0, st>>>(out, x, w, n, K, O);
+}
+
+/* one launch for any n <= CUDA_SMALL_N: NB rows per chunk (n rounded up to 1, 2, 4, then 8
+ * with the block looping over the chunks) and C columns per block; neither changes a value.
+ * C comes from cols[bucket] for the BF16 vector path (the one that decodes; tunable by
+ * DSPARK_CUDA_MM_COLS), 4 for the rest. */
+template <int NB, int DT, bool VEC>
+static void matmul_cols(cudaStream_t st, int cols, float *out, const float *x, const void *w, int n, int K, int O) {
+    if (DT == DS_BF16 && VEC && cols == 2) matmul_launch<NB, 2, DT, VEC>(st, out, x, w, n, K, O);
+    else if (DT == DS_BF16 && VEC && cols == 8) matmul_launch<NB, 8, DT, VEC>(st, out, x, w, n, K, O);
+    else matmul_launch<NB, 4, DT, VEC>(st, out, x, w, n, K, O);
+}
+template <int DT, bool VEC>
+static void matmul_small(cudaStream_t st, const int *cols, float *out, const float *x, const void *w, int n, int K, int O) {
+    if (n <= 1) matmul_cols<1, DT, VEC>(st, cols[0], out, x, w, n, K, O);
+    else if (n <= 2) matmul_cols<2, DT, VEC>(st, cols[1], out, x, w, n, K, O);
+    else if (n <= 4) matmul_cols<4, DT, VEC>(st, cols[2], out, x, w, n, K, O);
+    else matmul_cols<8, DT, VEC>(st, cols[3], out, x, w, n, K, O);
+}
+
 template <int DT>
-static void matmul_small_dt(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+static void matmul_small_dt(cudaStream_t st, bool ref, const int *cols, float *out, const float *x, const void *w, int n, int K, int O) {
     const bool vec = K % 8 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0;
-    if (vec) matmul_small<DT, true>(st, out, x, w, n, K, O);
-    else matmul_small<DT, false>(st, out, x, w, n, K, O);
+    if (ref && vec) matmul_small_ref<DT, true>(st, out, x, w, n, K, O);
+    else if (ref) matmul_small_ref<DT, false>(st, out, x, w, n, K, O);
+    else if (vec) matmul_small<DT, true>(st, cols, out, x, w, n, K, O);
+    else matmul_small<DT, false>(st, cols, out, x, w, n, K, O);
 }
 
 /* cuBLAS is column-major: W (row-major [O][K]) is K x O with ld K, x is K x n with ld K, and out
@@ -558,9 +697,9 @@ static void cu_matmul(Backend *be, float *out, const float *x, const Weight *w, 
         return;
     }
     switch (w->dtype) {
-    case DS_BF16: matmul_small_dt<DS_BF16>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
-    case DS_F16: matmul_small_dt<DS_F16>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
-    default: matmul_small_dt<DS_F32>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
+    case DS_BF16: matmul_small_dt<DS_BF16>(c->stream, c->mm_ref, c->mm_cols, out, x, w->dev, n, w->cols, w->rows); break;
+    case DS_F16: matmul_small_dt<DS_F16>(c->stream, c->mm_ref, c->mm_cols, out, x, w->dev, n, w->cols, w->rows); break;
+    default: matmul_small_dt<DS_F32>(c->stream, c->mm_ref, c->mm_cols, out, x, w->dev, n, w->cols, w->rows); break;
     }
     LAUNCHED("matmul");
 }
@@ -730,6 +869,17 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
         return NULL;
     }
     c->have_blas = cublas_open(&c->blas, c->stream);
+    const char *ref = getenv("DSPARK_CUDA_MATMUL_REF"), *cols = getenv("DSPARK_CUDA_MM_COLS");
+    c->mm_ref = ref && strcmp(ref, "1") == 0;
+    const int cols_default[4] = {4, 4, 4, 4};
+    for (int i = 0; i < 4; i++) c->mm_cols[i] = cols_default[i];
+    if (cols) { /* "C" for every bucket or "C1,C2,C4,C8" (2, 4 or 8; benchmarks tune with it) */
+        int v[4], k = sscanf(cols, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
+        for (int i = 0; i < 4 && k >= 1; i++) {
+            const int x = v[k == 4 ? i : 0];
+            if (x == 2 || x == 4 || x == 8) c->mm_cols[i] = x;
+        }
+    }
     const char *sync = getenv("DSPARK_CUDA_SYNC");
     g_sync_each = sync && strcmp(sync, "1") == 0;
     snprintf(c->info, sizeof c->info, "%.200s (sm_%d%d, %.1f GB, %d SMs), products: own kernel%s", prop.name, prop.major, prop.minor,
