@@ -29,6 +29,9 @@ extern "C" {
 Backend *backend_cuda_create(int n_threads, char *err);
 /* one line: device name, compute capability, memory, whether cuBLAS is used */
 const char *backend_cuda_info(const Backend *be);
+/* step graphs so far: recorded, replayed, and checks that found no record (DSPARK_CUDA_GRAPHS=0
+ * turns them off; bench_cuda and test_cuda read these) */
+void backend_cuda_graph_stats(const Backend *be, long *captures, long *replays, long *misses);
 
 #ifdef __cplusplus
 }
