@@ -150,17 +150,19 @@ static Backend *gpu_with_env(const char *name, const char *value, const char *na
     return be;
 }
 
-/* the product kernel is bitwise the previous one (k_matmul_ref, DSPARK_CUDA_MATMUL_REF=1) for
- * every row count up to CUDA_SMALL_N, every dtype, both paths, and every columns-per-block
- * setting (DSPARK_CUDA_MM_COLS): the arithmetic of a (row, column) is unchanged */
+/* the product kernels are bitwise the previous one (k_matmul_ref, DSPARK_CUDA_MATMUL_REF=1)
+ * for every row count up to CUDA_SMALL_N, every dtype, both paths, and every launch setting
+ * (DSPARK_CUDA_MM_COLS, _PERSIST, _CHUNK, _SMEM): the arithmetic of a (row, column) is unchanged */
 static void test_matmul_vs_reference(void) {
-    enum { NB = 7 };
+    enum { NB = 9 };
     Backend *bes[NB] = {gpu_with_env("DSPARK_CUDA_MATMUL_REF", "1", NULL, NULL), g_gpu,
                         gpu_with_env("DSPARK_CUDA_MM_COLS", "2", "DSPARK_CUDA_MM_PERSIST", "0"),
                         gpu_with_env("DSPARK_CUDA_MM_COLS", "4,2,8,8", "DSPARK_CUDA_MM_PERSIST", "0"),
                         gpu_with_env("DSPARK_CUDA_MM_PERSIST", "1", NULL, NULL),
                         gpu_with_env("DSPARK_CUDA_MM_PERSIST", "1", "DSPARK_CUDA_MM_COLS", "2,4,2,8"),
-                        gpu_with_env("DSPARK_CUDA_MM_CHUNK", "4", "DSPARK_CUDA_MM_COLS", "8")};
+                        gpu_with_env("DSPARK_CUDA_MM_CHUNK", "4", "DSPARK_CUDA_MM_COLS", "8"),
+                        gpu_with_env("DSPARK_CUDA_MM_SMEM", "1", NULL, NULL),
+                        gpu_with_env("DSPARK_CUDA_MM_SMEM", "1", "DSPARK_CUDA_MM_CHUNK", "4")};
     for (int b = 0; b < NB; b++)
         if (!bes[b]) return;
     const ds_dtype dts[] = {DS_F32, DS_BF16, DS_F16};
@@ -205,10 +207,11 @@ static void test_matmul_vs_reference(void) {
 }
 #endif
 
-/* matmul_multi (when the backend has it) is bitwise the separate products (and swiglu) */
-static void test_matmul_multi(void) {
-    if (!g_gpu->matmul_multi) {
-        printf("  no matmul_multi\n");
+/* matmul_multi (when the backend has it) is bitwise the separate products (and swiglu), on
+ * be (buffers made on g_gpu) */
+static void matmul_multi_on(Backend *be, const char *what) {
+    if (!be->matmul_multi) {
+        printf("  %s: no matmul_multi\n", what);
         return;
     }
     const ds_dtype dts[] = {DS_BF16, DS_F32};
@@ -230,11 +233,13 @@ static void test_matmul_multi(void) {
             sep[j] = g_gpu->alloc(g_gpu, sizeof(float) * 70 * Os[j]);
             mul[j] = g_gpu->alloc(g_gpu, sizeof(float) * 70 * Os[j]);
         }
+        g_gpu->synchronize(g_gpu);
         for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
             const int n = ns[i];
             const Weight *ws3[3] = {&gw[0], &gw[1], &gw[2]}, *ws2[2] = {&gw[0], &gw[0]};
-            for (int j = 0; j < 3; j++) g_gpu->matmul(g_gpu, sep[j], dx, &gw[j], n);
-            g_gpu->matmul_multi(g_gpu, mul, dx, ws3, 3, n, 0);
+            for (int j = 0; j < 3; j++) be->matmul(be, sep[j], dx, &gw[j], n);
+            be->matmul_multi(be, mul, dx, ws3, 3, n, 0);
+            be->synchronize(be);
             for (int j = 0; j < 3; j++) {
                 float *a = host_from(sep[j], (size_t)n * Os[j]), *b = host_from(mul[j], (size_t)n * Os[j]);
                 cases++;
@@ -242,11 +247,12 @@ static void test_matmul_multi(void) {
                 free(a); free(b);
             }
             /* gate/up with swiglu: the same weight twice is enough for the values */
-            g_gpu->matmul(g_gpu, sep[0], dx, &gw[0], n);
-            g_gpu->matmul(g_gpu, up, dx, &gw[0], n);
-            g_gpu->swiglu(g_gpu, sep[0], sep[0], up, (size_t)n * Os[0]);
+            be->matmul(be, sep[0], dx, &gw[0], n);
+            be->matmul(be, up, dx, &gw[0], n);
+            be->swiglu(be, sep[0], sep[0], up, (size_t)n * Os[0]);
             float *outs2[2] = {mul[0], up2};
-            g_gpu->matmul_multi(g_gpu, outs2, dx, ws2, 2, n, 1);
+            be->matmul_multi(be, outs2, dx, ws2, 2, n, 1);
+            be->synchronize(be);
             float *a = host_from(sep[0], (size_t)n * Os[0]), *b = host_from(mul[0], (size_t)n * Os[0]);
             cases++;
             bad += memcmp(a, b, sizeof(float) * (size_t)n * Os[0]) != 0;
@@ -263,8 +269,23 @@ static void test_matmul_multi(void) {
         g_gpu->free(g_gpu, up2);
         free(x);
     }
-    CHECK_MSG(bad == 0, "matmul_multi: %d of %d outputs differ from the separate products", bad, cases);
-    printf("  matmul_multi: %d of %d outputs bitwise the separate products\n", cases - bad, cases);
+    CHECK_MSG(bad == 0, "matmul_multi (%s): %d of %d outputs differ from the separate products", what, bad, cases);
+    printf("  matmul_multi (%s): %d of %d outputs bitwise the separate products\n", what, cases - bad, cases);
+}
+
+static void test_matmul_multi(void) {
+    matmul_multi_on(g_gpu, "default");
+#ifdef DSPARK_HAVE_CUDA
+    const char *env[][2] = {{"DSPARK_CUDA_MM_SMEM", "1"}, {"DSPARK_CUDA_MM_PERSIST", "1"}, {"DSPARK_CUDA_MM_PERSIST", "0"}};
+    for (int e = 0; e < 3; e++) {
+        Backend *be = gpu_with_env(env[e][0], env[e][1], NULL, NULL);
+        if (!be) continue;
+        char what[64];
+        snprintf(what, sizeof what, "%s=%s", env[e][0], env[e][1]);
+        matmul_multi_on(be, what);
+        be->destroy(be);
+    }
+#endif
 }
 
 static void test_rmsnorm(void) {
