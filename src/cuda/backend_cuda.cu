@@ -5,10 +5,16 @@
  * F32 stays F32) and widened to F32 in registers; activations are F32 throughout.
  *
  * Arithmetic (compiled with --fmad=false, so nothing is fused unless written as fmaf):
- *   matmul     one block of 256 threads per 1-4 output columns, thread t sums k = 8t.. in
- *              steps of 2048 (or k = t.. in steps of 256 when rows are not 16-byte aligned),
- *              then a fixed xor-shuffle tree per warp and the 8 warps in order; the same for
- *              every row whatever the number of rows (<= CUDA_SMALL_N).
+ *   matmul     (<= CUDA_SMALL_N rows) blocks of 256 threads over C output columns and all
+ *              rows of the call, each weight chunk loaded once per block for a chunk of up to
+ *              8 rows; thread t sums k = 8t.. in steps of 2048 (or k = t.. in steps of 256 when
+ *              rows are not 16-byte aligned), then warp_sum's fixed xor tree per warp (many
+ *              values at once) and the 8 warps in order: the same for every row whatever the
+ *              number of rows, C, or the launch variant (persistent, x in shared memory,
+ *              several weights in one launch); k_matmul_ref, the previous kernel, is kept as
+ *              the reference they are tested bitwise against.
+ * Step graphs: qwen3_forward brackets its ops with graph_begin/graph_end; they are recorded
+ * as a CUDA graph per token count and exact argument list and replayed (see GraphRec).
  *   rmsnorm    ss = sum(x^2) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r), as the CPU.
  *   rope       the CPU's float32 inverse frequencies (computed on the host with powf), then
  *              cosf/sinf on the device (within an ulp or two of glibc's).
