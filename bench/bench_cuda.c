@@ -7,13 +7,18 @@
  *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--json OUT] [--profile]
  *
  * Rows: the batch-1 decode step (one token at position ctx, logits to the host), the verify
- * curve (n = 1..16 tokens of one sequence in one forward), larger flat batches, and prefill. */
+ * curve (n = 1..16 tokens of one sequence in one forward), larger flat batches, and prefill.
+ * Each step is timed with the backend's step graphs (CUDA graphs, the default) and again with
+ * them off (graph_begin/graph_end set to NULL, as DSPARK_CUDA_GRAPHS=0 would). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "op_profile.h"
 #include "qwen3.h"
+#ifdef DSPARK_HAVE_CUDA
+#include "cuda/backend_cuda.h"
+#endif
 
 static int cmp_d(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return (x > y) - (x < y); }
 
@@ -141,17 +146,32 @@ int main(int argc, char **argv) {
     double prefill = time_forward(&m, &st, 256, 0, 1, 3, err, &fail);
     for (int p = 256; p < ctx && !fail; p += 256) time_forward(&m, &st, ctx - p < 256 ? ctx - p : 256, p, 1, 1, err, &fail);
     const int ns[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-    double t[9];
+    double t[9], tn[9]; /* with the step graphs, without */
     for (int i = 0; i < 9 && !fail; i++) t[i] = time_forward(&m, &st, ns[i], ctx, ns[i] <= 16 ? ns[i] : 1, ns[i] <= 64 ? reps : 3, err, &fail);
+    long caps = 0, reps_g = 0, miss = 0;
+#ifdef DSPARK_HAVE_CUDA
+    backend_cuda_graph_stats(be, &caps, &reps_g, &miss);
+#endif
+    const bool graphs = be->graph_begin != NULL;
+    void (*gb)(Backend *, int) = be->graph_begin;
+    bool (*ge)(Backend *) = be->graph_end;
+    be->graph_begin = NULL;
+    be->graph_end = NULL;
+    for (int i = 0; i < 9 && !fail; i++)
+        tn[i] = graphs ? time_forward(&m, &st, ns[i], ctx, ns[i] <= 16 ? ns[i] : 1, ns[i] <= 64 ? reps : 3, err, &fail) : t[i];
+    be->graph_begin = gb;
+    be->graph_end = ge;
     if (fail) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
     char head[64];
     snprintf(head, sizeof head, "step (context %d)", ctx);
-    printf("\n%-34s %10s %10s\n", head, "ms", "x floor");
-    printf("%-34s %10.3f %10.2f\n", "decode, 1 token", t[0] * 1e3, t[0] / floor_s);
-    for (int i = 1; i < 9; i++) {
+    printf("\nstep graphs: %s (%ld recorded, %ld replayed, %ld checks without a record)\n", graphs ? "on" : "off (DSPARK_CUDA_GRAPHS=0)",
+           caps, reps_g, miss);
+    printf("%-34s %10s %10s %10s %12s\n", head, "ms", "x floor", "x 1 token", "no graphs ms");
+    for (int i = 0; i < 9; i++) {
         char lab[64];
-        snprintf(lab, sizeof lab, "%d tokens in one forward%s", ns[i], ns[i] > 64 ? " (cuBLAS)" : "");
-        printf("%-34s %10.3f %10.2f   (%.2fx the 1-token step)\n", lab, t[i] * 1e3, t[i] / floor_s, t[i] / t[0]);
+        if (i == 0) snprintf(lab, sizeof lab, "decode, 1 token");
+        else snprintf(lab, sizeof lab, "%d tokens in one forward%s", ns[i], ns[i] > 64 ? " (cuBLAS)" : "");
+        printf("%-34s %10.3f %10.2f %10.2f %12.3f\n", lab, t[i] * 1e3, t[i] / floor_s, t[i] / t[0], tn[i] * 1e3);
     }
     printf("%-34s %10.3f   (%.0f tokens/s)\n", "prefill 256 tokens", prefill * 1e3, 256 / prefill);
     if (profile) { /* one decode step, every op synchronised */
@@ -168,9 +188,10 @@ int main(int argc, char **argv) {
     if (json_out) {
         FILE *f = fopen(json_out, "w");
         if (f) {
-            fprintf(f, "{\"layers\": %d, \"weight_bytes\": %zu, \"copy_gbps\": %.1f, \"floor_ms\": %.4f, \"ctx\": %d, \"prefill256_ms\": %.3f, \"steps\": [",
-                    L, bytes, bw / 1e9, floor_s * 1e3, ctx, prefill * 1e3);
-            for (int i = 0; i < 9; i++) fprintf(f, "%s{\"tokens\": %d, \"ms\": %.4f}", i ? ", " : "", ns[i], t[i] * 1e3);
+            fprintf(f, "{\"layers\": %d, \"weight_bytes\": %zu, \"copy_gbps\": %.1f, \"floor_ms\": %.4f, \"ctx\": %d, \"prefill256_ms\": %.3f, \"graphs\": %s, \"steps\": [",
+                    L, bytes, bw / 1e9, floor_s * 1e3, ctx, prefill * 1e3, graphs ? "true" : "false");
+            for (int i = 0; i < 9; i++)
+                fprintf(f, "%s{\"tokens\": %d, \"ms\": %.4f, \"ms_no_graphs\": %.4f}", i ? ", " : "", ns[i], t[i] * 1e3, tn[i] * 1e3);
             fprintf(f, "]}\n");
             fclose(f);
         }

@@ -47,6 +47,8 @@ static inline void op_profile_reset(void) { memset(op_time, 0, sizeof op_time); 
 static inline void op_profile_wrap(Backend *be, bool sync) {
     op_inner = *be;
     op_sync = sync;
+    be->graph_begin = NULL; /* a synchronised op cannot sit inside a step graph */
+    be->graph_end = NULL;
     op_profile_reset();
     be->embed = op_w_embed; be->matmul = op_w_matmul; be->rmsnorm = op_w_rmsnorm; be->rope = op_w_rope; be->kv_write = op_w_kvw;
     be->attention = op_w_att; be->swiglu = op_w_swiglu; be->add = op_w_add; be->gather_rows = op_w_gather;

@@ -89,6 +89,19 @@ struct Backend {
      * EW_LERP out = c*a + (1-c)*b (the RNN head's g*s + (1-g)*tanh(cand)). out may alias a or b. */
     void (*ew)(Backend *be, int op, float *out, const float *a, const float *b, const float *c, size_t n);
 
+    /* ---- step graphs (OPTIONAL, both NULL: every op runs when called) ----
+     * Bracket the ops of one step (qwen3_forward's, between its input uploads and its logits
+     * download) so a backend may record them once and replay the record (CUDA graphs).
+     * key: the bucket of the record (qwen3: the token count); the backend keeps records per
+     * key and per exact argument list, so any call is safe. graph_end returns false when the
+     * ops were only checked against the records and none matched: the caller must then issue
+     * the same ops again in a new begin/end pair (the backend records or runs them then; a
+     * third pair always runs them). Between begin and end only ops (embed .. ew, copy) may be
+     * called, every buffer they read must hold its input by graph_end (a replay reads it
+     * then), and op results are there only after graph_end. */
+    void (*graph_begin)(Backend *be, int key);
+    bool (*graph_end)(Backend *be);
+
     void (*destroy)(Backend *be);
     void *impl;
 };

@@ -266,33 +266,11 @@ static void keep_feature(Backend *be, Qwen3State *s, const Qwen3Batch *b, const 
             be->gather_rows(be, s->features + (size_t)f * dim, b->n_feature_layers * dim, src, dim, NULL, b->n, dim);
 }
 
-ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char *err) {
+/* the ops of one forward, after its inputs are on the device (a step graph's content) */
+static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
     Backend *be = m->be;
     const Qwen3Config *c = &m->cfg;
-    const int n = b->n, d = c->hidden_size, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
-    const int qd = H * hd, kd = KV * hd, ff = c->intermediate_size;
-    if (n < 1 || n > s->max_tokens) return ds_err(err, DS_EARG, "forward: %d tokens (max %d per call)", n, s->max_tokens);
-    if (b->n_logits < 0 || b->n_logits > s->max_logits) return ds_err(err, DS_EARG, "forward: %d logit rows (max %d)", b->n_logits, s->max_logits);
-    if (b->n_feature_layers > s->max_feature_layers) return ds_err(err, DS_EARG, "forward: %d feature layers (max %d)", b->n_feature_layers, s->max_feature_layers);
-    for (int i = 0; i < n; i++) {
-        int slot = b->slot ? b->slot[i] : 0;
-        int kvl = b->kv_len ? b->kv_len[i] : b->pos[i] + 1;
-        if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size)
-            return ds_err(err, DS_EARG, "forward: token id %d out of range [0, %d)", b->tokens[i], c->vocab_size);
-        if (slot < 0 || slot >= s->kv.n_slots) return ds_err(err, DS_EARG, "forward: slot %d out of range", slot);
-        if (b->pos[i] < 0 || b->pos[i] >= s->kv.max_ctx || kvl < 1 || kvl > s->kv.max_ctx)
-            return ds_err(err, DS_EARG, "forward: position %d exceeds the context (%d)", b->pos[i], s->kv.max_ctx);
-        s->h_slot[i] = slot;
-        s->h_kv_len[i] = kvl;
-    }
-    for (int i = 0; i < b->n_logits; i++)
-        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= n) return ds_err(err, DS_EARG, "forward: logit row %d out of range", b->logit_rows[i]);
-    be->to_device(be, s->d_tokens, b->tokens, sizeof(int32_t) * n);
-    be->to_device(be, s->d_pos, b->pos, sizeof(int32_t) * n);
-    be->to_device(be, s->d_slot, s->h_slot, sizeof(int32_t) * n);
-    be->to_device(be, s->d_kv_len, s->h_kv_len, sizeof(int32_t) * n);
-    if (b->n_logits) be->to_device(be, s->d_rows, b->logit_rows, sizeof(int32_t) * b->n_logits);
-
+    const int n = b->n, d = c->hidden_size, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, ff = c->intermediate_size;
     be->embed(be, s->x, &m->embed, s->d_tokens, n);
     keep_feature(be, s, b, s->x, -1, d);
     for (int l = 0; l < c->n_layers; l++) {
@@ -329,7 +307,6 @@ ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char 
         be->add(be, s->x, s->h, (size_t)n * d);
         keep_feature(be, s, b, s->x, l, d);
     }
-    (void)qd; (void)kd;
     bool want_final = false;
     for (int f = 0; f < b->n_feature_layers; f++) want_final |= b->feature_layers[f] == QWEN3_FINAL_NORM;
     if (want_final) {
@@ -340,6 +317,47 @@ ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char 
         be->gather_rows(be, s->rows_tmp, d, s->x, d, s->d_rows, b->n_logits, d);
         be->rmsnorm(be, s->rows_tmp, s->rows_tmp, &m->final_norm, b->n_logits, d, c->rms_norm_eps);
         be->matmul(be, s->logits, s->rows_tmp, &m->lm_head, b->n_logits);
+    }
+}
+
+ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char *err) {
+    Backend *be = m->be;
+    const Qwen3Config *c = &m->cfg;
+    const int n = b->n;
+    if (n < 1 || n > s->max_tokens) return ds_err(err, DS_EARG, "forward: %d tokens (max %d per call)", n, s->max_tokens);
+    if (b->n_logits < 0 || b->n_logits > s->max_logits) return ds_err(err, DS_EARG, "forward: %d logit rows (max %d)", b->n_logits, s->max_logits);
+    if (b->n_feature_layers > s->max_feature_layers) return ds_err(err, DS_EARG, "forward: %d feature layers (max %d)", b->n_feature_layers, s->max_feature_layers);
+    for (int i = 0; i < n; i++) {
+        int slot = b->slot ? b->slot[i] : 0;
+        int kvl = b->kv_len ? b->kv_len[i] : b->pos[i] + 1;
+        if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size)
+            return ds_err(err, DS_EARG, "forward: token id %d out of range [0, %d)", b->tokens[i], c->vocab_size);
+        if (slot < 0 || slot >= s->kv.n_slots) return ds_err(err, DS_EARG, "forward: slot %d out of range", slot);
+        if (b->pos[i] < 0 || b->pos[i] >= s->kv.max_ctx || kvl < 1 || kvl > s->kv.max_ctx)
+            return ds_err(err, DS_EARG, "forward: position %d exceeds the context (%d)", b->pos[i], s->kv.max_ctx);
+        s->h_slot[i] = slot;
+        s->h_kv_len[i] = kvl;
+    }
+    for (int i = 0; i < b->n_logits; i++)
+        if (b->logit_rows[i] < 0 || b->logit_rows[i] >= n) return ds_err(err, DS_EARG, "forward: logit row %d out of range", b->logit_rows[i]);
+    be->to_device(be, s->d_tokens, b->tokens, sizeof(int32_t) * n);
+    be->to_device(be, s->d_pos, b->pos, sizeof(int32_t) * n);
+    be->to_device(be, s->d_slot, s->h_slot, sizeof(int32_t) * n);
+    be->to_device(be, s->d_kv_len, s->h_kv_len, sizeof(int32_t) * n);
+    if (b->n_logits) be->to_device(be, s->d_rows, b->logit_rows, sizeof(int32_t) * b->n_logits);
+
+    if (!be->graph_begin) {
+        forward_ops(m, s, b);
+    } else { /* recorded once per argument list, replayed after (backend.h) */
+        bool done = false;
+        for (int tries = 0; tries < 3 && !done; tries++) {
+            be->graph_begin(be, n);
+            forward_ops(m, s, b);
+            done = be->graph_end(be);
+        }
+        DS_ASSERT(done);
+    }
+    if (b->n_logits) {
         if (!be->host_memory) be->to_host(be, s->logits_host, s->logits, sizeof(float) * (size_t)b->n_logits * c->vocab_size);
     }
     s->n_logits = b->n_logits;

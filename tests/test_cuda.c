@@ -136,6 +136,158 @@ static void test_matmul(void) {
     matmul_case(DS_F32, 256, 96, 70, 1);
 }
 
+#ifdef DSPARK_HAVE_CUDA
+/* a second GPU backend made with env var `name` set to `value` (and name2 to value2 unless
+ * NULL; then unset again) */
+static Backend *gpu_with_env(const char *name, const char *value, const char *name2, const char *value2) {
+    char err[DS_ERR_LEN];
+    setenv(name, value, 1);
+    if (name2) setenv(name2, value2, 1);
+    Backend *be = backend_cuda_create(1, err);
+    unsetenv(name);
+    if (name2) unsetenv(name2);
+    CHECK_MSG(be != NULL, "%s", err);
+    return be;
+}
+
+/* the product kernels are bitwise the previous one (k_matmul_ref, DSPARK_CUDA_MATMUL_REF=1)
+ * for every row count up to CUDA_SMALL_N, every dtype, both paths, and every launch setting
+ * (DSPARK_CUDA_MM_COLS, _PERSIST, _CHUNK, _SMEM): the arithmetic of a (row, column) is unchanged */
+static void test_matmul_vs_reference(void) {
+    enum { NB = 9 };
+    Backend *bes[NB] = {gpu_with_env("DSPARK_CUDA_MATMUL_REF", "1", NULL, NULL), g_gpu,
+                        gpu_with_env("DSPARK_CUDA_MM_COLS", "2", "DSPARK_CUDA_MM_PERSIST", "0"),
+                        gpu_with_env("DSPARK_CUDA_MM_COLS", "4,2,8,8", "DSPARK_CUDA_MM_PERSIST", "0"),
+                        gpu_with_env("DSPARK_CUDA_MM_PERSIST", "1", NULL, NULL),
+                        gpu_with_env("DSPARK_CUDA_MM_PERSIST", "1", "DSPARK_CUDA_MM_COLS", "2,4,2,8"),
+                        gpu_with_env("DSPARK_CUDA_MM_CHUNK", "4", "DSPARK_CUDA_MM_COLS", "8"),
+                        gpu_with_env("DSPARK_CUDA_MM_SMEM", "1", NULL, NULL),
+                        gpu_with_env("DSPARK_CUDA_MM_SMEM", "1", "DSPARK_CUDA_MM_CHUNK", "4")};
+    for (int b = 0; b < NB; b++)
+        if (!bes[b]) return;
+    const ds_dtype dts[] = {DS_F32, DS_BF16, DS_F16};
+    const int shapes[][2] = {{2560, 67}, {9728, 40}, {64, 160}, {72, 33}, {4096, 24}, {1000, 9}};
+    const int ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 40, 63, 64};
+    int cases = 0, bad = 0;
+    for (int d = 0; d < 3; d++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int off = 0; off < 2; off++) {
+                const int K = shapes[s][0], O = shapes[s][1], nmax = 64;
+                float *wf = rand_f32((size_t)O * K, 1.0f / sqrtf((float)K)), *x = rand_f32((size_t)nmax * K + off, 1.0f);
+                void *wh = to_dtype(wf, (size_t)O * K, dts[d]);
+                Weight cw = weight_view(wh, dts[d], O, K), gw = gpu_weight(&cw);
+                float *dx = dev_from(x, sizeof(float) * ((size_t)nmax * K + off)), *dout = g_gpu->alloc(g_gpu, sizeof(float) * (size_t)nmax * O);
+                float *ref = malloc(sizeof(float) * (size_t)nmax * O), *got = malloc(sizeof(float) * (size_t)nmax * O);
+                g_gpu->synchronize(g_gpu); /* the other backends' streams do not wait for g_gpu's uploads */
+                for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+                    const int n = ns[i];
+                    for (int b = 0; b < NB; b++) {
+                        bes[b]->matmul(bes[b], dout, dx + off, &gw, n);
+                        bes[b]->synchronize(bes[b]);
+                        g_gpu->to_host(g_gpu, b ? got : ref, dout, sizeof(float) * (size_t)n * O);
+                        if (b) {
+                            cases++;
+                            if (memcmp(got, ref, sizeof(float) * (size_t)n * O) != 0) {
+                                if (bad++ < 5)
+                                    CHECK_MSG(0, "matmul %s K %d O %d n %d%s backend %d: not bitwise the reference kernel", ds_dtype_name(dts[d]), K, O, n,
+                                              off ? " (unaligned x)" : "", b);
+                            }
+                        }
+                    }
+                }
+                g_gpu->release_weight(g_gpu, &gw);
+                g_gpu->free(g_gpu, dx);
+                g_gpu->free(g_gpu, dout);
+                free(wf); free(x); free(wh); free(ref); free(got);
+            }
+    CHECK_MSG(bad == 0, "%d of %d products differ from the reference kernel", bad, cases);
+    printf("  matmul vs the reference kernel: %d of %d products bitwise equal\n", cases - bad, cases);
+    for (int b = 0; b < NB; b++)
+        if (bes[b] != g_gpu) bes[b]->destroy(bes[b]);
+}
+#endif
+
+/* matmul_multi (when the backend has it) is bitwise the separate products (and swiglu), on
+ * be (buffers made on g_gpu) */
+static void matmul_multi_on(Backend *be, const char *what) {
+    if (!be->matmul_multi) {
+        printf("  %s: no matmul_multi\n", what);
+        return;
+    }
+    const ds_dtype dts[] = {DS_BF16, DS_F32};
+    const int K = 320, Os[3] = {256, 64, 72}, ns[] = {1, 2, 3, 8, 17, 64, 70};
+    int bad = 0, cases = 0;
+    for (int d = 0; d < 2; d++) {
+        Weight gw[3];
+        void *wh[3];
+        for (int j = 0; j < 3; j++) {
+            float *wf = rand_f32((size_t)Os[j] * K, 1.0f / sqrtf((float)K));
+            wh[j] = to_dtype(wf, (size_t)Os[j] * K, dts[d]);
+            Weight cw = weight_view(wh[j], dts[d], Os[j], K);
+            gw[j] = gpu_weight(&cw);
+            free(wf);
+        }
+        float *x = rand_f32((size_t)70 * K, 1.0f), *dx = dev_from(x, sizeof(float) * 70 * K);
+        float *sep[3], *mul[3], *up = g_gpu->alloc(g_gpu, sizeof(float) * 70 * Os[0]), *up2 = g_gpu->alloc(g_gpu, sizeof(float) * 70 * Os[0]);
+        for (int j = 0; j < 3; j++) {
+            sep[j] = g_gpu->alloc(g_gpu, sizeof(float) * 70 * Os[j]);
+            mul[j] = g_gpu->alloc(g_gpu, sizeof(float) * 70 * Os[j]);
+        }
+        g_gpu->synchronize(g_gpu);
+        for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+            const int n = ns[i];
+            const Weight *ws3[3] = {&gw[0], &gw[1], &gw[2]}, *ws2[2] = {&gw[0], &gw[0]};
+            for (int j = 0; j < 3; j++) be->matmul(be, sep[j], dx, &gw[j], n);
+            be->matmul_multi(be, mul, dx, ws3, 3, n, 0);
+            be->synchronize(be);
+            for (int j = 0; j < 3; j++) {
+                float *a = host_from(sep[j], (size_t)n * Os[j]), *b = host_from(mul[j], (size_t)n * Os[j]);
+                cases++;
+                bad += memcmp(a, b, sizeof(float) * (size_t)n * Os[j]) != 0;
+                free(a); free(b);
+            }
+            /* gate/up with swiglu: the same weight twice is enough for the values */
+            be->matmul(be, sep[0], dx, &gw[0], n);
+            be->matmul(be, up, dx, &gw[0], n);
+            be->swiglu(be, sep[0], sep[0], up, (size_t)n * Os[0]);
+            float *outs2[2] = {mul[0], up2};
+            be->matmul_multi(be, outs2, dx, ws2, 2, n, 1);
+            be->synchronize(be);
+            float *a = host_from(sep[0], (size_t)n * Os[0]), *b = host_from(mul[0], (size_t)n * Os[0]);
+            cases++;
+            bad += memcmp(a, b, sizeof(float) * (size_t)n * Os[0]) != 0;
+            free(a); free(b);
+        }
+        for (int j = 0; j < 3; j++) {
+            g_gpu->release_weight(g_gpu, &gw[j]);
+            g_gpu->free(g_gpu, sep[j]);
+            g_gpu->free(g_gpu, mul[j]);
+            free(wh[j]);
+        }
+        g_gpu->free(g_gpu, dx);
+        g_gpu->free(g_gpu, up);
+        g_gpu->free(g_gpu, up2);
+        free(x);
+    }
+    CHECK_MSG(bad == 0, "matmul_multi (%s): %d of %d outputs differ from the separate products", what, bad, cases);
+    printf("  matmul_multi (%s): %d of %d outputs bitwise the separate products\n", what, cases - bad, cases);
+}
+
+static void test_matmul_multi(void) {
+    matmul_multi_on(g_gpu, "default");
+#ifdef DSPARK_HAVE_CUDA
+    const char *env[][2] = {{"DSPARK_CUDA_MM_SMEM", "1"}, {"DSPARK_CUDA_MM_PERSIST", "1"}, {"DSPARK_CUDA_MM_PERSIST", "0"}};
+    for (int e = 0; e < 3; e++) {
+        Backend *be = gpu_with_env(env[e][0], env[e][1], NULL, NULL);
+        if (!be) continue;
+        char what[64];
+        snprintf(what, sizeof what, "%s=%s", env[e][0], env[e][1]);
+        matmul_multi_on(be, what);
+        be->destroy(be);
+    }
+#endif
+}
+
 static void test_rmsnorm(void) {
     const int dims[][2] = {{12, 16}, {5, 64}, {3, 300}, {2, 2560}, {40, 128}};
     for (int dt = 0; dt < 2; dt++)
@@ -525,6 +677,51 @@ static void spec_case(const char *dir, int n_cases, uint64_t seed, int min_new, 
     drafter_free(&d);
 }
 
+#ifdef DSPARK_HAVE_CUDA
+/* GPU: decode and verify steps replayed from step graphs give bitwise the logits of the same
+ * steps run op by op (graph hooks off), and the records are replayed (not re-captured) */
+static void test_graph_replay(void) {
+    if (!g_gpu->graph_begin) {
+        printf("  step graphs off (DSPARK_CUDA_GRAPHS=0)\n");
+        return;
+    }
+    char err[DS_ERR_LEN];
+    const int V = g_tg.cfg.vocab_size;
+    Qwen3State sg, se;
+    CHECK_OK(qwen3_state_init(&sg, &g_tg, 8, 8, 0, 1, 64, err), err);
+    CHECK_OK(qwen3_state_init(&se, &g_tg, 8, 8, 0, 1, 64, err), err);
+    long c0, r0, m0, c1, r1, m1;
+    backend_cuda_graph_stats(g_gpu, &c0, &r0, &m0);
+    void (*gb)(Backend *, int) = g_gpu->graph_begin;
+    bool (*ge)(Backend *) = g_gpu->graph_end;
+    int32_t pos[40], rows[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    for (int i = 0; i < 40; i++) pos[i] = i;
+    /* prefill 8, 16 single tokens, then verify blocks of 4 */
+    int starts[32], lens[32], ns = 0, p = 0;
+    starts[ns] = p; lens[ns++] = 8; p += 8;
+    for (int i = 0; i < 16; i++) { starts[ns] = p; lens[ns++] = 1; p += 1; }
+    for (int i = 0; i < 4; i++) { starts[ns] = p; lens[ns++] = 4; p += 4; }
+    int same = 0;
+    for (int k = 0; k < ns; k++) {
+        Qwen3Batch b = {.n = lens[k], .tokens = g_ids + starts[k], .pos = pos + starts[k], .logit_rows = rows, .n_logits = lens[k]};
+        CHECK_OK(qwen3_forward(&g_tg, &sg, &b, err), err);
+        g_gpu->graph_begin = NULL;
+        g_gpu->graph_end = NULL;
+        CHECK_OK(qwen3_forward(&g_tg, &se, &b, err), err);
+        g_gpu->graph_begin = gb;
+        g_gpu->graph_end = ge;
+        same += memcmp(sg.logits_host, se.logits_host, sizeof(float) * (size_t)lens[k] * V) == 0;
+    }
+    backend_cuda_graph_stats(g_gpu, &c1, &r1, &m1);
+    CHECK_MSG(same == ns, "step graphs: %d of %d steps bitwise equal to the op-by-op run", same, ns);
+    /* keys 8 (prefill, once), 1 (16 steps: eager, captured, 14 replays), 4 (eager, captured, 2) */
+    CHECK_MSG(r1 - r0 >= 16, "step graphs: %ld replays, %ld captures, %ld misses", r1 - r0, c1 - c0, m1 - m0);
+    printf("  step graphs: %d steps equal; %ld captured, %ld replayed, %ld misses\n", same, c1 - c0, r1 - r0, m1 - m0);
+    qwen3_state_free(&sg, &g_tg);
+    qwen3_state_free(&se, &g_tg);
+}
+#endif
+
 static void test_spec_greedy(void) {
     spec_case("trained-draft", 12, 13, 16, 48, true); /* test_greedy_trained_drafter's cases */
     spec_case("tiny-qwen3/draft-vanilla", 6, 11, 1, 40, false);
@@ -562,6 +759,10 @@ int main(void) {
     rng_seed(&g_rng, 2026, 7);
     load_ids();
     RUN(test_matmul);
+#ifdef DSPARK_HAVE_CUDA
+    RUN(test_matmul_vs_reference);
+#endif
+    RUN(test_matmul_multi);
     RUN(test_rmsnorm);
     RUN(test_rope);
     RUN(test_attention);
@@ -572,6 +773,9 @@ int main(void) {
     }
     RUN(test_forward);
     RUN(test_incremental_bitwise);
+#ifdef DSPARK_HAVE_CUDA
+    RUN(test_graph_replay);
+#endif
     RUN(test_drafters);
     RUN(test_spec_greedy);
     printf("worst nse among passing checks: %.3g (bound %.0e)\n", g_worst_nse, NSE_F32);

@@ -5,10 +5,16 @@
  * F32 stays F32) and widened to F32 in registers; activations are F32 throughout.
  *
  * Arithmetic (compiled with --fmad=false, so nothing is fused unless written as fmaf):
- *   matmul     one block of 256 threads per 1-4 output columns, thread t sums k = 8t.. in
- *              steps of 2048 (or k = t.. in steps of 256 when rows are not 16-byte aligned),
- *              then a fixed xor-shuffle tree per warp and the 8 warps in order; the same for
- *              every row whatever the number of rows (<= CUDA_SMALL_N).
+ *   matmul     (<= CUDA_SMALL_N rows) blocks of 256 threads over C output columns and all
+ *              rows of the call, each weight chunk loaded once per block for a chunk of up to
+ *              8 rows; thread t sums k = 8t.. in steps of 2048 (or k = t.. in steps of 256 when
+ *              rows are not 16-byte aligned), then warp_sum's fixed xor tree per warp (many
+ *              values at once) and the 8 warps in order: the same for every row whatever the
+ *              number of rows, C, or the launch variant (persistent, x in shared memory,
+ *              several weights in one launch); k_matmul_ref, the previous kernel, is kept as
+ *              the reference they are tested bitwise against.
+ * Step graphs: qwen3_forward brackets its ops with graph_begin/graph_end; they are recorded
+ * as a CUDA graph per token count and exact argument list and replayed (see GraphRec).
  *   rmsnorm    ss = sum(x^2) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r), as the CPU.
  *   rope       the CPU's float32 inverse frequencies (computed on the host with powf), then
  *              cosf/sinf on the device (within an ulp or two of glibc's).
@@ -38,7 +44,11 @@ static void cuda_fatal(cudaError_t e, const char *what, const char *file, int li
 #define CU(call) do { cudaError_t _e = (call); if (_e != cudaSuccess) cuda_fatal(_e, #call, __FILE__, __LINE__); } while (0)
 /* DSPARK_CUDA_SYNC=1: wait after every op, so a fault names the op that made it */
 static bool g_sync_each;
+/* a stream capture is under way (graph_begin .. graph_end); a launch that fails then spoils
+ * the capture (graph_end drops it and has the ops run eagerly) instead of aborting */
+static bool g_capturing, g_capture_broken;
 #define LAUNCHED(what) do { cudaError_t _e = cudaGetLastError(); \
+    if (_e != cudaSuccess && g_capturing) { g_capture_broken = true; break; } \
     if (_e == cudaSuccess && g_sync_each) _e = cudaDeviceSynchronize(); \
     if (_e != cudaSuccess) cuda_fatal(_e, what, __FILE__, __LINE__); } while (0)
 
@@ -87,6 +97,44 @@ typedef struct {
 } RopeFreq;
 
 #define N_ROPE_TABLES 8
+#define N_GRAPHS 24    /* step graphs kept (least recently used replaced) */
+#define MM_SMEM_DEFAULT false
+#define MM_XS_MAX ((size_t)100 << 10) /* k_matmul_px: at most 100 KB of x rows per block (2 blocks per SM) */
+
+/* Step graphs (backend.h's graph_begin / graph_end). A bracket runs in one mode:
+ *   EAGER    ops run as called: the first bracket of a key (so the buffers that grow on first
+ *            use, att_part and the rope tables, are made outside any capture), keys above
+ *            CUDA_SMALL_N (cuBLAS), and the retry after a failed capture;
+ *   CAPTURE  the stream is captured into a CUDA graph, instantiated and launched at graph_end;
+ *   CHECK    ops only log their arguments; graph_end launches the record of the same key,
+ *            epoch and argument log, or returns false (the caller issues the ops again, and
+ *            they are captured).
+ * Every op logs every argument (pointers, sizes, scalars) in every mode, so a record is only
+ * replayed for exactly the calls it was captured from; what changes from step to step is in
+ * device buffers (token ids, positions, slots, kv lengths, logit rows), which a replay reads.
+ * epoch: bumped when a buffer that records may point to (att_part, a rope table) is freed. */
+/* how products of <= CUDA_SMALL_N rows are launched (none of it changes a value) */
+typedef struct {
+    bool ref;      /* DSPARK_CUDA_MATMUL_REF=1: the previous kernel (and no matmul_multi) */
+    bool persist;  /* this call: k_matmul_pf (16-bit weights, vector path) */
+    bool persist_b[4]; /* persist by bucket, n = 1, 2, 3-4, 5-64 (DSPARK_CUDA_MM_PERSIST) */
+    bool chunk4;   /* n > 4 in chunks of 4 rows, not 8 (DSPARK_CUDA_MM_CHUNK=4) */
+    bool multi;    /* matmul_multi on (DSPARK_CUDA_MM_MULTI=0: off) */
+    bool smem;     /* 2-64 rows: k_matmul_px (x in shared memory) where NB rows fit (DSPARK_CUDA_MM_SMEM) */
+    size_t smem_per_sm;
+    int cols[4];   /* columns per block by bucket (DSPARK_CUDA_MM_COLS) */
+    int nsm;
+} MmCfg;
+
+enum { G_OFF = 0, G_EAGER, G_CHECK, G_CAPTURE };
+typedef struct {
+    int key;
+    unsigned epoch;
+    size_t len;
+    unsigned char *log;
+    cudaGraphExec_t exec;  /* NULL: free slot */
+    uint64_t used;
+} GraphRec;
 #define WIDE_ELEMS ((size_t)16 << 20)  /* cuBLAS path: 64 MB of widened weight rows at a time */
 
 typedef struct {
@@ -98,11 +146,59 @@ typedef struct {
     size_t att_cap;    /* floats in att_part */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
+    MmCfg mm;
+    int g_mode, g_key, g_next; /* the bracket's mode; g_next: the mode the next bracket must take */
+    unsigned epoch;
+    unsigned char *g_log;      /* this bracket's argument log */
+    size_t g_len, g_cap;
+    GraphRec rec[N_GRAPHS];
+    uint64_t g_clock;
+    bool seen[CUDA_SMALL_N + 1];
+    long g_captures, g_replays, g_misses;
     char info[512];
 } CudaImpl;
 
 static CudaImpl *impl(Backend *be) { return (CudaImpl *)be->impl; }
 static cudaStream_t stream_of(Backend *be) { return impl(be)->stream; }
+
+static void glog_bytes(CudaImpl *c, const void *p, size_t n) {
+    if (c->g_len + n > c->g_cap) {
+        size_t cap = c->g_cap ? 2 * c->g_cap : 65536;
+        while (cap < c->g_len + n) cap *= 2;
+        c->g_log = (unsigned char *)ds_realloc(c->g_log, cap);
+        DS_ASSERT(c->g_log);
+        c->g_cap = cap;
+    }
+    memcpy(c->g_log + c->g_len, p, n);
+    c->g_len += n;
+}
+/* every op first: inside a bracket, log op id and arguments; true: only checking, do not launch */
+template <typename... A>
+static bool graph_skip(Backend *be, int op, const A &...a) {
+    CudaImpl *c = impl(be);
+    if (c->g_mode == G_OFF) return false;
+    glog_bytes(c, &op, sizeof op);
+    (glog_bytes(c, &a, sizeof a), ...);
+    return c->g_mode == G_CHECK;
+}
+/* memory calls have no place in a bracket (backend.h): a caller's bug, said at once */
+static void graph_outside(Backend *be, const char *what) {
+    if (impl(be)->g_mode == G_OFF) return;
+    fprintf(stderr, "dspark: cuda: %s inside graph_begin .. graph_end\n", what);
+    abort();
+}
+/* a buffer that records may point to is about to be freed: no record of the old epoch is
+ * replayed again (their execs are destroyed here, after the stream is idle) */
+static void graphs_new_epoch(CudaImpl *c) {
+    c->epoch++;
+    CU(cudaStreamSynchronize(c->stream));
+    for (int i = 0; i < N_GRAPHS; i++)
+        if (c->rec[i].exec) {
+            CU(cudaGraphExecDestroy(c->rec[i].exec));
+            ds_free(c->rec[i].log);
+            memset(&c->rec[i], 0, sizeof c->rec[i]);
+        }
+}
 
 static inline unsigned blocks_for(size_t n, unsigned per) {
     size_t b = (n + per - 1) / per;
@@ -112,6 +208,7 @@ static inline unsigned blocks_for(size_t n, unsigned per) {
 /* ---- memory ---- */
 
 static void *cu_alloc(Backend *be, size_t bytes) {
+    graph_outside(be, "alloc");
     void *p = NULL;
     if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
         cudaGetLastError(); /* clear it: the caller reports out of memory */
@@ -121,24 +218,28 @@ static void *cu_alloc(Backend *be, size_t bytes) {
     return p;
 }
 static void cu_free(Backend *be, void *p) {
-    (void)be;
+    graph_outside(be, "free");
     if (p) CU(cudaFree(p));
 }
 /* from pageable host memory the copy has read src when this returns (CUDA staging), so the
  * caller may reuse src at once; the kernels after it on the stream see the data */
 static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
+    graph_outside(be, "to_device");
     if (bytes) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(be)));
 }
 static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
+    graph_outside(be, "to_host");
     if (bytes) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_of(be)));
     CU(cudaStreamSynchronize(stream_of(be)));
 }
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
+    if (graph_skip(be, 1, dst, src, bytes)) return;
     if (bytes && dst != src) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(be)));
 }
-static void cu_sync(Backend *be) { CU(cudaStreamSynchronize(stream_of(be))); }
+static void cu_sync(Backend *be) { graph_outside(be, "synchronize"); CU(cudaStreamSynchronize(stream_of(be))); }
 
 static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
+    graph_outside(be, "upload_weight");
     if (w->dev) return DS_OK;
     if (w->dtype != DS_F32 && w->dtype != DS_BF16 && w->dtype != DS_F16)
         return ds_err(err, DS_EUNSUPPORTED, "cuda: %s weights are not supported (F32, BF16 or F16)", ds_dtype_name(w->dtype));
@@ -162,7 +263,7 @@ static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
     return DS_OK;
 }
 static void cu_release_weight(Backend *be, Weight *w) {
-    (void)be;
+    graph_outside(be, "release_weight");
     if (w->dev) CU(cudaFree(w->dev));
     w->dev = NULL;
 }
@@ -203,6 +304,26 @@ __device__ __forceinline__ void load8(const void *w, size_t i, float *o) {
     }
 }
 
+/* 8 weights of a 16-bit dtype from one 16-byte load, as load8 widens them */
+template <int DT>
+__device__ __forceinline__ void unpack8(uint4 u, float *o) {
+    float t[8];
+    const uint32_t v[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (DT == DS_BF16) {
+            t[2 * j] = __uint_as_float(v[j] << 16);
+            t[2 * j + 1] = __uint_as_float(v[j] & 0xffff0000u);
+        } else {
+            const float2 f = __half22float2(*(const __half2 *)&v[j]);
+            t[2 * j] = f.x;
+            t[2 * j + 1] = f.y;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) o[j] = t[j];
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -217,12 +338,14 @@ __global__ void k_embed(float *out, const void *table, int dt, const int32_t *id
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)i * cols + c] = weight_at(table, dt, row + c);
 }
 
-/* out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB and R columns o0.. per block of 256
+/* The previous product kernel, kept as the reference the new one must equal bitwise
+ * (DSPARK_CUDA_MATMUL_REF=1 selects it; tests/test_cuda.c compares the two).
+ * out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB and R columns o0.. per block of 256
  * threads. Thread t sums k = 8t.. in steps of 2048 (scalar path: k = t.. in steps of 256), then
  * each warp's lanes by a fixed xor tree and the 8 warps in order: every (i, o) gets the same
  * arithmetic whatever n, NB and R are. R > 1 reuses each x load for R columns. */
 template <int NB, int R, int DT, bool VEC>
-__global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
+__global__ void __launch_bounds__(256) k_matmul_ref(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
                                                 int n, int K, int O) {
     __shared__ float part[8][R * NB];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5, o0 = blockIdx.x * R;
@@ -284,6 +407,324 @@ __global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const f
 #pragma unroll
             for (int j = 0; j < 8; j++) v += part[j][q];
             out[(size_t)i * O + o0 + r] = v;
+        }
+    }
+}
+
+/* warp_sum's tree (lanes l and l ^ off added at off = 16, 8, 4, 2, 1) for each of M values
+ * at once. While a lane still holds several values, the lanes with bit `off` set keep the upper
+ * half of them and the others the lower half, each adding its partner's copy: M values cost
+ * about M shuffles instead of 5 M, and every value gets exactly the pairs (and, float addition
+ * commuting, the bits) of warp_sum. LIVE: values still held per lane. Afterwards a lane holds
+ * values base + q for q < LIVE (LIVE = max(M / 32, 1)); *base is accumulated here. */
+template <int M, int LIVE, int OFF>
+__device__ __forceinline__ void warp_sum_multi_level(float (&a)[M], int lane, int &base) {
+    if constexpr (OFF > 0) {
+        if constexpr (LIVE > 1) {
+            constexpr int H = LIVE / 2;
+            const bool up = (lane & OFF) != 0;
+#pragma unroll
+            for (int q = 0; q < H; q++) {
+                const float keep = up ? a[q + H] : a[q], send = up ? a[q] : a[q + H];
+                a[q] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+            }
+            if (up) base += H;
+            warp_sum_multi_level<M, H, OFF / 2>(a, lane, base);
+        } else {
+            a[0] += __shfl_xor_sync(0xffffffffu, a[0], OFF);
+            warp_sum_multi_level<M, 1, OFF / 2>(a, lane, base);
+        }
+    }
+}
+/* returns base: this lane holds the sums of values base .. base + max(M / 32, 1) - 1; when
+ * M < 32 the lanes that differ only in the low bits hold copies and lane & (32 / M - 1) == 0
+ * is the one to write */
+template <int M>
+__device__ __forceinline__ int warp_sum_multi(float (&a)[M], int lane) {
+    int base = 0;
+    warp_sum_multi_level<M, M, 16>(a, lane, base);
+    return base;
+}
+
+/* out[i][o] = sum_k x[i][k] w[o][k] for i < n (rows in chunks of NB) and C columns o0.. per
+ * block of 256 threads: the block reads its columns' weights once per chunk of rows (once per
+ * call for n <= NB) and applies each load to all rows of the chunk. Per (i, o) the arithmetic
+ * is exactly k_matmul_ref's: thread t sums k = 8t.. in steps of 2048 with the same fmaf order
+ * (scalar path: k = t.. in steps of 256), each warp's 32 partial sums go through warp_sum's
+ * tree (warp_sum_multi, many values at once), then the 8 warps are added in order from 0. So
+ * every row's result is bitwise the same whatever n, NB and C are. */
+template <int NB, int C, int DT, bool VEC>
+__device__ __forceinline__ void mm_block(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w, int n, int K,
+                                         int O, int o0, float (*part)[C * NB]) {
+    constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    size_t wo[C];
+#pragma unroll
+    for (int c = 0; c < C; c++) wo[c] = (size_t)(o0 + c < O ? o0 + c : O - 1) * K;
+    for (int i0 = 0; i0 < n; i0 += NB) {
+        const int nr = n - i0 < NB ? n - i0 : NB; /* the same for the whole block */
+        const float *xb = x + (size_t)i0 * K;
+        float acc[M]; /* [c * NB + i] */
+#pragma unroll
+        for (int q = 0; q < M; q++) acc[q] = 0.0f;
+        if (VEC) {
+            for (int k0 = t * 8; k0 < K; k0 += 2048) {
+                float wv[C][8];
+#pragma unroll
+                for (int c = 0; c < C; c++) load8<DT>(w, wo[c] + k0, wv[c]);
+#pragma unroll
+                for (int i = 0; i < NB; i++) {
+                    if (i < nr) {
+                        const float4 *xp = (const float4 *)(xb + (size_t)i * K + k0);
+                        const float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+                        for (int c = 0; c < C; c++) {
+                            float s = acc[c * NB + i];
+                            s = fmaf(a.x, wv[c][0], s); s = fmaf(a.y, wv[c][1], s); s = fmaf(a.z, wv[c][2], s); s = fmaf(a.w, wv[c][3], s);
+                            s = fmaf(b.x, wv[c][4], s); s = fmaf(b.y, wv[c][5], s); s = fmaf(b.z, wv[c][6], s); s = fmaf(b.w, wv[c][7], s);
+                            acc[c * NB + i] = s;
+                        }
+                    }
+                }
+            }
+        } else {
+            for (int k = t; k < K; k += 256) {
+                float wv[C];
+#pragma unroll
+                for (int c = 0; c < C; c++) wv[c] = weight_at(w, DT, wo[c] + k);
+#pragma unroll
+                for (int i = 0; i < NB; i++)
+                    if (i < nr) {
+                        const float xv = xb[(size_t)i * K + k];
+#pragma unroll
+                        for (int c = 0; c < C; c++) acc[c * NB + i] = fmaf(xv, wv[c], acc[c * NB + i]);
+                    }
+            }
+        }
+        const int base = warp_sum_multi<M>(acc, lane);
+        if ((lane & COPY_MASK) == 0) {
+#pragma unroll
+            for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
+        }
+        __syncthreads();
+        for (int q = t; q < M; q += 256) {
+            const int c = q / NB, i = q % NB;
+            if (i < nr && o0 + c < O) {
+                float v = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 8; j++) v += part[j][q];
+                out[(size_t)(i0 + i) * O + o0 + c] = v;
+            }
+        }
+        __syncthreads(); /* part is the next chunk's */
+    }
+}
+
+template <int NB, int C, int DT, bool VEC>
+__global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
+                                                int n, int K, int O) {
+    __shared__ float part[8][C * NB];
+    mm_block<NB, C, DT, VEC>(out, x, w, n, K, O, blockIdx.x * C, part);
+}
+
+/* up to 3 products of one x in one launch (matmul_multi): segment j takes the column groups
+ * [g_end[j - 1], g_end[j]); every block is k_matmul's block of its segment, so the values are
+ * those of the separate calls, and the small k/v products share a wave with q (gate with up) */
+typedef struct {
+    float *out[3];
+    const void *w[3];
+    int O[3], g_end[3], count;
+} MmMulti;
+
+/* the segment of column group g (selects, not an index: the parameters stay in registers) */
+typedef struct {
+    float *out;
+    const void *w;
+    int O, o0;
+} MmSeg;
+template <int C>
+__device__ __forceinline__ MmSeg mm_segment(const MmMulti &mm, int g) {
+    const bool s1 = mm.count > 1 && g >= mm.g_end[0], s2 = mm.count > 2 && g >= mm.g_end[1];
+    MmSeg r;
+    r.out = s2 ? mm.out[2] : s1 ? mm.out[1] : mm.out[0];
+    r.w = s2 ? mm.w[2] : s1 ? mm.w[1] : mm.w[0];
+    r.O = s2 ? mm.O[2] : s1 ? mm.O[1] : mm.O[0];
+    r.o0 = (g - (s2 ? mm.g_end[1] : s1 ? mm.g_end[0] : 0)) * C;
+    return r;
+}
+
+template <int NB, int C, int DT, bool VEC>
+__global__ void __launch_bounds__(256) k_matmul_multi(MmMulti mm, const float *__restrict__ x, int n, int K) {
+    __shared__ float part[8][C * NB];
+    const MmSeg sg = mm_segment<C>(mm, blockIdx.x);
+    mm_block<NB, C, DT, VEC>(sg.out, x, sg.w, n, K, sg.O, sg.o0, part);
+}
+
+/* k_matmul (or k_matmul_multi: the segments of mm) for 16-bit weights on the vector path,
+ * persistent: a grid of about one wave of blocks, each taking column groups g, g + gridDim.x,
+ * ... of all segments, and loading the next group's first weight chunk while it computes and
+ * reduces the current one, so weight loads stay in flight between groups. Per (i, o) the
+ * arithmetic is k_matmul's (the same chunks in the same order, the same trees), so the
+ * results are bitwise equal. */
+template <int NB, int C, int DT>
+__global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *__restrict__ x, int n, int K) {
+    constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
+    __shared__ float part[8][M];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, k0 = t * 8;
+    const int G = mm.count > 2 ? mm.g_end[2] : mm.count > 1 ? mm.g_end[1] : mm.g_end[0];
+    uint4 pre[C]; /* the first chunk (k0) of group g's columns */
+    int g = blockIdx.x;
+    auto prefetch = [&](int gg) {
+        if (gg >= G || k0 >= K) return;
+        const MmSeg sg = mm_segment<C>(mm, gg);
+        const uint16_t *w16 = (const uint16_t *)sg.w;
+#pragma unroll
+        for (int c = 0; c < C; c++) pre[c] = __ldg((const uint4 *)(w16 + (size_t)(sg.o0 + c < sg.O ? sg.o0 + c : sg.O - 1) * K + k0));
+    };
+    prefetch(g);
+    for (; g < G; g += gridDim.x) {
+        const MmSeg sg = mm_segment<C>(mm, g);
+        const int O = sg.O, o0 = sg.o0;
+        const void *w = sg.w;
+        float *out = sg.out;
+        size_t wo[C];
+#pragma unroll
+        for (int c = 0; c < C; c++) wo[c] = (size_t)(o0 + c < O ? o0 + c : O - 1) * K;
+        for (int i0 = 0; i0 < n; i0 += NB) {
+            const int nr = n - i0 < NB ? n - i0 : NB;
+            const float *xb = x + (size_t)i0 * K;
+            float acc[M];
+#pragma unroll
+            for (int q = 0; q < M; q++) acc[q] = 0.0f;
+            for (int k = k0; k < K; k += 2048) {
+                float wv[C][8];
+                if (k == k0 && i0 == 0) {
+#pragma unroll
+                    for (int c = 0; c < C; c++) unpack8<DT>(pre[c], wv[c]);
+                    prefetch(g + gridDim.x); /* in flight during this group's products and trees */
+                } else {
+#pragma unroll
+                    for (int c = 0; c < C; c++) load8<DT>(w, wo[c] + k, wv[c]);
+                }
+#pragma unroll
+                for (int i = 0; i < NB; i++) {
+                    if (i < nr) {
+                        const float4 *xp = (const float4 *)(xb + (size_t)i * K + k);
+                        const float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+                        for (int c = 0; c < C; c++) {
+                            float s = acc[c * NB + i];
+                            s = fmaf(a.x, wv[c][0], s); s = fmaf(a.y, wv[c][1], s); s = fmaf(a.z, wv[c][2], s); s = fmaf(a.w, wv[c][3], s);
+                            s = fmaf(b.x, wv[c][4], s); s = fmaf(b.y, wv[c][5], s); s = fmaf(b.z, wv[c][6], s); s = fmaf(b.w, wv[c][7], s);
+                            acc[c * NB + i] = s;
+                        }
+                    }
+                }
+            }
+            const int base = warp_sum_multi<M>(acc, lane);
+            if ((lane & COPY_MASK) == 0) {
+#pragma unroll
+                for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
+            }
+            __syncthreads();
+            for (int q = t; q < M; q += 256) {
+                const int c = q / NB, i = q % NB;
+                if (i < nr && o0 + c < O) {
+                    float v = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) v += part[j][q];
+                    out[(size_t)(i0 + i) * O + o0 + c] = v;
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+/* k_matmul_pf with the rows of x in shared memory: the block copies a chunk of NB rows once
+ * (coalesced) and then reads them from there for every column group it takes, instead of
+ * from L1/L2 once per group (the latency that bounds the product at 8 rows). Layout of a row:
+ * the 8-float unit u = k / 8 in blocks of 256 units; in a block of r units the first halves
+ * (4 floats) of its units come first, then the second halves, so lane t's two 16-byte reads
+ * are consecutive across the warp (no bank conflict). Same arithmetic as k_matmul. */
+__device__ __forceinline__ int xs_index(int u, int h, int K) { /* float4 index within a row */
+    const int b = u >> 8, r = min(256, K / 8 - (b << 8));
+    return (b << 9) + h * r + (u & 255);
+}
+template <int NB, int C, int DT>
+__global__ void __launch_bounds__(256) k_matmul_px(MmMulti mm, const float *__restrict__ x, int n, int K) {
+    constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
+    extern __shared__ float4 xs[]; /* [NB][K / 4] */
+    __shared__ float part[8][M];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, k0 = t * 8, K4 = K / 4;
+    const int G = mm.count > 2 ? mm.g_end[2] : mm.count > 1 ? mm.g_end[1] : mm.g_end[0];
+    uint4 pre[C];
+    auto prefetch = [&](int gg) {
+        if (gg >= G || k0 >= K) return;
+        const MmSeg sg = mm_segment<C>(mm, gg);
+        const uint16_t *w16 = (const uint16_t *)sg.w;
+#pragma unroll
+        for (int c = 0; c < C; c++) pre[c] = __ldg((const uint4 *)(w16 + (size_t)(sg.o0 + c < sg.O ? sg.o0 + c : sg.O - 1) * K + k0));
+    };
+    for (int i0 = 0; i0 < n; i0 += NB) {
+        const int nr = n - i0 < NB ? n - i0 : NB;
+        prefetch(blockIdx.x);
+        __syncthreads(); /* the previous chunk's readers are done */
+        for (int q = t; q < nr * K4; q += 256) {
+            const int i = q / K4, f = q - i * K4;
+            xs[i * K4 + xs_index(f >> 1, f & 1, K)] = __ldg((const float4 *)(x + (size_t)(i0 + i) * K) + f);
+        }
+        __syncthreads();
+        for (int g = blockIdx.x; g < G; g += gridDim.x) {
+            const MmSeg sg = mm_segment<C>(mm, g);
+            const int O = sg.O, o0 = sg.o0;
+            size_t wo[C];
+#pragma unroll
+            for (int c = 0; c < C; c++) wo[c] = (size_t)(o0 + c < O ? o0 + c : O - 1) * K;
+            float acc[M];
+#pragma unroll
+            for (int q = 0; q < M; q++) acc[q] = 0.0f;
+            for (int k = k0; k < K; k += 2048) {
+                float wv[C][8];
+                if (k == k0) {
+#pragma unroll
+                    for (int c = 0; c < C; c++) unpack8<DT>(pre[c], wv[c]);
+                    prefetch(g + gridDim.x); /* in flight during this group's products and trees */
+                } else {
+#pragma unroll
+                    for (int c = 0; c < C; c++) load8<DT>(sg.w, wo[c] + k, wv[c]);
+                }
+                const int ia = xs_index(k >> 3, 0, K), ib = xs_index(k >> 3, 1, K);
+#pragma unroll
+                for (int i = 0; i < NB; i++) {
+                    if (i < nr) {
+                        const float4 a = xs[i * K4 + ia], b = xs[i * K4 + ib];
+#pragma unroll
+                        for (int c = 0; c < C; c++) {
+                            float s = acc[c * NB + i];
+                            s = fmaf(a.x, wv[c][0], s); s = fmaf(a.y, wv[c][1], s); s = fmaf(a.z, wv[c][2], s); s = fmaf(a.w, wv[c][3], s);
+                            s = fmaf(b.x, wv[c][4], s); s = fmaf(b.y, wv[c][5], s); s = fmaf(b.z, wv[c][6], s); s = fmaf(b.w, wv[c][7], s);
+                            acc[c * NB + i] = s;
+                        }
+                    }
+                }
+            }
+            const int base = warp_sum_multi<M>(acc, lane);
+            if ((lane & COPY_MASK) == 0) {
+#pragma unroll
+                for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
+            }
+            __syncthreads();
+            for (int q = t; q < M; q += 256) {
+                const int c = q / NB, i = q % NB;
+                if (i < nr && o0 + c < O) {
+                    float v = 0.0f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) v += part[j][q];
+                    sg.out[(size_t)(i0 + i) * O + o0 + c] = v;
+                }
+            }
+            __syncthreads();
         }
     }
 }
@@ -489,37 +930,111 @@ __global__ void k_ew(int op, float *out, const float *a, const float *b, const f
 /* ---- ops ---- */
 
 static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t *ids, int n) {
-    if (n <= 0) return;
+    if (n <= 0 || graph_skip(be, 2, out, table->dev, (int)table->dtype, table->cols, ids, n)) return;
     k_embed<<<n, 256, 0, stream_of(be)>>>(out, table->dev, table->dtype, ids, table->cols);
     LAUNCHED("embed");
 }
 
 template <int NB, int R, int DT, bool VEC>
-static void matmul_launch(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
-    k_matmul<NB, R, DT, VEC><<<(unsigned)((O + R - 1) / R), 256, 0, st>>>(out, x, w, n, K, O);
+static void matmul_launch_ref(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+    k_matmul_ref<NB, R, DT, VEC><<<(unsigned)((O + R - 1) / R), 256, 0, st>>>(out, x, w, n, K, O);
 }
 
-/* rows in chunks of 32; R (columns per block) grows with the rows, which changes no value */
+/* the reference: rows in chunks of 32, R (columns per block) growing with the rows */
 template <int DT, bool VEC>
-static void matmul_small(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
+static void matmul_small_ref(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
     for (int i0 = 0; i0 < n; i0 += 32) {
         const int nb = n - i0 < 32 ? n - i0 : 32;
         float *o = out + (size_t)i0 * O;
         const float *xi = x + (size_t)i0 * K;
-        if (nb <= 1) matmul_launch<1, 1, DT, VEC>(st, o, xi, w, nb, K, O);
-        else if (nb <= 2) matmul_launch<2, 2, DT, VEC>(st, o, xi, w, nb, K, O);
-        else if (nb <= 4) matmul_launch<4, 4, DT, VEC>(st, o, xi, w, nb, K, O);
-        else if (nb <= 8) matmul_launch<8, 4, DT, VEC>(st, o, xi, w, nb, K, O);
-        else if (nb <= 16) matmul_launch<16, 4, DT, VEC>(st, o, xi, w, nb, K, O);
-        else matmul_launch<32, 2, DT, VEC>(st, o, xi, w, nb, K, O);
+        if (nb <= 1) matmul_launch_ref<1, 1, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 2) matmul_launch_ref<2, 2, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 4) matmul_launch_ref<4, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 8) matmul_launch_ref<8, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else if (nb <= 16) matmul_launch_ref<16, 4, DT, VEC>(st, o, xi, w, nb, K, O);
+        else matmul_launch_ref<32, 2, DT, VEC>(st, o, xi, w, nb, K, O);
     }
 }
 
+
+template <int NB, int C, int DT, bool VEC>
+static void matmul_launch(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
+                          const MmMulti *multi) {
+    MmMulti mm; /* matmul_multi's segments, or the one product */
+    if (multi) mm = *multi;
+    else {
+        memset(&mm, 0, sizeof mm);
+        mm.count = 1;
+        mm.out[0] = out;
+        mm.w[0] = w;
+        mm.O[0] = O;
+    }
+    int G = 0;
+    for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + C - 1) / C;
+    if constexpr (DT != DS_F32 && VEC) {
+        const size_t xs_bytes = sizeof(float) * (size_t)NB * K;
+        if (cfg->smem && n > 1 && xs_bytes <= MM_XS_MAX) {
+            static int per_sm = 0; /* resident blocks per SM by registers, asked once */
+            if (!per_sm) {
+                if (cudaFuncSetAttribute(k_matmul_px<NB, C, DT>, cudaFuncAttributeMaxDynamicSharedMemorySize, MM_XS_MAX) != cudaSuccess ||
+                    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_matmul_px<NB, C, DT>, 256, 0) != cudaSuccess || per_sm < 1) {
+                    cudaGetLastError();
+                    per_sm = 1;
+                }
+            }
+            int fit = (int)(cfg->smem_per_sm / (xs_bytes + sizeof(float) * 8 * C * NB + 1024)); /* 1 KB: the system's reserve */
+            fit = fit < 1 ? 1 : fit > per_sm ? per_sm : fit;
+            const int grid = G < fit * cfg->nsm ? G : fit * cfg->nsm;
+            k_matmul_px<NB, C, DT><<<(unsigned)grid, 256, xs_bytes, st>>>(mm, x, n, K);
+            return;
+        }
+        if (cfg->persist) {
+            static int per_sm = 0; /* resident blocks per SM of this instance, asked once */
+            if (!per_sm && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_matmul_pf<NB, C, DT>, 256, 0) != cudaSuccess || per_sm < 1)) {
+                cudaGetLastError();
+                per_sm = 1;
+            }
+            const int grid = G < per_sm * cfg->nsm ? G : per_sm * cfg->nsm;
+            k_matmul_pf<NB, C, DT><<<(unsigned)grid, 256, 0, st>>>(mm, x, n, K);
+            return;
+        }
+    }
+    if (multi) k_matmul_multi<NB, C, DT, VEC><<<(unsigned)G, 256, 0, st>>>(mm, x, n, K);
+    else k_matmul<NB, C, DT, VEC><<<(unsigned)G, 256, 0, st>>>(out, x, w, n, K, O);
+}
+
+/* one launch for any n <= CUDA_SMALL_N: NB rows per chunk (n rounded up to 1, 2, 4, then 8
+ * with the block looping over the chunks) and C columns per block (cfg->cols by bucket; the
+ * BF16 vector path, the one that decodes, takes 2, 4 or 8, the rest 4) */
+template <int NB, int DT, bool VEC>
+static void matmul_cols(cudaStream_t st, const MmCfg *cfg, int cols, float *out, const float *x, const void *w, int n, int K, int O,
+                        const MmMulti *multi) {
+    if (DT == DS_BF16 && VEC && cols == 2) matmul_launch<NB, 2, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
+    else if (DT == DS_BF16 && VEC && cols == 8) matmul_launch<NB, 8, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
+    else matmul_launch<NB, 4, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
+}
+template <int DT, bool VEC>
+static void matmul_small(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
+                         const MmMulti *multi) {
+    MmCfg c = *cfg;
+    const int b = n <= 1 ? 0 : n <= 2 ? 1 : n <= 4 ? 2 : 3;
+    c.persist = cfg->persist_b[b];
+    if (n <= 1) matmul_cols<1, DT, VEC>(st, &c, c.cols[0], out, x, w, n, K, O, multi);
+    else if (n <= 2) matmul_cols<2, DT, VEC>(st, &c, c.cols[1], out, x, w, n, K, O, multi);
+    else if (n <= 4 || cfg->chunk4) matmul_cols<4, DT, VEC>(st, &c, c.cols[b], out, x, w, n, K, O, multi);
+    else matmul_cols<8, DT, VEC>(st, &c, c.cols[3], out, x, w, n, K, O, multi);
+}
+
+static bool mm_vec(const float *x, const void *w, int K) { return K % 8 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0; }
+
 template <int DT>
-static void matmul_small_dt(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
-    const bool vec = K % 8 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0;
-    if (vec) matmul_small<DT, true>(st, out, x, w, n, K, O);
-    else matmul_small<DT, false>(st, out, x, w, n, K, O);
+static void matmul_small_dt(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
+                            const MmMulti *multi) {
+    const bool vec = mm_vec(x, w, K);
+    if (cfg->ref && vec) matmul_small_ref<DT, true>(st, out, x, w, n, K, O);
+    else if (cfg->ref) matmul_small_ref<DT, false>(st, out, x, w, n, K, O);
+    else if (vec) matmul_small<DT, true>(st, cfg, out, x, w, n, K, O, multi);
+    else matmul_small<DT, false>(st, cfg, out, x, w, n, K, O, multi);
 }
 
 /* cuBLAS is column-major: W (row-major [O][K]) is K x O with ld K, x is K x n with ld K, and out
@@ -550,23 +1065,74 @@ static void matmul_cublas(Backend *be, float *out, const float *x, const Weight 
     }
 }
 
-static void cu_matmul(Backend *be, float *out, const float *x, const Weight *w, int n) {
-    if (n <= 0) return;
+/* a product, launched (no graph logging: cu_matmul and cu_matmul_multi log their own calls) */
+static void matmul_run(Backend *be, float *out, const float *x, const Weight *w, int n, const MmMulti *multi) {
     CudaImpl *c = impl(be);
     if (n > CUDA_SMALL_N && c->have_blas) {
+        if (c->g_mode == G_CAPTURE) { /* cuBLAS (and its widening buffer) stay out of graphs */
+            g_capture_broken = true;
+            return;
+        }
+        DS_ASSERT(!multi);
         matmul_cublas(be, out, x, w, n);
         return;
     }
     switch (w->dtype) {
-    case DS_BF16: matmul_small_dt<DS_BF16>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
-    case DS_F16: matmul_small_dt<DS_F16>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
-    default: matmul_small_dt<DS_F32>(c->stream, out, x, w->dev, n, w->cols, w->rows); break;
+    case DS_BF16: matmul_small_dt<DS_BF16>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi); break;
+    case DS_F16: matmul_small_dt<DS_F16>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi); break;
+    default: matmul_small_dt<DS_F32>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi); break;
     }
     LAUNCHED("matmul");
 }
 
+static void cu_matmul(Backend *be, float *out, const float *x, const Weight *w, int n) {
+    if (n <= 0 || graph_skip(be, 3, out, x, w->dev, (int)w->dtype, w->rows, w->cols, n)) return;
+    matmul_run(be, out, x, w, n, NULL);
+}
+
+static void swiglu_run(cudaStream_t st, float *out, const float *gate, const float *up, size_t n);
+
+/* backend.h's matmul_multi: one launch when the weights share dtype and vector path (q/k/v,
+ * gate/up), else the separate products; act 1: then swiglu into outs[0], as the model would */
+static void cu_matmul_multi(Backend *be, float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    if (n <= 0 || count <= 0) return;
+    CudaImpl *c = impl(be);
+    if (c->g_mode != G_OFF) {
+        const int head[4] = {13, count, n, act};
+        glog_bytes(c, head, sizeof head);
+        glog_bytes(c, &x, sizeof x);
+        for (int j = 0; j < count; j++) {
+            const void *p[2] = {outs[j], ws[j]->dev};
+            const int d[3] = {(int)ws[j]->dtype, ws[j]->rows, ws[j]->cols};
+            glog_bytes(c, p, sizeof p);
+            glog_bytes(c, d, sizeof d);
+        }
+        if (c->g_mode == G_CHECK) return;
+    }
+    bool fuse = count <= 3 && n <= CUDA_SMALL_N && !c->mm.ref;
+    for (int j = 0; j < count && fuse; j++)
+        fuse = ws[j]->dtype == ws[0]->dtype && ws[j]->cols == ws[0]->cols && mm_vec(x, ws[j]->dev, ws[j]->cols) == mm_vec(x, ws[0]->dev, ws[0]->cols);
+    if (fuse) {
+        MmMulti mm;
+        memset(&mm, 0, sizeof mm);
+        mm.count = count;
+        for (int j = 0; j < count; j++) {
+            mm.out[j] = outs[j];
+            mm.w[j] = ws[j]->dev;
+            mm.O[j] = ws[j]->rows;
+        }
+        matmul_run(be, outs[0], x, ws[0], n, &mm);
+    } else {
+        for (int j = 0; j < count; j++) matmul_run(be, outs[j], x, ws[j], n, NULL);
+    }
+    if (act == 1) {
+        DS_ASSERT(count == 2 && ws[0]->rows == ws[1]->rows);
+        swiglu_run(c->stream, outs[0], outs[0], outs[1], (size_t)n * ws[0]->rows);
+    }
+}
+
 static void cu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
-    if (n <= 0) return;
+    if (n <= 0 || graph_skip(be, 4, out, x, w->dev, (int)w->dtype, n, dim, eps)) return;
     if (dim <= 256) k_rmsnorm_warp<<<(unsigned)((n + 7) / 8), 256, 0, stream_of(be)>>>(out, x, w->dev, w->dtype, n, dim, eps);
     else k_rmsnorm_block<<<(unsigned)n, 256, 0, stream_of(be)>>>(out, x, w->dev, w->dtype, dim, eps);
     LAUNCHED("rmsnorm");
@@ -577,9 +1143,13 @@ static const float *rope_freq(Backend *be, float theta, int head_dim) {
     CudaImpl *c = impl(be);
     for (int i = 0; i < N_ROPE_TABLES; i++)
         if (c->rope[i].inv_freq && c->rope[i].theta == theta && c->rope[i].head_dim == head_dim) return c->rope[i].inv_freq;
+    if (c->g_mode == G_CAPTURE) return NULL; /* made by the eager bracket before */
     RopeFreq *r = &c->rope[c->rope_next];
     c->rope_next = (c->rope_next + 1) % N_ROPE_TABLES;
-    if (r->inv_freq) CU(cudaFree(r->inv_freq));
+    if (r->inv_freq) {
+        graphs_new_epoch(c);
+        CU(cudaFree(r->inv_freq));
+    }
     float host[256];
     const int half = head_dim / 2;
     DS_ASSERT(half <= 256);
@@ -593,8 +1163,12 @@ static const float *rope_freq(Backend *be, float theta, int head_dim) {
 }
 
 static void cu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim, float theta) {
-    if (n <= 0) return;
+    if (n <= 0 || graph_skip(be, 5, x, pos, n, n_heads, head_dim, theta)) return;
     const float *f = rope_freq(be, theta, head_dim);
+    if (!f) {
+        g_capture_broken = true;
+        return;
+    }
     int threads = n_heads * (head_dim / 2);
     threads = threads < 32 ? 32 : threads > 256 ? 256 : threads;
     k_rope<<<(unsigned)n, (unsigned)threads, 0, stream_of(be)>>>(x, pos, f, n_heads, head_dim);
@@ -603,19 +1177,28 @@ static void cu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_head
 
 static void cu_kv_write(Backend *be, KvCache *kv, int layer, const float *k, const float *v, const int32_t *slot, const int32_t *pos,
                         int n) {
-    if (n <= 0) return;
+    if (n <= 0 || graph_skip(be, 6, kv->k, kv->v, kv->n_slots, kv->max_ctx, kv->kv_dim, layer, k, v, slot, pos, n)) return;
     k_kv_write<<<(unsigned)n, 256, 0, stream_of(be)>>>(kv->k, kv->v, k, v, slot, pos, layer, kv->n_slots, kv->max_ctx, kv->kv_dim);
     LAUNCHED("kv_write");
 }
 
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                          const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
-    if (n <= 0) return;
+    if (n <= 0 || graph_skip(be, 7, out, q, kv->k, kv->v, kv->n_slots, kv->max_ctx, kv->kv_dim, layer, slot, kv_len, n, n_heads, n_kv_heads,
+                             head_dim))
+        return;
     DS_ASSERT(head_dim <= 512 && n_heads % n_kv_heads == 0);
     CudaImpl *c = impl(be);
     const size_t need = (size_t)n * n_heads * ATT_SPLITS * (head_dim + 2);
     if (need > c->att_cap) { /* grows to the largest call once (cudaFree waits for its users) */
-        if (c->att_part) CU(cudaFree(c->att_part));
+        if (c->g_mode == G_CAPTURE) {
+            g_capture_broken = true;
+            return;
+        }
+        if (c->att_part) {
+            graphs_new_epoch(c);
+            CU(cudaFree(c->att_part));
+        }
         c->att_part = NULL;
         CU(cudaMalloc(&c->att_part, sizeof(float) * need));
         c->att_cap = need;
@@ -639,43 +1222,154 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     LAUNCHED("attention merge");
 }
 
-static void cu_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
+static void swiglu_run(cudaStream_t st, float *out, const float *gate, const float *up, size_t n) {
     if (!n) return;
-    k_swiglu<<<blocks_for(n, 256 * 4), 256, 0, stream_of(be)>>>(out, gate, up, n);
+    k_swiglu<<<blocks_for(n, 256 * 4), 256, 0, st>>>(out, gate, up, n);
     LAUNCHED("swiglu");
+}
+static void cu_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
+    if (!n || graph_skip(be, 8, out, gate, up, n)) return;
+    swiglu_run(stream_of(be), out, gate, up, n);
 }
 
 static void cu_add(Backend *be, float *x, const float *y, size_t n) {
-    if (!n) return;
+    if (!n || graph_skip(be, 9, x, y, n)) return;
     k_add<<<blocks_for(n, 256 * 4), 256, 0, stream_of(be)>>>(x, y, n);
     LAUNCHED("add");
 }
 
 static void cu_gather_rows(Backend *be, float *dst, int dst_stride, const float *src, int src_stride, const int32_t *rows, int n,
                            int cols) {
-    if (n <= 0 || cols <= 0) return;
+    if (n <= 0 || cols <= 0 || graph_skip(be, 10, dst, dst_stride, src, src_stride, rows, n, cols)) return;
     k_gather_rows<<<(unsigned)n, 256, 0, stream_of(be)>>>(dst, dst_stride, src, src_stride, rows, cols);
     LAUNCHED("gather_rows");
 }
 
 static void cu_bias_act(Backend *be, float *x, const Weight *bias, int n, int dim, int act) {
     const size_t total = (size_t)n * dim;
-    if (!total) return;
+    if (!total || graph_skip(be, 11, x, bias ? bias->dev : NULL, bias ? (int)bias->dtype : -1, n, dim, act)) return;
     k_bias_act<<<blocks_for(total, 256 * 4), 256, 0, stream_of(be)>>>(x, bias ? bias->dev : NULL, bias ? bias->dtype : DS_F32, total,
                                                                        dim, act);
     LAUNCHED("bias_act");
 }
 
 static void cu_ew(Backend *be, int op, float *out, const float *a, const float *b, const float *c, size_t n) {
-    if (!n) return;
+    if (!n || graph_skip(be, 12, op, out, a, b, c, n)) return;
     k_ew<<<blocks_for(n, 256 * 4), 256, 0, stream_of(be)>>>(op, out, a, b, c, n);
     LAUNCHED("ew");
+}
+
+static GraphRec *graph_find(CudaImpl *c, bool exact) {
+    for (int i = 0; i < N_GRAPHS; i++) {
+        GraphRec *r = &c->rec[i];
+        if (r->exec && r->key == c->g_key && r->epoch == c->epoch &&
+            (!exact || (r->len == c->g_len && memcmp(r->log, c->g_log, c->g_len) == 0)))
+            return r;
+    }
+    return NULL;
+}
+
+static void cu_graph_begin(Backend *be, int key) {
+    CudaImpl *c = impl(be);
+    DS_ASSERT(c->g_mode == G_OFF);
+    c->g_len = 0;
+    c->g_key = key;
+    g_capture_broken = false;
+    int mode;
+    if (key < 1 || key > CUDA_SMALL_N) mode = G_EAGER;
+    else if (c->g_next) mode = c->g_next;
+    else if (graph_find(c, false)) mode = G_CHECK;
+    else if (c->seen[key]) mode = G_CAPTURE;
+    else {
+        c->seen[key] = true;
+        mode = G_EAGER;
+    }
+    c->g_next = G_OFF;
+    if (mode == G_CAPTURE) {
+        if (cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal) == cudaSuccess) g_capturing = true;
+        else {
+            cudaGetLastError();
+            mode = G_EAGER;
+        }
+    }
+    c->g_mode = mode;
+}
+
+/* the record slot for a new graph: a free one, else the least recently used (the stream is
+ * drained first: its exec may still be running) */
+static GraphRec *graph_slot(CudaImpl *c) {
+    GraphRec *lru = &c->rec[0];
+    for (int i = 0; i < N_GRAPHS; i++) {
+        if (!c->rec[i].exec) return &c->rec[i];
+        if (c->rec[i].used < lru->used) lru = &c->rec[i];
+    }
+    CU(cudaStreamSynchronize(c->stream));
+    CU(cudaGraphExecDestroy(lru->exec));
+    ds_free(lru->log);
+    memset(lru, 0, sizeof *lru);
+    return lru;
+}
+
+static bool cu_graph_end(Backend *be) {
+    CudaImpl *c = impl(be);
+    const int mode = c->g_mode;
+    c->g_mode = G_OFF;
+    if (mode == G_EAGER) return true;
+    if (mode == G_CHECK) {
+        GraphRec *r = graph_find(c, true);
+        if (!r) {
+            c->g_misses++;
+            c->g_next = G_CAPTURE;
+            return false;
+        }
+        r->used = ++c->g_clock;
+        CU(cudaGraphLaunch(r->exec, c->stream));
+        c->g_replays++;
+        return true;
+    }
+    g_capturing = false;
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ex = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (e == cudaSuccess && g && !g_capture_broken) e = cudaGraphInstantiate(&ex, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (e != cudaSuccess || !ex) { /* nothing ran: the ops again, eagerly */
+        cudaGetLastError();
+        if (ex) cudaGraphExecDestroy(ex);
+        c->g_next = G_EAGER;
+        return false;
+    }
+    GraphRec *r = graph_slot(c);
+    r->log = (unsigned char *)ds_malloc(c->g_len ? c->g_len : 1);
+    DS_ASSERT(r->log);
+    memcpy(r->log, c->g_log, c->g_len);
+    r->len = c->g_len;
+    r->key = c->g_key;
+    r->epoch = c->epoch;
+    r->exec = ex;
+    r->used = ++c->g_clock;
+    CU(cudaGraphLaunch(ex, c->stream));
+    c->g_captures++;
+    return true;
+}
+
+extern "C" void backend_cuda_graph_stats(const Backend *be, long *captures, long *replays, long *misses) {
+    const CudaImpl *c = (const CudaImpl *)be->impl;
+    *captures = c->g_captures;
+    *replays = c->g_replays;
+    *misses = c->g_misses;
 }
 
 static void cu_destroy(Backend *be) {
     CudaImpl *c = impl(be);
     if (c) {
         cudaStreamSynchronize(c->stream);
+        for (int i = 0; i < N_GRAPHS; i++)
+            if (c->rec[i].exec) {
+                cudaGraphExecDestroy(c->rec[i].exec);
+                ds_free(c->rec[i].log);
+            }
+        ds_free(c->g_log);
         for (int i = 0; i < N_ROPE_TABLES; i++) if (c->rope[i].inv_freq) cudaFree(c->rope[i].inv_freq);
         if (c->wide) cudaFree(c->wide);
         if (c->att_part) cudaFree(c->att_part);
@@ -730,10 +1424,38 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
         return NULL;
     }
     c->have_blas = cublas_open(&c->blas, c->stream);
+    const char *ref = getenv("DSPARK_CUDA_MATMUL_REF"), *cols = getenv("DSPARK_CUDA_MM_COLS"), *pers = getenv("DSPARK_CUDA_MM_PERSIST");
+    c->mm.ref = ref && strcmp(ref, "1") == 0;
+    /* measured on the H200 (docs/bench-cuda.md): persistent blocks for one row, 4 columns
+     * per block except 8 for two rows */
+    const bool pers_default[4] = {true, false, false, false};
+    for (int i = 0; i < 4; i++) c->mm.persist_b[i] = pers_default[i];
+    if (pers) { /* "P" for every bucket or "P1,P2,P4,P8" (0 or 1) */
+        int v[4], k = sscanf(pers, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
+        for (int i = 0; i < 4 && k >= 1; i++) c->mm.persist_b[i] = v[k == 4 ? i : 0] == 1;
+    }
+    const char *chunk = getenv("DSPARK_CUDA_MM_CHUNK"), *multi = getenv("DSPARK_CUDA_MM_MULTI");
+    c->mm.chunk4 = chunk && strcmp(chunk, "4") == 0;
+    c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
+    c->mm.nsm = prop.multiProcessorCount;
+    c->mm.smem_per_sm = prop.sharedMemPerMultiprocessor;
+    const char *smem = getenv("DSPARK_CUDA_MM_SMEM");
+    c->mm.smem = MM_SMEM_DEFAULT;
+    if (smem) c->mm.smem = strcmp(smem, "1") == 0;
+    const int cols_default[4] = {4, 8, 4, 4};
+    for (int i = 0; i < 4; i++) c->mm.cols[i] = cols_default[i];
+    if (cols) { /* "C" for every bucket or "C1,C2,C4,C8" (2, 4 or 8; benchmarks tune with it) */
+        int v[4], k = sscanf(cols, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
+        for (int i = 0; i < 4 && k >= 1; i++) {
+            const int x = v[k == 4 ? i : 0];
+            if (x == 2 || x == 4 || x == 8) c->mm.cols[i] = x;
+        }
+    }
     const char *sync = getenv("DSPARK_CUDA_SYNC");
     g_sync_each = sync && strcmp(sync, "1") == 0;
     snprintf(c->info, sizeof c->info, "%.200s (sm_%d%d, %.1f GB, %d SMs), products: own kernel%s", prop.name, prop.major, prop.minor,
              prop.totalGlobalMem / 1e9, prop.multiProcessorCount, c->have_blas ? " <= 64 rows, cuBLAS F32 above" : " (no cuBLAS)");
+    if (c->mm.ref) strncat(c->info, ", reference product kernel", sizeof c->info - strlen(c->info) - 1);
     be->impl = c;
     be->name = "cuda";
     be->host_memory = false;
@@ -748,7 +1470,7 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     be->synchronize = cu_sync;
     be->embed = cu_embed;
     be->matmul = cu_matmul;
-    be->matmul_multi = NULL;
+    be->matmul_multi = c->mm.multi ? cu_matmul_multi : NULL;
     be->rmsnorm = cu_rmsnorm;
     be->rope = cu_rope;
     be->kv_write = cu_kv_write;
@@ -758,6 +1480,12 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     be->gather_rows = cu_gather_rows;
     be->bias_act = cu_bias_act;
     be->ew = cu_ew;
+    /* DSPARK_CUDA_GRAPHS=0: no step graphs (nor with DSPARK_CUDA_SYNC=1, which waits inside them) */
+    const char *graphs = getenv("DSPARK_CUDA_GRAPHS");
+    if (!(graphs && strcmp(graphs, "0") == 0) && !g_sync_each) {
+        be->graph_begin = cu_graph_begin;
+        be->graph_end = cu_graph_end;
+    }
     be->destroy = cu_destroy;
     return be;
 }

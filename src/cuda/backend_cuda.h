@@ -9,7 +9,16 @@
  * depend on the number of rows, so a token's logits are bitwise the same alone or in a verify
  * block (backend.h's contract). Larger calls (prefill) use cuBLAS in float32 (no TF32), BF16
  * weights widened to F32 first, equal to the CPU up to float32 rounding; DSPARK_CUDA_CUBLAS=0
- * keeps the deterministic kernel for every size. */
+ * keeps the deterministic kernel for every size.
+ *
+ * Environment (read at backend_cuda_create): DSPARK_CUDA_GRAPHS=0 no step graphs;
+ * DSPARK_CUDA_SYNC=1 wait after every op (and no graphs); launch settings of the product,
+ * none of which changes a value: DSPARK_CUDA_MM_COLS (columns per block, "C" or
+ * "C1,C2,C4,C8" by row bucket 1, 2, 3-4, 5-64; 2, 4 or 8), DSPARK_CUDA_MM_PERSIST ("P" or
+ * "P1,P2,P4,P8", persistent blocks with prefetch), DSPARK_CUDA_MM_CHUNK=4 (rows per chunk
+ * above 4 rows), DSPARK_CUDA_MM_SMEM=1 (x rows in shared memory), DSPARK_CUDA_MM_MULTI=0
+ * (no matmul_multi), DSPARK_CUDA_MATMUL_REF=1 (the previous product kernel, for tests and
+ * before/after benchmarks). */
 #ifndef DSPARK_BACKEND_CUDA_H
 #define DSPARK_BACKEND_CUDA_H
 
@@ -29,6 +38,9 @@ extern "C" {
 Backend *backend_cuda_create(int n_threads, char *err);
 /* one line: device name, compute capability, memory, whether cuBLAS is used */
 const char *backend_cuda_info(const Backend *be);
+/* step graphs so far: recorded, replayed, and checks that found no record (DSPARK_CUDA_GRAPHS=0
+ * turns them off; bench_cuda and test_cuda read these) */
+void backend_cuda_graph_stats(const Backend *be, long *captures, long *replays, long *misses);
 
 #ifdef __cplusplus
 }
