@@ -36,17 +36,17 @@ static const char *g_current_test = "";
 /* Compare n floats: |got-ref| <= atol + rtol*|ref| everywhere. Reports the worst element. */
 static inline int check_close(const char *name, const float *got, const float *ref, size_t n, float atol, float rtol,
                               const char *file, int line) {
-    double max_abs = 0; size_t worst = 0; int bad = 0;
+    double max_abs = 0; size_t worst = 0, first_bad = 0; int bad = 0;
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)got[i] - (double)ref[i]);
-        if (!(d <= atol + rtol * fabs((double)ref[i]))) bad = 1;
+        if (!(d <= atol + rtol * fabs((double)ref[i]))) { if (!bad) first_bad = i; bad = 1; }
         if (d > max_abs || isnan(d)) { max_abs = isnan(d) ? INFINITY : d; worst = i; }
     }
     if (bad && g_expect_failure) return 0;
     if (bad) {
         g_checks_failed++;
-        fprintf(stderr, "FAIL %s:%d [%s]: %s: max|err| %.3g at %zu (got %.7g ref %.7g), atol %.1g rtol %.1g\n", file, line,
-                g_current_test, name, max_abs, worst, got[worst], ref[worst], atol, rtol);
+        fprintf(stderr, "FAIL %s:%d [%s]: %s: max|err| %.3g at %zu (got %.7g ref %.7g), first outside at %zu (got %.7g ref %.7g), atol %.1g rtol %.1g\n",
+                file, line, g_current_test, name, max_abs, worst, got[worst], ref[worst], first_bad, got[first_bad], ref[first_bad], atol, rtol);
     } else {
         g_checks_passed++;
         if (getenv("DSPARK_TEST_VERBOSE")) fprintf(stderr, "  %s: max|err| %.3g over %zu\n", name, max_abs, n);

@@ -329,18 +329,21 @@ static void check_fixture(const char *h) {
     TrainDraftStats st2;
     CHECK_OK(train_draft_step(&t, f.ids, f.loss_mask, f.S, f.features, f.last_hidden, f.anchors, f.keep, f.A, NULL, &lc, 1.0f, &st2, err), err);
     CHECK_MSG(fabs(st2.parts.total - st.parts.total) <= 1e-6 * fabs(st.parts.total), "chunked loss %.9g vs %.9g", st2.parts.total, st.parts.total);
-    CHECK_CLOSE("chunked grads", t.grads.data, g1.data, t.grads.numel, 1e-7f, 1e-5f);
+    /* these three compare the same gradients summed in another order (BLAS blocking follows the
+     * row count, and differs between CPUs): atol 1e-6 against gradients up to ~0.5, since small
+     * gradients that are differences of large terms (the RNN head's) move by ~1e-7 */
+    CHECK_CLOSE("chunked grads", t.grads.data, g1.data, t.grads.numel, 1e-6f, 1e-5f);
     /* dummies skipped: the 4 kept anchors alone give the same loss and gradients */
     params_zero(&t.grads);
     t.dbg_logits = NULL;
     CHECK_OK(train_draft_step(&t, f.ids, f.loss_mask, f.S, f.features, f.last_hidden, f.anchors, f.keep, 4, NULL, &lc, 1.0f, &st2, err), err);
     CHECK_MSG(fabs(st2.parts.total - st.parts.total) <= 1e-6 * fabs(st.parts.total), "no-dummy loss %.9g vs %.9g", st2.parts.total, st.parts.total);
-    CHECK_CLOSE("no-dummy grads", t.grads.data, g1.data, t.grads.numel, 1e-7f, 1e-5f);
+    CHECK_CLOSE("no-dummy grads", t.grads.data, g1.data, t.grads.numel, 1e-6f, 1e-5f);
     /* accumulation: two half-scaled steps add up to one step */
     params_zero(&t.grads);
     for (int k = 0; k < 2; k++)
         CHECK_OK(train_draft_step(&t, f.ids, f.loss_mask, f.S, f.features, f.last_hidden, f.anchors, f.keep, f.A, NULL, &lc, 0.5f, NULL, err), err);
-    CHECK_CLOSE("accumulated grads", t.grads.data, g1.data, t.grads.numel, 1e-7f, 1e-5f);
+    CHECK_CLOSE("accumulated grads", t.grads.data, g1.data, t.grads.numel, 1e-6f, 1e-5f);
     params_free(&g1);
     npy_free(&em); npy_free(&lg); npy_free(&ls);
     ds_free(logits); ds_free(feat); ds_free(last);

@@ -3,7 +3,8 @@
 # every stage resumes (re-run the script after an interruption). WORK holds the corpus,
 # checkpoints and logs (default /work/default); nothing is downloaded.
 #   scripts/default_model/train.sh [WORK] [STAGE...]   (stages: corpus tokenizer target prompts
-#                                                       data dspark dflash export; default all)
+#                                                       data dspark dflash calibrate export;
+#                                                       default all)
 # PRETRAIN_STEPS, DATA_LIMIT and EPOCHS shrink the run for a smoke test.
 # THREADS (default: all cores) sets every stage's thread count; the two drafters train one
 # after the other unless PARALLEL=1 (then each gets half of the threads).
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK=${1:-/work/default}
 shift || true
-STAGES=${*:-corpus tokenizer target prompts data dspark dflash export}
+STAGES=${*:-corpus tokenizer target prompts data dspark dflash calibrate export}
 BIN=${DSPARK_BIN:-build/dspark}
 THREADS=${THREADS:-$(nproc)}
 # threads sleep instead of spinning at barriers: this job may share the machine (measured 2x
@@ -82,10 +83,20 @@ else
   if has dflash; then log dflash; train_drafter dflash "$THREADS"; fi
 fi
 
-# 7. export: the newest checkpoints become models/default/{target,dspark,dflash}
+latest() { ls -d "$1"/step_* 2>/dev/null | sort -t_ -k2 -n | tail -1; }
+# 7. Sequential Temperature Scaling of DSpark's confidence head for greedy decoding (the demo's),
+#    on the last 192 training prompts (disjoint from the held-out evaluation prompts)
+if has calibrate && [ ! -f "$WORK/calib/calibration.json" ]; then
+  log calibrate
+  tail -192 "$WORK/prompts/train_prompts.jsonl" > "$WORK/prompts/calib_prompts.jsonl"
+  mkdir -p "$WORK/calib"
+  "$BIN" calibrate --model "$T" --draft "$(latest "$WORK/dspark")" --data "$WORK/prompts/calib_prompts.jsonl" --temp 0 -n 128 \
+    --out "$WORK/calib/calibration.json" --plot "$WORK/calib/rel" --threads "$THREADS"
+fi
+
+# 8. export: the newest checkpoints become models/default/{target,dspark,dflash}
 if has export; then
   log export
-  latest() { ls -d "$1"/step_* 2>/dev/null | sort -t_ -k2 -n | tail -1; }
   mkdir -p models/default
   rm -rf models/default/target.tmp && cp -r "$T" models/default/target.tmp
   rm -rf models/default/target && mv models/default/target.tmp models/default/target
@@ -93,7 +104,14 @@ if has export; then
     src=$(latest "$WORK/$a"); [ -n "$src" ] || { echo "no $a checkpoint in $WORK/$a" >&2; exit 1; }
     rm -rf "models/default/$a.tmp" && mkdir -p "models/default/$a.tmp"
     cp "$src/config.json" "$src/model.safetensors" "models/default/$a.tmp/"
+    [ $a = dspark ] && [ -f "$WORK/calib/calibration.json" ] && cp "$WORK/calib/calibration.json" "models/default/$a.tmp/"
     rm -rf "models/default/$a" && mv "models/default/$a.tmp" "models/default/$a"
   done
+  # the held-out prompts (README results, scripts/default_model/results.sh) and the demo's:
+  # the first 4 code and 2 prose held-out prompts
+  mkdir -p models/default/eval
+  cp "$WORK/prompts/heldout_code.jsonl" "$WORK/prompts/heldout_prose.jsonl" models/default/eval/
+  { head -4 "$WORK/prompts/heldout_code.jsonl"; head -2 "$WORK/prompts/heldout_prose.jsonl"; } > models/default/demo_prompts.jsonl.tmp
+  mv models/default/demo_prompts.jsonl.tmp models/default/demo_prompts.jsonl
 fi
 log done
