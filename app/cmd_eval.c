@@ -199,7 +199,7 @@ int cmd_eval(int argc, char **argv) {
     SpecParams p = {.sampler = {(float)temp, 0, 1.0f}, .max_new = max_new};
     for (int i = 0; i < gd.n_stop && p.n_stop < SPEC_MAX_STOP; i++) p.stop_ids[p.n_stop++] = gd.stop_ids[i];
     float thr = (float)conf_thr;
-    if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
+    if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr, true};
     int32_t *out = ds_malloc(sizeof(int32_t) * 2 * (size_t)max_new);
     if (record) {
         snprintf(record_tmp, sizeof record_tmp, "%s.tmp", record);

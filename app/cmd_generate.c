@@ -133,7 +133,7 @@ static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd,
     SampleOut so = {.tok = tok, .print_ids = a->print_ids, .gd = gd};
     GenSpecOptions o = {.sampler = *sp, .seed = (uint64_t)a->seed, .max_new = max_new, .num_samples = a->num_samples,
                         .confidence_threshold = (float)a->confidence_threshold, .on_sample = print_sample, .user = &so};
-    if (sched.max_req) o.policy = (VerifyLenPolicy){sched_choose_one, &sched};
+    if (sched.max_req) o.policy = (VerifyLenPolicy){sched_choose_one, &sched, sched.pol.kind != SCHED_ASYNC};
     bool streaming = a->num_samples == 1 && !a->print_ids && tok;
     if (streaming) { /* like plain generate: the text as it comes */
         o.on_token = stream_token;

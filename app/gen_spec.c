@@ -16,7 +16,7 @@ ds_status gen_spec_run(SpecDecoder *sd, const int32_t *prompt, int n_prompt, con
         p.n_stop = o->n_stop;
         p.on_token = o->on_token;
         p.user = o->user;
-        if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
+        if (thr > 0) p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr, true};
         if (o->policy.choose) p.policy = o->policy;
         int n = 0;
         SpecStats st;
@@ -34,8 +34,9 @@ void gen_spec_print_stats(FILE *f, const char *label, const SpecStats *s, int bl
     fprintf(f, "[%s] tokens %d, rounds %d, %.1f tokens/s (prefill %.3fs, draft %.3fs, verify %.3fs, total %.3fs)\n", label,
             s->generated, s->rounds, tps, s->prefill_s, s->draft_s, s->verify_s, s->total_s);
     if (block <= 0 || s->rounds == 0) return;
-    fprintf(f, "[%s] tau (accepted drafts + bonus per round) %.3f, proposal length %.2f, acceptance %.3f\n", label,
-            (double)s->tau_sum / s->rounds, (double)s->proposed / s->rounds, s->proposed ? (double)s->accepted / s->proposed : 0.0);
+    fprintf(f, "[%s] tau (accepted drafts + bonus per round) %.3f, proposal length %.2f (drafted %.2f), acceptance %.3f\n", label,
+            (double)s->tau_sum / s->rounds, (double)s->proposed / s->rounds, (double)s->drafted / s->rounds,
+            s->proposed ? (double)s->accepted / s->proposed : 0.0);
     fprintf(f, "[%s] position:          ", label);
     for (int j = 0; j < block; j++) fprintf(f, " %6d", j + 1);
     fprintf(f, "\n[%s] accept_rate@k:     ", label);

@@ -16,6 +16,7 @@ void spec_stats_add(SpecStats *a, const SpecStats *s) {
     a->rounds += s->rounds;
     a->generated += s->generated;
     a->proposed += s->proposed;
+    a->drafted += s->drafted;
     a->accepted += s->accepted;
     a->tau_sum += s->tau_sum;
     for (int j = 0; j < SPEC_MAX_BLOCK; j++) { 
@@ -143,7 +144,12 @@ ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, con
                     bf16_dist(&p->sampler, logits, V, s->q_ratio + (size_t)j * V, s->resid, &s->scratch);
                 prev = greedy ? argmax_f32(qj, V) : sample_from(qj, V, rng_uniform(&rng));
                 s->drafts[j] = prev;
+                if (p->policy.choose && p->policy.causal && j + 1 < avail && p->policy.choose(p->policy.ctx, s->conf, j + 1) < j + 1) {
+                    avail = j + 1; /* causal early stop: later slots would not be verified */
+                    break;
+                }
             }
+            stats->drafted += avail;
             L = p->policy.choose ? p->policy.choose(p->policy.ctx, s->conf, avail) : avail;
             if (L < 0) L = 0;
             if (L > avail) L = avail;

@@ -42,6 +42,11 @@ typedef struct {
 typedef struct {
     int (*choose)(void *ctx, const float *confidence, int n);
     void *ctx;
+    /* choose's answer for the first j slots depends on those slots only (a threshold, the
+     * paper's Algorithm 1 with its causal early stop; not the async variant): the loop then
+     * asks after each drafted slot and stops drafting once fewer would be verified, so slots
+     * that would never be verified are never drafted. Tokens are unchanged. */
+    bool causal;
 } VerifyLenPolicy;
 
 /* DeepSpec's static rule (_confident_prefix_length): the first slot whose
@@ -67,6 +72,7 @@ typedef struct {
     int rounds;                     /* verification rounds (the first token is not one) */
     int generated;
     int proposed;                   /* drafts sent to verification */
+    int drafted;                    /* slots the drafter produced (>= proposed: a causal policy stops one past the last verified) */
     int accepted;                   /* drafts accepted */
     int tau_sum;                    /* accepted drafts + bonus per round (no bonus when an accepted stop ends it) */
     int accepted_at[SPEC_MAX_BLOCK];  /* rounds with a > j */

@@ -15,6 +15,12 @@
 #include "spec_testing.h"
 
 /* ---- greedy speculative == plain greedy ---- */
+/* verify at most *ctx slots (causal: the answer for j slots depends on j only) */
+static int fixed_len(void *ctx, const float *conf, int n) {
+    (void)conf;
+    return n < *(int *)ctx ? n : *(int *)ctx;
+}
+
 static void test_greedy_identical(void) {
     char err[DS_ERR_LEN];
     Rng r;
@@ -176,9 +182,22 @@ static void test_edge_cases(void) {
         /* confidence threshold 1.0: every sigmoid < 1, nothing is verified; 0: the full block */
         float thr = 1.0f;
         p = greedy_params(30);
-        p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr};
+        p.policy = (VerifyLenPolicy){spec_len_confidence_threshold, &thr, true};
         CHECK_OK(spec_generate(&sd, prompt, 12, &p, got, &ngot, &st, err), err);
         CHECK(ngot == nref && memcmp(got, ref, sizeof(int32_t) * nref) == 0 && st.proposed == 0 && st.rounds == 29);
+        /* a causal policy stops drafting one slot past the last verified one; same tokens */
+        int two = 2;
+        SpecStats st_all;
+        p = greedy_params(30);
+        p.policy = (VerifyLenPolicy){fixed_len, &two, false};
+        CHECK_OK(spec_generate(&sd, prompt, 12, &p, ref2, &nref2, &st_all, err), err);
+        p.policy.causal = true;
+        CHECK_OK(spec_generate(&sd, prompt, 12, &p, got, &ngot, &st, err), err);
+        CHECK(ngot == nref && memcmp(got, ref, sizeof(int32_t) * nref) == 0 && nref2 == nref);
+        CHECK(st.proposed == st_all.proposed && st.rounds == st_all.rounds && st.proposed > 0);
+        /* block 4: every drafting round drafts 4 slots, or 3 when it stops at the first unverified */
+        CHECK_MSG(st_all.drafted > 0 && st_all.drafted % 4 == 0 && st.drafted * 4 == st_all.drafted * 3,
+                  "drafted %d (causal) vs %d over %d rounds", st.drafted, st_all.drafted, st.rounds);
         /* allocation: a whole generation allocates nothing */
         uint64_t before = ds_alloc_count();
         p = (SpecParams){.sampler = {0.9f, 20, 0.95f}, .seed = 5, .max_new = 20};
