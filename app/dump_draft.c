@@ -45,6 +45,7 @@ int dump_draft(Qwen3Model *m, const char *draft_dir, const int *ids, int n, int 
         (rc = drafter_block(&d, &s, ids[P], P, err)))
         goto free_states;
     be->to_host(be, hidden, s.hidden, sizeof(float) * (size_t)B * D);
+    drafter_all_logits(&d, &s);
     be->to_host(be, base, s.base_logits, sizeof(float) * (size_t)B * V);
     for (int j = 0; j < B; j++) {
         if ((rc = drafter_head(&d, &s, j, ids[P + j], &conf[j], err))) goto free_states;

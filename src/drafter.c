@@ -179,6 +179,8 @@ void draft_state_free(DraftState *s, const Drafter *d) {
 
 /* ---- forward ---- */
 
+#define LOGITS_FIRST 4 /* lm_head rows computed with the block (drafter_block) */
+
 /* k = k_norm(k_proj(src)), RoPE at d_pos; v = v_proj(src); written at d_pos (n rows). */
 static void write_kv(Drafter *d, DraftState *s, int layer, const float *src, int n) {
     Backend *be = d->be;
@@ -250,10 +252,20 @@ ds_status drafter_block(Drafter *d, DraftState *s, int32_t anchor, int start, ch
         be->add(be, s->x, s->h, (size_t)B * D);
     }
     be->rmsnorm(be, s->hidden, s->x, &d->norm, B, D, b->rms_norm_eps);
-    be->matmul(be, s->base_logits, s->hidden, &d->lm_head, B);
+    /* lm_head rows on demand, the first LOGITS_FIRST now: a causal verification policy often
+     * stops drafting early, and the later rows would be wasted (rows are independent: the
+     * same bits as one product over all B) */
+    s->logits_ready = B < LOGITS_FIRST ? B : LOGITS_FIRST;
+    be->matmul(be, s->base_logits, s->hidden, &d->lm_head, s->logits_ready);
     /* the RNN state starts at 0 in every block (s->zeros is never written) */
     if (c->markov_type == MARKOV_RNN) be->copy(be, s->state, s->zeros, sizeof(float) * (size_t)c->markov_rank);
     return DS_OK;
+}
+
+void drafter_all_logits(Drafter *d, DraftState *s) {
+    const int B = d->cfg.block_size, D = d->cfg.base.hidden_size, V = d->cfg.base.vocab_size, r0 = s->logits_ready;
+    if (r0 < B) d->be->matmul(d->be, s->base_logits + (size_t)r0 * V, s->hidden + (size_t)r0 * D, &d->lm_head, B - r0);
+    s->logits_ready = B;
 }
 
 ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *confidence, char *err) {
@@ -263,6 +275,7 @@ ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *co
     if (j < 0 || j >= c->block_size) return ds_err(err, DS_EARG, "drafter: slot %d out of range", j);
     if (prev < 0 || prev >= V) return ds_err(err, DS_EARG, "drafter: previous token %d out of range", prev);
     const float *h = s->hidden + (size_t)j * D;
+    if (j >= s->logits_ready) drafter_all_logits(d, s);
     be->copy(be, s->logits, s->base_logits + (size_t)j * V, sizeof(float) * (size_t)V);
     if (r > 0) {
         be->to_device(be, s->d_ids, &prev, sizeof(int32_t));

@@ -55,6 +55,7 @@ typedef struct {
     float *x, *h, *q, *att, *gate, *up;       /* block activations */
     float *hidden;                            /* [B][d] after the final norm */
     float *base_logits;                       /* [B][V] */
+    int logits_ready;                         /* rows of base_logits computed for this block */
     float *logits;                            /* [V] corrected logits of the current slot */
     float *w1x, *cat, *pre, *state, *tmp, *conf, *bias, *zeros; /* sequential / confidence head scratch */
     int32_t *d_ids, *d_pos, *d_slot, *d_kvlen;
@@ -79,6 +80,9 @@ void drafter_crop(DraftState *s, int len);
  * context and bidirectionally within the block. start must equal cache_len and
  * start + B <= max_ctx. Resets the RNN head state. */
 ds_status drafter_block(Drafter *d, DraftState *s, int32_t anchor, int start, char *err);
+/* The block's base logits (s->base_logits [B][V]) are computed for the first rows only, the
+ * rest when drafter_head first needs them; this completes them (dumps, tests). */
+void drafter_all_logits(Drafter *d, DraftState *s);
 /* Slot j's corrected logits (base + sequential bias from prev) into s->logits_host [V], and
  * its confidence logit into *confidence (NULL: skip; 0 without a confidence head). For the
  * RNN head, call j = 0, 1, ... in order after drafter_block. */

@@ -584,6 +584,8 @@ static void drafter_case(const char *dir) {
     CHECK_OK(drafter_append_context(&dg, &sg, tg.features, P, 0, err), err);
     CHECK_OK(drafter_block(&dc, &sc, g_ids[P], P, err), err);
     CHECK_OK(drafter_block(&dg, &sg, g_ids[P], P, err), err);
+    drafter_all_logits(&dc, &sc);
+    drafter_all_logits(&dg, &sg);
     float *h = host_from(sg.hidden, (size_t)B * D), *bl = host_from(sg.base_logits, (size_t)B * V);
     snprintf(name, sizeof name, "%s hidden", dir);
     CHECK_NSE(name, h, sc.hidden, (size_t)B * D, NSE_F32);
