@@ -89,7 +89,7 @@ static ds_status run_all(SpecDecoder *sd, const GenPrompt *prompts, int n_prompt
         }
         ds_status rc = gen_spec_run(sd, prompts[i].ids, prompts[i].n, o, st, err);
         if (rc) return rc;
-        if (n_prompts > 1 && so) printf("\n");
+        if (n_prompts > 1 && so) { printf("\n"); fflush(stdout); }
     }
     return DS_OK;
 }

@@ -108,10 +108,10 @@ if has export; then
     rm -rf "models/default/$a" && mv "models/default/$a.tmp" "models/default/$a"
   done
   # the held-out prompts (README results, scripts/default_model/results.sh) and the demo's:
-  # the first 4 code and 2 prose held-out prompts
+  # the first 16 held-out code prompts
   mkdir -p models/default/eval
   cp "$WORK/prompts/heldout_code.jsonl" "$WORK/prompts/heldout_prose.jsonl" models/default/eval/
-  { head -4 "$WORK/prompts/heldout_code.jsonl"; head -2 "$WORK/prompts/heldout_prose.jsonl"; } > models/default/demo_prompts.jsonl.tmp
+  head -16 "$WORK/prompts/heldout_code.jsonl" > models/default/demo_prompts.jsonl.tmp
   mv models/default/demo_prompts.jsonl.tmp models/default/demo_prompts.jsonl
 fi
 log done
