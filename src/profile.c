@@ -297,15 +297,52 @@ double profile_step_s(const SpsProfile *p, int tokens) {
 
 double profile_sps(void *p, int tokens) { return 1.0 / profile_step_s(p, tokens); }
 
+/* A forward of b tokens never costs more than b forwards of one token (it could run them one
+ * by one), so a size measured above 1.5 b one-token steps met a busy machine: on 2 cores an
+ * OpenMP barrier then waits for a scheduler tick, and a cached curve like that would make
+ * Algorithm 1 verify nothing for good. Returns the first such size, 0 when there is none. */
+static int profile_implausible(const SpsProfile *p) {
+    const double one = p->step_s[1];
+    if (!(one > 0)) return 0;
+    for (int b = 2; b <= p->max_tokens; b++)
+        if (p->step_s[b] > 1.5 * b * one) return b;
+    return 0;
+}
+
+static void profile_clear(SpsProfile *p) {
+    memset(p->step_s, 0, sizeof(double) * ((size_t)p->max_tokens + 1));
+    p->draft_s = 0;
+    rebuild_dense(p);
+}
+
 ds_status profile_get(SpsProfile *p, double budget_s, void *log_file, char *err) {
     FILE *log = log_file;
     if (profile_load_cache(p) && (!p->d || p->draft_s > 0)) {
-        if (log) fprintf(log, "SPS profile: %d of %d sizes from %s\n", p->n_measured, p->max_tokens, p->path);
-        return DS_OK;
+        int bad = profile_implausible(p);
+        if (!bad) {
+            if (log) fprintf(log, "SPS profile: %d of %d sizes from %s\n", p->n_measured, p->max_tokens, p->path);
+            return DS_OK;
+        }
+        if (log) fprintf(log, "SPS profile: %s: its %d-token step (%.3g ms) costs more than 1.5 x %d one-token steps (%.3g ms); measuring again\n",
+                         p->path, bad, 1e3 * p->step_s[bad], bad, 1e3 * p->step_s[1]);
+        profile_clear(p);
     }
     double t0 = ds_now();
     ds_status rc = profile_measure_coarse(p, budget_s, err);
     if (rc) return rc;
+    for (int attempt = 0; attempt < 2 && profile_implausible(p); attempt++) { /* a busy moment: once more, then give up */
+        profile_clear(p);
+        if ((rc = profile_measure_coarse(p, budget_s, err))) return rc;
+    }
+    int bad = profile_implausible(p);
+    if (bad) { /* still busy: cap each size at b one-token steps, use it for this run only */
+        if (log) fprintf(log, "SPS profile: the machine is busy (%d tokens at %.3g ms, one token at %.3g ms); capped, not cached\n", bad,
+                         1e3 * p->step_s[bad], 1e3 * p->step_s[1]);
+        for (int b = 2; b <= p->max_tokens; b++)
+            if (p->step_s[b] > b * p->step_s[1]) p->step_s[b] = b * p->step_s[1];
+        rebuild_dense(p);
+        return DS_OK;
+    }
     if (log) fprintf(log, "SPS profile: measured %d of %d sizes in %.1fs (coarse; `dspark profile` refines), cached in %s\n",
                      p->n_measured, p->max_tokens, ds_now() - t0, p->path);
     char e2[DS_ERR_LEN];

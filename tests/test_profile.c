@@ -1,7 +1,8 @@
 /* test_profile.c - the SPS profile (src/profile.c) on the tiny fixture target: the coarse
  * pass keeps to its budget and measures both ends, interpolation stays between its measured
  * neighbours and step time never decreases with the size, the cache round-trips exactly, a
- * different key (size, drafter) or a corrupt file is not used, refinement completes the table,
+ * different key (size, drafter) or a corrupt file is not used, a cached curve that a busy
+ * machine distorted is measured again, refinement completes the table,
  * and the drafting cost is measured when a drafter is given.
  * ctest: labels=unit */
 #include <stdlib.h>
@@ -51,6 +52,19 @@ static void test_profile(void) {
     while (profile_refine_one(&p, err, &rc) && k < 100) k++;
     CHECK_OK(rc, err);
     CHECK_MSG(p.n_measured == 32 && k == 32 - before, "refined %d, measured %d of 32", k, p.n_measured);
+    /* a cached curve measured on a busy machine (4 tokens costing 40 one-token steps) is not
+     * trusted: profile_get measures again, and caches the new curve */
+    double poisoned = 40 * p.step_s[1];
+    p.step_s[4] = poisoned;
+    CHECK_OK(profile_save_cache(&p, err), err);
+    CHECK_OK(profile_init(&q, &g_t, NULL, 32, 64, err), err);
+    CHECK_OK(profile_get(&q, 1.0, NULL, err), err);
+    CHECK_MSG(!(q.step_s[4] >= poisoned) && profile_step_s(&q, 4) <= 1.5 * 4 * q.step_s[1], "4 tokens %.3g ms, one %.3g ms",
+              1e3 * profile_step_s(&q, 4), 1e3 * q.step_s[1]);
+    profile_free(&q);
+    CHECK_OK(profile_init(&q, &g_t, NULL, 32, 64, err), err);
+    CHECK(profile_load_cache(&q) && !(q.step_s[4] >= poisoned));
+    profile_free(&q);
     /* a corrupt cache file is ignored, not trusted */
     CHECK_OK(ds_write_file_atomic(p.path, "{\"key\": 3", 9, err), err);
     CHECK_OK(profile_init(&q, &g_t, NULL, 32, 64, err), err);
