@@ -73,5 +73,8 @@ fetch(base + "/v1/completions", {method: "POST", body: JSON.stringify({prompt: e
 kill -TERM $PID2; wait $PID2 || { echo "FAIL $POL server exit status"; cat "$TMP/server3.log"; rc=1; }
 grep -q "SPS profile" "$TMP/server3.log" || { echo "FAIL no SPS profile line"; cat "$TMP/server3.log"; rc=1; }
 done
-ls "$TMP"/cache/dspark/sps-*.json > /dev/null || { echo "FAIL no cached SPS profile"; rc=1; }
+# cached, unless every measurement met a busy machine (then the curve is capped and not cached:
+# src/profile.c), which a loaded 2-core CI machine running tests in parallel can be
+ls "$TMP"/cache/dspark/sps-*.json > /dev/null 2>&1 || grep -q "capped, not cached" "$TMP"/server3*.log ||
+  { echo "FAIL no cached SPS profile"; rc=1; }
 exit $rc
