@@ -4,18 +4,35 @@
  * floor = weight bytes read per step / device-to-device copy bandwidth (bytes read + written
  * per second, so a step that only reads its weights could reach it).
  *
- *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--json OUT] [--profile]
+ *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--batch 256] [--json OUT] [--profile]
  *
  * Rows: the batch-1 decode step (one token at position ctx, logits to the host), the verify
  * curve (n = 1..16 tokens of one sequence in one forward), larger flat batches, and prefill.
  * Each step is timed with the backend's step graphs (CUDA graphs, the default) and again with
- * them off (graph_begin/graph_end set to NULL, as DSPARK_CUDA_GRAPHS=0 would). */
+ * them off (graph_begin/graph_end set to NULL, as DSPARK_CUDA_GRAPHS=0 would).
+ *
+ * Then (issue 7): the batched decode step (one token for each of R = 1, 2, 4, .. --batch
+ * requests in one forward, each request in its own KV slot holding a context of ctx tokens,
+ * copied from the single-sequence prefill), with logits of all R rows to the host as the
+ * engine takes them and with one row (the compute alone); the drafting time of a
+ * DeepSpec-shaped DSpark drafter on this target (draft_init_config: 5 layers, block 7,
+ * markov rank 256 vanilla, confidence head; random BF16 weights, embed/lm_head shared with
+ * the target; context of ctx positions appended first): drafter_block + 7 drafter_head with
+ * the spec loop's host sampling; and a synthetic speculative round at fixed acceptance: the
+ * calls spec_generate makes in one round (draft, verify forward of 8 tokens with the drafter's
+ * 5 feature layers, host sampling + verify_block, drafter_append_context of tau positions),
+ * timed back to back, for tau = 2..5 tokens per round, against plain decoding's step + host
+ * sampling. Random weights accept nothing, so tau is fixed by construction, not measured. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "draft_init.h"
+#include "drafter.h"
 #include "op_profile.h"
 #include "qwen3.h"
+#include "sample.h"
+#include "verify.h"
 #ifdef DSPARK_HAVE_CUDA
 #include "cuda/backend_cuda.h"
 #endif
@@ -31,16 +48,13 @@ static uint16_t rand_bf16(float scale) {
 
 /* --profile: each op of one decode step timed between two synchronize() calls (so launch
  * gaps and the sync itself are included: small ops read high; matmul's share is the signal) */
-/* median seconds of `reps` forwards of n tokens at positions pos0.. (n_logits rows to the host) */
-static double time_forward(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n_logits, int reps, char *err, int *fail) {
-    int32_t tok[256], pos[256], rows[256];
-    for (int i = 0; i < n; i++) { tok[i] = (i * 7919 + 13) % m->cfg.vocab_size; pos[i] = pos0 + i; rows[i] = n - n_logits + i; }
-    Qwen3Batch b = {.n = n, .tokens = tok, .pos = pos, .logit_rows = rows, .n_logits = n_logits};
+/* median seconds of `reps` forwards of batch b (two warm-ups; synchronised) */
+static double time_batch(Qwen3Model *m, Qwen3State *st, const Qwen3Batch *b, int reps, char *err, int *fail) {
     double t[64];
     if (reps > 64) reps = 64;
     for (int r = -2; r < reps; r++) { /* two warm-up runs */
         double t0 = ds_now();
-        if (qwen3_forward(m, st, &b, err)) { *fail = 1; return 0; }
+        if (qwen3_forward(m, st, b, err)) { *fail = 1; return 0; }
         m->be->synchronize(m->be);
         if (r >= 0) t[r] = ds_now() - t0;
     }
@@ -48,28 +62,265 @@ static double time_forward(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n
     return t[reps / 2];
 }
 
+/* median seconds of `reps` forwards of n tokens at positions pos0.. (n_logits rows to the host) */
+static double time_forward(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n_logits, int reps, char *err, int *fail) {
+    int32_t tok[256], pos[256], rows[256];
+    for (int i = 0; i < n; i++) { tok[i] = (i * 7919 + 13) % m->cfg.vocab_size; pos[i] = pos0 + i; rows[i] = n - n_logits + i; }
+    Qwen3Batch b = {.n = n, .tokens = tok, .pos = pos, .logit_rows = rows, .n_logits = n_logits};
+    return time_batch(m, st, &b, reps, err, fail);
+}
+
+/* median seconds of a decode step of R requests: token i at position pos in slot i (kv_len
+ * pos + 1), logits of the first n_logits rows to the host */
+static double time_decode_batch(Qwen3Model *m, Qwen3State *st, int R, int pos, int n_logits, int reps, char *err, int *fail) {
+    int32_t tok[256], posv[256], slot[256], rows[256];
+    for (int i = 0; i < R; i++) { tok[i] = (i * 7919 + 13) % m->cfg.vocab_size; posv[i] = pos; slot[i] = i; rows[i] = i; }
+    Qwen3Batch b = {.n = R, .tokens = tok, .pos = posv, .slot = slot, .logit_rows = rows, .n_logits = n_logits};
+    return time_batch(m, st, &b, reps, err, fail);
+}
+
+/* positions 0..ctx-1 of slot 0 of src into every slot of dst (layout [layer][slot][pos][kv_dim]):
+ * one prefill serves all requests; attention reads the same bytes whatever their values */
+static void copy_context(Backend *be, KvCache *dst, const KvCache *src, int ctx) {
+    const size_t bytes = sizeof(float) * (size_t)ctx * src->kv_dim;
+    for (int l = 0; l < dst->n_layers; l++) {
+        const size_t os = (size_t)l * src->n_slots * src->max_ctx * src->kv_dim;
+        for (int s = 0; s < dst->n_slots; s++) {
+            const size_t od = ((size_t)l * dst->n_slots + s) * dst->max_ctx * dst->kv_dim;
+            be->copy(be, dst->k + od, src->k + os, bytes);
+            be->copy(be, dst->v + od, src->v + os, bytes);
+        }
+    }
+    be->synchronize(be);
+}
+
+/* a DeepSpec-shaped DSpark drafter for target m (draft_init_config), weights views of the
+ * random buffer, embed/lm_head the target's (DeepSpec freezes and shares them) */
+static ds_status build_drafter(Drafter *dr, const Qwen3Model *m, const uint16_t *buf, const uint16_t *ones, size_t *bytes, char *err) {
+    memset(dr, 0, sizeof *dr);
+    dr->be = m->be;
+    ds_status rc = draft_init_config(&dr->cfg, &m->cfg, true, 0, err);
+    if (rc) return rc;
+    const Qwen3Config *b = &dr->cfg.base;
+    const int D = b->hidden_size, V = b->vocab_size, hd = b->head_dim, H = b->n_heads, KV = b->n_kv_heads, ff = b->intermediate_size;
+    const int r = dr->cfg.markov_rank, mt = dr->cfg.n_target_layers;
+    dr->embed = m->embed;
+    dr->lm_head = m->lm_head;
+    dr->shared_embed = dr->shared_lm_head = true;
+    dr->layers = ds_calloc((size_t)b->n_layers, sizeof(Qwen3Layer));
+    if (!dr->layers) return ds_err(err, DS_ENOMEM, "out of memory");
+    *bytes = 0;
+    Backend *be = m->be;
+#define UPD(w, host, rr, cc) do { w = weight_view(host, DS_BF16, rr, cc); *bytes += (size_t)(rr) * (cc) * 2; \
+        if ((rc = be->upload_weight(be, &w, err))) return rc; } while (0)
+    for (int l = 0; l < b->n_layers; l++) {
+        Qwen3Layer *y = &dr->layers[l];
+        UPD(y->input_norm, ones, 1, D); UPD(y->post_norm, ones, 1, D); UPD(y->q_norm, ones, 1, hd); UPD(y->k_norm, ones, 1, hd);
+        UPD(y->q_proj, buf + 7, H * hd, D); UPD(y->k_proj, buf + 8, KV * hd, D); UPD(y->v_proj, buf + 9, KV * hd, D);
+        UPD(y->o_proj, buf + 10, D, H * hd); UPD(y->gate_proj, buf + 11, ff, D); UPD(y->up_proj, buf + 12, ff, D); UPD(y->down_proj, buf + 13, D, ff);
+    }
+    UPD(dr->norm, ones, 1, D);
+    UPD(dr->fc, buf + 14, D, mt * D);
+    UPD(dr->hidden_norm, ones, 1, D);
+    UPD(dr->w1, buf + 15, V, r);
+    UPD(dr->w2, buf + 16, V, r);
+    UPD(dr->conf_w, buf + 17, 1, D + (dr->cfg.confidence_head_with_markov ? r : 0));
+    UPD(dr->conf_b, buf + 18, 1, 1);
+#undef UPD
+    return DS_OK;
+}
+
+/* host side of the spec loop: probabilities, and the greedy pick */
+typedef struct {
+    SamplerParams sp;
+    SampleScratch sc;
+    float *q, *pt, *resid; /* [8][V], [8][V], [V] */
+    int V;
+} HostSampler;
+
+/* one drafting round as spec_generate runs it: block at `start` (the draft cache cropped back to
+ * it), then each of the B slots: drafter_head, sample_dist, argmax. *t_block = the block alone. */
+static ds_status draft_round(Drafter *dr, DraftState *ds, HostSampler *hs, int start, int32_t anchor, int32_t *drafts, float *conf,
+                             double *t_block, char *err) {
+    drafter_crop(ds, start);
+    const double t0 = ds_now();
+    ds_status rc = drafter_block(dr, ds, anchor, start, err);
+    if (rc) return rc;
+    dr->be->synchronize(dr->be);
+    *t_block = ds_now() - t0;
+    int32_t prev = anchor;
+    for (int j = 0; j < dr->cfg.block_size; j++) {
+        if ((rc = drafter_head(dr, ds, j, prev, &conf[j], err))) return rc;
+        float *qj = hs->q + (size_t)j * hs->V;
+        sample_dist(&hs->sp, ds->logits_host, hs->V, qj, &hs->sc);
+        prev = drafts[j] = argmax_f32(qj, hs->V);
+    }
+    return DS_OK;
+}
+
+typedef struct {
+    double block_ms, round_ms, head_ms;  /* drafter_block alone; block + heads + host sampling; per head */
+    double append_ms[9];                 /* drafter_append_context of k = 1..8 positions */
+    double spec_round_ms[6];             /* tau = 2..5 */
+    double plain_ms;                     /* plain decoding: 1-token forward + host sampling */
+    double verify_ms;                    /* the verify forward alone (B + 1 tokens, logits, features) */
+    double host_row_ms;                  /* sample_dist + argmax of one row */
+    size_t draft_bytes;
+    int layers, block, rank;
+} DraftBench;
+
+static int cmp_median(double *t, int n) { qsort(t, (size_t)n, sizeof(double), cmp_d); return n / 2; }
+
+/* drafting and synthetic speculative rounds; vst: a 1-slot target state with 5 feature layers
+ * and ctx positions of context */
+static ds_status bench_draft(Qwen3Model *m, Qwen3State *vst, const uint16_t *buf, const uint16_t *ones, int ctx, int reps, DraftBench *o,
+                             char *err) {
+    Backend *be = m->be;
+    const int V = m->cfg.vocab_size;
+    Drafter dr;
+    ds_status rc = build_drafter(&dr, m, buf, ones, &o->draft_bytes, err);
+    DraftState ds;
+    memset(&ds, 0, sizeof ds);
+    HostSampler hs = {.sp = {0.0f, 0, 1.0f}, .V = V};
+    hs.q = malloc(sizeof(float) * 8 * (size_t)V);
+    hs.pt = malloc(sizeof(float) * 8 * (size_t)V);
+    hs.resid = malloc(sizeof(float) * (size_t)V);
+    const int B = dr.cfg.block_size, mt = dr.cfg.n_target_layers, D = m->cfg.hidden_size;
+    o->layers = dr.cfg.base.n_layers;
+    o->block = B;
+    o->rank = dr.cfg.markov_rank;
+    float *feat_h = malloc(sizeof(float) * (size_t)ctx * mt * D), *feat = NULL;
+    if (!rc && (!hs.q || !hs.pt || !hs.resid || !feat_h)) rc = ds_err(err, DS_ENOMEM, "out of memory");
+    if (!rc) rc = sample_scratch_init(&hs.sc, V, err);
+    if (!rc) rc = draft_state_init(&ds, &dr, ctx + 64, 16, err); /* the spec loop's chunk of 16 */
+    if (!rc && !(feat = be->alloc(be, sizeof(float) * (size_t)ctx * mt * D))) rc = ds_err(err, DS_ENOMEM, "out of device memory");
+    if (rc) goto done;
+    printf("\ndrafter: DSpark, %d layers, block %d, markov rank %d (%s), confidence head%s, target layers", dr.cfg.base.n_layers, B,
+           dr.cfg.markov_rank, markov_type_name(dr.cfg.markov_type), dr.cfg.confidence_head_with_markov ? " with Markov features" : "");
+    for (int i = 0; i < mt; i++) printf(" %d", dr.cfg.target_layer_ids[i]);
+    printf("; %.2f GB of its own BF16 weights (embed/lm_head shared)\n", o->draft_bytes / 1e9);
+    /* context: random target features (values do not change the work), appended in chunks */
+    for (size_t i = 0; i < (size_t)ctx * mt * D; i++) feat_h[i] = ds_bf16_to_f32(rand_bf16(1.0f));
+    be->to_device(be, feat, feat_h, sizeof(float) * (size_t)ctx * mt * D);
+    if ((rc = drafter_append_context(&dr, &ds, feat, ctx, 0, err))) goto done;
+    be->synchronize(be);
+    if (reps > 64) reps = 64;
+    int32_t drafts[64], anchor = 4242 % V;
+    float conf[64];
+    double tb[64], tr[64];
+    for (int r = -2; r < reps; r++) {
+        double t_block, t0 = ds_now();
+        if ((rc = draft_round(&dr, &ds, &hs, ctx, anchor, drafts, conf, &t_block, err))) goto done;
+        if (r >= 0) { tr[r] = ds_now() - t0; tb[r] = t_block; }
+    }
+    o->block_ms = tb[cmp_median(tb, reps)] * 1e3;
+    o->round_ms = tr[cmp_median(tr, reps)] * 1e3;
+    o->head_ms = (o->round_ms - o->block_ms) / B;
+    /* the host share: sample_dist + argmax of one row */
+    {
+        double th[32];
+        for (int r = 0; r < 32; r++) {
+            double t0 = ds_now();
+            sample_dist(&hs.sp, ds.logits_host, V, hs.q, &hs.sc);
+            drafts[0] = argmax_f32(hs.q, V);
+            th[r] = ds_now() - t0;
+        }
+        o->host_row_ms = th[cmp_median(th, 32)] * 1e3;
+    }
+    /* context appends of k positions at ctx (cropped back each time) */
+    for (int k = 1; k <= 8; k++) {
+        double ta[64];
+        for (int r = -1; r < reps; r++) {
+            drafter_crop(&ds, ctx);
+            double t0 = ds_now();
+            if ((rc = drafter_append_context(&dr, &ds, feat, k, ctx, err))) goto done;
+            be->synchronize(be);
+            if (r >= 0) ta[r] = ds_now() - t0;
+        }
+        o->append_ms[k] = ta[cmp_median(ta, reps)] * 1e3;
+    }
+    /* plain decoding as the spec loop runs it without a source: 1-token forward, sample the row */
+    {
+        int32_t tok = anchor, pos = ctx, row = 0;
+        Qwen3Batch pb = {.n = 1, .tokens = &tok, .pos = &pos, .logit_rows = &row, .n_logits = 1};
+        double tp[64];
+        for (int r = -2; r < reps; r++) {
+            double t0 = ds_now();
+            if ((rc = qwen3_forward(m, vst, &pb, err))) goto done;
+            sample_dist(&hs.sp, vst->logits_host, V, hs.pt, &hs.sc);
+            tok = argmax_f32(hs.pt, V);
+            tok = anchor; /* the same step every time (graph replay) */
+            if (r >= 0) tp[r] = ds_now() - t0;
+        }
+        o->plain_ms = tp[cmp_median(tp, reps)] * 1e3;
+    }
+    /* synthetic speculative rounds: draft B slots, verify all (anchor + B drafts, B + 1 logit rows,
+     * the drafter's feature layers), sample + verify_block, append tau positions */
+    for (int tau = 2; tau <= 5; tau++) {
+        int32_t tok[64], pos[64], rows[64];
+        double ts[64], tvs[64];
+        Rng rng;
+        rng_seed(&rng, 1, 0);
+        for (int r = -2; r < reps; r++) {
+            double t_block, t0 = ds_now();
+            if ((rc = draft_round(&dr, &ds, &hs, ctx, anchor, drafts, conf, &t_block, err))) goto done;
+            tok[0] = anchor;
+            for (int i = 0; i <= B; i++) { if (i) tok[i] = drafts[i - 1]; pos[i] = ctx + i; rows[i] = i; }
+            Qwen3Batch vb = {.n = B + 1, .tokens = tok, .pos = pos, .logit_rows = rows, .n_logits = B + 1,
+                             .feature_layers = dr.cfg.target_layer_ids, .n_feature_layers = mt};
+            double tv0 = ds_now();
+            if ((rc = qwen3_forward(m, vst, &vb, err))) goto done;
+            if (r >= 0) tvs[r] = ds_now() - tv0; /* qwen3_forward ends with the logits' copy to the host: synchronised */
+            for (int j = 0; j <= B; j++) sample_dist(&hs.sp, vst->logits_host + (size_t)j * V, V, hs.pt + (size_t)j * V, &hs.sc);
+            VerifyResult vr = verify_block(hs.pt, hs.q, drafts, B, V, true, &rng, hs.resid, VERIFY_EXACT, NULL);
+            (void)vr; /* random weights: the acceptance is fixed at tau below, not taken from vr */
+            if ((rc = drafter_append_context(&dr, &ds, vst->features, tau, ctx, err))) goto done;
+            be->synchronize(be);
+            if (r >= 0) ts[r] = ds_now() - t0;
+        }
+        o->spec_round_ms[tau] = ts[cmp_median(ts, reps)] * 1e3;
+        if (tau == 2) o->verify_ms = tvs[cmp_median(tvs, reps)] * 1e3;
+    }
+done:
+    if (feat) be->free(be, feat);
+    if (ds.kv.k) draft_state_free(&ds, &dr);
+    sample_scratch_free(&hs.sc);
+    free(hs.q);
+    free(hs.pt);
+    free(hs.resid);
+    free(feat_h);
+    drafter_free(&dr);
+    return rc;
+}
+
 int main(int argc, char **argv) {
-    int ctx = 512, reps = 20, L = 36;
+    int ctx = 512, reps = 20, L = 36, batch_max = 256;
     const char *json_out = NULL;
-    bool profile = false;
+    bool profile = false, tiny = false;
+    const char *device = "cuda";
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a run cut short by a time limit keeps its finished rows */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--ctx") && i + 1 < argc) ctx = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--layers") && i + 1 < argc) L = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch_max = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_out = argv[++i];
         else if (!strcmp(argv[i], "--profile")) profile = true;
+        else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i]; /* cpu: a logic check with --tiny */
+        else if (!strcmp(argv[i], "--tiny")) tiny = true; /* small sizes: checks the program, measures nothing */
         else {
-            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--json OUT] [--profile]\n");
+            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--device cpu --tiny]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
-    if (ctx < 256 || ctx > 32768 || reps < 1 || L < 1 || L > 64) { fprintf(stderr, "bench_cuda: bad arguments\n"); return 2; }
+    if (ctx < 256 || ctx > 32768 || reps < 1 || L < 1 || L > 64 || batch_max < 0 || batch_max > 256) { fprintf(stderr, "bench_cuda: bad arguments\n"); return 2; }
     char err[DS_ERR_LEN];
     Backend *be;
-    if (backend_create("cuda", 1, &be, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
-    const int V = 151936, d = 2560, H = 32, KV = 8, hd = 128, ff = 9728;
+    if (backend_create(device, 2, &be, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
+    const int V = tiny ? 4096 : 151936, d = tiny ? 256 : 2560, H = tiny ? 4 : 32, KV = tiny ? 2 : 8, hd = tiny ? 64 : 128,
+              ff = tiny ? 512 : 9728;
     /* one random BF16 buffer as large as the largest tensor; every weight is a view of it */
-    size_t big = (size_t)V * d;
+    size_t big = (size_t)V * d + 64; /* + 64: views start at small offsets */
     uint16_t *buf = malloc(big * 2), *ones = malloc((size_t)d * 2);
     if (!buf || !ones) { fprintf(stderr, "bench_cuda: out of memory\n"); return 1; }
     for (size_t i = 0; i < big; i++) buf[i] = rand_bf16(0.03f);
@@ -150,7 +401,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 9 && !fail; i++) t[i] = time_forward(&m, &st, ns[i], ctx, ns[i] <= 16 ? ns[i] : 1, ns[i] <= 64 ? reps : 3, err, &fail);
     long caps = 0, reps_g = 0, miss = 0;
 #ifdef DSPARK_HAVE_CUDA
-    backend_cuda_graph_stats(be, &caps, &reps_g, &miss);
+    if (!strcmp(be->name, "cuda")) backend_cuda_graph_stats(be, &caps, &reps_g, &miss);
 #endif
     const bool graphs = be->graph_begin != NULL;
     void (*gb)(Backend *, int) = be->graph_begin;
@@ -185,6 +436,66 @@ int main(int argc, char **argv) {
         }
         printf("; rest %.3f ms\n", step - sum);
     }
+    /* batched decode: R requests, one token each, each in its own slot with ctx positions */
+    int nb = 0, rs[9];
+    double tb_all[9], tb_one[9];
+    size_t bkv = 0;
+    if (batch_max > 0) {
+        Qwen3State bst;
+        while (qwen3_state_init(&bst, &m, batch_max, batch_max, 0, batch_max, ctx + 1, err)) {
+            fprintf(stderr, "bench_cuda: %d requests: %s\n", batch_max, err);
+            batch_max /= 2;
+            if (!batch_max) break;
+        }
+        if (batch_max) {
+            bkv = 2 * sizeof(float) * (size_t)L * batch_max * (ctx + 1) * bst.kv.kv_dim;
+            copy_context(be, &bst.kv, &st.kv, ctx);
+            for (int R = 1; R <= batch_max && !fail; R *= 2, nb++) {
+                const int rr = R <= 16 ? reps : (reps < 6 ? reps : 6);
+                rs[nb] = R;
+                tb_all[nb] = time_decode_batch(&m, &bst, R, ctx, R, rr, err, &fail);
+                if (!fail) tb_one[nb] = time_decode_batch(&m, &bst, R, ctx, 1, rr, err, &fail);
+            }
+            qwen3_state_free(&bst, &m);
+            if (fail) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
+            printf("\nbatched decode: one token for each of R requests (own KV slot, context %d; KV cache of %d slots %.1f GB)\n", ctx,
+                   batch_max, bkv / 1e9);
+            printf("%-12s %10s %12s %12s %14s %10s\n", "requests", "ms/step", "tokens/s", "x 1 request", "1 logit row ms", "x floor");
+            for (int i = 0; i < nb; i++)
+                printf("%-12d %10.3f %12.0f %12.2f %14.3f %10.2f\n", rs[i], tb_all[i] * 1e3, rs[i] / tb_all[i], tb_all[i] / tb_all[0],
+                       tb_one[i] * 1e3, tb_all[i] / floor_s);
+        }
+    }
+    /* drafting and synthetic speculative rounds on a 1-slot state with the drafter's features */
+    DraftBench db;
+    memset(&db, 0, sizeof db);
+    bool have_draft = false;
+    {
+        Qwen3State vst;
+        if (qwen3_state_init(&vst, &m, 16, 16, 5, 1, ctx + 64, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
+        copy_context(be, &vst.kv, &st.kv, ctx);
+        ds_status rc = bench_draft(&m, &vst, buf, ones, ctx, reps, &db, err);
+        qwen3_state_free(&vst, &m);
+        if (rc) fprintf(stderr, "bench_cuda: drafter: %s\n", err);
+        have_draft = !rc;
+    }
+    if (have_draft) {
+        printf("drafting at context %d: drafter_block %.3f ms; block + 7 x (drafter_head + host sample_dist/argmax) %.3f ms "
+               "(%.3f ms per slot; host share %.3f ms per row)\n", ctx, db.block_ms, db.round_ms, db.head_ms, db.host_row_ms);
+        printf("drafter_append_context of k positions (ms):");
+        for (int k = 1; k <= 8; k++) printf(" %d: %.3f", k, db.append_ms[k]);
+        printf("\n\nSYNTHETIC end-to-end (random weights, acceptance FIXED at tau tokens per round, not measured): one round =\n"
+               "draft 7 slots + verify forward of 8 tokens (8 logit rows, 5 feature layers) + host sampling + append tau positions\n");
+        printf("(verify forward of 8 tokens with logits and features alone: %.3f ms)\n", db.verify_ms);
+        printf("%-30s %10s %10s %10s\n", "", "ms/round", "tokens/s", "x plain");
+        printf("%-30s %10.3f %10.1f %10.2f\n", "plain (1-token step + sample)", db.plain_ms, 1e3 / db.plain_ms, 1.0);
+        for (int tau = 2; tau <= 5; tau++) {
+            char lab[48];
+            snprintf(lab, sizeof lab, "speculative, tau = %d", tau);
+            printf("%-30s %10.3f %10.1f %10.2f\n", lab, db.spec_round_ms[tau], tau * 1e3 / db.spec_round_ms[tau],
+                   tau * db.plain_ms / db.spec_round_ms[tau]);
+        }
+    }
     if (json_out) {
         FILE *f = fopen(json_out, "w");
         if (f) {
@@ -192,7 +503,24 @@ int main(int argc, char **argv) {
                     L, bytes, bw / 1e9, floor_s * 1e3, ctx, prefill * 1e3, graphs ? "true" : "false");
             for (int i = 0; i < 9; i++)
                 fprintf(f, "%s{\"tokens\": %d, \"ms\": %.4f, \"ms_no_graphs\": %.4f}", i ? ", " : "", ns[i], t[i] * 1e3, tn[i] * 1e3);
-            fprintf(f, "]}\n");
+            fprintf(f, "], \"batch_kv_bytes\": %zu, \"batch\": [", bkv);
+            for (int i = 0; i < nb; i++)
+                fprintf(f, "%s{\"requests\": %d, \"ms\": %.4f, \"tokens_per_s\": %.1f, \"ms_one_logit\": %.4f}", i ? ", " : "", rs[i],
+                        tb_all[i] * 1e3, rs[i] / tb_all[i], tb_one[i] * 1e3);
+            fprintf(f, "]");
+            if (have_draft) {
+                fprintf(f, ", \"draft\": {\"layers\": %d, \"block_size\": %d, \"markov_rank\": %d, \"weight_bytes\": %zu, \"block_ms\": %.4f, "
+                           "\"round_ms\": %.4f, \"head_ms\": %.4f, \"host_row_ms\": %.4f, \"append_ms\": [",
+                        db.layers, db.block, db.rank, db.draft_bytes, db.block_ms, db.round_ms, db.head_ms, db.host_row_ms);
+                for (int k = 1; k <= 8; k++) fprintf(f, "%s%.4f", k > 1 ? ", " : "", db.append_ms[k]);
+                fprintf(f, "]}, \"synthetic_e2e\": {\"plain_ms\": %.4f, \"plain_tokens_per_s\": %.1f, \"verify8_ms\": %.4f, \"spec\": [", db.plain_ms,
+                        1e3 / db.plain_ms, db.verify_ms);
+                for (int tau = 2; tau <= 5; tau++)
+                    fprintf(f, "%s{\"tau\": %d, \"round_ms\": %.4f, \"tokens_per_s\": %.1f, \"speedup\": %.3f}", tau > 2 ? ", " : "", tau,
+                            db.spec_round_ms[tau], tau * 1e3 / db.spec_round_ms[tau], tau * db.plain_ms / db.spec_round_ms[tau]);
+                fprintf(f, "]}");
+            }
+            fprintf(f, "}\n");
             fclose(f);
         }
     }
