@@ -98,8 +98,6 @@ typedef struct {
 
 #define N_ROPE_TABLES 8
 #define N_GRAPHS 24    /* step graphs kept (least recently used replaced) */
-#define MM_SMEM_DEFAULT false
-#define MM_XS_MAX ((size_t)100 << 10) /* k_matmul_px: at most 100 KB of x rows per block (2 blocks per SM) */
 
 /* Step graphs (backend.h's graph_begin / graph_end). A bracket runs in one mode:
  *   EAGER    ops run as called: the first bracket of a key (so the buffers that grow on first
@@ -120,8 +118,6 @@ typedef struct {
     bool persist_b[4]; /* persist by bucket, n = 1, 2, 3-4, 5-64 (DSPARK_CUDA_MM_PERSIST) */
     bool chunk4;   /* n > 4 in chunks of 4 rows, not 8 (DSPARK_CUDA_MM_CHUNK=4) */
     bool multi;    /* matmul_multi on (DSPARK_CUDA_MM_MULTI=0: off) */
-    bool smem;     /* 2-64 rows: k_matmul_px (x in shared memory) where NB rows fit (DSPARK_CUDA_MM_SMEM) */
-    size_t smem_per_sm;
     int cols[4];   /* columns per block by bucket (DSPARK_CUDA_MM_COLS) */
     int nsm;
 } MmCfg;
@@ -641,94 +637,6 @@ __global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *__re
     }
 }
 
-/* k_matmul_pf with the rows of x in shared memory: the block copies a chunk of NB rows once
- * (coalesced) and then reads them from there for every column group it takes, instead of
- * from L1/L2 once per group (the latency that bounds the product at 8 rows). Layout of a row:
- * the 8-float unit u = k / 8 in blocks of 256 units; in a block of r units the first halves
- * (4 floats) of its units come first, then the second halves, so lane t's two 16-byte reads
- * are consecutive across the warp (no bank conflict). Same arithmetic as k_matmul. */
-__device__ __forceinline__ int xs_index(int u, int h, int K) { /* float4 index within a row */
-    const int b = u >> 8, r = min(256, K / 8 - (b << 8));
-    return (b << 9) + h * r + (u & 255);
-}
-template <int NB, int C, int DT>
-__global__ void __launch_bounds__(256) k_matmul_px(MmMulti mm, const float *__restrict__ x, int n, int K) {
-    constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
-    extern __shared__ float4 xs[]; /* [NB][K / 4] */
-    __shared__ float part[8][M];
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, k0 = t * 8, K4 = K / 4;
-    const int G = mm.count > 2 ? mm.g_end[2] : mm.count > 1 ? mm.g_end[1] : mm.g_end[0];
-    uint4 pre[C];
-    auto prefetch = [&](int gg) {
-        if (gg >= G || k0 >= K) return;
-        const MmSeg sg = mm_segment<C>(mm, gg);
-        const uint16_t *w16 = (const uint16_t *)sg.w;
-#pragma unroll
-        for (int c = 0; c < C; c++) pre[c] = __ldg((const uint4 *)(w16 + (size_t)(sg.o0 + c < sg.O ? sg.o0 + c : sg.O - 1) * K + k0));
-    };
-    for (int i0 = 0; i0 < n; i0 += NB) {
-        const int nr = n - i0 < NB ? n - i0 : NB;
-        prefetch(blockIdx.x);
-        __syncthreads(); /* the previous chunk's readers are done */
-        for (int q = t; q < nr * K4; q += 256) {
-            const int i = q / K4, f = q - i * K4;
-            xs[i * K4 + xs_index(f >> 1, f & 1, K)] = __ldg((const float4 *)(x + (size_t)(i0 + i) * K) + f);
-        }
-        __syncthreads();
-        for (int g = blockIdx.x; g < G; g += gridDim.x) {
-            const MmSeg sg = mm_segment<C>(mm, g);
-            const int O = sg.O, o0 = sg.o0;
-            size_t wo[C];
-#pragma unroll
-            for (int c = 0; c < C; c++) wo[c] = (size_t)(o0 + c < O ? o0 + c : O - 1) * K;
-            float acc[M];
-#pragma unroll
-            for (int q = 0; q < M; q++) acc[q] = 0.0f;
-            for (int k = k0; k < K; k += 2048) {
-                float wv[C][8];
-                if (k == k0) {
-#pragma unroll
-                    for (int c = 0; c < C; c++) unpack8<DT>(pre[c], wv[c]);
-                    prefetch(g + gridDim.x); /* in flight during this group's products and trees */
-                } else {
-#pragma unroll
-                    for (int c = 0; c < C; c++) load8<DT>(sg.w, wo[c] + k, wv[c]);
-                }
-                const int ia = xs_index(k >> 3, 0, K), ib = xs_index(k >> 3, 1, K);
-#pragma unroll
-                for (int i = 0; i < NB; i++) {
-                    if (i < nr) {
-                        const float4 a = xs[i * K4 + ia], b = xs[i * K4 + ib];
-#pragma unroll
-                        for (int c = 0; c < C; c++) {
-                            float s = acc[c * NB + i];
-                            s = fmaf(a.x, wv[c][0], s); s = fmaf(a.y, wv[c][1], s); s = fmaf(a.z, wv[c][2], s); s = fmaf(a.w, wv[c][3], s);
-                            s = fmaf(b.x, wv[c][4], s); s = fmaf(b.y, wv[c][5], s); s = fmaf(b.z, wv[c][6], s); s = fmaf(b.w, wv[c][7], s);
-                            acc[c * NB + i] = s;
-                        }
-                    }
-                }
-            }
-            const int base = warp_sum_multi<M>(acc, lane);
-            if ((lane & COPY_MASK) == 0) {
-#pragma unroll
-                for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
-            }
-            __syncthreads();
-            for (int q = t; q < M; q += 256) {
-                const int c = q / NB, i = q % NB;
-                if (i < nr && o0 + c < O) {
-                    float v = 0.0f;
-#pragma unroll
-                    for (int j = 0; j < 8; j++) v += part[j][q];
-                    sg.out[(size_t)(i0 + i) * O + o0 + c] = v;
-                }
-            }
-            __syncthreads();
-        }
-    }
-}
-
 __global__ void k_widen(float *dst, const void *w, int dt, size_t off, size_t count) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = weight_at(w, dt, off + i);
@@ -972,22 +880,6 @@ static void matmul_launch(cudaStream_t st, const MmCfg *cfg, float *out, const f
     int G = 0;
     for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + C - 1) / C;
     if constexpr (DT != DS_F32 && VEC) {
-        const size_t xs_bytes = sizeof(float) * (size_t)NB * K;
-        if (cfg->smem && n > 1 && xs_bytes <= MM_XS_MAX) {
-            static int per_sm = 0; /* resident blocks per SM by registers, asked once */
-            if (!per_sm) {
-                if (cudaFuncSetAttribute(k_matmul_px<NB, C, DT>, cudaFuncAttributeMaxDynamicSharedMemorySize, MM_XS_MAX) != cudaSuccess ||
-                    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_matmul_px<NB, C, DT>, 256, 0) != cudaSuccess || per_sm < 1) {
-                    cudaGetLastError();
-                    per_sm = 1;
-                }
-            }
-            int fit = (int)(cfg->smem_per_sm / (xs_bytes + sizeof(float) * 8 * C * NB + 1024)); /* 1 KB: the system's reserve */
-            fit = fit < 1 ? 1 : fit > per_sm ? per_sm : fit;
-            const int grid = G < fit * cfg->nsm ? G : fit * cfg->nsm;
-            k_matmul_px<NB, C, DT><<<(unsigned)grid, 256, xs_bytes, st>>>(mm, x, n, K);
-            return;
-        }
         if (cfg->persist) {
             static int per_sm = 0; /* resident blocks per SM of this instance, asked once */
             if (!per_sm && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_matmul_pf<NB, C, DT>, 256, 0) != cudaSuccess || per_sm < 1)) {
@@ -1438,10 +1330,6 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     c->mm.chunk4 = chunk && strcmp(chunk, "4") == 0;
     c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
     c->mm.nsm = prop.multiProcessorCount;
-    c->mm.smem_per_sm = prop.sharedMemPerMultiprocessor;
-    const char *smem = getenv("DSPARK_CUDA_MM_SMEM");
-    c->mm.smem = MM_SMEM_DEFAULT;
-    if (smem) c->mm.smem = strcmp(smem, "1") == 0;
     const int cols_default[4] = {4, 8, 4, 4};
     for (int i = 0; i < 4; i++) c->mm.cols[i] = cols_default[i];
     if (cols) { /* "C" for every bucket or "C1,C2,C4,C8" (2, 4 or 8; benchmarks tune with it) */
