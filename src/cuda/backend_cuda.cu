@@ -449,11 +449,54 @@ __device__ __forceinline__ int warp_sum_multi(float (&a)[M], int lane) {
  * (scalar path: k = t.. in steps of 256), each warp's 32 partial sums go through warp_sum's
  * tree (warp_sum_multi, many values at once), then the 8 warps are added in order from 0. So
  * every row's result is bitwise the same whatever n, NB and C are. */
+/* The products' shared steps. fma8_rows: acc[c * NB + i] += x row i's 8 values from k times
+ * wv[c], eight fmaf in k order, for the nr valid rows. reduce_store: each thread's partial
+ * sums through warp_sum_multi's tree, then the 8 warps in order, into out[i][o0 + c]
+ * (rows of this chunk). Both are one arithmetic for every kernel and launch setting. */
+template <int NB, int C>
+__device__ __forceinline__ void fma8_rows(float (&acc)[C * NB], const float *xb, int K, int k, int nr, const float (*wv)[8]) {
+#pragma unroll
+    for (int i = 0; i < NB; i++) {
+        if (i < nr) {
+            const float4 *xp = (const float4 *)(xb + (size_t)i * K + k);
+            const float4 a = __ldg(xp), b = __ldg(xp + 1);
+#pragma unroll
+            for (int c = 0; c < C; c++) {
+                float s = acc[c * NB + i];
+                s = fmaf(a.x, wv[c][0], s); s = fmaf(a.y, wv[c][1], s); s = fmaf(a.z, wv[c][2], s); s = fmaf(a.w, wv[c][3], s);
+                s = fmaf(b.x, wv[c][4], s); s = fmaf(b.y, wv[c][5], s); s = fmaf(b.z, wv[c][6], s); s = fmaf(b.w, wv[c][7], s);
+                acc[c * NB + i] = s;
+            }
+        }
+    }
+}
+template <int NB, int C>
+__device__ __forceinline__ void reduce_store(float (&acc)[C * NB], float (*part)[C * NB], int t, int nr, int o0, int O, float *out) {
+    constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
+    const int lane = t & 31, warp = t >> 5;
+    const int base = warp_sum_multi<M>(acc, lane);
+    if ((lane & COPY_MASK) == 0) {
+#pragma unroll
+        for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
+    }
+    __syncthreads();
+    for (int q = t; q < M; q += 256) {
+        const int c = q / NB, i = q % NB;
+        if (i < nr && o0 + c < O) {
+            float v = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) v += part[j][q];
+            out[(size_t)i * O + o0 + c] = v;
+        }
+    }
+    __syncthreads(); /* part is the next chunk's */
+}
+
 template <int NB, int C, int DT, bool VEC>
 __device__ __forceinline__ void mm_block(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w, int n, int K,
                                          int O, int o0, float (*part)[C * NB]) {
-    constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    constexpr int M = C * NB;
+    const int t = threadIdx.x;
     size_t wo[C];
 #pragma unroll
     for (int c = 0; c < C; c++) wo[c] = (size_t)(o0 + c < O ? o0 + c : O - 1) * K;
@@ -468,20 +511,7 @@ __device__ __forceinline__ void mm_block(float *__restrict__ out, const float *_
                 float wv[C][8];
 #pragma unroll
                 for (int c = 0; c < C; c++) load8<DT>(w, wo[c] + k0, wv[c]);
-#pragma unroll
-                for (int i = 0; i < NB; i++) {
-                    if (i < nr) {
-                        const float4 *xp = (const float4 *)(xb + (size_t)i * K + k0);
-                        const float4 a = __ldg(xp), b = __ldg(xp + 1);
-#pragma unroll
-                        for (int c = 0; c < C; c++) {
-                            float s = acc[c * NB + i];
-                            s = fmaf(a.x, wv[c][0], s); s = fmaf(a.y, wv[c][1], s); s = fmaf(a.z, wv[c][2], s); s = fmaf(a.w, wv[c][3], s);
-                            s = fmaf(b.x, wv[c][4], s); s = fmaf(b.y, wv[c][5], s); s = fmaf(b.z, wv[c][6], s); s = fmaf(b.w, wv[c][7], s);
-                            acc[c * NB + i] = s;
-                        }
-                    }
-                }
+                fma8_rows<NB, C>(acc, xb, K, k0, nr, wv);
             }
         } else {
             for (int k = t; k < K; k += 256) {
@@ -497,22 +527,7 @@ __device__ __forceinline__ void mm_block(float *__restrict__ out, const float *_
                     }
             }
         }
-        const int base = warp_sum_multi<M>(acc, lane);
-        if ((lane & COPY_MASK) == 0) {
-#pragma unroll
-            for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
-        }
-        __syncthreads();
-        for (int q = t; q < M; q += 256) {
-            const int c = q / NB, i = q % NB;
-            if (i < nr && o0 + c < O) {
-                float v = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 8; j++) v += part[j][q];
-                out[(size_t)(i0 + i) * O + o0 + c] = v;
-            }
-        }
-        __syncthreads(); /* part is the next chunk's */
+        reduce_store<NB, C>(acc, part, t, nr, o0, O, out + (size_t)i0 * O);
     }
 }
 
@@ -564,9 +579,9 @@ __global__ void __launch_bounds__(256) k_matmul_multi(MmMulti mm, const float *_
  * results are bitwise equal. */
 template <int NB, int C, int DT>
 __global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *__restrict__ x, int n, int K) {
-    constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
+    constexpr int M = C * NB;
     __shared__ float part[8][M];
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, k0 = t * 8;
+    const int t = threadIdx.x, k0 = t * 8;
     const int G = mm.count > 2 ? mm.g_end[2] : mm.count > 1 ? mm.g_end[1] : mm.g_end[0];
     uint4 pre[C]; /* the first chunk (k0) of group g's columns */
     int g = blockIdx.x;
@@ -602,37 +617,9 @@ __global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *__re
 #pragma unroll
                     for (int c = 0; c < C; c++) load8<DT>(w, wo[c] + k, wv[c]);
                 }
-#pragma unroll
-                for (int i = 0; i < NB; i++) {
-                    if (i < nr) {
-                        const float4 *xp = (const float4 *)(xb + (size_t)i * K + k);
-                        const float4 a = __ldg(xp), b = __ldg(xp + 1);
-#pragma unroll
-                        for (int c = 0; c < C; c++) {
-                            float s = acc[c * NB + i];
-                            s = fmaf(a.x, wv[c][0], s); s = fmaf(a.y, wv[c][1], s); s = fmaf(a.z, wv[c][2], s); s = fmaf(a.w, wv[c][3], s);
-                            s = fmaf(b.x, wv[c][4], s); s = fmaf(b.y, wv[c][5], s); s = fmaf(b.z, wv[c][6], s); s = fmaf(b.w, wv[c][7], s);
-                            acc[c * NB + i] = s;
-                        }
-                    }
-                }
+                fma8_rows<NB, C>(acc, xb, K, k, nr, wv);
             }
-            const int base = warp_sum_multi<M>(acc, lane);
-            if ((lane & COPY_MASK) == 0) {
-#pragma unroll
-                for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
-            }
-            __syncthreads();
-            for (int q = t; q < M; q += 256) {
-                const int c = q / NB, i = q % NB;
-                if (i < nr && o0 + c < O) {
-                    float v = 0.0f;
-#pragma unroll
-                    for (int j = 0; j < 8; j++) v += part[j][q];
-                    out[(size_t)(i0 + i) * O + o0 + c] = v;
-                }
-            }
-            __syncthreads();
+            reduce_store<NB, C>(acc, part, t, nr, o0, O, out + (size_t)i0 * O);
         }
     }
 }
