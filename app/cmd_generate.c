@@ -49,6 +49,14 @@ static void finish_stream(void *user, int i, const int32_t *ids, int n) {
     fflush(stdout);
 }
 
+/* ids[0..n) decoded to stdout */
+static void write_text(const Tokenizer *tok, const int32_t *ids, int n) {
+    DecodeStream ds = {0};
+    char text[4096];
+    for (int k = 0; k < n; k++) fwrite(text, 1, tokenizer_decode_step(tok, &ds, ids[k], text, sizeof text), stdout);
+    fwrite(text, 1, tokenizer_decode_flush(&ds, text, sizeof text), stdout);
+}
+
 /* one line per sample: the ids (empty line if none), or the decoded text */
 static void print_sample(void *user, int i, const int32_t *ids, int n) {
     SampleOut *so = user;
@@ -56,10 +64,7 @@ static void print_sample(void *user, int i, const int32_t *ids, int n) {
     if (so->print_ids || !so->tok) {
         for (int k = 0; k < n; k++) printf(k ? " %d" : "%d", ids[k]);
     } else {
-        DecodeStream ds = {0};
-        char text[4096];
-        for (int k = 0; k < n; k++) fwrite(text, 1, tokenizer_decode_step(so->tok, &ds, ids[k], text, sizeof text), stdout);
-        fwrite(text, 1, tokenizer_decode_flush(&ds, text, sizeof text), stdout);
+        write_text(so->tok, ids, n);
     }
     putchar('\n');
     fflush(stdout);
@@ -70,19 +75,14 @@ static double median3(const double *v) {
     return a > b ? (b > c ? b : (a > c ? c : a)) : (a > c ? a : (b > c ? c : b));
 }
 
-/* Statistics on stderr: rounds, tau, accept_rate@k, conditional acceptance, times, tokens/s;
- * --compare runs plain decoding on the same samples and prints the speedup. */
 /* prompts[0..n_prompts): one after the other; with several (--prompts), each is printed before
  * its continuation and the statistics (and --compare's runs) cover all of them together */
 static ds_status run_all(SpecDecoder *sd, const GenPrompt *prompts, int n_prompts, GenSpecOptions *o, SampleOut *so,
                          SpecStats *st, char *err) {
     for (int i = 0; i < n_prompts; i++) {
         if (n_prompts > 1 && so) {
-            DecodeStream ds = {0};
-            char text[4096];
             printf("%s### prompt %d of %d\n", i ? "\n" : "", i + 1, n_prompts);
-            for (int k = 0; k < prompts[i].n; k++) fwrite(text, 1, tokenizer_decode_step(so->tok, &ds, prompts[i].ids[k], text, sizeof text), stdout);
-            fwrite(text, 1, tokenizer_decode_flush(&ds, text, sizeof text), stdout);
+            write_text(so->tok, prompts[i].ids, prompts[i].n);
             printf("### continuation\n");
             fflush(stdout);
             so->ds = (DecodeStream){0};
@@ -94,6 +94,8 @@ static ds_status run_all(SpecDecoder *sd, const GenPrompt *prompts, int n_prompt
     return DS_OK;
 }
 
+/* Statistics on stderr: rounds, tau, accept_rate@k, conditional acceptance, times, tokens/s;
+ * --compare runs plain decoding on the same samples and prints the speedup. */
 static int generate_spec(const GenArgs *a, Qwen3Model *m, const GenDefaults *gd, const SamplerParams *sp, const GenPrompt *prompts,
                          int n_prompts, int max_new, const Tokenizer *tok, char *err) {
     Drafter d = {0};
