@@ -243,7 +243,7 @@ static void test_verify_law(void) {
            n, z, z1, z2, mism);
     CHECK(mism == 0);
     CHECK(z < 4.5);
-    CHECK(z1 > 10);
+    CHECK(z1 > (n >= 40000 ? 10 : 5)); /* 57 at 40000 draws, about 9 at 1000 */
     if (n >= 40000) CHECK(z2 > 5);
 }
 
@@ -491,6 +491,49 @@ static void test_timing(void) {
             printf("  V %d, %2d rows, T %.1f top-k %d top-p %.1f: device %.3f ms, host (download + sample_dist) %.3f ms\n", V, rows,
                    sps[s].temperature, sps[s].top_k, sps[s].top_p, tg * 1e3, th * 1e3);
         }
+    }
+    /* the sampling work of one speculative round, block 7 (DeepSpec's): 7 drafted slots
+     * (distribution + draw) and 8 verify rows + verification, on the device (one read of the
+     * result) vs on the host (each row downloaded, sample_dist, sample_from, verify_block) */
+    {
+        const int B = 7;
+        int32_t *dtok = dev_alloc(sizeof(int32_t) * (B + 1)), *dres = dev_alloc(sizeof(int32_t) * (B + 2)), res[B + 2], drafts[B];
+        float *dq = dev_alloc(sizeof(float) * (size_t)B * V), *hpt = malloc(sizeof(float) * (size_t)(B + 1) * V),
+              *hqq = malloc(sizeof(float) * (size_t)B * V), *resid = malloc(sizeof(float) * V);
+        double u[B + 1];
+        for (int i = 0; i <= B; i++) u[i] = 0.5;
+        for (size_t s = 1; s < sizeof sps / sizeof sps[0]; s += 3) {
+            const SamplerParams *sp = &sps[s];
+            double t0 = ds_now();
+            for (int r = 0; r < reps; r++) {
+                for (int j = 0; j < B; j++) {
+                    g_be->sample_probs(g_be, dq + (size_t)j * V, dl + (size_t)j * V, 1, V, sp->temperature, sp->top_k, sp->top_p, ws);
+                    g_be->draw(g_be, dtok + 1 + j, dq + (size_t)j * V, V, 0.3);
+                }
+                g_be->sample_probs(g_be, dp, dl, B + 1, V, sp->temperature, sp->top_k, sp->top_p, ws);
+                g_be->verify(g_be, dres, dp, dq, dtok + 1, B, V, false, u, 0, NULL);
+                g_be->to_host(g_be, res, dres, sizeof res);
+            }
+            double td = (ds_now() - t0) / reps;
+            t0 = ds_now();
+            for (int r = 0; r < reps; r++) {
+                for (int j = 0; j < B; j++) {
+                    g_be->to_host(g_be, hp, dl + (size_t)j * V, sizeof(float) * V);
+                    sample_dist(sp, hp, V, hqq + (size_t)j * V, &sc);
+                    drafts[j] = sample_from(hqq + (size_t)j * V, V, 0.3);
+                }
+                g_be->to_host(g_be, hpt, dl, sizeof(float) * (size_t)(B + 1) * V);
+                for (int j = 0; j <= B; j++) sample_dist(sp, hpt + (size_t)j * V, V, hpt + (size_t)j * V, &sc);
+                Rng rr;
+                rng_seed(&rr, 1, 0);
+                verify_block(hpt, hqq, drafts, B, V, false, &rr, resid, VERIFY_EXACT, NULL);
+            }
+            double th = (ds_now() - t0) / reps;
+            printf("  one round's sampling (block %d, V %d, T %.1f top-k %d top-p %.1f): device %.3f ms, host %.3f ms\n", B, V,
+                   sp->temperature, sp->top_k, sp->top_p, td * 1e3, th * 1e3);
+        }
+        g_be->free(g_be, dtok); g_be->free(g_be, dres); g_be->free(g_be, dq);
+        free(hpt); free(hqq); free(resid);
     }
     int32_t *dout = dev_alloc(16);
     g_be->synchronize(g_be);

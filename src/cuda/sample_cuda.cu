@@ -7,8 +7,8 @@
  *             exponential is the correctly rounded expf, which glibc's expf also returns to
  *             within its 0.502 ulp, so the values are (almost always) bitwise the CPU's; the
  *             double sum is a tree, not index order (rounding of the 1/sum scale only).
- *   top-k     the k-th largest probability by a binary search on the float bits (counts of
- *             p >= t), then the candidates (p >= that bound; ties by index) sorted by the key
+ *   top-k     the k-th largest probability by a radix select on the float bits (4 passes of
+ *             8-bit histograms), then the candidates (p >= it; ties by index) sorted by the key
  *             (prob bits, ~index) descending: sample.c's order (prob desc, index asc), exactly.
  *   top-p     sample.c's own candidate threshold loop (t = pmax 1e-3, 1e-6, ...), the
  *             candidates sorted as above, the cut found by a segmented double prefix sum.
@@ -192,17 +192,32 @@ __global__ void __launch_bounds__(NT) k_sample_probs(float *probs, const float *
     __syncthreads();
     /* candidates: every p >= t (as float bits: p >= 0), a prefix of the sorted order */
     unsigned thr;
-    if (use_k) { /* the largest t with count(p >= t) >= k: the k-th largest value */
-        unsigned lo = 0, hi = 0x7f800000u;
-        while (lo < hi) {
-            unsigned mid = lo + (hi - lo + 1) / 2;
-            int c = 0;
-            for (int i = tid; i < V; i += NT) c += __float_as_uint(p[i]) >= mid;
-            c = block_reduce(c, SumI());
-            if (c >= top_k) lo = mid;
-            else hi = mid - 1;
+    if (use_k) { /* the bits of the k-th largest value: radix select, 8 bits a pass from the top */
+        __shared__ int hist[256];
+        __shared__ unsigned s_digit;
+        __shared__ int s_left;
+        unsigned prefix = 0, mask = 0;
+        int left = top_k; /* rank still to find among the values matching prefix */
+        for (int shift = 24; shift >= 0; shift -= 8) {
+            for (int i = tid; i < 256; i += NT) hist[i] = 0;
+            __syncthreads();
+            for (int i = tid; i < V; i += NT) {
+                unsigned b = __float_as_uint(p[i]);
+                if ((b & mask) == prefix) atomicAdd(&hist[(b >> shift) & 255u], 1);
+            }
+            __syncthreads();
+            if (tid == 0) { /* the digit where the count from the top reaches `left` */
+                int cum = 0, d = 255;
+                for (; d > 0 && cum + hist[d] < left; d--) cum += hist[d];
+                s_digit = (unsigned)d;
+                s_left = left - cum;
+            }
+            __syncthreads();
+            prefix |= s_digit << shift;
+            mask |= 255u << shift;
+            left = s_left;
         }
-        thr = lo;
+        thr = prefix;
     } else { /* sample.c's loop: lower t until the candidates' mass reaches top_p */
         float pmax = 0;
         for (int i = tid; i < V; i += NT) pmax = fmaxf(pmax, p[i]);
