@@ -102,6 +102,26 @@ struct Backend {
     void (*graph_begin)(Backend *be, int key);
     bool (*graph_end)(Backend *be);
 
+    /* ---- sampling on backend memory (OPTIONAL, all NULL on the CPU backend: callers then
+     * run sample.h / verify.h on host copies of the logits). Same semantics as the host
+     * functions, so speculative decoding needs no logits row on the host; called outside
+     * graph brackets; results are in backend memory (read them with to_host).
+     * sample_probs: probs[n][vocab] = sample_dist(logits[n][vocab]) per row (temperature < 1e-5:
+     *   the greedy one-hot; else softmax(logits / T), top-k, top-p as sample.h), equal up to
+     *   float rounding in the softmax's sums; ws: sample_ws_bytes(n, vocab) bytes of backend memory.
+     * draw: *out = sample_from(probs, vocab, u).
+     * verify: verify_block(pt [k+1][vocab], q [k][vocab], drafts [k], u) with the uniforms
+     *   u[0..k] given by the host (u[i] = the i-th rng_uniform verify_block would draw; it uses
+     *   a + 2 of them when draft a is rejected, k + 1 when all are accepted, none when greedy);
+     *   bug: a VerifyBug (tests), q_ratio read only for VERIFY_BUG_RATIO_Q. Writes
+     *   out[0] = n_accepted, out[1] = next, out[2 + j] = drafts[j] (j < k): one read commits. */
+    size_t (*sample_ws_bytes)(Backend *be, int n, int vocab);
+    void (*sample_probs)(Backend *be, float *probs, const float *logits, int n, int vocab, float temperature, int top_k,
+                         float top_p, void *ws);
+    void (*draw)(Backend *be, int32_t *out, const float *probs, int vocab, double u);
+    void (*verify)(Backend *be, int32_t *out, const float *pt, const float *q, const int32_t *drafts, int k, int vocab,
+                   bool greedy, const double *u, int bug, const float *q_ratio);
+
     void (*destroy)(Backend *be);
     void *impl;
 };

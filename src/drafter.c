@@ -268,18 +268,17 @@ void drafter_all_logits(Drafter *d, DraftState *s) {
     s->logits_ready = B;
 }
 
-ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *confidence, char *err) {
+/* slot j's logits into s->logits and, when conf != NULL and there is a confidence head, its
+ * confidence logit into s->conf; prev_id: the previous token in backend memory */
+static void head_ops(Drafter *d, DraftState *s, int j, const int32_t *prev_id, bool conf) {
     Backend *be = d->be;
     const DraftConfig *c = &d->cfg;
     const int D = c->base.hidden_size, V = c->base.vocab_size, r = c->markov_rank;
-    if (j < 0 || j >= c->block_size) return ds_err(err, DS_EARG, "drafter: slot %d out of range", j);
-    if (prev < 0 || prev >= V) return ds_err(err, DS_EARG, "drafter: previous token %d out of range", prev);
     const float *h = s->hidden + (size_t)j * D;
     if (j >= s->logits_ready) drafter_all_logits(d, s);
     be->copy(be, s->logits, s->base_logits + (size_t)j * V, sizeof(float) * (size_t)V);
     if (r > 0) {
-        be->to_device(be, s->d_ids, &prev, sizeof(int32_t));
-        be->embed(be, s->w1x, &d->w1, s->d_ids, 1);
+        be->embed(be, s->w1x, &d->w1, prev_id, 1);
         const float *u = s->w1x; /* what W2 reads */
         if (c->markov_type == MARKOV_GATED) {
             be->gather_rows(be, s->cat, 0, h, 0, NULL, 1, D);
@@ -302,18 +301,34 @@ ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *co
         be->matmul(be, s->bias, u, &d->w2, 1);
         be->add(be, s->logits, s->bias, (size_t)V);
     }
+    if (conf && c->enable_confidence_head) {
+        int in = d->conf_w.cols;
+        be->gather_rows(be, s->cat, 0, h, 0, NULL, 1, D);
+        if (in > D) be->gather_rows(be, s->cat + D, 0, s->w1x, 0, NULL, 1, r);
+        be->matmul(be, s->conf, s->cat, &d->conf_w, 1);
+        be->bias_act(be, s->conf, &d->conf_b, 1, 1, ACT_NONE);
+    }
+}
+
+ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *confidence, char *err) {
+    Backend *be = d->be;
+    const DraftConfig *c = &d->cfg;
+    const int V = c->base.vocab_size;
+    if (j < 0 || j >= c->block_size) return ds_err(err, DS_EARG, "drafter: slot %d out of range", j);
+    if (prev < 0 || prev >= V) return ds_err(err, DS_EARG, "drafter: previous token %d out of range", prev);
+    if (c->markov_rank > 0) be->to_device(be, s->d_ids, &prev, sizeof(int32_t));
+    head_ops(d, s, j, s->d_ids, confidence != NULL);
     if (confidence) {
         *confidence = 0.0f;
-        if (c->enable_confidence_head) {
-            int in = d->conf_w.cols;
-            be->gather_rows(be, s->cat, 0, h, 0, NULL, 1, D);
-            if (in > D) be->gather_rows(be, s->cat + D, 0, s->w1x, 0, NULL, 1, r);
-            be->matmul(be, s->conf, s->cat, &d->conf_w, 1);
-            be->bias_act(be, s->conf, &d->conf_b, 1, 1, ACT_NONE);
-            be->to_host(be, confidence, s->conf, sizeof(float));
-        }
+        if (c->enable_confidence_head) be->to_host(be, confidence, s->conf, sizeof(float));
     }
     if (!be->host_memory) be->to_host(be, s->logits_host, s->logits, sizeof(float) * (size_t)V);
-    (void)err;
+    return DS_OK;
+}
+
+ds_status drafter_head_dev(Drafter *d, DraftState *s, int j, const int32_t *prev_dev, float *confidence_dev, char *err) {
+    if (j < 0 || j >= d->cfg.block_size) return ds_err(err, DS_EARG, "drafter: slot %d out of range", j);
+    head_ops(d, s, j, prev_dev, confidence_dev != NULL);
+    if (confidence_dev && d->cfg.enable_confidence_head) d->be->copy(d->be, confidence_dev, s->conf, sizeof(float));
     return DS_OK;
 }

@@ -87,5 +87,10 @@ void drafter_all_logits(Drafter *d, DraftState *s);
  * its confidence logit into *confidence (NULL: skip; 0 without a confidence head). For the
  * RNN head, call j = 0, 1, ... in order after drafter_block. */
 ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *confidence, char *err);
+/* The same with nothing read back (backend sampling ops): prev_dev, the previous token, is in
+ * backend memory (e.g. where the sampler drew it); the logits stay in s->logits (backend);
+ * the confidence logit is copied to confidence_dev (backend memory; NULL: skip; untouched
+ * without a confidence head). */
+ds_status drafter_head_dev(Drafter *d, DraftState *s, int j, const int32_t *prev_dev, float *confidence_dev, char *err);
 
 #endif

@@ -330,7 +330,7 @@ ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char 
     for (int i = 0; i < n; i++) {
         int slot = b->slot ? b->slot[i] : 0;
         int kvl = b->kv_len ? b->kv_len[i] : b->pos[i] + 1;
-        if (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size)
+        if (!b->dev_tokens && (b->tokens[i] < 0 || b->tokens[i] >= c->vocab_size))
             return ds_err(err, DS_EARG, "forward: token id %d out of range [0, %d)", b->tokens[i], c->vocab_size);
         if (slot < 0 || slot >= s->kv.n_slots) return ds_err(err, DS_EARG, "forward: slot %d out of range", slot);
         if (b->pos[i] < 0 || b->pos[i] >= s->kv.max_ctx || kvl < 1 || kvl > s->kv.max_ctx)
@@ -340,7 +340,8 @@ ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char 
     }
     for (int i = 0; i < b->n_logits; i++)
         if (b->logit_rows[i] < 0 || b->logit_rows[i] >= n) return ds_err(err, DS_EARG, "forward: logit row %d out of range", b->logit_rows[i]);
-    be->to_device(be, s->d_tokens, b->tokens, sizeof(int32_t) * n);
+    if (b->dev_tokens) be->copy(be, s->d_tokens, b->dev_tokens, sizeof(int32_t) * n);
+    else be->to_device(be, s->d_tokens, b->tokens, sizeof(int32_t) * n);
     be->to_device(be, s->d_pos, b->pos, sizeof(int32_t) * n);
     be->to_device(be, s->d_slot, s->h_slot, sizeof(int32_t) * n);
     be->to_device(be, s->d_kv_len, s->h_kv_len, sizeof(int32_t) * n);
@@ -357,7 +358,7 @@ ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char 
         }
         DS_ASSERT(done);
     }
-    if (b->n_logits) {
+    if (b->n_logits && !b->logits_on_device) {
         if (!be->host_memory) be->to_host(be, s->logits_host, s->logits, sizeof(float) * (size_t)b->n_logits * c->vocab_size);
     }
     s->n_logits = b->n_logits;

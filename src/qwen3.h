@@ -94,6 +94,10 @@ typedef struct {
     int n_logits;
     const int *feature_layers;  /* layer ids (-1 = embeddings, QWEN3_FINAL_NORM) to keep, in order */
     int n_feature_layers;
+    /* device-resident speculative decoding (backend sampling ops): */
+    const int32_t *dev_tokens;  /* non-NULL: the n token ids are already in backend memory (drawn
+                                   there, so in range); tokens is not read */
+    bool logits_on_device;      /* leave the logits in s->logits; s->logits_host is not written */
 } Qwen3Batch;
 
 /* One forward. Logits land in s->logits (backend) and s->logits_host (host copy);

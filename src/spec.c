@@ -55,6 +55,22 @@ ds_status spec_init(SpecDecoder *s, Qwen3Model *target, ProposalSource *src, int
         spec_free(s);
         return ds_err(err, DS_ENOMEM, "out of memory for the speculative decoder");
     }
+    Backend *be = target->be;
+    if (be->sample_probs && be->draw && be->verify && be->sample_ws_bytes) {
+        s->dev = true;
+        s->d_q = be->alloc(be, sizeof(float) * (size_t)B * V);
+        s->d_q_ratio = be->alloc(be, sizeof(float) * (size_t)B * V);
+        s->d_pt = be->alloc(be, sizeof(float) * (size_t)(B + 1) * V);
+        s->d_logits = be->alloc(be, sizeof(float) * (size_t)V);
+        s->d_ws = be->alloc(be, be->sample_ws_bytes(be, B + 1, V));
+        s->d_tok = be->alloc(be, sizeof(int32_t) * (size_t)(B + 1));
+        s->d_res = be->alloc(be, sizeof(int32_t) * (size_t)(B + 2));
+        s->d_conf = be->alloc(be, sizeof(float) * (size_t)B);
+        if (!s->d_q || !s->d_q_ratio || !s->d_pt || !s->d_logits || !s->d_ws || !s->d_tok || !s->d_res || !s->d_conf) {
+            spec_free(s);
+            return ds_err(err, DS_ENOMEM, "out of device memory for the speculative decoder's sampling buffers");
+        }
+    }
     return DS_OK;
 }
 
@@ -63,6 +79,11 @@ void spec_free(SpecDecoder *s) {
     sample_scratch_free(&s->scratch);
     ds_free(s->tokens); ds_free(s->pos); ds_free(s->rows);
     ds_free(s->q); ds_free(s->q_ratio); ds_free(s->pt); ds_free(s->resid);
+    if (s->target) {
+        Backend *be = s->target->be;
+        void *dev[] = {s->d_q, s->d_q_ratio, s->d_pt, s->d_logits, s->d_ws, s->d_tok, s->d_res, s->d_conf};
+        for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) if (dev[i]) be->free(be, dev[i]);
+    }
     memset(s, 0, sizeof *s);
 }
 
@@ -82,9 +103,57 @@ static void bf16_dist(const SamplerParams *sp, const float *logits, int V, float
     for (int i = 0; i < V; i++) out[i] = ds_bf16_to_f32(ds_f32_to_bf16(out[i]));
 }
 
+/* ---- device path (backend.h's sampling ops) ---- */
+
+static void dev_probs(SpecDecoder *s, const SamplerParams *sp, float *probs, const float *logits, int n) {
+    Backend *be = s->target->be;
+    be->sample_probs(be, probs, logits, n, s->target->cfg.vocab_size, sp->temperature, sp->top_k, sp->top_p, s->d_ws);
+}
+
+/* Draft *avail slots on the device: slot j's logits -> q_j (s->d_q) -> draft j drawn into
+ * s->d_tok[1 + j], which the next slot reads as its previous token. Confidences are read back
+ * only when the policy or on_round wants them (per slot for a causal policy, else once). */
+static ds_status draft_dev(SpecDecoder *s, const SpecParams *p, Rng *rng, int32_t anchor, int *avail, char *err) {
+    ProposalSource *src = s->src;
+    Backend *be = s->target->be;
+    const int V = s->target->cfg.vocab_size;
+    const bool greedy = sampler_is_greedy(&p->sampler), causal = p->policy.choose && p->policy.causal;
+    const bool want_conf = p->policy.choose || p->on_round;
+    ds_status rc;
+    for (int j = 0; j < *avail; j++) {
+        const float *logits;
+        if (src->slot_dev) {
+            if ((rc = src->slot_dev(src->self, j, s->d_tok + j, &logits, s->d_conf + j, err))) return rc;
+            if (causal) be->to_host(be, &s->conf[j], s->d_conf + j, sizeof(float));
+        } else { /* a host source: its logits go up, the drafted token comes back */
+            const int32_t prev = j > 0 ? s->drafts[j - 1] : anchor;
+            const float *hl;
+            if ((rc = src->slot(src->self, j, prev, &hl, &s->conf[j], err))) return rc;
+            be->to_device(be, s->d_logits, hl, sizeof(float) * (size_t)V);
+            logits = s->d_logits;
+        }
+        float *qj = s->d_q + (size_t)j * V;
+        dev_probs(s, &p->sampler, qj, logits, 1);
+        if (p->bug == VERIFY_BUG_RATIO_Q && !greedy) { /* test only: through the host */
+            be->to_host(be, s->pt, logits, sizeof(float) * (size_t)V);
+            bf16_dist(&p->sampler, s->pt, V, s->q_ratio, s->resid, &s->scratch);
+            be->to_device(be, s->d_q_ratio + (size_t)j * V, s->q_ratio, sizeof(float) * (size_t)V);
+        }
+        be->draw(be, s->d_tok + 1 + j, qj, V, greedy ? 0.5 : rng_uniform(rng));
+        if (!src->slot_dev) be->to_host(be, &s->drafts[j], s->d_tok + 1 + j, sizeof(int32_t));
+        if (causal && j + 1 < *avail && p->policy.choose(p->policy.ctx, s->conf, j + 1) < j + 1) {
+            *avail = j + 1; /* causal early stop: later slots would not be verified */
+            break;
+        }
+    }
+    if (src->slot_dev && want_conf && !causal && *avail > 0) be->to_host(be, s->conf, s->d_conf, sizeof(float) * (size_t)*avail);
+    return DS_OK;
+}
+
 ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, const SpecParams *p, int32_t *out, int *n_out,
                         SpecStats *stats, char *err) {
     Qwen3Model *m = s->target;
+    Backend *be = m->be;
     ProposalSource *src = s->src;
     const int V = m->cfg.vocab_size;
     const bool greedy = sampler_is_greedy(&p->sampler);
@@ -111,13 +180,20 @@ ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, con
         int32_t last = k - 1;
         bool final = done + k == n_prompt;
         Qwen3Batch b = {.n = k, .tokens = s->tokens + done, .pos = s->pos, .logit_rows = &last, .n_logits = final ? 1 : 0,
-                        .feature_layers = fl, .n_feature_layers = nfl};
+                        .feature_layers = fl, .n_feature_layers = nfl, .logits_on_device = s->dev};
         if ((rc = qwen3_forward(m, &s->st, &b, err))) return rc;
         if (src && (rc = src->context(src->self, s->st.features, k, done, err))) return rc;
         done += k;
     }
-    sample_dist(&p->sampler, s->st.logits_host, V, s->pt, &s->scratch);
-    int32_t t = greedy ? argmax_f32(s->pt, V) : sample_from(s->pt, V, rng_uniform(&rng));
+    int32_t t;
+    if (s->dev) {
+        dev_probs(s, &p->sampler, s->d_pt, s->st.logits, 1);
+        be->draw(be, s->d_res, s->d_pt, V, greedy ? 0.5 : rng_uniform(&rng));
+        be->to_host(be, &t, s->d_res, sizeof(int32_t));
+    } else {
+        sample_dist(&p->sampler, s->st.logits_host, V, s->pt, &s->scratch);
+        t = greedy ? argmax_f32(s->pt, V) : sample_from(s->pt, V, rng_uniform(&rng));
+    }
     stats->prefill_s = ds_now() - t0;
     int n = n_prompt; /* committed tokens */
     s->tokens[n++] = t;
@@ -131,11 +207,13 @@ ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, con
         if (start >= s->max_ctx) break; /* the context is full */
         int L = 0, avail = 0;
         t0 = ds_now();
+        if (s->dev) be->to_device(be, s->d_tok, &s->tokens[start], sizeof(int32_t)); /* the anchor: slot 0's previous token */
         if (src) {
             if ((rc = src->begin(src->self, s->tokens, start, &avail, err))) return rc;
             if (avail > s->block) avail = s->block;
+            if (s->dev && (rc = draft_dev(s, p, &rng, s->tokens[start], &avail, err))) return rc;
             int32_t prev = s->tokens[start];
-            for (int j = 0; j < avail; j++) {
+            for (int j = 0; j < avail && !s->dev; j++) {
                 const float *logits;
                 if ((rc = src->slot(src->self, j, prev, &logits, &s->conf[j], err))) return rc;
                 float *qj = s->q + (size_t)j * V;
@@ -164,13 +242,35 @@ ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, con
             s->pos[i] = start + i;
             s->rows[i] = i;
         }
-        /* verify input [anchor, d_0..d_{L-1}]: drafts go in tokens past n, uncommitted */
-        for (int j = 0; j < L; j++) s->tokens[start + 1 + j] = s->drafts[j];
-        Qwen3Batch b = {.n = L + 1, .tokens = s->tokens + start, .pos = s->pos, .logit_rows = s->rows, .n_logits = L + 1,
-                        .feature_layers = fl, .n_feature_layers = nfl};
-        if ((rc = qwen3_forward(m, &s->st, &b, err))) return rc;
-        for (int j = 0; j <= L; j++) sample_dist(&p->sampler, s->st.logits_host + (size_t)j * V, V, s->pt + (size_t)j * V, &s->scratch);
-        VerifyResult vr = verify_block(s->pt, s->q, s->drafts, L, V, greedy, &rng, s->resid, p->bug, s->q_ratio);
+        VerifyResult vr;
+        if (s->dev) {
+            /* verify input [anchor, d_0..d_{L-1}] as drawn (s->d_tok); the host reads the result once */
+            Qwen3Batch b = {.n = L + 1, .pos = s->pos, .logit_rows = s->rows, .n_logits = L + 1, .feature_layers = fl,
+                            .n_feature_layers = nfl, .dev_tokens = s->d_tok, .logits_on_device = true};
+            if ((rc = qwen3_forward(m, &s->st, &b, err))) return rc;
+            dev_probs(s, &p->sampler, s->d_pt, s->st.logits, L + 1);
+            /* verify_block's uniforms from a copy of the stream; the stream then advances by as
+             * many as it used (a + 2 on a rejection, L + 1 when all are accepted, none greedy) */
+            double u[SPEC_MAX_BLOCK + 1];
+            Rng r2 = rng;
+            if (!greedy) for (int i = 0; i <= L; i++) u[i] = rng_uniform(&r2);
+            be->verify(be, s->d_res, s->d_pt, s->d_q, s->d_tok + 1, L, V, greedy, u, (int)p->bug, s->d_q_ratio);
+            be->to_host(be, s->res, s->d_res, sizeof(int32_t) * (size_t)(L + 2));
+            vr.n_accepted = s->res[0];
+            vr.next = s->res[1];
+            DS_ASSERT(vr.n_accepted >= 0 && vr.n_accepted <= L && vr.next >= 0 && vr.next < V);
+            for (int j = 0; j < L; j++) s->drafts[j] = s->res[2 + j];
+            int used = greedy ? 0 : vr.n_accepted < L ? vr.n_accepted + 2 : L + 1;
+            for (int i = 0; i < used; i++) rng_uniform(&rng);
+        } else {
+            /* verify input [anchor, d_0..d_{L-1}]: drafts go in tokens past n, uncommitted */
+            for (int j = 0; j < L; j++) s->tokens[start + 1 + j] = s->drafts[j];
+            Qwen3Batch b = {.n = L + 1, .tokens = s->tokens + start, .pos = s->pos, .logit_rows = s->rows, .n_logits = L + 1,
+                            .feature_layers = fl, .n_feature_layers = nfl};
+            if ((rc = qwen3_forward(m, &s->st, &b, err))) return rc;
+            for (int j = 0; j <= L; j++) sample_dist(&p->sampler, s->st.logits_host + (size_t)j * V, V, s->pt + (size_t)j * V, &s->scratch);
+            vr = verify_block(s->pt, s->q, s->drafts, L, V, greedy, &rng, s->resid, p->bug, s->q_ratio);
+        }
         /* commit: accepted drafts (an accepted stop token ends generation there), then the
          * correction / bonus token; the target cache is rolled back by simply continuing at
          * position start + a + 1 (entries past it are overwritten next round) */
@@ -246,6 +346,13 @@ static ds_status ds_slot(void *self, int j, int32_t prev, const float **logits, 
     return rc;
 }
 
+static ds_status ds_slot_dev(void *self, int j, const int32_t *prev_dev, const float **logits_dev, float *conf_dev, char *err) {
+    DrafterSource *ds = self;
+    ds_status rc = drafter_head_dev(ds->d, &ds->s, j, prev_dev, conf_dev, err);
+    *logits_dev = ds->s.logits;
+    return rc;
+}
+
 ds_status spec_drafter_source_init(DrafterSource *ds, Drafter *d, int max_ctx, int chunk, char *err) {
     memset(ds, 0, sizeof *ds);
     ds->d = d;
@@ -253,7 +360,8 @@ ds_status spec_drafter_source_init(DrafterSource *ds, Drafter *d, int max_ctx, i
     if (rc) return rc;
     ds->src = (ProposalSource){.block_size = d->cfg.block_size, .feature_layers = d->cfg.target_layer_ids,
                                .n_feature_layers = d->cfg.n_target_layers, .self = ds, .reset = ds_reset,
-                               .context = ds_context, .begin = ds_begin, .slot = ds_slot};
+                               .context = ds_context, .begin = ds_begin, .slot = ds_slot,
+                               .slot_dev = ds_slot_dev};
     return DS_OK;
 }
 

@@ -10,7 +10,12 @@
  * Exactness: every draft token is drawn from the float32 distribution q = sample_dist(draft
  * logits) and verify_block scores with that same q; the target's rows come from one forward
  * whose per-row arithmetic equals plain decoding's (backend.h contract), so greedy
- * speculative output is token-identical to plain greedy output. */
+ * speculative output is token-identical to plain greedy output.
+ * Device path: when the target's backend has the sampling ops (backend.h), logits, q and pt
+ * stay in backend memory; drafts are drawn there and feed the next slot from there; per round
+ * the host reads only verify's (n_accepted, next, drafts) (plus the confidences when a policy
+ * or on_round wants them). Same uniforms, same order: greedy output is still token-identical,
+ * sampled output has the target's law. */
 #ifndef DSPARK_SPEC_H
 #define DSPARK_SPEC_H
 
@@ -35,6 +40,11 @@ typedef struct {
     /* logits [V] of slot j given the previous token (host memory, valid until the next call)
      * and its pre-sigmoid confidence (0 when the source has none) */
     ds_status (*slot)(void *self, int j, int32_t prev, const float **logits, float *confidence, char *err);
+    /* OPTIONAL, used when the target's backend samples on the device (backend.h's sampling
+     * ops): slot j's logits [V] in backend memory, the previous token read from backend memory
+     * (prev_dev), the confidence written to backend memory (conf_dev; left alone when the
+     * source has none). NULL: slot() is used and the drafted token is read back per slot. */
+    ds_status (*slot_dev)(void *self, int j, const int32_t *prev_dev, const float **logits_dev, float *conf_dev, char *err);
 } ProposalSource;
 
 /* The verification-length seam: of n drafted slots, verify the first choose(...) (0..n).
@@ -94,6 +104,14 @@ typedef struct {
     float *q, *q_ratio, *pt, *resid; /* [B][V], [B][V], [B+1][V], [V] */
     int32_t drafts[SPEC_MAX_BLOCK];
     float conf[SPEC_MAX_BLOCK];
+    /* device path (the backend has sample_probs / draw / verify): backend memory */
+    bool dev;
+    float *d_q, *d_q_ratio, *d_pt, *d_logits; /* [B][V], [B][V], [B+1][V], [V] (a host source's logits) */
+    void *d_ws;                     /* sample_probs scratch for B+1 rows */
+    int32_t *d_tok;                 /* [B+1]: the anchor, then the drafts as drawn */
+    int32_t *d_res;                 /* [2+B]: n_accepted, next, drafts (verify's output) */
+    float *d_conf;                  /* [B] */
+    int32_t res[2 + SPEC_MAX_BLOCK];
 } SpecDecoder;
 
 /* src may be NULL (plain decoding). max_ctx: target positions; chunk: prefill tokens per

@@ -24,6 +24,7 @@
  *   elementwise ops are the CPU's expressions; add, ew, gather, embed and kv_write are
  *   bitwise the CPU's results. */
 #include "backend_cuda.h"
+#include "sample_cuda.h"
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -1263,6 +1264,7 @@ static void cu_destroy(Backend *be) {
 }
 
 extern "C" const char *backend_cuda_info(const Backend *be) { return ((const CudaImpl *)be->impl)->info; }
+extern "C" void *backend_cuda_stream(const Backend *be) { return (void *)((const CudaImpl *)be->impl)->stream; }
 
 extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     (void)n_threads;
@@ -1362,5 +1364,6 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
         be->graph_end = cu_graph_end;
     }
     be->destroy = cu_destroy;
+    cuda_sample_install(be); /* sample_probs, draw, verify (sample_cuda.cu) */
     return be;
 }
