@@ -395,11 +395,10 @@ int main(int argc, char **argv) {
     if (mm_only) { /* --mm: each product of a layer (as the model calls them) and lm_head at 1..64 rows */
         float *x = be->alloc(be, sizeof(float) * 64 * ff), *o = be->alloc(be, sizeof(float) * 64 * (size_t)V),
               *o2 = be->alloc(be, sizeof(float) * 64 * (size_t)ff), *o3 = be->alloc(be, sizeof(float) * 64 * (size_t)ff);
-        const Qwen3Layer *y = &m.layers[0];
         const char *pn[5] = {"q/k/v (multi)", "o_proj", "gate/up (multi)", "down_proj", "lm_head"};
         const double pb[5] = {2.0 * d * (H + 2 * KV) * hd, 2.0 * H * hd * d, 4.0 * d * ff, 2.0 * ff * d, 2.0 * V * d};
         const int rows[7] = {1, 2, 4, 8, 16, 32, 64};
-        printf("\nproducts, us per call (20 back to back), and the share of the copy bandwidth:\n%-18s", "rows");
+        printf("\nproducts, us per call (20 back to back, layer i %% %d), and the share of the copy bandwidth:\n%-18s", L, "rows");
         for (int r = 0; r < 7; r++) printf(" %14d", rows[r]);
         printf("\n");
         double tot[7] = {0};
@@ -412,6 +411,8 @@ int main(int argc, char **argv) {
                     be->synchronize(be);
                     double c0 = ds_now();
                     for (int it = 0; it < 20; it++) {
+                        /* each call another layer's weights (as in a step; L2 holds a whole small product) */
+                        const Qwen3Layer *y = &m.layers[it % L];
                         if (k == 0 && be->matmul_multi) {
                             float *outs[3] = {o, o2, o3};
                             const Weight *ws[3] = {&y->q_proj, &y->k_proj, &y->v_proj};

@@ -211,20 +211,24 @@ static void test_matmul_vs_reference(void) {
  *     F32-FMA kernel's nse beside it); 2 pieces printed; must fail: 1 piece (x rounded to bf16)
  *     exceeds the bound;
  *   - every n = 1..64: each row bitwise the same row of the 64-row product (the arithmetic of a
- *     row does not depend on n), and the same for every tile setting (DSPARK_CUDA_TC_MT);
+ *     row does not depend on n), and the same for every launch setting (DSPARK_CUDA_TC_MT, _DEEP,
+ *     _PREFETCH);
  *   - K not a multiple of 32 and unaligned x fall back to the F32-FMA kernel (checked bitwise). */
 static void test_matmul_tc(void) {
     enum { NV = 6 };
-    Backend *bes[NV] = {g_gpu, gpu_with_env("DSPARK_CUDA_TC_MT", "2", NULL, NULL), gpu_with_env("DSPARK_CUDA_TC_MT", "4", NULL, NULL),
+    Backend *bes[NV] = {g_gpu, gpu_with_env("DSPARK_CUDA_TC_MT", "2", "DSPARK_CUDA_TC_DEEP", "1"),
+                        gpu_with_env("DSPARK_CUDA_TC_MT", "4", "DSPARK_CUDA_TC_PREFETCH", "4"),
                         gpu_with_env("DSPARK_CUDA_TC_MT", "1,4,2,4,2", "DSPARK_CUDA_TC_DEEP", "1"),
-                        gpu_with_env("DSPARK_CUDA_TC_MT", "2", "DSPARK_CUDA_TC_DEEP", "1"), gpu_with_env("DSPARK_CUDA_MM_TC", "0", NULL, NULL)};
+                        gpu_with_env("DSPARK_CUDA_TC_PREFETCH", "0", "DSPARK_CUDA_TC_DEEP", "2"), gpu_with_env("DSPARK_CUDA_MM_TC", "0", NULL, NULL)};
     Backend *p2 = gpu_with_env("DSPARK_CUDA_MM_TC", "2", NULL, NULL), *p1 = gpu_with_env("DSPARK_CUDA_MM_TC", "1", NULL, NULL);
     for (int b = 0; b < NV; b++)
         if (!bes[b]) return;
     if (!p1 || !p2) return;
-    /* (K, O, x offset in floats): odd O (partial tiles), K from 1 k-step per warp to 38; the last
-     * two fall back (K % 32 != 0; x not 16-byte aligned) */
-    const int shapes[][3] = {{2560, 67, 0}, {4096, 40, 0}, {9728, 24, 0}, {160, 33, 0}, {32, 17, 0}, {96, 1000, 0}, {200, 50, 0}, {2560, 30, 1}};
+    /* (K, O, x offset in floats): odd O (partial tiles), K from 1 k-step per warp to 38, an
+     * lm_head-sized O (2 tiles per block by default); the last two fall back (K % 32 != 0; x
+     * not 16-byte aligned) */
+    const int shapes[][3] = {{2560, 67, 0}, {4096, 40, 0}, {9728, 24, 0}, {160, 33, 0}, {32, 17, 0}, {96, 1000, 0}, {32, 65541, 0},
+                             {200, 50, 0}, {2560, 30, 1}};
     const int nsh = (int)(sizeof shapes / sizeof shapes[0]), nmax = 64;
     int bad_rows = 0, bad_var = 0, cases = 0;
     double worst3 = 0, worst2 = 0, worst_fma = 0, best1 = INFINITY;

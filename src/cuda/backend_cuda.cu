@@ -120,8 +120,9 @@ typedef struct {
     bool multi;    /* matmul_multi on (DSPARK_CUDA_MM_MULTI=0: off) */
     int cols[4];   /* columns per block by bucket (DSPARK_CUDA_MM_COLS) */
     int tc;        /* BF16 tensor-core product with x in tc bf16 pieces (DSPARK_CUDA_MM_TC: 0 off, 1-3; 3) */
-    int tc_mt[5];  /* its 16-row tiles per block by bucket n = 1, 2-8, 9-16, 17-32, 33-64 (DSPARK_CUDA_TC_MT) */
+    int tc_mt[5];  /* its 16-row tiles per block by bucket n = 1, 2-8, 9-16, 17-32, 33-64 (DSPARK_CUDA_TC_MT; 0 auto) */
     int tc_deep;   /* k-steps per round: 1 twice, 2 half the default (DSPARK_CUDA_TC_DEEP) */
+    int tc_pf;     /* bytes of each weight row prefetched into L2 at block start (DSPARK_CUDA_TC_PREFETCH, KB; 0 off) */
     int nsm;
 } MmCfg;
 
@@ -682,12 +683,19 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
 /* one block of 8 warps: MT tiles of 16 output rows (column group blockIdx.x of mm's segments)
  * for NT tiles of 8 rows of x (n <= 8 NT); U k-steps of weights loaded before they are used */
 template <int MT, int NT, int P, int U>
-__global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__restrict__ x, int n, int K) {
+__global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__restrict__ x, int n, int K, int pf_bytes) {
     constexpr int T = MT * NT;
     __shared__ float4 red[TC_WARPS / 2][T][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const MmSeg sg = mm_segment<16 * MT>(mm, blockIdx.x);
     const uint16_t *w = (const uint16_t *)sg.w;
+    /* the block's weight rows into L2 at once (a bulk prefetch per row, up to pf_bytes of each):
+     * the whole product's bytes are requested from memory at the start, not only what the
+     * warps' registers can hold in flight; the warps' loads then mostly hit L2 */
+    if (pf_bytes > 0 && threadIdx.x < 16 * MT && sg.o0 + (int)threadIdx.x < sg.O) {
+        const uint32_t bytes = (uint32_t)(2 * K < pf_bytes ? 2 * K : pf_bytes);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)(sg.o0 + threadIdx.x) * K), "r"(bytes) : "memory");
+    }
     const uint4 *wr[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -1073,26 +1081,26 @@ static void matmul_small(cudaStream_t st, const MmCfg *cfg, float *out, const fl
  * (cfg->tc_mt; 1 with fewer than 3 pieces, at most 2 above 32 rows: the block's partial sums
  * must fit in 32 KB of shared memory), NT = rows / 8 rounded up */
 template <int MT, int NT, int P>
-static void matmul_tc_u(cudaStream_t st, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep) {
+static void matmul_tc_u(cudaStream_t st, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
     constexpr int U = 4 / (MT > NT ? MT : NT) > 1 ? 4 / (MT > NT ? MT : NT) : 1;
     if constexpr (P == 3) {
         if (deep == 1) {
-            k_matmul_tc<MT, NT, P, 2 * U><<<grid, 256, 0, st>>>(mm, x, n, K);
+            k_matmul_tc<MT, NT, P, 2 * U><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
             return;
         }
         if (deep == 2) {
-            k_matmul_tc<MT, NT, P, U >= 2 ? U / 2 : 1><<<grid, 256, 0, st>>>(mm, x, n, K);
+            k_matmul_tc<MT, NT, P, U >= 2 ? U / 2 : 1><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
             return;
         }
     }
-    k_matmul_tc<MT, NT, P, U><<<grid, 256, 0, st>>>(mm, x, n, K);
+    k_matmul_tc<MT, NT, P, U><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
 }
 template <int MT, int P>
-static void matmul_tc_nt(cudaStream_t st, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep) {
-    if (n <= 8) matmul_tc_u<MT, 1, P>(st, mm, grid, x, n, K, deep);
-    else if (n <= 16) matmul_tc_u<MT, 2, P>(st, mm, grid, x, n, K, deep);
-    else if (n <= 32) matmul_tc_u<MT, 4, P>(st, mm, grid, x, n, K, deep);
-    else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P>(st, mm, grid, x, n, K, deep);
+static void matmul_tc_nt(cudaStream_t st, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
+    if (n <= 8) matmul_tc_u<MT, 1, P>(st, mm, grid, x, n, K, deep, pf);
+    else if (n <= 16) matmul_tc_u<MT, 2, P>(st, mm, grid, x, n, K, deep, pf);
+    else if (n <= 32) matmul_tc_u<MT, 4, P>(st, mm, grid, x, n, K, deep, pf);
+    else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P>(st, mm, grid, x, n, K, deep, pf);
 }
 static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
                       const MmMulti *multi) {
@@ -1106,18 +1114,23 @@ static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float
         mm.O[0] = O;
     }
     const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
-    int mt = cfg->tc < 3 ? 1 : cfg->tc_mt[b];
+    int rows = 0;
+    for (int j = 0; j < mm.count; j++) rows += mm.O[j];
+    /* auto (measured on the H200, docs/bench-cuda.md): 2 tiles per block for lm_head-sized
+     * launches up to 32 rows of x (x split once for 32 weight rows), else 1 (more blocks) */
+    int mt = cfg->tc_mt[b] ? cfg->tc_mt[b] : rows >= 65536 && n <= 32 ? 2 : 1;
+    if (cfg->tc < 3) mt = 1;
     if (n > 32 && mt > 2) mt = 2;
     int G = 0;
     for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + 16 * mt - 1) / (16 * mt);
     const unsigned grid = (unsigned)G;
     /* U: k-steps per round (weights and x in flight at once), 4 / max(MT, NT) (deep 1: twice, 2: half) */
-    const int deep = cfg->tc_deep;
-    if (cfg->tc == 1) matmul_tc_nt<1, 1>(st, mm, grid, x, n, K, 0);
-    else if (cfg->tc == 2) matmul_tc_nt<1, 2>(st, mm, grid, x, n, K, 0);
-    else if (mt == 1) matmul_tc_nt<1, 3>(st, mm, grid, x, n, K, deep);
-    else if (mt == 2) matmul_tc_nt<2, 3>(st, mm, grid, x, n, K, deep);
-    else matmul_tc_nt<4, 3>(st, mm, grid, x, n, K, deep);
+    const int deep = cfg->tc_deep, pf = cfg->tc_pf;
+    if (cfg->tc == 1) matmul_tc_nt<1, 1>(st, mm, grid, x, n, K, 0, pf);
+    else if (cfg->tc == 2) matmul_tc_nt<1, 2>(st, mm, grid, x, n, K, 0, pf);
+    else if (mt == 1) matmul_tc_nt<1, 3>(st, mm, grid, x, n, K, deep, pf);
+    else if (mt == 2) matmul_tc_nt<2, 3>(st, mm, grid, x, n, K, deep, pf);
+    else matmul_tc_nt<4, 3>(st, mm, grid, x, n, K, deep, pf);
 }
 static bool mm_tc(const MmCfg *cfg, int dt, const float *x, const void *w, int K) {
     return cfg->tc && !cfg->ref && dt == DS_BF16 && K % 32 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0;
@@ -1488,13 +1501,19 @@ extern "C" const char *backend_cuda_info(const Backend *be) { return ((const Cud
 /* DSPARK_CUDA_MM_TC: 0 the F32-FMA kernel for BF16 weights too (before/after), 1 or 2 bf16
  * pieces of x (lossy: tests and measurements), default 3; DSPARK_CUDA_TC_MT: "M" or
  * "M1,M8,M16,M32,M64", 16-row tiles per block (1, 2 or 4) by row bucket; DSPARK_CUDA_TC_DEEP=1
- * or 2: twice or half the k-steps per round (none of these two changes a value) */
+ * or 2: twice or half the k-steps per round; DSPARK_CUDA_TC_PREFETCH=KB: L2 prefetch of each
+ * weight row at block start, up to KB (default 0, off). None of these changes a value. */
 static void mm_tc_config(MmCfg *m) {
     const char *tc = getenv("DSPARK_CUDA_MM_TC"), *mt = getenv("DSPARK_CUDA_TC_MT"), *deep = getenv("DSPARK_CUDA_TC_DEEP");
     m->tc_deep = deep && (deep[0] == '1' || deep[0] == '2') && !deep[1] ? deep[0] - '0' : 0;
+    const char *pf = getenv("DSPARK_CUDA_TC_PREFETCH");
+    const int pf_kb = pf ? atoi(pf) : -1;
+    /* off by default: it helped single products that L2 could not hold, but cost 0.6 ms per
+     * decode step of the 36-layer model (docs/bench-cuda.md) */
+    m->tc_pf = pf_kb <= 0 ? 0 : pf_kb > 1 << 20 ? 1 << 30 : pf_kb * 1024;
     m->tc = m->ref ? 0 : 3;
     if (tc && tc[0] >= '0' && tc[0] <= '3' && !tc[1]) m->tc = m->ref ? 0 : tc[0] - '0';
-    const int mt_default[5] = {1, 1, 1, 1, 1};
+    const int mt_default[5] = {0, 0, 0, 0, 0}; /* auto (matmul_tc) */
     for (int i = 0; i < 5; i++) m->tc_mt[i] = mt_default[i];
     if (mt) {
         int v[5], k = sscanf(mt, "%d,%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3], &v[4]);
