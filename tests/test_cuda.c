@@ -1,18 +1,23 @@
 /* test_cuda.c - the CUDA backend against the CPU backend (issue 7), on the GPU machine.
  *
  * Measure: normalised squared error nse = sum (gpu - cpu)^2 / sum cpu^2. Both backends widen
- * BF16/F16 weights to F32 exactly and accumulate in F32, so the bound is float32 rounding for
- * every weight dtype: nse <= 1e-7 (observed values are printed). Copies (embed, gather,
- * kv_write, add, ew mul) must be bitwise equal. Must-fail: the same product with the weights
- * rounded to BF16 on one side only is caught by that bound.
+ * BF16/F16 weights to F32 exactly and accumulate in F32 (the GPU's tensor-core product for
+ * BF16: exact products of x's 3 bf16 pieces, F32 accumulation), so the bound is float32
+ * rounding for every weight dtype: nse <= 1e-7 (observed values are printed). Copies (embed,
+ * gather, kv_write, add, ew mul) must be bitwise equal. Must-fail: the same product with the
+ * weights rounded to BF16 on one side only, and the tensor-core product with x in one bf16
+ * piece (x rounded to bf16), are caught by that bound.
  *   - every op on random data, several shapes (scalar and vector matmul paths, cuBLAS above
  *     CUDA_SMALL_N rows), and on the GPU a row's result is bitwise the same alone or in a batch;
+ *   - the tensor-core product: every n 1..64 bitwise the rows of the 64-row product, every
+ *     launch setting too (test_matmul_tc);
  *   - the tiny-qwen3 target forward (F32 and BF16 checkpoints): logits and layer features,
- *     and incremental decoding on the GPU bitwise equal to the one-shot forward;
+ *     and incremental decoding on the GPU bitwise equal to the one-shot forward (both);
  *   - the fixture drafters and the trained drafter: hidden, base logits, per-slot logits and
  *     confidences;
  *   - greedy speculative decoding on the GPU gives exactly the CPU's plain greedy tokens.
  * Without a GPU it prints why and exits 77 (ctest SKIP); DSPARK_REQUIRE_CUDA=1 makes that a failure.
+ * DSPARK_TEST_ONLY=test_a,test_b runs only those (a short compute-sanitizer run).
  * ctest: labels=cuda timeout=600 */
 #include "spec.h"
 #include "test.h"

@@ -5,7 +5,10 @@
  * F32 stays F32) and widened to F32 in registers; activations are F32 throughout.
  *
  * Arithmetic (compiled with --fmad=false, so nothing is fused unless written as fmaf):
- *   matmul     (<= CUDA_SMALL_N rows) blocks of 256 threads over C output columns and all
+ *   matmul     BF16 weights, <= CUDA_SMALL_N rows, K % 32 == 0, aligned: k_matmul_tc, tensor
+ *              cores with x split into 3 bf16 pieces (its comment says the arithmetic; the
+ *              same for every row count and launch setting). Otherwise:
+ *              (<= CUDA_SMALL_N rows) blocks of 256 threads over C output columns and all
  *              rows of the call, each weight chunk loaded once per block for a chunk of up to
  *              8 rows; thread t sums k = 8t.. in steps of 2048 (or k = t.. in steps of 256 when
  *              rows are not 16-byte aligned), then warp_sum's fixed xor tree per warp (many
