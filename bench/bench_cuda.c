@@ -296,7 +296,7 @@ done:
 int main(int argc, char **argv) {
     int ctx = 512, reps = 20, L = 36, batch_max = 256;
     const char *json_out = NULL;
-    bool profile = false, tiny = false;
+    bool profile = false, tiny = false, mm_only = false;
     const char *device = "cuda";
     setvbuf(stdout, NULL, _IOLBF, 0); /* a run cut short by a time limit keeps its finished rows */
     for (int i = 1; i < argc; i++) {
@@ -306,10 +306,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch_max = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_out = argv[++i];
         else if (!strcmp(argv[i], "--profile")) profile = true;
+        else if (!strcmp(argv[i], "--mm")) mm_only = true; /* the product table, then exit */
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i]; /* cpu: a logic check with --tiny */
         else if (!strcmp(argv[i], "--tiny")) tiny = true; /* small sizes: checks the program, measures nothing */
         else {
-            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--device cpu --tiny]\n");
+            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--mm] [--device cpu --tiny]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -390,6 +391,55 @@ int main(int argc, char **argv) {
         }
         if (x) be->free(be, x);
         if (o) be->free(be, o);
+    }
+    if (mm_only) { /* --mm: each product of a layer (as the model calls them) and lm_head at 1..64 rows */
+        float *x = be->alloc(be, sizeof(float) * 64 * ff), *o = be->alloc(be, sizeof(float) * 64 * (size_t)V),
+              *o2 = be->alloc(be, sizeof(float) * 64 * (size_t)ff), *o3 = be->alloc(be, sizeof(float) * 64 * (size_t)ff);
+        const char *pn[5] = {"q/k/v (multi)", "o_proj", "gate/up (multi)", "down_proj", "lm_head"};
+        const double pb[5] = {2.0 * d * (H + 2 * KV) * hd, 2.0 * H * hd * d, 4.0 * d * ff, 2.0 * ff * d, 2.0 * V * d};
+        const int rows[7] = {1, 2, 4, 8, 16, 32, 64};
+        printf("\nproducts, us per call (20 back to back, layer i %% %d), and the share of the copy bandwidth:\n%-18s", L, "rows");
+        for (int r = 0; r < 7; r++) printf(" %14d", rows[r]);
+        printf("\n");
+        double tot[7] = {0};
+        for (int k = 0; k < 5 && x && o && o2 && o3; k++) {
+            printf("%-18s", pn[k]);
+            for (int r = 0; r < 7; r++) {
+                const int n = rows[r];
+                double best = 1e9;
+                for (int rep = 0; rep < 3; rep++) {
+                    be->synchronize(be);
+                    double c0 = ds_now();
+                    for (int it = 0; it < 20; it++) {
+                        /* each call another layer's weights (as in a step; L2 holds a whole small product) */
+                        const Qwen3Layer *y = &m.layers[it % L];
+                        if (k == 0 && be->matmul_multi) {
+                            float *outs[3] = {o, o2, o3};
+                            const Weight *ws[3] = {&y->q_proj, &y->k_proj, &y->v_proj};
+                            be->matmul_multi(be, outs, x, ws, 3, n, 0);
+                        } else if (k == 0) {
+                            be->matmul(be, o, x, &y->q_proj, n); be->matmul(be, o2, x, &y->k_proj, n); be->matmul(be, o3, x, &y->v_proj, n);
+                        } else if (k == 2 && be->matmul_multi) {
+                            float *outs[2] = {o2, o3};
+                            const Weight *ws[2] = {&y->gate_proj, &y->up_proj};
+                            be->matmul_multi(be, outs, x, ws, 2, n, 0);
+                        } else if (k == 2) {
+                            be->matmul(be, o2, x, &y->gate_proj, n); be->matmul(be, o3, x, &y->up_proj, n);
+                        } else be->matmul(be, o, x, k == 1 ? &y->o_proj : k == 3 ? &y->down_proj : &m.embed, n);
+                    }
+                    be->synchronize(be);
+                    const double tt = (ds_now() - c0) / 20;
+                    best = tt < best ? tt : best;
+                }
+                tot[r] += k == 4 ? best : best * L;
+                printf(" %7.1f (%.2f)", best * 1e6, pb[k] / best / bw);
+            }
+            printf("\n");
+        }
+        printf("%-18s", "sum of a step, ms");
+        for (int r = 0; r < 7; r++) printf(" %14.3f", tot[r] * 1e3);
+        printf("\n");
+        return 0;
     }
     Qwen3State st;
     if (qwen3_state_init(&st, &m, 256, 256, 0, 1, ctx + 300, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }

@@ -5,7 +5,10 @@
  * F32 stays F32) and widened to F32 in registers; activations are F32 throughout.
  *
  * Arithmetic (compiled with --fmad=false, so nothing is fused unless written as fmaf):
- *   matmul     (<= CUDA_SMALL_N rows) blocks of 256 threads over C output columns and all
+ *   matmul     BF16 weights, <= CUDA_SMALL_N rows, K % 32 == 0, aligned: k_matmul_tc, tensor
+ *              cores with x split into 3 bf16 pieces (its comment says the arithmetic; the
+ *              same for every row count and launch setting). Otherwise:
+ *              (<= CUDA_SMALL_N rows) blocks of 256 threads over C output columns and all
  *              rows of the call, each weight chunk loaded once per block for a chunk of up to
  *              8 rows; thread t sums k = 8t.. in steps of 2048 (or k = t.. in steps of 256 when
  *              rows are not 16-byte aligned), then warp_sum's fixed xor tree per warp (many
@@ -120,6 +123,10 @@ typedef struct {
     bool chunk4;   /* n > 4 in chunks of 4 rows, not 8 (DSPARK_CUDA_MM_CHUNK=4) */
     bool multi;    /* matmul_multi on (DSPARK_CUDA_MM_MULTI=0: off) */
     int cols[4];   /* columns per block by bucket (DSPARK_CUDA_MM_COLS) */
+    int tc;        /* BF16 tensor-core product with x in tc bf16 pieces (DSPARK_CUDA_MM_TC: 0 off, 1-3; 3) */
+    int tc_mt[5];  /* its 16-row tiles per block by bucket n = 1, 2-8, 9-16, 17-32, 33-64 (DSPARK_CUDA_TC_MT; 0 auto) */
+    int tc_deep;   /* k-steps per round: 1 twice, 2 half the default (DSPARK_CUDA_TC_DEEP) */
+    int tc_pf;     /* bytes of each weight row prefetched into L2 at block start (DSPARK_CUDA_TC_PREFETCH, KB; 0 off) */
     int nsm;
 } MmCfg;
 
@@ -625,6 +632,175 @@ __global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *__re
     }
 }
 
+/* ---- the tensor-core product: BF16 weights, <= CUDA_SMALL_N rows (decode and verify) ----
+ * out[i][o] = sum_k x[i][k] w[o][k] with mma.sync m16n8k16 (bf16 in, f32 accumulate), "swap
+ * AB": A = 16 weight rows x 16 k (W row-major [O][K] is A's row-major layout), B = x^T, 16 k x
+ * 8 rows of x (x row-major [n][K] is B's column layout), C = 16 outputs x 8 rows. Lane
+ * (g = lane / 4, t = lane % 4) loads 16 bytes of weight rows g and g + 8 at k = 32 j + 8 t
+ * (one k-step j covers 32 k: 4 lanes x 8 per row, two mma) and x row g's 8 floats at the same
+ * k; the k slots of the two mma are a permutation of those 32 k, the same for A and B, so the
+ * fragments come straight from the loads (no shuffles, no shared memory).
+ * x is F32: each value is split into P bf16 pieces x = h + m + l (h = bf16(x), m = bf16(x - h),
+ * l = bf16(x - h - m); both differences are exact in F32), and each piece's products w * piece
+ * are exact in the mma's F32 accumulation, so 3 pieces carry x's whole 24-bit significand
+ * (normal floats; a value beyond bf16's largest finite, ~3.39e38, or an inf/NaN gives NaN).
+ * Arithmetic of one output, fixed by K alone: k-step j belongs to warp j % 8 of the block; a
+ * warp runs, for each of its k-steps in ascending order, mma(first 16 k) with h, m, l, then
+ * mma(second 16 k) with h, m, l into one F32 accumulator; the 8 warps' sums are added as
+ * ((w0 + w4) + (w2 + w6)) + ((w1 + w5) + (w3 + w7)). Nothing depends on n, on the other rows
+ * (an mma's column j reads only column j of B), on MT (16-row tiles per block) or on the
+ * segment layout of matmul_multi, so a row's result is bitwise the same alone or in a block.
+ * Needs K % 32 == 0 and 16-byte aligned x and w (else the F32-FMA kernel above). */
+#define TC_WARPS 8
+
+__device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half: the smaller k */
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+/* 8 floats -> P bf16 pieces, each as 4 packed pairs (pair j: k 2j, 2j + 1) */
+template <int P>
+__device__ __forceinline__ void tc_split(float (&r)[8], uint32_t (&p)[P][4]) {
+#pragma unroll
+    for (int q = 0; q < P; q++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t u = bf16x2_rn(r[2 * j], r[2 * j + 1]);
+            p[q][j] = u;
+            if (q + 1 < P) { /* the remainder, exact in F32 */
+                r[2 * j] = r[2 * j] - __uint_as_float(u << 16);
+                r[2 * j + 1] = r[2 * j + 1] - __uint_as_float(u & 0xffff0000u);
+            }
+        }
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+/* weights are read once: past L1 (x stays there) */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+/* one block of 8 warps: MT tiles of 16 output rows (column group blockIdx.x of mm's segments)
+ * for NT tiles of 8 rows of x (n <= 8 NT); U k-steps of weights loaded before they are used */
+template <int MT, int NT, int P, int U>
+__global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__restrict__ x, int n, int K, int pf_bytes) {
+    constexpr int T = MT * NT;
+    __shared__ float4 red[TC_WARPS / 2][T][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const MmSeg sg = mm_segment<16 * MT>(mm, blockIdx.x);
+    const uint16_t *w = (const uint16_t *)sg.w;
+    /* the block's weight rows into L2 at once (a bulk prefetch per row, up to pf_bytes of each):
+     * the whole product's bytes are requested from memory at the start, not only what the
+     * warps' registers can hold in flight; the warps' loads then mostly hit L2 */
+    if (pf_bytes > 0 && threadIdx.x < 16 * MT && sg.o0 + (int)threadIdx.x < sg.O) {
+        const uint32_t bytes = (uint32_t)(2 * K < pf_bytes ? 2 * K : pf_bytes);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)(sg.o0 + threadIdx.x) * K), "r"(bytes) : "memory");
+    }
+    const uint4 *wr[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = sg.o0 + 16 * mt + 8 * h + g;
+            wr[mt][h] = (const uint4 *)(w + (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t);
+        }
+    const float *xr[NT];
+    bool xok[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        xok[nt] = 8 * nt + g < n;
+        xr[nt] = x + (size_t)(xok[nt] ? 8 * nt + g : 0) * K + 8 * t;
+    }
+    float acc[T][4];
+#pragma unroll
+    for (int q = 0; q < T; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
+    const int KS = K / 32;
+    /* a round: the weights and x of U k-steps loaded first (all in flight at once), then used */
+    for (int j0 = warp; j0 < KS; j0 += TC_WARPS * U) {
+        uint4 wv[U][MT][2];
+        float4 xv[U][NT][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + TC_WARPS * u;
+            if (j < KS) {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * 4);
+                    wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * 4);
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const float4 *xp = (const float4 *)(xr[nt] + (size_t)j * 32);
+                    xv[u][nt][0] = xok[nt] ? __ldg(xp) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    xv[u][nt][1] = xok[nt] ? __ldg(xp + 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (j0 + TC_WARPS * u >= KS) break;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const float4 a = xv[u][nt][0], b = xv[u][nt][1];
+                float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                uint32_t p[P][4];
+                tc_split<P>(f, p);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    const uint4 lo = wv[u][mt][0], hi = wv[u][mt][1]; /* rows g, g + 8 */
+                    /* the k-step's 32 k into a fresh accumulator, then one F32 add into the sum: the
+                     * mma's own accumulation (not IEEE-rounded) spans 6 mma, not the whole K */
+                    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                    for (int q = 0; q < P; q++) mma_bf16(c, lo.x, hi.x, lo.y, hi.y, p[q][0], p[q][1]);
+#pragma unroll
+                    for (int q = 0; q < P; q++) mma_bf16(c, lo.z, hi.z, lo.w, hi.w, p[q][2], p[q][3]);
+                    float *s = acc[mt * NT + nt];
+                    s[0] = s[0] + c[0]; s[1] = s[1] + c[1]; s[2] = s[2] + c[2]; s[3] = s[3] + c[3];
+                }
+            }
+        }
+    }
+    /* the warps' sums in the fixed tree: 4..7 onto 0..3, 2..3 onto 0..1, 1 onto 0 */
+#pragma unroll
+    for (int s = TC_WARPS / 2; s >= 1; s >>= 1) {
+        if (warp >= s && warp < 2 * s)
+#pragma unroll
+            for (int q = 0; q < T; q++) red[warp - s][q][lane] = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
+        __syncthreads();
+        if (warp < s)
+#pragma unroll
+            for (int q = 0; q < T; q++) {
+                const float4 v = red[warp][q][lane];
+                acc[q][0] = acc[q][0] + v.x; acc[q][1] = acc[q][1] + v.y; acc[q][2] = acc[q][2] + v.z; acc[q][3] = acc[q][3] + v.w;
+            }
+        __syncthreads();
+    }
+    if (warp != 0) return;
+    /* C fragment: acc[.][0], [1] = output row g, x rows 2t, 2t + 1; [2], [3] = row g + 8 */
+    float *out = sg.out;
+    const int O = sg.O;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const float *c = acc[mt * NT + nt];
+            const int i = 8 * nt + 2 * t, r0 = sg.o0 + 16 * mt + g, r1 = r0 + 8;
+            if (i < n) {
+                if (r0 < O) out[(size_t)i * O + r0] = c[0];
+                if (r1 < O) out[(size_t)i * O + r1] = c[2];
+            }
+            if (i + 1 < n) {
+                if (r0 < O) out[(size_t)(i + 1) * O + r0] = c[1];
+                if (r1 < O) out[(size_t)(i + 1) * O + r1] = c[3];
+            }
+        }
+}
+
 __global__ void k_widen(float *dst, const void *w, int dt, size_t off, size_t count) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = weight_at(w, dt, off + i);
@@ -905,13 +1081,73 @@ static void matmul_small(cudaStream_t st, const MmCfg *cfg, float *out, const fl
     else matmul_cols<8, DT, VEC>(st, &c, c.cols[3], out, x, w, n, K, O, multi);
 }
 
+/* the tensor-core product (k_matmul_tc): MT tiles of 16 output rows per block by row bucket
+ * (cfg->tc_mt; 1 with fewer than 3 pieces, at most 2 above 32 rows: the block's partial sums
+ * must fit in 32 KB of shared memory), NT = rows / 8 rounded up */
+template <int MT, int NT, int P>
+static void matmul_tc_u(cudaStream_t st, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
+    constexpr int U = 4 / (MT > NT ? MT : NT) > 1 ? 4 / (MT > NT ? MT : NT) : 1;
+    if constexpr (P == 3) {
+        if (deep == 1) {
+            k_matmul_tc<MT, NT, P, 2 * U><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
+            return;
+        }
+        if (deep == 2) {
+            k_matmul_tc<MT, NT, P, U >= 2 ? U / 2 : 1><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
+            return;
+        }
+    }
+    k_matmul_tc<MT, NT, P, U><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
+}
+template <int MT, int P>
+static void matmul_tc_nt(cudaStream_t st, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
+    if (n <= 8) matmul_tc_u<MT, 1, P>(st, mm, grid, x, n, K, deep, pf);
+    else if (n <= 16) matmul_tc_u<MT, 2, P>(st, mm, grid, x, n, K, deep, pf);
+    else if (n <= 32) matmul_tc_u<MT, 4, P>(st, mm, grid, x, n, K, deep, pf);
+    else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P>(st, mm, grid, x, n, K, deep, pf);
+}
+static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
+                      const MmMulti *multi) {
+    MmMulti mm;
+    if (multi) mm = *multi;
+    else {
+        memset(&mm, 0, sizeof mm);
+        mm.count = 1;
+        mm.out[0] = out;
+        mm.w[0] = w;
+        mm.O[0] = O;
+    }
+    const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
+    int rows = 0;
+    for (int j = 0; j < mm.count; j++) rows += mm.O[j];
+    /* auto (measured on the H200, docs/bench-cuda.md): 2 tiles per block for lm_head-sized
+     * launches up to 32 rows of x (x split once for 32 weight rows), else 1 (more blocks) */
+    int mt = cfg->tc_mt[b] ? cfg->tc_mt[b] : rows >= 65536 && n <= 32 ? 2 : 1;
+    if (cfg->tc < 3) mt = 1;
+    if (n > 32 && mt > 2) mt = 2;
+    int G = 0;
+    for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + 16 * mt - 1) / (16 * mt);
+    const unsigned grid = (unsigned)G;
+    /* U: k-steps per round (weights and x in flight at once), 4 / max(MT, NT) (deep 1: twice, 2: half) */
+    const int deep = cfg->tc_deep, pf = cfg->tc_pf;
+    if (cfg->tc == 1) matmul_tc_nt<1, 1>(st, mm, grid, x, n, K, 0, pf);
+    else if (cfg->tc == 2) matmul_tc_nt<1, 2>(st, mm, grid, x, n, K, 0, pf);
+    else if (mt == 1) matmul_tc_nt<1, 3>(st, mm, grid, x, n, K, deep, pf);
+    else if (mt == 2) matmul_tc_nt<2, 3>(st, mm, grid, x, n, K, deep, pf);
+    else matmul_tc_nt<4, 3>(st, mm, grid, x, n, K, deep, pf);
+}
+static bool mm_tc(const MmCfg *cfg, int dt, const float *x, const void *w, int K) {
+    return cfg->tc && !cfg->ref && dt == DS_BF16 && K % 32 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0;
+}
+
 static bool mm_vec(const float *x, const void *w, int K) { return K % 8 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0; }
 
 template <int DT>
 static void matmul_small_dt(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
                             const MmMulti *multi) {
     const bool vec = mm_vec(x, w, K);
-    if (cfg->ref && vec) matmul_small_ref<DT, true>(st, out, x, w, n, K, O);
+    if (mm_tc(cfg, DT, x, w, K)) matmul_tc(st, cfg, out, x, w, n, K, O, multi);
+    else if (cfg->ref && vec) matmul_small_ref<DT, true>(st, out, x, w, n, K, O);
     else if (cfg->ref) matmul_small_ref<DT, false>(st, out, x, w, n, K, O);
     else if (vec) matmul_small<DT, true>(st, cfg, out, x, w, n, K, O, multi);
     else matmul_small<DT, false>(st, cfg, out, x, w, n, K, O, multi);
@@ -991,7 +1227,8 @@ static void cu_matmul_multi(Backend *be, float *const *outs, const float *x, con
     }
     bool fuse = count <= 3 && n <= CUDA_SMALL_N && !c->mm.ref;
     for (int j = 0; j < count && fuse; j++)
-        fuse = ws[j]->dtype == ws[0]->dtype && ws[j]->cols == ws[0]->cols && mm_vec(x, ws[j]->dev, ws[j]->cols) == mm_vec(x, ws[0]->dev, ws[0]->cols);
+        fuse = ws[j]->dtype == ws[0]->dtype && ws[j]->cols == ws[0]->cols && mm_vec(x, ws[j]->dev, ws[j]->cols) == mm_vec(x, ws[0]->dev, ws[0]->cols) &&
+               mm_tc(&c->mm, ws[j]->dtype, x, ws[j]->dev, ws[j]->cols) == mm_tc(&c->mm, ws[0]->dtype, x, ws[0]->dev, ws[0]->cols);
     if (fuse) {
         MmMulti mm;
         memset(&mm, 0, sizeof mm);
@@ -1266,6 +1503,32 @@ static void cu_destroy(Backend *be) {
 extern "C" const char *backend_cuda_info(const Backend *be) { return ((const CudaImpl *)be->impl)->info; }
 extern "C" void *backend_cuda_stream(const Backend *be) { return (void *)((const CudaImpl *)be->impl)->stream; }
 
+/* DSPARK_CUDA_MM_TC: 0 the F32-FMA kernel for BF16 weights too (before/after), 1 or 2 bf16
+ * pieces of x (lossy: tests and measurements), default 3; DSPARK_CUDA_TC_MT: "M" or
+ * "M1,M8,M16,M32,M64", 16-row tiles per block (1, 2 or 4) by row bucket; DSPARK_CUDA_TC_DEEP=1
+ * or 2: twice or half the k-steps per round; DSPARK_CUDA_TC_PREFETCH=KB: L2 prefetch of each
+ * weight row at block start, up to KB (default 0, off). None of these changes a value. */
+static void mm_tc_config(MmCfg *m) {
+    const char *tc = getenv("DSPARK_CUDA_MM_TC"), *mt = getenv("DSPARK_CUDA_TC_MT"), *deep = getenv("DSPARK_CUDA_TC_DEEP");
+    m->tc_deep = deep && (deep[0] == '1' || deep[0] == '2') && !deep[1] ? deep[0] - '0' : 0;
+    const char *pf = getenv("DSPARK_CUDA_TC_PREFETCH");
+    const int pf_kb = pf ? atoi(pf) : -1;
+    /* off by default: it helped single products that L2 could not hold, but cost 0.6 ms per
+     * decode step of the 36-layer model (docs/bench-cuda.md) */
+    m->tc_pf = pf_kb <= 0 ? 0 : pf_kb > 1 << 20 ? 1 << 30 : pf_kb * 1024;
+    m->tc = m->ref ? 0 : 3;
+    if (tc && tc[0] >= '0' && tc[0] <= '3' && !tc[1]) m->tc = m->ref ? 0 : tc[0] - '0';
+    const int mt_default[5] = {0, 0, 0, 0, 0}; /* auto (matmul_tc) */
+    for (int i = 0; i < 5; i++) m->tc_mt[i] = mt_default[i];
+    if (mt) {
+        int v[5], k = sscanf(mt, "%d,%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3], &v[4]);
+        for (int i = 0; i < 5 && k >= 1; i++) {
+            const int x = v[k == 5 ? i : 0];
+            if (x == 1 || x == 2 || x == 4) m->tc_mt[i] = x;
+        }
+    }
+}
+
 extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     (void)n_threads;
     int count = 0;
@@ -1319,6 +1582,7 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     c->mm.chunk4 = chunk && strcmp(chunk, "4") == 0;
     c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
     c->mm.nsm = prop.multiProcessorCount;
+    mm_tc_config(&c->mm);
     const int cols_default[4] = {4, 8, 4, 4};
     for (int i = 0; i < 4; i++) c->mm.cols[i] = cols_default[i];
     if (cols) { /* "C" for every bucket or "C1,C2,C4,C8" (2, 4 or 8; benchmarks tune with it) */
@@ -1333,6 +1597,11 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     snprintf(c->info, sizeof c->info, "%.200s (sm_%d%d, %.1f GB, %d SMs), products: own kernel%s", prop.name, prop.major, prop.minor,
              prop.totalGlobalMem / 1e9, prop.multiProcessorCount, c->have_blas ? " <= 64 rows, cuBLAS F32 above" : " (no cuBLAS)");
     if (c->mm.ref) strncat(c->info, ", reference product kernel", sizeof c->info - strlen(c->info) - 1);
+    else if (c->mm.tc) {
+        char t[96];
+        snprintf(t, sizeof t, ", BF16 <= 64 rows: tensor cores, x in %d bf16 piece%s", c->mm.tc, c->mm.tc > 1 ? "s" : "");
+        strncat(c->info, t, sizeof c->info - strlen(c->info) - 1);
+    }
     be->impl = c;
     be->name = "cuda";
     be->host_memory = false;

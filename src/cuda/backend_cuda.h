@@ -5,20 +5,27 @@
  * opened with dlopen() there too, and without it every product runs on our own kernel.
  *
  * Exactness on the GPU: matmul rows of calls with at most CUDA_SMALL_N rows (decode and
- * verify steps) go through one deterministic kernel whose per-element arithmetic does not
+ * verify steps) go through deterministic kernels whose per-element arithmetic does not
  * depend on the number of rows, so a token's logits are bitwise the same alone or in a verify
- * block (backend.h's contract). Larger calls (prefill) use cuBLAS in float32 (no TF32), BF16
+ * block (backend.h's contract): for BF16 weights (K % 32 == 0, 16-byte aligned x) tensor
+ * cores (mma bf16, F32 accumulation) with each F32 activation split into 3 bf16 pieces whose
+ * products are exact (F32 quality: nse against the CPU <= 2.5e-13 measured, as the F32-FMA
+ * kernel), else the F32-FMA kernel. Larger calls (prefill) use cuBLAS in float32 (no TF32), BF16
  * weights widened to F32 first, equal to the CPU up to float32 rounding; DSPARK_CUDA_CUBLAS=0
- * keeps the deterministic kernel for every size.
+ * keeps the deterministic kernels for every size.
  *
  * Environment (read at backend_cuda_create): DSPARK_CUDA_GRAPHS=0 no step graphs;
  * DSPARK_CUDA_SYNC=1 wait after every op (and no graphs); launch settings of the product,
  * none of which changes a value: DSPARK_CUDA_MM_COLS (columns per block, "C" or
  * "C1,C2,C4,C8" by row bucket 1, 2, 3-4, 5-64; 2, 4 or 8), DSPARK_CUDA_MM_PERSIST ("P" or
  * "P1,P2,P4,P8", persistent blocks with prefetch), DSPARK_CUDA_MM_CHUNK=4 (rows per chunk
- * above 4 rows), DSPARK_CUDA_MM_SMEM=1 (x rows in shared memory), DSPARK_CUDA_MM_MULTI=0
- * (no matmul_multi), DSPARK_CUDA_MATMUL_REF=1 (the previous product kernel, for tests and
- * before/after benchmarks). */
+ * above 4 rows), DSPARK_CUDA_MM_MULTI=0 (no matmul_multi), DSPARK_CUDA_MATMUL_REF=1 (the
+ * previous product kernel, for tests and before/after benchmarks). The tensor-core product:
+ * DSPARK_CUDA_MM_TC=0 the F32-FMA kernel for BF16 too (before/after; it changes values within
+ * float32 rounding), 1 or 2 (x in 1 or 2 bf16 pieces: lossy, for tests and measurements);
+ * launch settings that change no value: DSPARK_CUDA_TC_MT ("M" or "M1,M8,M16,M32,M64": 16-row
+ * tiles per block by row bucket, 1, 2 or 4), DSPARK_CUDA_TC_DEEP=1/2 (twice/half the k-steps
+ * per round), DSPARK_CUDA_TC_PREFETCH=KB (L2 prefetch of each weight row; off). */
 #ifndef DSPARK_BACKEND_CUDA_H
 #define DSPARK_BACKEND_CUDA_H
 
