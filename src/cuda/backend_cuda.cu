@@ -1029,18 +1029,22 @@ static void matmul_small_ref(cudaStream_t st, float *out, const float *x, const 
 }
 
 
+/* matmul_multi's segments, or the one product as a single segment */
+static MmMulti mm_segments(const MmMulti *multi, float *out, const void *w, int O) {
+    MmMulti mm;
+    if (multi) return *multi;
+    memset(&mm, 0, sizeof mm);
+    mm.count = 1;
+    mm.out[0] = out;
+    mm.w[0] = w;
+    mm.O[0] = O;
+    return mm;
+}
+
 template <int NB, int C, int DT, bool VEC>
 static void matmul_launch(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
                           const MmMulti *multi) {
-    MmMulti mm; /* matmul_multi's segments, or the one product */
-    if (multi) mm = *multi;
-    else {
-        memset(&mm, 0, sizeof mm);
-        mm.count = 1;
-        mm.out[0] = out;
-        mm.w[0] = w;
-        mm.O[0] = O;
-    }
+    MmMulti mm = mm_segments(multi, out, w, O);
     int G = 0;
     for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + C - 1) / C;
     if constexpr (DT != DS_F32 && VEC) {
@@ -1108,15 +1112,7 @@ static void matmul_tc_nt(cudaStream_t st, const MmMulti &mm, unsigned grid, cons
 }
 static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
                       const MmMulti *multi) {
-    MmMulti mm;
-    if (multi) mm = *multi;
-    else {
-        memset(&mm, 0, sizeof mm);
-        mm.count = 1;
-        mm.out[0] = out;
-        mm.w[0] = w;
-        mm.O[0] = O;
-    }
+    MmMulti mm = mm_segments(multi, out, w, O);
     const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
     int rows = 0;
     for (int j = 0; j < mm.count; j++) rows += mm.O[j];
