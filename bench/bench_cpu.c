@@ -184,6 +184,9 @@ int main(int argc, char **argv) {
     FILE *js = json_out ? fopen(json_out, "w") : NULL;
     if (js) fprintf(js, "{\"model\": \"qwen3-0.6b-shape random bf16\", \"kernels\": \"%s\", \"prefill_tokens\": %d, \"decode_tokens\": %d, \"results\": [", kern_path_name(), n_prefill, n_decode);
     printf("kernels: %s; prefill pp%d, decode tg%d, median of %d interleaved runs\n", kern_path_name(), n_prefill, n_decode, reps);
+    if (bf16act)
+        printf("bf16-act products: %s for >= %d rows, avx512bf16 (vdpbf16ps) below\n",
+               kern_amx_on() ? "amx (oneDNN)" : "avx512bf16 (vdpbf16ps)", KERN_AMX_MIN_ROWS);
     const char *path0 = kern_path_name();
     if (vs_portable) printf("baseline: the portable kernels in this process (ratio = %s / portable)\n", path0);
     printf("%-8s %14s %14s %14s %14s %9s %9s\n", "threads", "prefill tok/s", "decode tok/s", vs_portable ? "port prefill" : "ik prefill",

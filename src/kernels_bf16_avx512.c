@@ -285,6 +285,34 @@ static inline void part_range(int O, int t, int T, int *o0, int *o1) {
     *o1 = c1 * 16 < O ? c1 * 16 : O;
 }
 
+/* AMX (kernels_amx.c): x rounded to BF16 as below (so the inputs are the same bits), then
+ * each product one oneDNN call (its own parallel region), then the activation. false when
+ * oneDNN refused a product (the caller then does them all on the vector kernels). */
+static bool multi_amx(float *const *outs, const float *x, uint16_t *xb, int Kp, const Weight *const *ws, int count, int n,
+                      int act) {
+    const int K = ws[0]->cols;
+    #pragma omp parallel
+    {
+        int T = omp_get_num_threads(), t = omp_get_thread_num();
+        int r0 = (int)((long)n * t / T), r1 = (int)((long)n * (t + 1) / T);
+        x_to_bf16(xb + (size_t)r0 * Kp, x + (size_t)r0 * K, r1 - r0, K, Kp);
+    }
+    for (int j = 0; j < count; j++)
+        if (!kern_matmul_amx(outs[j], ws[j]->rows, xb, Kp, ws[j], n)) return false;
+    if (act == KERN_ACT_SWIGLU) {
+        const int O = ws[0]->rows;
+        #pragma omp parallel
+        {
+            int o0, o1;
+            part_range(O, omp_get_thread_num(), omp_get_num_threads(), &o0, &o1);
+            for (int i = 0; i < n && o0 < o1; i++)
+                kern_swiglu_avx512(outs[0] + (size_t)i * O + o0, outs[0] + (size_t)i * O + o0, outs[1] + (size_t)i * O + o0,
+                                   (size_t)(o1 - o0));
+        }
+    }
+    return true;
+}
+
 /* count BF16 matmuls of the same x in one parallel region: x rounded to BF16 once (rows split
  * among the threads, one barrier), then each thread its column range of each weight; act as
  * in kern_matmul_multi_avx512. Returns false (nothing done) when the scratch cannot be had. */
@@ -297,6 +325,7 @@ bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const 
     }
     if (!grow_scratch((size_t)n * Kp * sizeof(uint16_t))) return false;
     uint16_t *xb = t_xb;
+    if (n >= KERN_AMX_MIN_ROWS && kern_amx_on() && multi_amx(outs, x, xb, Kp, ws, count, n, act)) return true;
     #pragma omp parallel if (work >= 65536)
     {
         int T = omp_get_num_threads(), t = omp_get_thread_num();

@@ -1,0 +1,168 @@
+/* kernels_amx.c - prefill products of the OPT-IN BF16-activation path on AMX tiles, through
+ * oneDNN's matmul primitive (Debian libdnnl-dev 2.6; its "brg:avx512_core_amx_bf16"
+ * implementation drives the tiles). Built only where CMake found oneDNN (DSPARK_HAVE_DNNL);
+ * elsewhere kern_amx_available() is false and the AVX512_BF16 kernels do everything.
+ *
+ * The product: src = the activation rows already rounded to BF16 (kernels_bf16_avx512.c's
+ * x_to_bf16, row stride ldx), weights = the Weight's BF16 [out][in] rows read IN PLACE as a
+ * K x N matrix with strides {1, K} (oneDNN's "ba"), dst = F32 rows of stride ldo. No weight
+ * is copied or reordered: measured on this Xeon (1 thread, M 128), oneDNN runs as fast on
+ * the plain layout (it packs B blocks itself per call) as on its own reordered layout
+ * (1024 x 3072: 1.22 vs 2.5 ms, 3072 x 1024: 2.27 vs 2.38 ms, 1024 x 2048: 1.27 vs 1.33 ms;
+ * noisy, but never a consistent win), so the path costs no memory beyond oneDNN's scratchpad.
+ *
+ * Threads: Debian's libdnnl is built on OpenMP (libgomp, the runtime our own regions use), so a
+ * primitive runs omp_get_max_threads() threads of the same pool; a primitive is created for a
+ * thread count and is cached per (M, K, ldx, N, ldo, threads).
+ *
+ * Numerics: products of BF16 values accumulated in F32 (oneDNN's order, not the vdpbf16ps
+ * kernels' 16 lanes), so a row's value differs from the AVX512_BF16 kernels' in the last bits
+ * and, because oneDNN's blocking depends on M, need not be bitwise the same for different
+ * batch sizes: the AMX path does NOT keep backend.h's row-independence contract (see kernels.h). */
+#include "kernels.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <omp.h>
+
+#if defined(DSPARK_HAVE_DNNL) && defined(__x86_64__)
+#include <cpuid.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <dnnl.h>
+
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+typedef struct {
+    int M, K, ldx, N, ldo, nthr;
+    bool refused; /* oneDNN offered no AMX kernel for this shape (remembered: asking costs) */
+    dnnl_primitive_t prim;
+    dnnl_memory_t src, wei, dst;
+} AmxPrim;
+
+#define AMX_CACHE 64
+static AmxPrim g_cache[AMX_CACHE];
+static int g_ncache, g_next_evict;
+static dnnl_engine_t g_eng;
+static dnnl_stream_t g_stream;
+static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
+static char g_impl[64];
+
+static void prim_free(AmxPrim *p) {
+    if (p->prim) dnnl_primitive_destroy(p->prim);
+    if (p->src) dnnl_memory_destroy(p->src);
+    if (p->wei) dnnl_memory_destroy(p->wei);
+    if (p->dst) dnnl_memory_destroy(p->dst);
+    memset(p, 0, sizeof *p);
+}
+
+/* the primitive for this shape (g_lock held); NULL when oneDNN refuses it */
+static AmxPrim *prim_get(int M, int K, int ldx, int N, int ldo) {
+    const int nthr = omp_get_max_threads();
+    for (int i = 0; i < g_ncache; i++) {
+        AmxPrim *p = &g_cache[i];
+        if (p->M == M && p->K == K && p->ldx == ldx && p->N == N && p->ldo == ldo && p->nthr == nthr) return p->refused ? NULL : p;
+    }
+    AmxPrim *p;
+    if (g_ncache < AMX_CACHE) p = &g_cache[g_ncache++];
+    else {
+        p = &g_cache[g_next_evict];
+        g_next_evict = (g_next_evict + 1) % AMX_CACHE;
+        prim_free(p);
+    }
+    dnnl_memory_desc_t a, b, c;
+    dnnl_dims_t ad = {M, K}, as = {ldx, 1}, bd = {K, N}, bs = {1, K}, cd = {M, N}, cs = {ldo, 1};
+    dnnl_matmul_desc_t md;
+    dnnl_primitive_desc_t pd = NULL;
+    bool ok = dnnl_memory_desc_init_by_strides(&a, 2, ad, dnnl_bf16, as) == dnnl_success &&
+              dnnl_memory_desc_init_by_strides(&b, 2, bd, dnnl_bf16, bs) == dnnl_success &&
+              dnnl_memory_desc_init_by_strides(&c, 2, cd, dnnl_f32, cs) == dnnl_success &&
+              dnnl_matmul_desc_init(&md, &a, &b, NULL, &c) == dnnl_success &&
+              dnnl_primitive_desc_create(&pd, &md, NULL, g_eng, NULL) == dnnl_success;
+    const char *impl = NULL;
+    /* only an AMX implementation: anything else is what the AVX512_BF16 kernels already do */
+    ok = ok && dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl && strstr(impl, "amx");
+    if (ok) snprintf(g_impl, sizeof g_impl, "%s", impl);
+    ok = ok && dnnl_primitive_create(&p->prim, pd) == dnnl_success &&
+         dnnl_memory_create(&p->src, &a, g_eng, DNNL_MEMORY_NONE) == dnnl_success &&
+         dnnl_memory_create(&p->wei, &b, g_eng, DNNL_MEMORY_NONE) == dnnl_success &&
+         dnnl_memory_create(&p->dst, &c, g_eng, DNNL_MEMORY_NONE) == dnnl_success;
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (!ok) prim_free(p);
+    p->M = M; p->K = K; p->ldx = ldx; p->N = N; p->ldo = ldo; p->nthr = nthr;
+    p->refused = !ok;
+    return ok ? p : NULL;
+}
+
+static long g_products;
+
+static void amx_release_locked(void) {
+    for (int i = 0; i < g_ncache; i++) prim_free(&g_cache[i]);
+    g_ncache = g_next_evict = 0;
+}
+
+/* cpuid AMX-BF16 and AMX-TILE, the OS's permission for the tile data state (Linux 5.16+:
+ * arch_prctl ARCH_REQ_XCOMP_PERM), and a oneDNN engine whose matmul picks an AMX kernel */
+static bool amx_probe(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d & (1u << 22)) || !(d & (1u << 24))) return false;
+    if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return false;
+    if (dnnl_engine_create(&g_eng, dnnl_cpu, 0) != dnnl_success) return false;
+    if (dnnl_stream_create(&g_stream, g_eng, dnnl_stream_default_flags) != dnnl_success) return false;
+    pthread_mutex_lock(&g_lock);
+    bool ok = prim_get(32, 64, 64, 32, 32) != NULL;
+    amx_release_locked();
+    pthread_mutex_unlock(&g_lock);
+    return ok;
+}
+
+bool kern_amx_available(void) {
+    static int state; /* 0 unknown, 1 yes, 2 no */
+    if (!state) state = amx_probe() ? 1 : 2;
+    return state == 1;
+}
+
+const char *kern_amx_impl(void) { return g_impl; }
+long kern_amx_products(void) { return g_products; }
+
+bool kern_matmul_amx(float *out, int ldo, const uint16_t *xb, int ldx, const Weight *w, int n) {
+    if (!kern_amx_available() || w->dtype != DS_BF16) return false;
+    pthread_mutex_lock(&g_lock);
+    AmxPrim *p = prim_get(n, w->cols, ldx, w->rows, ldo);
+    bool ok = p && dnnl_memory_set_data_handle(p->src, (void *)(uintptr_t)xb) == dnnl_success &&
+              dnnl_memory_set_data_handle(p->wei, (void *)(uintptr_t)w->host) == dnnl_success &&
+              dnnl_memory_set_data_handle(p->dst, out) == dnnl_success;
+    if (ok) {
+        dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, p->src}, {DNNL_ARG_WEIGHTS, p->wei}, {DNNL_ARG_DST, p->dst}};
+        ok = dnnl_primitive_execute(p->prim, g_stream, 3, args) == dnnl_success && dnnl_stream_wait(g_stream) == dnnl_success;
+        g_products += ok;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return ok;
+}
+
+void kern_amx_release(void) {
+    pthread_mutex_lock(&g_lock);
+    amx_release_locked();
+    pthread_mutex_unlock(&g_lock);
+}
+
+#else /* no oneDNN (or not x86-64): the AVX512_BF16 kernels do all products */
+
+bool kern_amx_available(void) { return false; }
+const char *kern_amx_impl(void) { return ""; }
+long kern_amx_products(void) { return 0; }
+bool kern_matmul_amx(float *out, int ldo, const uint16_t *xb, int ldx, const Weight *w, int n) {
+    (void)out; (void)ldo; (void)xb; (void)ldx; (void)w; (void)n;
+    return false;
+}
+void kern_amx_release(void) {}
+
+#endif
