@@ -75,7 +75,20 @@ void kern_bf16_release_scratch(void) {
 
 /* ---- decode: R (1..3) rows, DC weight rows at a time ---- */
 
+#ifndef DC
 #define DC 4
+#endif
+/* Software prefetch PFD weights (2 KB) ahead in each of the DC streams: the hardware
+ * prefetchers stop at 4 KB pages (the checkpoint is a page-cache mmap), the prefetch runs on
+ * into the next row of the segment, which the next tile reads. Measured (1 thread, 3072 x 1024,
+ * 1024 x 3072, 2048 x 1024, 151936 x 1024): 14.1-15.2 -> 16.3-17.1 GB/s; 512-2048 alike,
+ * 4096 less; hint T0 / T1 / T2 alike; DC 2, 6, 8 no better than 4. */
+#ifndef PFD
+#define PFD 1024
+#endif
+#ifndef PFH
+#define PFH _MM_HINT_T0
+#endif
 
 /* weight rows o + c * cs (c < nc): DC far-apart sequential streams (see kernels_avx512.c) */
 AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp, const uint16_t *w, int K, int o, int cs) {
@@ -96,6 +109,9 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
+#if PFD
+            _mm_prefetch((const char *)(wr[c] + k + PFD), PFH);
+#endif
             __m512i wv = _mm512_loadu_si512((const void *)(wr[c] + k));
             #pragma GCC unroll 4
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
