@@ -35,7 +35,7 @@ bool kern_set_path(const char *name);
  * bound against exact F32 is the same (tests/test_kernels.c). */
 bool kern_set_bf16_activations(bool on);
 bool kern_bf16_activations(void);
-#define KERN_AMX_MIN_ROWS 16
+#define KERN_AMX_MIN_ROWS 9 /* measured: the vdpbf16ps decode kernel wins below (kernels_bf16_avx512.c) */
 /* Tests and benchmarks: AMX for the BF16-activation path on / off (between calls); returns
  * whether it is now on (false when not available). */
 bool kern_set_amx(bool on);

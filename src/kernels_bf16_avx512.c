@@ -73,10 +73,19 @@ void kern_bf16_release_scratch(void) {
     t_xb_cap = 0;
 }
 
-/* ---- decode: R (1..3) rows, DC weight rows at a time ---- */
+/* ---- decode: up to DN_MAX rows, DC weight rows at a time, DR rows per tile ---- */
 
 #ifndef DC
 #define DC 4
+#endif
+#define DR 6     /* DR x DC accumulators + DR x vectors: 30 of the 32 registers */
+/* Products of up to DN_MAX rows take the decode kernel, more the prefill tiles; with AMX on,
+ * products of >= KERN_AMX_MIN_ROWS (9) rows go to AMX first. Measured (1 thread, 3072 x 1024,
+ * weights streamed from DRAM; ms per product): decode kernel n 1-6 0.38-0.44, n 8 0.55,
+ * n 12 0.78-0.82, n 15 1.00; prefill tiles n 16 1.43, n 24 1.95; AMX (oneDNN) n 2-16
+ * 0.58-0.65 (its own floor), so AMX from 9 rows and the decode kernel up to 15 without it. */
+#ifndef DN_MAX
+#define DN_MAX 15
 #endif
 /* Software prefetch PFD weights (2 KB) ahead in each of the DC streams: the hardware
  * prefetchers stop at 4 KB pages (the checkpoint is a page-cache mmap), the prefetch runs on
@@ -94,8 +103,8 @@ void kern_bf16_release_scratch(void) {
 AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp, const uint16_t *w, int K, int o, int cs) {
     const int kfull = K & ~31;
     const __mmask32 tail = (__mmask32)((1ull << (K & 31)) - 1);
-    __m512 acc[3][DC];
-    #pragma GCC unroll 4
+    __m512 acc[DR][DC];
+    #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
@@ -103,8 +112,8 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
     #pragma GCC unroll 8
     for (int c = 0; c < DC; c++) wr[c] = w + (size_t)(o + (c < nc ? c : 0) * cs) * K;
     for (int k = 0; k < kfull; k += 32) {
-        __m512i xv[3];
-        #pragma GCC unroll 4
+        __m512i xv[DR];
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k));
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
@@ -113,43 +122,55 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
             _mm_prefetch((const char *)(wr[c] + k + PFD), PFH);
 #endif
             __m512i wv = _mm512_loadu_si512((const void *)(wr[c] + k));
-            #pragma GCC unroll 4
+            #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
         }
     }
     if (tail) {
-        __m512i xv[3];
-        #pragma GCC unroll 4
+        __m512i xv[DR];
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + kfull));
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
             __m512i wv = _mm512_maskz_loadu_epi16(tail, wr[c] + kfull);
-            #pragma GCC unroll 4
+            #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
         }
     }
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++)
             if (c < nc) out[(size_t)r * O + o + c * cs] = hsum16(acc[r][c]);
 }
 
-AI void decode_range(int R, float *out, const uint16_t *xb, int Kp, const Weight *W, int o0, int o1) {
-    const int K = W->cols, O = W->rows, n = o1 - o0, S = (n + DC - 1) / DC;
+/* columns [o0, o1) as DC segments (kernels_avx512.c's decode_range); the n rows go through
+ * each tile in groups of at most DR, so the later groups find the tile's weights in L1 */
+AI void decode_range(int n, float *out, const uint16_t *xb, int Kp, const Weight *W, int o0, int o1) {
+    const int K = W->cols, O = W->rows, nc_all = o1 - o0, S = (nc_all + DC - 1) / DC;
     const uint16_t *w = W->host;
     for (int j = 0; j < S; j++) {
         int nc = 0;
-        while (nc < DC && nc * S + j < n) nc++;
-        decode_tile(R, nc, out, O, xb, Kp, w, K, o0 + j, S);
+        while (nc < DC && nc * S + j < nc_all) nc++;
+        for (int i = 0; i < n; i += DR) {
+            const uint16_t *xi = xb + (size_t)i * Kp;
+            float *oi = out + (size_t)i * O;
+            switch (n - i < DR ? n - i : DR) {
+            case 6: decode_tile(6, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            case 5: decode_tile(5, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            case 4: decode_tile(4, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            case 3: decode_tile(3, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            case 2: decode_tile(2, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            default: decode_tile(1, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            }
+        }
     }
 }
 
-static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W, int R, int o0, int o1) {
-    if (R == 1) decode_range(1, out, xb, Kp, W, o0, o1);
-    else if (R == 2) decode_range(2, out, xb, Kp, W, o0, o1);
-    else decode_range(3, out, xb, Kp, W, o0, o1);
+static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W, int n, int o0, int o1) {
+    if (n == 1) decode_range(1, out, xb, Kp, W, o0, o1); /* decode proper: its own copy, no row loop */
+    else decode_range(n, out, xb, Kp, W, o0, o1);
 }
 
 /* ---- prefill: TR x NP tiles, weights read in place (k blocks of KC stay in L1) ---- */
@@ -358,7 +379,7 @@ bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const 
             int o0, o1;
             part_range(ws[j]->rows, t, T, &o0, &o1);
             if (o0 >= o1) continue;
-            if (n < 4) decode_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
+            if (n <= DN_MAX) decode_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
             else prefill_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
         }
         if (act == KERN_ACT_SWIGLU) {
