@@ -7,7 +7,8 @@
  * with respect to each other: output (i, o) is
  *     acc = 0; for each 32-wide k step: acc = dpbf16(acc, bf16(x[i][k..k+31]), W[o][k..k+31])
  *     (zeros past K); out[i][o] = hsum16(acc)
- * in every kernel below, so a row's value does not depend on the batch or the thread count;
+ * in every kernel below, so a row's value does not depend on the batch or the thread count
+ * (while AMX is off: kernels_amx.c takes batches of >= KERN_AMX_MIN_ROWS rows when on);
  * it differs from the default F32 path by the rounding of x: relative error per product
  * <= 2^-9, so |out - exact| <= ~2^-8 sum_k |x_k w_k| (tests/test_kernels.c checks this bound).
  *
