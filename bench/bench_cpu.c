@@ -224,7 +224,7 @@ int main(int argc, char **argv) {
         while (*p && *p != ',') p++;
         if (*p == ',') p++;
     }
-    if (bf16act) printf("bf16-act: %ld products ran on AMX\n", kern_amx_products());
+    if (bf16act) printf("bf16-act: %ld products ran on AMX; reordered weights held: %.1f MB\n", kern_amx_products(), kern_amx_weight_bytes() / 1e6);
     if (js) { fprintf(js, "]}\n"); fclose(js); }
     qwen3_free(&m);
     be->destroy(be);

@@ -109,6 +109,10 @@ void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n
 bool kern_amx_available(void);
 const char *kern_amx_impl(void);  /* oneDNN's implementation name of the last AMX primitive made */
 long kern_amx_products(void);     /* products run on AMX so far (tests) */
+size_t kern_amx_weight_bytes(void); /* bytes of reordered weights held (DSPARK_AMX_REORDER=1) */
+/* weights reordered once into oneDNN's layout and cached by address until kern_amx_release
+ * (DSPARK_AMX_REORDER=1; tests): only while weights stay fixed in memory */
+void kern_amx_set_reorder(bool on);
 bool kern_matmul_amx(float *out, int ldo, const uint16_t *xb, int ldx, const Weight *w, int n);
 void kern_amx_release(void);
 bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n);

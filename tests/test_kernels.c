@@ -136,8 +136,10 @@ static void check_case(ds_dtype dt, Shape s, bool bf16act, bool amx, Rng *rng) {
         uint16_t *wc = wd;
         float w0 = ds_bf16_to_f32(wc[3]);
         wc[3] = ds_f32_to_bf16(w0 + 0.5f);
+        kern_amx_release(); /* a reordered copy (kern_amx_set_reorder) would hide the change */
         kern_matmul(out, x, &w, nmax);
         wc[3] = ds_f32_to_bf16(w0);
+        kern_amx_release();
         CHECK(worst_ratio(out, x, &w, nmax, scale) > 1.0);
     }
     omp_set_num_threads(2);
@@ -177,6 +179,13 @@ static void test_matmul_bf16_activations(void) {
         /* per shape at least n 16, 17, 40, 130 at 1 and 2 threads and 2 more (for n 9 and 13 oneDNN
          * offers a non-AMX kernel at 19 x 3072: those stay on the vector kernels) */
         CHECK(kern_amx_products() - before >= 5 * 10);
+        /* the same with the weights reordered into oneDNN's layout (DSPARK_AMX_REORDER=1) */
+        kern_amx_set_reorder(true);
+        before = kern_amx_products();
+        for (size_t s = 0; s < sizeof amx_shapes / sizeof amx_shapes[0]; s++) check_case(DS_BF16, amx_shapes[s], true, true, &rng);
+        CHECK(kern_amx_products() - before >= 5 * 10);
+        kern_amx_set_reorder(false);
+        kern_amx_release();
         fprintf(stderr, "  amx (%s): %d of %d batches of >= %d rows bitwise equal to the %d-row batch's rows\n", kern_amx_impl(),
                 g_amx_same, g_amx_cmp, KERN_AMX_MIN_ROWS, 130);
     } else
