@@ -3,7 +3,8 @@
  * Every dot product of length K is summed in 16 fixed lanes (lane = k mod 16, k increasing)
  * and the lanes are reduced by one fixed tree ((j, j+8), (j, j+4), (j, j+2), (j, j+1)), so
  * results are independent of batch composition and thread count: tiles, panels and thread
- * splits only group independent (row, column) pairs. An ISA path (AVX-512,
+ * splits only group independent (row, column) pairs (the opt-in BF16-activation path's AMX
+ * part relaxes this, see kern_set_bf16_activations). An ISA path (AVX-512,
  * kernels_avx512.c, else AVX2+FMA+F16C, kernels_avx2.c) is chosen once, at kern_init(), by
  * cpuid; it fuses multiply-add (so its last bits differ from the portable path's), and one
  * path is used for the whole process.

@@ -207,10 +207,13 @@ static bool amx_probe(void) {
     return ok;
 }
 
+static bool g_amx_ok;
+static pthread_once_t g_probe_once = PTHREAD_ONCE_INIT;
+static void probe_once(void) { g_amx_ok = amx_probe(); }
+
 bool kern_amx_available(void) {
-    static int state; /* 0 unknown, 1 yes, 2 no */
-    if (!state) state = amx_probe() ? 1 : 2;
-    return state == 1;
+    pthread_once(&g_probe_once, probe_once);
+    return g_amx_ok;
 }
 
 const char *kern_amx_impl(void) { return g_impl; }

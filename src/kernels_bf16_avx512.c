@@ -79,7 +79,7 @@ void kern_bf16_release_scratch(void) {
 #ifndef DC
 #define DC 4
 #endif
-#define DR 6     /* DR x DC accumulators + DR x vectors: 30 of the 32 registers */
+#define DR 6     /* DR x DC accumulators, DR x vectors and a weight vector: 31 of the 32 registers */
 /* Products of up to DN_MAX rows take the decode kernel, more the prefill tiles; with AMX on,
  * products of >= KERN_AMX_MIN_ROWS (9) rows go to AMX first. Measured (1 thread, 3072 x 1024,
  * weights streamed from DRAM; ms per product): decode kernel n 1-6 0.38-0.44, n 8 0.55,
