@@ -84,7 +84,10 @@ void kern_bf16_release_scratch(void) {
  * products of >= KERN_AMX_MIN_ROWS (9) rows go to AMX first. Measured (1 thread, 3072 x 1024,
  * weights streamed from DRAM; ms per product): decode kernel n 1-6 0.38-0.44, n 8 0.55,
  * n 12 0.78-0.82, n 15 1.00; prefill tiles n 16 1.43, n 24 1.95; AMX (oneDNN) n 2-16
- * 0.58-0.65 (its own floor), so AMX from 9 rows and the decode kernel up to 15 without it. */
+ * 0.58-0.65 (its own floor), so AMX from 9 rows and the decode kernel up to 15 without it.
+ * A hand-written AMX kernel for 7-16 rows (C^T = W . X^T, weights tile-loaded in place, 1-4
+ * C tiles per x tile, with and without software prefetch) measured no better: 0.52-0.61 ms
+ * at n 8, its tile loads streaming at ~11 GB/s; not kept. */
 #ifndef DN_MAX
 #define DN_MAX 15
 #endif
