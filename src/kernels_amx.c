@@ -34,6 +34,10 @@
 #include <omp.h>
 
 #if defined(DSPARK_HAVE_DNNL) && defined(__x86_64__)
+#include <dnnl_version.h>
+#if DNNL_VERSION_MAJOR != 2
+#error "kernels_amx.c needs oneDNN 2.x (CMake checks this)"
+#endif
 #include <cpuid.h>
 #include <pthread.h>
 #include <sys/syscall.h>
