@@ -184,6 +184,10 @@ int main(int argc, char **argv) {
     FILE *js = json_out ? fopen(json_out, "w") : NULL;
     if (js) fprintf(js, "{\"model\": \"qwen3-0.6b-shape random bf16\", \"kernels\": \"%s\", \"prefill_tokens\": %d, \"decode_tokens\": %d, \"results\": [", kern_path_name(), n_prefill, n_decode);
     printf("kernels: %s; prefill pp%d, decode tg%d, median of %d interleaved runs\n", kern_path_name(), n_prefill, n_decode, reps);
+    if (bf16act && kern_amx_on())
+        printf("bf16-act products: amx (oneDNN %s) for >= %d rows, avx512bf16 (vdpbf16ps) below\n", kern_amx_impl(), KERN_AMX_MIN_ROWS);
+    else if (bf16act)
+        printf("bf16-act products: avx512bf16 (vdpbf16ps) for all (no AMX: oneDNN, AMX-BF16 or the OS permission missing, or DSPARK_AMX=0)\n");
     const char *path0 = kern_path_name();
     if (vs_portable) printf("baseline: the portable kernels in this process (ratio = %s / portable)\n", path0);
     printf("%-8s %14s %14s %14s %14s %9s %9s\n", "threads", "prefill tok/s", "decode tok/s", vs_portable ? "port prefill" : "ik prefill",
@@ -220,6 +224,7 @@ int main(int argc, char **argv) {
         while (*p && *p != ',') p++;
         if (*p == ',') p++;
     }
+    if (bf16act) printf("bf16-act: %ld products ran on AMX; reordered weights held: %.1f MB\n", kern_amx_products(), kern_amx_weight_bytes() / 1e6);
     if (js) { fprintf(js, "]}\n"); fclose(js); }
     qwen3_free(&m);
     be->destroy(be);

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config libopenblas-dev libopenblas-openmp-dev libpcre2-dev libjansson-dev
-      libutf8proc-dev libmicrohttpd-dev libcurl4-openssl-dev)
+      libutf8proc-dev libmicrohttpd-dev libcurl4-openssl-dev libdnnl-dev)
 command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
 command -v npm >/dev/null 2>&1 || PKGS+=(npm)
 missing=()

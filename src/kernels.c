@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static bool g_avx512, g_avx2, g_bf16_ok, g_bf16act;
+static bool g_avx512, g_avx2, g_bf16_ok, g_bf16act, g_amx_want = true, g_amx;
 static const char *g_path = "portable";
 
 void kern_init(void) {
@@ -18,15 +18,25 @@ void kern_init(void) {
     if (kern_avx512_available()) { g_avx512 = true; g_path = "avx512"; }
     else if (kern_avx2_available()) { g_avx2 = true; g_path = "avx2"; }
     g_bf16_ok = g_avx512 && kern_avx512bf16_available();
+    const char *amx = getenv("DSPARK_AMX");
+    if (amx && strcmp(amx, "0") == 0) g_amx_want = false;
     const char *bf = getenv("DSPARK_BF16_ACT");
     if (bf && strcmp(bf, "1") == 0) kern_set_bf16_activations(true);
 }
 
 bool kern_set_bf16_activations(bool on) {
     g_bf16act = on && g_bf16_ok;
-    g_path = g_bf16act ? "avx512+bf16act" : g_avx512 ? "avx512" : g_avx2 ? "avx2" : "portable";
+    g_amx = g_bf16act && g_amx_want && kern_amx_available();
+    g_path = g_amx ? "avx512+bf16act+amx" : g_bf16act ? "avx512+bf16act" : g_avx512 ? "avx512" : g_avx2 ? "avx2" : "portable";
     return g_bf16act;
 }
+
+bool kern_set_amx(bool on) {
+    g_amx_want = on;
+    kern_set_bf16_activations(g_bf16act);
+    return g_amx;
+}
+bool kern_amx_on(void) { return g_amx; }
 
 bool kern_set_path(const char *name) {
     kern_init();
@@ -44,6 +54,7 @@ bool kern_bf16_activations(void) { return g_bf16act; }
 
 void kern_release_scratch(void) {
     if (g_avx512) kern_bf16_release_scratch();
+    kern_amx_release();
 }
 const char *kern_path_name(void) { return g_path; }
 

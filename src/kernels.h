@@ -3,7 +3,8 @@
  * Every dot product of length K is summed in 16 fixed lanes (lane = k mod 16, k increasing)
  * and the lanes are reduced by one fixed tree ((j, j+8), (j, j+4), (j, j+2), (j, j+1)), so
  * results are independent of batch composition and thread count: tiles, panels and thread
- * splits only group independent (row, column) pairs. An ISA path (AVX-512,
+ * splits only group independent (row, column) pairs (the opt-in BF16-activation path's AMX
+ * part relaxes this, see kern_set_bf16_activations). An ISA path (AVX-512,
  * kernels_avx512.c, else AVX2+FMA+F16C, kernels_avx2.c) is chosen once, at kern_init(), by
  * cpuid; it fuses multiply-add (so its last bits differ from the portable path's), and one
  * path is used for the whole process.
@@ -14,7 +15,9 @@
 #include "backend.h"
 
 void kern_init(void);
-const char *kern_path_name(void);   /* "portable", "avx2", "avx512" or "avx512+bf16act" */
+/* "portable", "avx2", "avx512", "avx512+bf16act" (all products on the AVX512_BF16 kernels) or
+ * "avx512+bf16act+amx" (products of >= KERN_AMX_MIN_ROWS rows on AMX tiles, kernels_amx.c) */
+const char *kern_path_name(void);
 /* Tests and benchmarks only: switch to path "portable", "avx2" or "avx512" between calls (no
  * kernel may be running; the BF16-activation path goes off). false, nothing changed, when the
  * CPU lacks it. */
@@ -23,9 +26,21 @@ bool kern_set_path(const char *name);
 /* OPT-IN lossy path (kernels_bf16_avx512.c): activations rounded to BF16 for matmuls with BF16
  * weights, on CPUs with AVX512_BF16. Off by default and never used by the parity or lossless
  * tests; DSPARK_BF16_ACT=1 turns it on at kern_init. Returns whether it is now on (false when
- * the CPU cannot). Rows stay independent of the batch and the thread count on this path too. */
+ * the CPU cannot). With AMX off, rows stay bitwise independent of the batch and the thread count
+ * on this path too.
+ * AMX (on with the path where kern_amx_available(): oneDNN built in, cpuid AMX-BF16, the OS's
+ * tile permission; DSPARK_AMX=0 keeps it off): products of n >= KERN_AMX_MIN_ROWS rows go to
+ * oneDNN's AMX matmul, same BF16 inputs, F32 accumulation in oneDNN's order. This RELAXES
+ * backend.h's contract for the opt-in path: a row's value may differ in the last bits between
+ * batch sizes (below / above the threshold, and between M for oneDNN's blocking); the error
+ * bound against exact F32 is the same (tests/test_kernels.c). */
 bool kern_set_bf16_activations(bool on);
 bool kern_bf16_activations(void);
+#define KERN_AMX_MIN_ROWS 9 /* measured: the vdpbf16ps decode kernel wins below (kernels_bf16_avx512.c) */
+/* Tests and benchmarks: AMX for the BF16-activation path on / off (between calls); returns
+ * whether it is now on (false when not available). */
+bool kern_set_amx(bool on);
+bool kern_amx_on(void);
 /* frees the calling thread's BF16 scratch (backend destroy) */
 void kern_release_scratch(void);
 
@@ -90,6 +105,17 @@ void kern_scale_mul_avx512(float *out, const float *x, float r, const Weight *w,
 void kern_add_avx512(float *x, const float *y, size_t n);
 void kern_rope_apply_avx512(float *x, const float *c, const float *s, int n_heads, int head_dim);
 void kern_swiglu_avx512(float *out, const float *gate, const float *up, size_t n);
+/* kernels_amx.c: out[n][ldo] = xb[n][ldx] (BF16) . W^T through oneDNN on AMX; false (nothing
+ * written) when unavailable or oneDNN refused */
+bool kern_amx_available(void);
+const char *kern_amx_impl(void);  /* oneDNN's implementation name of the last AMX primitive made */
+long kern_amx_products(void);     /* products run on AMX so far (tests) */
+size_t kern_amx_weight_bytes(void); /* bytes of reordered weights held (DSPARK_AMX_REORDER=1) */
+/* weights reordered once into oneDNN's layout and cached by address until kern_amx_release
+ * (DSPARK_AMX_REORDER=1; tests): only while weights stay fixed in memory */
+void kern_amx_set_reorder(bool on);
+bool kern_matmul_amx(float *out, int ldo, const uint16_t *xb, int ldx, const Weight *w, int n);
+void kern_amx_release(void);
 bool kern_matmul_bf16act_avx512(float *out, const float *x, const Weight *w, int n);
 void kern_matmul_multi_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
 bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);

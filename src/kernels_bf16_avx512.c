@@ -7,7 +7,8 @@
  * with respect to each other: output (i, o) is
  *     acc = 0; for each 32-wide k step: acc = dpbf16(acc, bf16(x[i][k..k+31]), W[o][k..k+31])
  *     (zeros past K); out[i][o] = hsum16(acc)
- * in every kernel below, so a row's value does not depend on the batch or the thread count;
+ * in every kernel below, so a row's value does not depend on the batch or the thread count
+ * (while AMX is off: kernels_amx.c takes batches of >= KERN_AMX_MIN_ROWS rows when on);
  * it differs from the default F32 path by the rounding of x: relative error per product
  * <= 2^-9, so |out - exact| <= ~2^-8 sum_k |x_k w_k| (tests/test_kernels.c checks this bound).
  *
@@ -73,16 +74,41 @@ void kern_bf16_release_scratch(void) {
     t_xb_cap = 0;
 }
 
-/* ---- decode: R (1..3) rows, DC weight rows at a time ---- */
+/* ---- decode: up to DN_MAX rows, DC weight rows at a time, DR rows per tile ---- */
 
+#ifndef DC
 #define DC 4
+#endif
+#define DR 6     /* DR x DC accumulators, DR x vectors and a weight vector: 31 of the 32 registers */
+/* Products of up to DN_MAX rows take the decode kernel, more the prefill tiles; with AMX on,
+ * products of >= KERN_AMX_MIN_ROWS (9) rows go to AMX first. Measured (1 thread, 3072 x 1024,
+ * weights streamed from DRAM; ms per product): decode kernel n 1-6 0.38-0.44, n 8 0.55,
+ * n 12 0.78-0.82, n 15 1.00; prefill tiles n 16 1.43, n 24 1.95; AMX (oneDNN) n 2-16
+ * 0.58-0.65 (its own floor), so AMX from 9 rows and the decode kernel up to 15 without it.
+ * A hand-written AMX kernel for 7-16 rows (C^T = W . X^T, weights tile-loaded in place, 1-4
+ * C tiles per x tile, with and without software prefetch) measured no better: 0.52-0.61 ms
+ * at n 8, its tile loads streaming at ~11 GB/s; not kept. */
+#ifndef DN_MAX
+#define DN_MAX 15
+#endif
+/* Software prefetch PFD weights (2 KB) ahead in each of the DC streams: the hardware
+ * prefetchers stop at 4 KB pages (the checkpoint is a page-cache mmap), the prefetch runs on
+ * into the next row of the segment, which the next tile reads. Measured (1 thread, 3072 x 1024,
+ * 1024 x 3072, 2048 x 1024, 151936 x 1024): 14.1-15.2 -> 16.3-17.1 GB/s; 512-2048 alike,
+ * 4096 less; hint T0 / T1 / T2 alike; DC 2, 6, 8 no better than 4. */
+#ifndef PFD
+#define PFD 1024
+#endif
+#ifndef PFH
+#define PFH _MM_HINT_T0
+#endif
 
 /* weight rows o + c * cs (c < nc): DC far-apart sequential streams (see kernels_avx512.c) */
 AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp, const uint16_t *w, int K, int o, int cs) {
     const int kfull = K & ~31;
     const __mmask32 tail = (__mmask32)((1ull << (K & 31)) - 1);
-    __m512 acc[3][DC];
-    #pragma GCC unroll 4
+    __m512 acc[DR][DC];
+    #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) acc[r][c] = _mm512_setzero_ps();
@@ -90,50 +116,65 @@ AI void decode_tile(int R, int nc, float *out, int O, const uint16_t *xb, int Kp
     #pragma GCC unroll 8
     for (int c = 0; c < DC; c++) wr[c] = w + (size_t)(o + (c < nc ? c : 0) * cs) * K;
     for (int k = 0; k < kfull; k += 32) {
-        __m512i xv[3];
-        #pragma GCC unroll 4
+        __m512i xv[DR];
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + k));
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
+#if PFD
+            _mm_prefetch((const char *)(wr[c] + k + PFD), PFH);
+#endif
             __m512i wv = _mm512_loadu_si512((const void *)(wr[c] + k));
-            #pragma GCC unroll 4
+            #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
         }
     }
     if (tail) {
-        __m512i xv[3];
-        #pragma GCC unroll 4
+        __m512i xv[DR];
+        #pragma GCC unroll 8
         for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_si512((const void *)(xb + (size_t)r * Kp + kfull));
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++) {
             if (c >= nc) break;
             __m512i wv = _mm512_maskz_loadu_epi16(tail, wr[c] + kfull);
-            #pragma GCC unroll 4
+            #pragma GCC unroll 8
             for (int r = 0; r < R; r++) acc[r][c] = dp(acc[r][c], xv[r], wv);
         }
     }
-    #pragma GCC unroll 4
+    #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
         #pragma GCC unroll 8
         for (int c = 0; c < DC; c++)
             if (c < nc) out[(size_t)r * O + o + c * cs] = hsum16(acc[r][c]);
 }
 
-AI void decode_range(int R, float *out, const uint16_t *xb, int Kp, const Weight *W, int o0, int o1) {
-    const int K = W->cols, O = W->rows, n = o1 - o0, S = (n + DC - 1) / DC;
+/* columns [o0, o1) as DC segments (kernels_avx512.c's decode_range); the n rows go through
+ * each tile in groups of at most DR, so the later groups find the tile's weights in L1 */
+AI void decode_range(int n, float *out, const uint16_t *xb, int Kp, const Weight *W, int o0, int o1) {
+    const int K = W->cols, O = W->rows, nc_all = o1 - o0, S = (nc_all + DC - 1) / DC;
     const uint16_t *w = W->host;
     for (int j = 0; j < S; j++) {
         int nc = 0;
-        while (nc < DC && nc * S + j < n) nc++;
-        decode_tile(R, nc, out, O, xb, Kp, w, K, o0 + j, S);
+        while (nc < DC && nc * S + j < nc_all) nc++;
+        for (int i = 0; i < n; i += DR) {
+            const uint16_t *xi = xb + (size_t)i * Kp;
+            float *oi = out + (size_t)i * O;
+            switch (n - i < DR ? n - i : DR) {
+            case 6: decode_tile(6, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            case 5: decode_tile(5, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            case 4: decode_tile(4, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            case 3: decode_tile(3, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            case 2: decode_tile(2, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            default: decode_tile(1, nc, oi, O, xi, Kp, w, K, o0 + j, S); break;
+            }
+        }
     }
 }
 
-static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W, int R, int o0, int o1) {
-    if (R == 1) decode_range(1, out, xb, Kp, W, o0, o1);
-    else if (R == 2) decode_range(2, out, xb, Kp, W, o0, o1);
-    else decode_range(3, out, xb, Kp, W, o0, o1);
+static void decode_cols(float *out, const uint16_t *xb, int Kp, const Weight *W, int n, int o0, int o1) {
+    if (n == 1) decode_range(1, out, xb, Kp, W, o0, o1); /* decode proper: its own copy, no row loop */
+    else decode_range(n, out, xb, Kp, W, o0, o1);
 }
 
 /* ---- prefill: TR x NP tiles, weights read in place (k blocks of KC stay in L1) ---- */
@@ -285,6 +326,34 @@ static inline void part_range(int O, int t, int T, int *o0, int *o1) {
     *o1 = c1 * 16 < O ? c1 * 16 : O;
 }
 
+/* AMX (kernels_amx.c): x rounded to BF16 as below (so the inputs are the same bits), then
+ * each product one oneDNN call (its own parallel region), then the activation. false when
+ * oneDNN refused a product (the caller then does them all on the vector kernels). */
+static bool multi_amx(float *const *outs, const float *x, uint16_t *xb, int Kp, const Weight *const *ws, int count, int n,
+                      int act) {
+    const int K = ws[0]->cols;
+    #pragma omp parallel
+    {
+        int T = omp_get_num_threads(), t = omp_get_thread_num();
+        int r0 = (int)((long)n * t / T), r1 = (int)((long)n * (t + 1) / T);
+        x_to_bf16(xb + (size_t)r0 * Kp, x + (size_t)r0 * K, r1 - r0, K, Kp);
+    }
+    for (int j = 0; j < count; j++)
+        if (!kern_matmul_amx(outs[j], ws[j]->rows, xb, Kp, ws[j], n)) return false;
+    if (act == KERN_ACT_SWIGLU) {
+        const int O = ws[0]->rows;
+        #pragma omp parallel
+        {
+            int o0, o1;
+            part_range(O, omp_get_thread_num(), omp_get_num_threads(), &o0, &o1);
+            for (int i = 0; i < n && o0 < o1; i++)
+                kern_swiglu_avx512(outs[0] + (size_t)i * O + o0, outs[0] + (size_t)i * O + o0, outs[1] + (size_t)i * O + o0,
+                                   (size_t)(o1 - o0));
+        }
+    }
+    return true;
+}
+
 /* count BF16 matmuls of the same x in one parallel region: x rounded to BF16 once (rows split
  * among the threads, one barrier), then each thread its column range of each weight; act as
  * in kern_matmul_multi_avx512. Returns false (nothing done) when the scratch cannot be had. */
@@ -297,6 +366,7 @@ bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const 
     }
     if (!grow_scratch((size_t)n * Kp * sizeof(uint16_t))) return false;
     uint16_t *xb = t_xb;
+    if (n >= KERN_AMX_MIN_ROWS && kern_amx_on() && multi_amx(outs, x, xb, Kp, ws, count, n, act)) return true;
     #pragma omp parallel if (work >= 65536)
     {
         int T = omp_get_num_threads(), t = omp_get_thread_num();
@@ -313,7 +383,7 @@ bool kern_matmul_multi_bf16act_avx512(float *const *outs, const float *x, const 
             int o0, o1;
             part_range(ws[j]->rows, t, T, &o0, &o1);
             if (o0 >= o1) continue;
-            if (n < 4) decode_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
+            if (n <= DN_MAX) decode_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
             else prefill_cols(outs[j], xb, Kp, ws[j], n, o0, o1);
         }
         if (act == KERN_ACT_SWIGLU) {

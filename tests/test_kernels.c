@@ -7,7 +7,10 @@
  *   F32 activations: |out - ref| <= (K/16 + 8) 2^-23 sum_k |x_k w_k|  (16 lanes of K/16 FMAs,
  *                    then a 4-level tree: a standard summation bound with margin 2)
  *   BF16 activations (opt-in): |out - ref| <= 2^-7 sum_k |x_k w_k|  (x rounded to BF16: 2^-9
- *                    per product, plus the F32 accumulation, with margin)
+ *                    per product, plus the F32 accumulation, with margin); on the AMX path
+ *                    (oneDNN, where available) the same bound for every batch and thread
+ *                    count, row independence not required; must fail there: the F32 bound
+ *                    (the batch really is BF16) and a weight corrupted by 0.5
  * Attention: a query's output bitwise the same alone, in a batch of 9 (two slots, kv_len 1..120)
  * and under 1 or 2 threads, for head_dim 16, 64, 128 and 24 (no vector path: portable), and
  *   |out - ref| <= 2^-20 max_j |v_j|  (per element, j over the query's keys; measured at most
@@ -62,7 +65,11 @@ static double worst_ratio(const float *out, const float *x, const Weight *w, int
 }
 
 /* one dtype, one shape: row independence over g_ns and 1 vs 2 threads, plus the bound */
-static void check_case(ds_dtype dt, Shape s, bool bf16act, Rng *rng) {
+/* amx: the AMX path (kern_set_amx on), which does not keep the row independence: then every
+ * batch's values are checked against the bound instead, and whether the rows of batches of
+ * >= KERN_AMX_MIN_ROWS rows came out bitwise equal is only counted (g_amx_same / g_amx_cmp) */
+static int g_amx_same, g_amx_cmp;
+static void check_case(ds_dtype dt, Shape s, bool bf16act, bool amx, Rng *rng) {
     const int O = s.O, K = s.K, nmax = 130;
     size_t esz = dt == DS_F32 ? 4 : 2;
     void *wbase;
@@ -75,11 +82,32 @@ static void check_case(ds_dtype dt, Shape s, bool bf16act, Rng *rng) {
     }
     Weight w = weight_view(wd, dt, O, K);
     float *x = malloc(sizeof(float) * nmax * K), *single = malloc(sizeof(float) * nmax * O), *out = malloc(sizeof(float) * nmax * O);
+    float *big = malloc(sizeof(float) * nmax * O);
     for (size_t i = 0; i < (size_t)nmax * K; i++) x[i] = (float)(rng_uniform(rng) * 2 - 1);
     omp_set_num_threads(2);
     for (int i = 0; i < nmax; i++) kern_matmul(single + (size_t)i * O, x + (size_t)i * K, &w, 1);
+    double scale = bf16act ? 0x1p-7 : (K / 16.0 + 8) * 0x1p-23;
+    if (amx) {
+        kern_matmul(big, x, &w, nmax); /* the AMX reference batch for the bitwise count */
+        double r = worst_ratio(big, x, &w, nmax, scale);
+        CHECK_MSG(r <= 1.0, "%s: error %.3g of the bound (%d x %d, n %d)", kern_path_name(), r, O, K, nmax);
+        for (size_t t = 0; t < sizeof g_ns / sizeof g_ns[0]; t++)
+            for (int th = 1; th <= 2; th++) {
+                int n = g_ns[t], i0 = (nmax - n) / 2;
+                omp_set_num_threads(th);
+                kern_matmul(out, x + (size_t)i0 * K, &w, n);
+                bool same = !memcmp(out, big + (size_t)i0 * O, sizeof(float) * n * O);
+                if (n >= KERN_AMX_MIN_ROWS) {
+                    g_amx_cmp++;
+                    g_amx_same += same;
+                }
+                if (same) continue; /* checked above */
+                r = worst_ratio(out, x + (size_t)i0 * K, &w, n, scale);
+                CHECK_MSG(r <= 1.0, "%s: error %.3g of the bound (%d x %d, n %d, threads %d)", kern_path_name(), r, O, K, n, th);
+            }
+    }
     int bad = 0;
-    for (size_t t = 0; t < sizeof g_ns / sizeof g_ns[0]; t++)
+    for (size_t t = 0; t < sizeof g_ns / sizeof g_ns[0] && !amx; t++)
         for (int th = 1; th <= 2; th++) {
             int n = g_ns[t];
             omp_set_num_threads(th);
@@ -94,7 +122,6 @@ static void check_case(ds_dtype dt, Shape s, bool bf16act, Rng *rng) {
         }
     CHECK_MSG(!bad, "%s: rows not bitwise independent of batch / threads (dtype %d, %d x %d, bf16act %d)", kern_path_name(), (int)dt, O,
               K, (int)bf16act);
-    double scale = bf16act ? 0x1p-7 : (K / 16.0 + 8) * 0x1p-23;
     double r = worst_ratio(single, x, &w, nmax, scale);
     CHECK_MSG(r <= 1.0, "%s: error %.3g of the bound (dtype %d, %d x %d, bf16act %d)", kern_path_name(), r, (int)dt, O, K, (int)bf16act);
     /* must fail: one value moved by twice the bound */
@@ -102,8 +129,21 @@ static void check_case(ds_dtype dt, Shape s, bool bf16act, Rng *rng) {
     for (int k = 0; k < K; k++) mag += fabs((double)x[k] * wval(&w, k));
     single[0] += (float)(2.5 * scale * mag);
     CHECK(worst_ratio(single, x, &w, 1, scale) > 1.0);
+    if (amx) {
+        /* must fail: the AMX batch is really BF16 (not within the F32 bound), and a corrupted
+         * weight (one value of row 0 plus 0.5) shows through it */
+        CHECK(worst_ratio(big, x, &w, nmax, (K / 16.0 + 8) * 0x1p-23) > 1.0);
+        uint16_t *wc = wd;
+        float w0 = ds_bf16_to_f32(wc[3]);
+        wc[3] = ds_f32_to_bf16(w0 + 0.5f);
+        kern_amx_release(); /* a reordered copy (kern_amx_set_reorder) would hide the change */
+        kern_matmul(out, x, &w, nmax);
+        wc[3] = ds_f32_to_bf16(w0);
+        kern_amx_release();
+        CHECK(worst_ratio(out, x, &w, nmax, scale) > 1.0);
+    }
     omp_set_num_threads(2);
-    free(x); free(single); free(out);
+    free(x); free(single); free(out); free(big);
     ds_free_aligned(wbase);
 }
 
@@ -113,7 +153,7 @@ static void test_matmul_f32_path(void) {
     kern_set_bf16_activations(false);
     ds_dtype dts[3] = {DS_BF16, DS_F16, DS_F32};
     for (int d = 0; d < 3; d++)
-        for (size_t s = 0; s < sizeof g_shapes / sizeof g_shapes[0]; s++) check_case(dts[d], g_shapes[s], false, &rng);
+        for (size_t s = 0; s < sizeof g_shapes / sizeof g_shapes[0]; s++) check_case(dts[d], g_shapes[s], false, false, &rng);
 }
 
 static void test_matmul_bf16_activations(void) {
@@ -123,16 +163,42 @@ static void test_matmul_bf16_activations(void) {
     }
     Rng rng;
     rng_seed(&rng, 8, 0);
-    for (size_t s = 0; s < sizeof g_shapes / sizeof g_shapes[0]; s++) check_case(DS_BF16, g_shapes[s], true, &rng);
+    bool amx = kern_amx_on();
+    kern_set_amx(false);
+    CHECK(strcmp(kern_path_name(), "avx512+bf16act") == 0);
+    for (size_t s = 0; s < sizeof g_shapes / sizeof g_shapes[0]; s++) check_case(DS_BF16, g_shapes[s], true, false, &rng);
+    kern_set_amx(true);
+    if (amx) {
+        CHECK(kern_amx_on() && strcmp(kern_path_name(), "avx512+bf16act+amx") == 0);
+        g_amx_same = g_amx_cmp = 0;
+        /* oneDNN takes the in-place weights on AMX only for K % 32 == 0 (others: the vector
+         * kernels, which the shapes above test): O and n tails, several k blocks */
+        static const Shape amx_shapes[] = {{37, 64}, {100, 1088}, {70, 2112}, {300, 64}, {19, 3072}};
+        long before = kern_amx_products();
+        for (size_t s = 0; s < sizeof amx_shapes / sizeof amx_shapes[0]; s++) check_case(DS_BF16, amx_shapes[s], true, true, &rng);
+        /* per shape at least n 16, 17, 40, 130 at 1 and 2 threads and 2 more (for n 9 and 13 oneDNN
+         * offers a non-AMX kernel at 19 x 3072: those stay on the vector kernels) */
+        CHECK(kern_amx_products() - before >= 5 * 10);
+        /* the same with the weights reordered into oneDNN's layout (DSPARK_AMX_REORDER=1) */
+        kern_amx_set_reorder(true);
+        before = kern_amx_products();
+        for (size_t s = 0; s < sizeof amx_shapes / sizeof amx_shapes[0]; s++) check_case(DS_BF16, amx_shapes[s], true, true, &rng);
+        CHECK(kern_amx_products() - before >= 5 * 10);
+        kern_amx_set_reorder(false);
+        kern_amx_release();
+        fprintf(stderr, "  amx (%s): %d of %d batches of >= %d rows bitwise equal to the %d-row batch's rows\n", kern_amx_impl(),
+                g_amx_same, g_amx_cmp, KERN_AMX_MIN_ROWS, 130);
+    } else
+        fprintf(stderr, "  (AMX unavailable: no oneDNN, no AMX-BF16 or no OS permission; not tested)\n");
     kern_set_bf16_activations(false);
 }
 
 /* kern_matmul_multi (one parallel region for q/k/v, gate/up + swiglu) equals the separate
  * kern_matmul and kern_swiglu calls bitwise, on both activation paths */
-static void test_matmul_multi(void) {
+static void matmul_multi_case(int K) {
     Rng rng;
     rng_seed(&rng, 9, 0);
-    const int K = 200, O[3] = {96, 40, 96}, ns[3] = {1, 3, 13};
+    const int O[3] = {96, 40, 96}, ns[4] = {1, 3, 13, 20}; /* 13, 20: the AMX path where on (K 224) */
     void *base[3];
     Weight w[3];
     for (int j = 0; j < 3; j++) {
@@ -140,12 +206,12 @@ static void test_matmul_multi(void) {
         for (int i = 0; i < O[j] * K; i++) d[i] = ds_f32_to_bf16((float)(rng_uniform(&rng) - 0.5) * 0.2f);
         w[j] = weight_view(d, DS_BF16, O[j], K);
     }
-    float *x = malloc(sizeof(float) * 13 * K), *a[3], *b[3];
-    for (int i = 0; i < 13 * K; i++) x[i] = (float)(rng_uniform(&rng) * 4 - 2);
-    for (int j = 0; j < 3; j++) { a[j] = malloc(sizeof(float) * 13 * O[j]); b[j] = malloc(sizeof(float) * 13 * O[j]); }
+    float *x = malloc(sizeof(float) * 20 * K), *a[3], *b[3];
+    for (int i = 0; i < 20 * K; i++) x[i] = (float)(rng_uniform(&rng) * 4 - 2);
+    for (int j = 0; j < 3; j++) { a[j] = malloc(sizeof(float) * 20 * O[j]); b[j] = malloc(sizeof(float) * 20 * O[j]); }
     for (int path = 0; path < 2; path++) {
         if (path == 1 && !kern_set_bf16_activations(true)) break;
-        for (int t = 0; t < 3; t++)
+        for (int t = 0; t < 4; t++)
             for (int th = 1; th <= 2; th++) {
                 int n = ns[t];
                 omp_set_num_threads(th);
@@ -166,6 +232,14 @@ static void test_matmul_multi(void) {
     omp_set_num_threads(2);
     for (int j = 0; j < 3; j++) { free(a[j]); free(b[j]); ds_free_aligned(base[j]); }
     free(x);
+}
+
+static void test_matmul_multi(void) {
+    long before = kern_amx_products();
+    matmul_multi_case(200); /* K tails (vector kernels only: oneDNN's AMX wants K % 32 == 0) */
+    matmul_multi_case(224);
+    if (kern_set_bf16_activations(true) && kern_amx_on()) CHECK(kern_amx_products() - before >= 2 * 2 * 4); /* n 13, 20 x 2 threads x (3 + 1) */
+    kern_set_bf16_activations(false);
 }
 
 /* ---- attention ---- */
