@@ -2,6 +2,7 @@
  * float32, TF32 off), plus the exactness contract: a row computed alone equals the same row
  * inside a batch of 17 and under another thread count, bit for bit.
  * ctest: labels=unit;ref */
+#include <math.h>
 #include <omp.h>
 
 #include "qwen3.h"
@@ -41,6 +42,15 @@ static void forward_all(float *logits, float *layers) {
     qwen3_state_free(&st, &g_model);
 }
 
+static double max_abs_diff(const float *a, const float *b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > m) m = d;
+    }
+    return m;
+}
+
 static void test_f32_parity(void) {
     load("tiny-qwen3/target");
     const Qwen3Config *c = &g_model.cfg;
@@ -53,6 +63,9 @@ static void test_f32_parity(void) {
     CHECK_CLOSE("logits", logits, test_load_f32("tiny-qwen3/target_logits.npy", &rl), (size_t)S * c->vocab_size, 1e-4f, 0);
     CHECK_CLOSE("layers", layers, test_load_f32("tiny-qwen3/target_layers.npy", &rh),
                 (size_t)(c->n_layers + 1) * S * c->hidden_size, 1e-4f, 0);
+    fprintf(stderr, "  f32: max|err| logits %.2e, layer outputs %.2e (bound 1e-4)\n",
+            max_abs_diff(logits, rl.data, (size_t)S * c->vocab_size),
+            max_abs_diff(layers, rh.data, (size_t)(c->n_layers + 1) * S * c->hidden_size));
     /* must fail: a one-ulp-scale perturbation of a logit beyond tolerance is rejected */
     float saved = logits[7];
     logits[7] += 1e-3f;
@@ -75,6 +88,7 @@ static void test_bf16_parity(void) {
     /* bf16 weights widened to f32 vs the fixture's f32 compute on bf16-rounded weights:
      * observed ~1e-6; issue bound 1e-3 */
     CHECK_CLOSE("bf16 logits", logits, test_load_f32("tiny-qwen3/target_bf16_logits.npy", &rl), (size_t)S * c->vocab_size, 1e-3f, 0);
+    fprintf(stderr, "  bf16: max|err| logits %.2e (bound 1e-3)\n", max_abs_diff(logits, rl.data, (size_t)S * c->vocab_size));
     npy_free(&rl);
     free(logits);
     qwen3_free(&g_model);
