@@ -16,7 +16,7 @@
  * Without a GPU it prints why and exits 77 (ctest SKIP); DSPARK_REQUIRE_CUDA=1 makes that a
  * failure. DSPARK_TEST_FAKE_DEVICE=1 runs everything on the CPU backend with the sampling ops
  * emulated by sample.c / verify.c's arithmetic (bitwise: sampled runs must match exactly too),
- * which checks the engine's bookkeeping without a GPU (ctest: test_cuda_engine_fake, unit).
+ * which checks the engine's bookkeeping without a GPU (the unit test test_cuda_engine_fake).
  * ctest: labels=cuda timeout=300 */
 #include "engine.h"
 #include "spec_testing.h"
