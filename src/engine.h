@@ -10,7 +10,12 @@
  * on one thread (the server's engine thread). Callbacks run on the stepping thread.
  *
  * Speculative decoding plugs in per request as a proposal of draft tokens verified in the
- * same flattened forward (see spec.h); with no drafter every proposal is empty. */
+ * same flattened forward (see spec.h); with no drafter every proposal is empty.
+ *
+ * Sampling: when the backend has backend.h's sampling ops (CUDA), every request's q, pt,
+ * drafts and verification stay in backend memory and a step reads one small result buffer
+ * (Engine.dev); the tokens and each request's uniform stream are those of the host path
+ * (greedy: identical; sampled: the same uniforms, distributions equal up to float rounding). */
 #ifndef DSPARK_ENGINE_H
 #define DSPARK_ENGINE_H
 
