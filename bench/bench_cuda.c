@@ -20,9 +20,14 @@
  * the target; context of ctx positions appended first): drafter_block + 7 drafter_head with
  * the spec loop's host sampling; and a synthetic speculative round at fixed acceptance: the
  * calls spec_generate makes in one round (draft, verify forward of 8 tokens with the drafter's
- * 5 feature layers, host sampling + verify_block, drafter_append_context of tau positions),
- * timed back to back, for tau = 2..5 tokens per round, against plain decoding's step + host
- * sampling. Random weights accept nothing, so tau is fixed by construction, not measured. */
+ * 5 feature layers, sampling + verification, drafter_append_context of tau positions),
+ * timed back to back, for tau = 2..5 tokens per round, against plain decoding's step +
+ * sampling. Random weights accept nothing, so tau is fixed by construction, not measured.
+ * The round and plain decoding sample as spec_generate and the engine do on this backend: on
+ * the device when it has backend.h's sampling ops (drafter_head_dev, sample_probs, draw, the
+ * verify forward reading the drafts from device memory with its logits left there, verify,
+ * one read of the result per round); --host-sampling (or a backend without them) times the
+ * host path instead (each row downloaded, sample_dist, argmax, verify_block). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -158,6 +163,33 @@ static ds_status draft_round(Drafter *dr, DraftState *ds, HostSampler *hs, int s
     return DS_OK;
 }
 
+/* the device side of the spec loop (backend.h's sampling ops), as spec.c's device path */
+typedef struct {
+    bool on;
+    int32_t *tok, *res;    /* [8]: the anchor, then the drafts as drawn; [9]: verify's output */
+    float *q, *pt, *conf;  /* [7][V], [8][V], [7] */
+    void *ws;              /* sample_probs scratch for 8 rows */
+} DevSampler;
+
+/* draft_round on the device: slot j reads its previous token from tok[j], its q_j and draft
+ * j (into tok[1 + j]) stay on the device; nothing is read back */
+static ds_status draft_round_dev(Drafter *dr, DraftState *ds, DevSampler *dv, const SamplerParams *sp, int start, int32_t anchor,
+                                 char *err) {
+    Backend *be = dr->be;
+    const int V = dr->cfg.base.vocab_size;
+    drafter_crop(ds, start);
+    ds_status rc = drafter_block(dr, ds, anchor, start, err);
+    if (rc) return rc;
+    be->to_device(be, dv->tok, &anchor, sizeof(int32_t));
+    for (int j = 0; j < dr->cfg.block_size; j++) {
+        if ((rc = drafter_head_dev(dr, ds, j, dv->tok + j, dv->conf + j, err))) return rc;
+        float *qj = dv->q + (size_t)j * V;
+        be->sample_probs(be, qj, ds->logits, 1, V, sp->temperature, sp->top_k, sp->top_p, dv->ws);
+        be->draw(be, dv->tok + 1 + j, qj, V, 0.5); /* greedy: the one-hot's token */
+    }
+    return DS_OK;
+}
+
 typedef struct {
     double block_ms, round_ms, head_ms;  /* drafter_block alone; block + heads + host sampling; per head */
     double append_ms[9];                 /* drafter_append_context of k = 1..8 positions */
@@ -167,20 +199,35 @@ typedef struct {
     double host_row_ms;                  /* sample_dist + argmax of one row */
     size_t draft_bytes;
     int layers, block, rank;
+    bool dev_sampling;                   /* the round and plain decoding sampled on the device */
 } DraftBench;
 
 static int cmp_median(double *t, int n) { qsort(t, (size_t)n, sizeof(double), cmp_d); return n / 2; }
 
 /* drafting and synthetic speculative rounds; vst: a 1-slot target state with 5 feature layers
  * and ctx positions of context */
-static ds_status bench_draft(Qwen3Model *m, Qwen3State *vst, const uint16_t *buf, const uint16_t *ones, int ctx, int reps, DraftBench *o,
-                             char *err) {
+static ds_status bench_draft(Qwen3Model *m, Qwen3State *vst, const uint16_t *buf, const uint16_t *ones, int ctx, int reps, bool host_sampling,
+                             DraftBench *o, char *err) {
     Backend *be = m->be;
     const int V = m->cfg.vocab_size;
     Drafter dr;
     ds_status rc = build_drafter(&dr, m, buf, ones, &o->draft_bytes, err);
     DraftState ds;
     memset(&ds, 0, sizeof ds);
+    DevSampler dv;
+    memset(&dv, 0, sizeof dv);
+    dv.on = !host_sampling && be->sample_probs && be->draw && be->verify && be->sample_ws_bytes;
+    o->dev_sampling = dv.on;
+    if (!rc && dv.on) {
+        dv.tok = be->alloc(be, sizeof(int32_t) * 8);
+        dv.res = be->alloc(be, sizeof(int32_t) * 9);
+        dv.q = be->alloc(be, sizeof(float) * 7 * (size_t)V);
+        dv.pt = be->alloc(be, sizeof(float) * 8 * (size_t)V);
+        dv.conf = be->alloc(be, sizeof(float) * 7);
+        dv.ws = be->alloc(be, be->sample_ws_bytes(be, 8, V));
+        if (!dv.tok || !dv.res || !dv.q || !dv.pt || !dv.conf || !dv.ws) rc = ds_err(err, DS_ENOMEM, "out of device memory for the sampling buffers");
+    }
+    if (!rc && dr.cfg.block_size > 7) rc = ds_err(err, DS_EARG, "drafter block %d: the buffers hold 7 slots", dr.cfg.block_size);
     HostSampler hs = {.sp = {0.0f, 0, 1.0f}, .V = V};
     hs.q = malloc(sizeof(float) * 8 * (size_t)V);
     hs.pt = malloc(sizeof(float) * 8 * (size_t)V);
@@ -239,20 +286,47 @@ static ds_status bench_draft(Qwen3Model *m, Qwen3State *vst, const uint16_t *buf
         }
         o->append_ms[k] = ta[cmp_median(ta, reps)] * 1e3;
     }
-    /* plain decoding as the spec loop runs it without a source: 1-token forward, sample the row */
+    /* plain decoding as the spec loop runs it without a source: 1-token forward, sample the row
+     * (device: the anchor goes up, verify of 0 drafts on the device, its 2 ints read back) */
     {
-        int32_t tok = anchor, pos = ctx, row = 0;
+        int32_t tok = anchor, pos = ctx, row = 0, res[9];
+        double u[8] = {0};
         Qwen3Batch pb = {.n = 1, .tokens = &tok, .pos = &pos, .logit_rows = &row, .n_logits = 1};
+        if (dv.on) { pb.dev_tokens = dv.tok; pb.logits_on_device = true; }
         double tp[64];
         for (int r = -2; r < reps; r++) {
             double t0 = ds_now();
-            if ((rc = qwen3_forward(m, vst, &pb, err))) goto done;
-            sample_dist(&hs.sp, vst->logits_host, V, hs.pt, &hs.sc);
-            tok = argmax_f32(hs.pt, V);
-            tok = anchor; /* the same step every time (graph replay) */
+            if (dv.on) {
+                be->to_device(be, dv.tok, &anchor, sizeof(int32_t));
+                if ((rc = qwen3_forward(m, vst, &pb, err))) goto done;
+                be->sample_probs(be, dv.pt, vst->logits, 1, V, hs.sp.temperature, hs.sp.top_k, hs.sp.top_p, dv.ws);
+                be->verify(be, dv.res, dv.pt, dv.q, dv.tok + 1, 0, V, true, u, 0, NULL);
+                be->to_host(be, res, dv.res, sizeof(int32_t) * 2);
+            } else {
+                if ((rc = qwen3_forward(m, vst, &pb, err))) goto done;
+                sample_dist(&hs.sp, vst->logits_host, V, hs.pt, &hs.sc);
+                tok = argmax_f32(hs.pt, V);
+                tok = anchor; /* the same step every time (graph replay) */
+            }
             if (r >= 0) tp[r] = ds_now() - t0;
         }
         o->plain_ms = tp[cmp_median(tp, reps)] * 1e3;
+    }
+    /* device path: the verify forward alone (logits left on the device), synchronised here so
+     * the rounds below stay free of extra waits */
+    if (dv.on) {
+        int32_t tok[64], pos[64], rows[64];
+        for (int i = 0; i <= B; i++) { tok[i] = anchor; pos[i] = ctx + i; rows[i] = i; }
+        Qwen3Batch vb = {.n = B + 1, .tokens = tok, .pos = pos, .logit_rows = rows, .n_logits = B + 1,
+                         .feature_layers = dr.cfg.target_layer_ids, .n_feature_layers = mt, .logits_on_device = true};
+        double tv[64];
+        for (int r = -2; r < reps; r++) {
+            double t0 = ds_now();
+            if ((rc = qwen3_forward(m, vst, &vb, err))) goto done;
+            be->synchronize(be);
+            if (r >= 0) tv[r] = ds_now() - t0;
+        }
+        o->verify_ms = tv[cmp_median(tv, reps)] * 1e3;
     }
     /* synthetic speculative rounds: draft B slots, verify all (anchor + B drafts, B + 1 logit rows,
      * the drafter's feature layers), sample + verify_block, append tau positions */
@@ -261,7 +335,25 @@ static ds_status bench_draft(Qwen3Model *m, Qwen3State *vst, const uint16_t *buf
         double ts[64], tvs[64];
         Rng rng;
         rng_seed(&rng, 1, 0);
-        for (int r = -2; r < reps; r++) {
+        for (int r = -2; r < reps && dv.on; r++) { /* the device path: one read per round */
+            int32_t res[9];
+            double u[8];
+            const double t0 = ds_now();
+            if ((rc = draft_round_dev(&dr, &ds, &dv, &hs.sp, ctx, anchor, err))) goto done;
+            for (int i = 0; i <= B; i++) { pos[i] = ctx + i; rows[i] = i; tok[i] = anchor; }
+            Qwen3Batch vb = {.n = B + 1, .tokens = tok, .pos = pos, .logit_rows = rows, .n_logits = B + 1,
+                             .feature_layers = dr.cfg.target_layer_ids, .n_feature_layers = mt, .dev_tokens = dv.tok, .logits_on_device = true};
+            if ((rc = qwen3_forward(m, vst, &vb, err))) goto done;
+            be->sample_probs(be, dv.pt, vst->logits, B + 1, V, hs.sp.temperature, hs.sp.top_k, hs.sp.top_p, dv.ws);
+            for (int i = 0; i <= B; i++) u[i] = rng_uniform(&rng); /* unused when greedy; what a sampled round prepares */
+            be->verify(be, dv.res, dv.pt, dv.q, dv.tok + 1, B, V, true, u, 0, NULL);
+            be->to_host(be, res, dv.res, sizeof(int32_t) * (size_t)(B + 2));
+            /* random weights: the acceptance is fixed at tau below, not taken from res */
+            if ((rc = drafter_append_context(&dr, &ds, vst->features, tau, ctx, err))) goto done;
+            be->synchronize(be);
+            if (r >= 0) ts[r] = ds_now() - t0;
+        }
+        for (int r = -2; r < reps && !dv.on; r++) {
             double t_block, t0 = ds_now();
             if ((rc = draft_round(&dr, &ds, &hs, ctx, anchor, drafts, conf, &t_block, err))) goto done;
             tok[0] = anchor;
@@ -279,9 +371,13 @@ static ds_status bench_draft(Qwen3Model *m, Qwen3State *vst, const uint16_t *buf
             if (r >= 0) ts[r] = ds_now() - t0;
         }
         o->spec_round_ms[tau] = ts[cmp_median(ts, reps)] * 1e3;
-        if (tau == 2) o->verify_ms = tvs[cmp_median(tvs, reps)] * 1e3;
+        if (tau == 2 && !dv.on) o->verify_ms = tvs[cmp_median(tvs, reps)] * 1e3;
     }
 done:
+    {
+        void *dp[] = {dv.tok, dv.res, dv.q, dv.pt, dv.conf, dv.ws};
+        for (size_t i = 0; i < sizeof dp / sizeof dp[0]; i++) if (dp[i]) be->free(be, dp[i]);
+    }
     if (feat) be->free(be, feat);
     if (ds.kv.k) draft_state_free(&ds, &dr);
     sample_scratch_free(&hs.sc);
@@ -296,7 +392,7 @@ done:
 int main(int argc, char **argv) {
     int ctx = 512, reps = 20, L = 36, batch_max = 256;
     const char *json_out = NULL;
-    bool profile = false, tiny = false, mm_only = false;
+    bool profile = false, tiny = false, mm_only = false, host_sampling = false;
     const char *device = "cuda";
     setvbuf(stdout, NULL, _IOLBF, 0); /* a run cut short by a time limit keeps its finished rows */
     for (int i = 1; i < argc; i++) {
@@ -309,8 +405,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--mm")) mm_only = true; /* the product table, then exit */
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i]; /* cpu: a logic check with --tiny */
         else if (!strcmp(argv[i], "--tiny")) tiny = true; /* small sizes: checks the program, measures nothing */
+        else if (!strcmp(argv[i], "--host-sampling")) host_sampling = true; /* the synthetic round samples on the host */
         else {
-            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--mm] [--device cpu --tiny]\n");
+            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--mm] [--host-sampling] [--device cpu --tiny]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -524,7 +621,7 @@ int main(int argc, char **argv) {
         Qwen3State vst;
         if (qwen3_state_init(&vst, &m, 16, 16, 5, 1, ctx + 64, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
         copy_context(be, &vst.kv, &st.kv, ctx);
-        ds_status rc = bench_draft(&m, &vst, buf, ones, ctx, reps, &db, err);
+        ds_status rc = bench_draft(&m, &vst, buf, ones, ctx, reps, host_sampling, &db, err);
         qwen3_state_free(&vst, &m);
         if (rc) fprintf(stderr, "bench_cuda: drafter: %s\n", err);
         have_draft = !rc;
@@ -535,8 +632,11 @@ int main(int argc, char **argv) {
         printf("drafter_append_context of k positions (ms):");
         for (int k = 1; k <= 8; k++) printf(" %d: %.3f", k, db.append_ms[k]);
         printf("\n\nSYNTHETIC end-to-end (random weights, acceptance FIXED at tau tokens per round, not measured): one round =\n"
-               "draft 7 slots + verify forward of 8 tokens (8 logit rows, 5 feature layers) + host sampling + append tau positions\n");
-        printf("(verify forward of 8 tokens with logits and features alone: %.3f ms)\n", db.verify_ms);
+               "draft 7 slots + verify forward of 8 tokens (8 logit rows, 5 feature layers) + %s + append tau positions\n",
+               db.dev_sampling ? "device sampling and verification (sample_probs/draw/verify, one read per round)"
+                               : "host sampling (rows downloaded, sample_dist, verify_block)");
+        printf("(verify forward of 8 tokens with logits%s and features alone: %.3f ms)\n", db.dev_sampling ? " left on the device" : " to the host",
+               db.verify_ms);
         printf("%-30s %10s %10s %10s\n", "", "ms/round", "tokens/s", "x plain");
         printf("%-30s %10.3f %10.1f %10.2f\n", "plain (1-token step + sample)", db.plain_ms, 1e3 / db.plain_ms, 1.0);
         for (int tau = 2; tau <= 5; tau++) {
@@ -563,8 +663,8 @@ int main(int argc, char **argv) {
                            "\"round_ms\": %.4f, \"head_ms\": %.4f, \"host_row_ms\": %.4f, \"append_ms\": [",
                         db.layers, db.block, db.rank, db.draft_bytes, db.block_ms, db.round_ms, db.head_ms, db.host_row_ms);
                 for (int k = 1; k <= 8; k++) fprintf(f, "%s%.4f", k > 1 ? ", " : "", db.append_ms[k]);
-                fprintf(f, "]}, \"synthetic_e2e\": {\"plain_ms\": %.4f, \"plain_tokens_per_s\": %.1f, \"verify8_ms\": %.4f, \"spec\": [", db.plain_ms,
-                        1e3 / db.plain_ms, db.verify_ms);
+                fprintf(f, "]}, \"synthetic_e2e\": {\"sampling\": \"%s\", \"plain_ms\": %.4f, \"plain_tokens_per_s\": %.1f, \"verify8_ms\": %.4f, \"spec\": [",
+                        db.dev_sampling ? "device" : "host", db.plain_ms, 1e3 / db.plain_ms, db.verify_ms);
                 for (int tau = 2; tau <= 5; tau++)
                     fprintf(f, "%s{\"tau\": %d, \"round_ms\": %.4f, \"tokens_per_s\": %.1f, \"speedup\": %.3f}", tau > 2 ? ", " : "", tau,
                             db.spec_round_ms[tau], tau * 1e3 / db.spec_round_ms[tau], tau * db.plain_ms / db.spec_round_ms[tau]);

@@ -2,6 +2,7 @@
 #include "engine.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -69,6 +70,29 @@ ds_status engine_init(Engine *e, Qwen3Model *m, const EngineConfig *cfg, char *e
         engine_free(e);
         return ds_err(err, DS_ENOMEM, "engine: out of memory");
     }
+    Backend *be = m->be;
+    const char *hs = getenv("DSPARK_ENGINE_HOST_SAMPLING");
+    bool host = cfg->host_sampling || (hs && strcmp(hs, "1") == 0);
+    if (!host && be->sample_probs && be->draw && be->verify && be->sample_ws_bytes) {
+        const int B1 = B + 1, SB = S * (B ? B : 1);
+        e->dev = true;
+        e->d_q = be->alloc(be, sizeof(float) * (size_t)SB * V);
+        e->d_pt = be->alloc(be, sizeof(float) * (size_t)B1 * V);
+        e->d_logits = be->alloc(be, sizeof(float) * (size_t)V);
+        e->d_ws = be->alloc(be, be->sample_ws_bytes(be, B1, V));
+        e->d_tok = be->alloc(be, sizeof(int32_t) * (size_t)S * B1);
+        e->d_conf = be->alloc(be, sizeof(float) * (size_t)S * B1);
+        e->d_btok = be->alloc(be, sizeof(int32_t) * (size_t)T);
+        e->d_res = be->alloc(be, sizeof(int32_t) * (size_t)S * (B + 3));
+        e->h_conf = ds_calloc((size_t)S * B1, sizeof(float));
+        e->h_res = ds_calloc((size_t)S * (B + 3), sizeof(int32_t));
+        e->slot_first = ds_calloc((size_t)S, sizeof(bool));
+        if (!e->d_q || !e->d_pt || !e->d_logits || !e->d_ws || !e->d_tok || !e->d_conf || !e->d_btok || !e->d_res || !e->h_conf ||
+            !e->h_res || !e->slot_first) {
+            engine_free(e);
+            return ds_err(err, DS_ENOMEM, "engine: out of memory for the device sampling buffers");
+        }
+    }
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->wake, NULL);
     return DS_OK;
@@ -84,6 +108,12 @@ void engine_free(Engine *e) {
     ds_free(e->slot_prefill_pos); ds_free(e->slot_src_broken); ds_free(e->conf_ptrs); ds_free(e->pt); ds_free(e->resid);
     ds_free(e->slot_gain); ds_free(e->slot_vlen); ds_free(e->surv_tmp); ds_free(e->slot_bypass_run);
     sample_scratch_free(&e->scratch);
+    if (e->model) {
+        Backend *be = e->model->be;
+        void *dev[] = {e->d_q, e->d_pt, e->d_logits, e->d_ws, e->d_tok, e->d_conf, e->d_btok, e->d_res};
+        for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) if (dev[i]) be->free(be, dev[i]);
+    }
+    ds_free(e->h_conf); ds_free(e->h_res); ds_free(e->slot_first);
     if (e->model) { pthread_mutex_destroy(&e->lock); pthread_cond_destroy(&e->wake); }
     memset(e, 0, sizeof *e);
 }
@@ -221,6 +251,45 @@ static ds_status draft(Engine *e, EngineRequest *r, int s, char *err) {
     return DS_OK;
 }
 
+/* draft() on the device path (spec.c's draft_dev): slot j's logits -> q_j (d_q) -> draft j
+ * drawn into d_tok[s][1 + j], which the next slot reads as its previous token. A host
+ * source's logits go up and each drawn token comes back (its next slot needs it); a device
+ * source's confidences stay in d_conf until engine_step reads them (when it needs them). */
+static ds_status draft_dev(Engine *e, EngineRequest *r, int s, char *err) {
+    Backend *be = e->model->be;
+    const int V = e->model->cfg.vocab_size, B1 = e->block + 1;
+    const SamplerParams *sp = &r->sampler;
+    ProposalSource *src = e->cfg.sources[s];
+    int32_t *tokens = e->slot_tokens + (size_t)s * (e->cfg.max_ctx + e->block + 1), *dt = e->d_tok + (size_t)s * B1;
+    const int start = r->n_committed - 1;
+    int avail = 0;
+    e->slot_avail[s] = 0;
+    if (e->slot_src_broken[s]) return DS_OK;
+    ds_status rc = src->begin(src->self, tokens, start, &avail, err);
+    if (rc) return rc;
+    if (avail > e->block) avail = e->block;
+    bool greedy = sampler_is_greedy(sp);
+    if (avail > 0) be->to_device(be, dt, &tokens[start], sizeof(int32_t)); /* the anchor: slot 0's previous token */
+    for (int j = 0; j < avail; j++) {
+        const float *logits;
+        if (src->slot_dev) {
+            if ((rc = src->slot_dev(src->self, j, dt + j, &logits, e->d_conf + (size_t)s * B1 + j, err))) return rc;
+        } else {
+            const int32_t prev = j ? e->slot_drafts[(size_t)s * B1 + j - 1] : tokens[start];
+            const float *hl;
+            if ((rc = src->slot(src->self, j, prev, &hl, &e->slot_conf[(size_t)s * B1 + j], err))) return rc;
+            be->to_device(be, e->d_logits, hl, sizeof(float) * (size_t)V);
+            logits = e->d_logits;
+        }
+        float *qj = e->d_q + ((size_t)s * e->block + j) * V;
+        be->sample_probs(be, qj, logits, 1, V, sp->temperature, sp->top_k, sp->top_p, e->d_ws);
+        be->draw(be, dt + 1 + j, qj, V, greedy ? 0.5 : rng_uniform(&r->rng));
+        if (!src->slot_dev) be->to_host(be, &e->slot_drafts[(size_t)s * B1 + j], dt + 1 + j, sizeof(int32_t));
+    }
+    e->slot_avail[s] = avail;
+    return DS_OK;
+}
+
 /* Draft bypass: is request s's expected gain worth less than drafting it (engine.h)? */
 static bool bypass_round(Engine *e, int s, double t_plain, double t_verify) {
     if (!(e->cfg.bypass_draft_s > 0) || !e->cfg.sps.at || e->slot_src_broken[s]) return false;
@@ -239,6 +308,7 @@ static void bypass_prices(const Engine *e, int n_dec, double *t_plain, double *t
 }
 
 int engine_step(Engine *e, char *err) {
+    Backend *be = e->model->be;
     admit(e);
     const int T = e->cfg.max_batch_tokens, V = e->model->cfg.vocab_size, S = e->cfg.n_slots;
     const int stride = e->cfg.max_ctx + e->block + 1, feat_stride = e->n_features * e->model->cfg.hidden_size;
@@ -264,7 +334,7 @@ int engine_step(Engine *e, char *err) {
             e->slot_avail[s] = 0; /* plain decoding step: exact, and the anchor still feeds the drafter */
             e->slot_bypass_run[s]++;
             bypassed++;
-        } else if (e->cfg.sources && draft(e, r, s, err)) {
+        } else if (e->cfg.sources && (e->dev ? draft_dev(e, r, s, err) : draft(e, r, s, err))) {
             /* a failing drafter must not fail the request: continue it without drafts */
             e->slot_src_broken[s] = true;
             e->slot_avail[s] = 0;
@@ -274,6 +344,22 @@ int engine_step(Engine *e, char *err) {
             req_avail[n_req] = e->cfg.sources ? e->slot_avail[s] : 0;
             e->conf_ptrs[n_req] = e->slot_conf + (size_t)s * (e->block + 1);
             n_req++;
+        }
+    }
+    /* device path: the confidences of device sources' slots, in one read, when the scheduler
+     * or the bypass's gain uses them (else the gain is not updated: only the bypass reads it) */
+    const bool dev_conf = e->dev && e->cfg.sources && (e->cfg.sched.choose || e->cfg.bypass_draft_s > 0);
+    if (dev_conf) {
+        bool any = false;
+        for (int i = 0; i < n_req; i++) any |= req_avail[i] > 0 && e->cfg.sources[req_slot[i]]->slot_dev;
+        if (any) {
+            const size_t B1 = (size_t)e->block + 1;
+            be->to_host(be, e->h_conf, e->d_conf, sizeof(float) * (size_t)S * B1);
+            for (int i = 0; i < n_req; i++) {
+                int s = req_slot[i];
+                if (req_avail[i] > 0 && e->cfg.sources[s]->slot_dev)
+                    memcpy(e->slot_conf + s * B1, e->h_conf + s * B1, sizeof(float) * (size_t)req_avail[i]);
+            }
         }
     }
     for (int i = 0; i < n_req; i++) req_len[i] = req_avail[i];
@@ -288,7 +374,8 @@ int engine_step(Engine *e, char *err) {
         if (L > e->cfg.max_ctx - r->n_committed) L = e->cfg.max_ctx - r->n_committed;
         if (L > T - n - 1) L = T - n - 1;
         if (L < 0) L = 0;
-        if (req_avail[i] > 0) { /* drafted: update the expected gain from the verified slots' survivals */
+        if (req_avail[i] > 0 && (!e->dev || dev_conf || !e->cfg.sources[s]->slot_dev)) {
+            /* drafted: update the expected gain from the verified slots' survivals */
             calib_survival(&e->calib, e->conf_ptrs[i], L, e->surv_tmp);
             float g = 0;
             for (int j = 0; j < L; j++) g += e->surv_tmp[j];
@@ -301,7 +388,8 @@ int engine_step(Engine *e, char *err) {
         e->slot_len[s] = L;
         e->slot_row0[s] = n;
         for (int j = 0; j <= L; j++) {
-            e->b_tokens[n + j] = j ? e->slot_drafts[(size_t)s * (e->block + 1) + j - 1] : tokens[start];
+            /* device path: the drafts are copied from d_tok below (a placeholder here) */
+            e->b_tokens[n + j] = j ? (e->dev ? 0 : e->slot_drafts[(size_t)s * (e->block + 1) + j - 1]) : tokens[start];
             e->b_pos[n + j] = start + j;
             e->b_slot[n + j] = s;
             e->b_rows[n_rows] = n + j;
@@ -336,6 +424,15 @@ int engine_step(Engine *e, char *err) {
     double t0 = ds_now();
     Qwen3Batch b = {.n = n, .tokens = e->b_tokens, .pos = e->b_pos, .slot = e->b_slot, .logit_rows = e->b_rows, .n_logits = n_rows,
                     .feature_layers = e->cfg.sources ? e->cfg.sources[0]->feature_layers : NULL, .n_feature_layers = e->n_features};
+    if (e->dev) { /* the batch's tokens in backend memory: anchors and prompts from the host, drafts from d_tok */
+        be->to_device(be, e->d_btok, e->b_tokens, sizeof(int32_t) * (size_t)n);
+        for (int i = 0; i < n_req; i++) {
+            int s = req_slot[i], L = e->slot_len[s];
+            if (L > 0) be->copy(be, e->d_btok + e->slot_row0[s] + 1, e->d_tok + (size_t)s * (e->block + 1) + 1, sizeof(int32_t) * (size_t)L);
+        }
+        b.dev_tokens = e->d_btok;
+        b.logits_on_device = true;
+    }
     ds_status rc = qwen3_forward(e->model, &e->st, &b, err);
     if (rc) {
         /* a forward failure fails the requests in this batch, not the engine */
@@ -345,8 +442,10 @@ int engine_step(Engine *e, char *err) {
     /* 3. prompt chunks: their features feed the drafters; a finished prompt samples token 1 */
     uint64_t committed = 0, rounds = 0, drafts_verified = 0;
     int row = n_decode; /* logit rows: decode rows first, in batch order */
+    bool launched = false; /* device path: results to read */
     for (int s = 0; s < S; s++) {
         EngineRequest *r = e->slots[s];
+        if (e->dev) e->slot_first[s] = false;
         if (!r || !e->slot_prefill_n[s]) continue;
         if (e->cfg.sources && !e->slot_src_broken[s]) {
             ProposalSource *src = e->cfg.sources[s];
@@ -354,7 +453,14 @@ int engine_step(Engine *e, char *err) {
                              e->slot_prefill_pos[s], err))
                 e->slot_src_broken[s] = true;
         }
-        if (r->n_prefilled == r->n_prompt) {
+        if (r->n_prefilled == r->n_prompt && e->dev) { /* drawn on the device, committed after the step's one read */
+            const SamplerParams *sp = &r->sampler;
+            be->sample_probs(be, e->d_pt, e->st.logits + (size_t)row * V, 1, V, sp->temperature, sp->top_k, sp->top_p, e->d_ws);
+            be->draw(be, e->d_res + (size_t)S * (e->block + 2) + s, e->d_pt, V, sampler_is_greedy(sp) ? 0.5 : rng_uniform(&r->rng));
+            e->slot_first[s] = true;
+            row++;
+            launched = true;
+        } else if (r->n_prefilled == r->n_prompt) {
             sample_dist(&r->sampler, e->st.logits_host + (size_t)row * V, V, e->probs, &e->scratch);
             int32_t tok = sampler_is_greedy(&r->sampler) ? argmax_f32(e->probs, V) : sample_from(e->probs, V, rng_uniform(&r->rng));
             row++;
@@ -363,6 +469,62 @@ int engine_step(Engine *e, char *err) {
         }
     }
     /* 4. verification of every decoding request */
+    if (e->dev) { /* device path: launch every request's verification, read all results at once, then commit */
+        const int R = e->block + 2;
+        row = 0;
+        for (int i = 0; i < n_req; i++) {
+            int s = req_slot[i];
+            EngineRequest *r = e->slots[s];
+            if (!r) continue;
+            int L = e->slot_len[s];
+            if (L < 0) continue;
+            const SamplerParams *sp = &r->sampler;
+            const bool greedy = sampler_is_greedy(sp);
+            be->sample_probs(be, e->d_pt, e->st.logits + (size_t)row * V, L + 1, V, sp->temperature, sp->top_k, sp->top_p, e->d_ws);
+            /* verify_block's uniforms from a copy of the stream; it advances after the read */
+            double u[SPEC_MAX_BLOCK + 1];
+            Rng r2 = r->rng;
+            if (!greedy) for (int j = 0; j <= L; j++) u[j] = rng_uniform(&r2);
+            be->verify(be, e->d_res + (size_t)s * R, e->d_pt, e->d_q + (size_t)s * (e->block ? e->block : 1) * V,
+                       e->d_tok + (size_t)s * (e->block + 1) + 1, L, V, greedy, u, VERIFY_EXACT, NULL);
+            row += L + 1;
+            launched = true;
+        }
+        if (launched) be->to_host(be, e->h_res, e->d_res, sizeof(int32_t) * (size_t)S * (e->block + 3));
+        for (int s = 0; s < S; s++) { /* step 3's first tokens, in its order */
+            EngineRequest *r = e->slots[s];
+            if (!r || !e->slot_first[s]) continue;
+            int32_t tok = e->h_res[(size_t)S * R + s];
+            DS_ASSERT(tok >= 0 && tok < V);
+            committed++;
+            commit(e, r, tok);
+        }
+        for (int i = 0; i < n_req; i++) {
+            int s = req_slot[i];
+            EngineRequest *r = e->slots[s];
+            if (!r) continue;
+            int L = e->slot_len[s];
+            if (L < 0) continue;
+            const int32_t *res = e->h_res + (size_t)s * R, *drafts = res + 2;
+            VerifyResult vr = {res[0], res[1]};
+            DS_ASSERT(vr.n_accepted >= 0 && vr.n_accepted <= L && vr.next >= 0 && vr.next < V);
+            /* the stream advances by the uniforms verify_block would have drawn */
+            int used = sampler_is_greedy(&r->sampler) ? 0 : vr.n_accepted < L ? vr.n_accepted + 2 : L + 1;
+            for (int k = 0; k < used; k++) rng_uniform(&r->rng);
+            const int start = r->n_committed - 1, row0 = e->slot_row0[s];
+            rounds++;
+            drafts_verified += (uint64_t)L;
+            bool alive = true;
+            for (int j = 0; j < vr.n_accepted && alive; j++) { alive = commit(e, r, drafts[j]); committed++; }
+            if (alive) { alive = commit(e, r, vr.next); committed++; }
+            if (alive && e->cfg.sources && !e->slot_src_broken[s]) {
+                ProposalSource *src = e->cfg.sources[s];
+                if (src->context(src->self, e->st.features + (size_t)row0 * feat_stride, vr.n_accepted + 1, start, err))
+                    e->slot_src_broken[s] = true;
+            }
+        }
+        n_req = 0; /* the host loop below has nothing left */
+    }
     row = 0;
     for (int i = 0; i < n_req; i++) {
         int s = req_slot[i];

@@ -10,7 +10,12 @@
  * on one thread (the server's engine thread). Callbacks run on the stepping thread.
  *
  * Speculative decoding plugs in per request as a proposal of draft tokens verified in the
- * same flattened forward (see spec.h); with no drafter every proposal is empty. */
+ * same flattened forward (see spec.h); with no drafter every proposal is empty.
+ *
+ * Sampling: when the backend has backend.h's sampling ops (CUDA), every request's q, pt,
+ * drafts and verification stay in backend memory and a step reads one small result buffer
+ * (Engine.dev); the tokens and each request's uniform stream are those of the host path
+ * (greedy: identical; sampled: the same uniforms, distributions equal up to float rounding). */
 #ifndef DSPARK_ENGINE_H
 #define DSPARK_ENGINE_H
 
@@ -83,6 +88,9 @@ typedef struct {
     int bypass_probe_every;     /* 0: 8 */
     const Calibration *calib;   /* for the gain (NULL: identity temperatures) */
     SpsCurve sps;               /* forward steps/s by batch size (profile.h); needed for the bypass */
+    /* sample on the host even when the backend has backend.h's sampling ops (comparisons,
+     * tests); DSPARK_ENGINE_HOST_SAMPLING=1 in the environment does the same */
+    bool host_sampling;
 } EngineConfig;
 
 typedef struct {
@@ -122,6 +130,18 @@ typedef struct {
     Calibration calib;
     float *slot_gain, *slot_vlen, *surv_tmp;
     int *slot_bypass_run;
+    /* device path (the backend has the sampling ops, host_sampling off): the verify rows'
+     * logits, every q and pt and the drafted tokens stay in backend memory; per step the host
+     * reads one buffer of every request's (n_accepted, next, drafts) and first tokens (plus
+     * the slots' confidences when the scheduler or the bypass wants them) */
+    bool dev;
+    float *d_q, *d_pt, *d_logits;        /* [n_slots][block][V], [block+1][V], [V] (a host source's slot) */
+    void *d_ws;                          /* sample_probs scratch for block+1 rows */
+    int32_t *d_tok;                      /* [n_slots][block+1]: the anchor, then the drafts as drawn */
+    float *d_conf, *h_conf;              /* [n_slots][block+1] */
+    int32_t *d_btok;                     /* [max_batch_tokens]: the step's batch tokens */
+    int32_t *d_res, *h_res;              /* [n_slots][block+2] verify results, then [n_slots] first tokens */
+    bool *slot_first;                    /* the slot's first token was drawn this step */
     EngineStats stats;
     volatile int stopping;
 } Engine;
