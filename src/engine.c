@@ -225,6 +225,24 @@ static bool commit(Engine *e, EngineRequest *r, int32_t tok) {
     return false;
 }
 
+/* Commits a verified round of request r in slot s: the accepted drafts, then the correction
+ * or bonus token, until one ends the request; the drafter's context then grows by the anchor
+ * and the accepted drafts (features of the round's rows). Returns the tokens committed. */
+static uint64_t commit_round(Engine *e, EngineRequest *r, int s, const VerifyResult *vr, const int32_t *drafts, int feat_stride,
+                             char *err) {
+    const int start = r->n_committed - 1, row0 = e->slot_row0[s];
+    uint64_t committed = 0;
+    bool alive = true;
+    for (int j = 0; j < vr->n_accepted && alive; j++) { alive = commit(e, r, drafts[j]); committed++; }
+    if (alive) { alive = commit(e, r, vr->next); committed++; }
+    if (alive && e->cfg.sources && !e->slot_src_broken[s]) {
+        ProposalSource *src = e->cfg.sources[s];
+        if (src->context(src->self, e->st.features + (size_t)row0 * feat_stride, vr->n_accepted + 1, start, err))
+            e->slot_src_broken[s] = true;
+    }
+    return committed;
+}
+
 /* Draft a block for decoding request r in slot s (same RNG order as spec_generate). */
 static ds_status draft(Engine *e, EngineRequest *r, int s, char *err) {
     const int V = e->model->cfg.vocab_size;
@@ -511,17 +529,9 @@ int engine_step(Engine *e, char *err) {
             /* the stream advances by the uniforms verify_block would have drawn */
             int used = sampler_is_greedy(&r->sampler) ? 0 : vr.n_accepted < L ? vr.n_accepted + 2 : L + 1;
             for (int k = 0; k < used; k++) rng_uniform(&r->rng);
-            const int start = r->n_committed - 1, row0 = e->slot_row0[s];
+            committed += commit_round(e, r, s, &vr, drafts, feat_stride, err);
             rounds++;
             drafts_verified += (uint64_t)L;
-            bool alive = true;
-            for (int j = 0; j < vr.n_accepted && alive; j++) { alive = commit(e, r, drafts[j]); committed++; }
-            if (alive) { alive = commit(e, r, vr.next); committed++; }
-            if (alive && e->cfg.sources && !e->slot_src_broken[s]) {
-                ProposalSource *src = e->cfg.sources[s];
-                if (src->context(src->self, e->st.features + (size_t)row0 * feat_stride, vr.n_accepted + 1, start, err))
-                    e->slot_src_broken[s] = true;
-            }
         }
         n_req = 0; /* the host loop below has nothing left */
     }
@@ -536,18 +546,9 @@ int engine_step(Engine *e, char *err) {
         const int32_t *drafts = e->slot_drafts + (size_t)s * (e->block + 1);
         VerifyResult vr = verify_block(e->pt, e->slot_q + (size_t)s * e->block * V, drafts, L, V, sampler_is_greedy(&r->sampler),
                                        &r->rng, e->resid, VERIFY_EXACT, NULL);
-        const int start = r->n_committed - 1, row0 = e->slot_row0[s];
+        committed += commit_round(e, r, s, &vr, drafts, feat_stride, err);
         rounds++;
         drafts_verified += (uint64_t)L;
-        bool alive = true;
-        for (int j = 0; j < vr.n_accepted && alive; j++) { alive = commit(e, r, drafts[j]); committed++; }
-        if (alive) { alive = commit(e, r, vr.next); committed++; }
-        /* the drafter's context grows by the anchor and the accepted drafts */
-        if (alive && e->cfg.sources && !e->slot_src_broken[s]) {
-            ProposalSource *src = e->cfg.sources[s];
-            if (src->context(src->self, e->st.features + (size_t)row0 * feat_stride, vr.n_accepted + 1, start, err))
-                e->slot_src_broken[s] = true;
-        }
         row += L + 1;
     }
     pthread_mutex_lock(&e->lock);
