@@ -76,6 +76,15 @@ struct Backend {
      * rows): then outs[0] = silu(outs[0]) * outs[1]. Bitwise the values of the separate
      * calls; lets a backend use one parallel region for q/k/v and for gate/up/swiglu. */
     void (*matmul_multi)(Backend *be, float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act);
+    /* OPTIONAL fusions (NULL: model code calls the separate ops); each gives bitwise the values
+     * of the ops it replaces, and exists to cut launches per step on the GPU.
+     * qk_norm_rope_kv: rmsnorm of every q head by q_norm and k head by k_norm, rope of both by
+     * pos, then kv_write of k and v: the attention input of one layer.
+     * add_rmsnorm: x += y, then out = rmsnorm(x) by w (out may be y). */
+    void (*qk_norm_rope_kv)(Backend *be, float *q, float *k, const float *v, const Weight *q_norm, const Weight *k_norm, float eps,
+                            KvCache *kv, int layer, const int32_t *slot, const int32_t *pos, int n, int n_heads, int n_kv_heads,
+                            int head_dim, float theta);
+    void (*add_rmsnorm)(Backend *be, float *x, const float *y, float *out, const Weight *w, int n, int dim, float eps);
     /* out = silu(gate) * up, n elements. out may be gate. */
     void (*swiglu)(Backend *be, float *out, const float *gate, const float *up, size_t n);
     /* x += y, n elements */

@@ -273,9 +273,11 @@ static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
     const int n = b->n, d = c->hidden_size, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, ff = c->intermediate_size;
     be->embed(be, s->x, &m->embed, s->d_tokens, n);
     keep_feature(be, s, b, s->x, -1, d);
+    const float eps = c->rms_norm_eps;
     for (int l = 0; l < c->n_layers; l++) {
         const Qwen3Layer *L = &m->layers[l];
-        be->rmsnorm(be, s->h, s->x, &L->input_norm, n, d, c->rms_norm_eps);
+        /* with add_rmsnorm the previous layer's last add already normalised x into h */
+        if (l == 0 || !be->add_rmsnorm) be->rmsnorm(be, s->h, s->x, &L->input_norm, n, d, eps);
         if (be->matmul_multi) {
             float *outs[3] = {s->q, s->k, s->v};
             const Weight *ws[3] = {&L->q_proj, &L->k_proj, &L->v_proj};
@@ -285,15 +287,24 @@ static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
             be->matmul(be, s->k, s->h, &L->k_proj, n);
             be->matmul(be, s->v, s->h, &L->v_proj, n);
         }
-        be->rmsnorm(be, s->q, s->q, &L->q_norm, n * H, hd, c->rms_norm_eps);
-        be->rmsnorm(be, s->k, s->k, &L->k_norm, n * KV, hd, c->rms_norm_eps);
-        be->rope(be, s->q, s->d_pos, n, H, hd, c->rope_theta);
-        be->rope(be, s->k, s->d_pos, n, KV, hd, c->rope_theta);
-        be->kv_write(be, &s->kv, l, s->k, s->v, s->d_slot, s->d_pos, n);
+        if (be->qk_norm_rope_kv) {
+            be->qk_norm_rope_kv(be, s->q, s->k, s->v, &L->q_norm, &L->k_norm, eps, &s->kv, l, s->d_slot, s->d_pos, n, H, KV, hd,
+                                c->rope_theta);
+        } else {
+            be->rmsnorm(be, s->q, s->q, &L->q_norm, n * H, hd, eps);
+            be->rmsnorm(be, s->k, s->k, &L->k_norm, n * KV, hd, eps);
+            be->rope(be, s->q, s->d_pos, n, H, hd, c->rope_theta);
+            be->rope(be, s->k, s->d_pos, n, KV, hd, c->rope_theta);
+            be->kv_write(be, &s->kv, l, s->k, s->v, s->d_slot, s->d_pos, n);
+        }
         be->attention(be, s->att, s->q, &s->kv, l, s->d_slot, s->d_kv_len, n, H, KV, hd);
         be->matmul(be, s->h, s->att, &L->o_proj, n);
-        be->add(be, s->x, s->h, (size_t)n * d);
-        be->rmsnorm(be, s->h, s->x, &L->post_norm, n, d, c->rms_norm_eps);
+        if (be->add_rmsnorm) {
+            be->add_rmsnorm(be, s->x, s->h, s->h, &L->post_norm, n, d, eps);
+        } else {
+            be->add(be, s->x, s->h, (size_t)n * d);
+            be->rmsnorm(be, s->h, s->x, &L->post_norm, n, d, eps);
+        }
         if (be->matmul_multi) {
             float *outs[2] = {s->gate, s->up};
             const Weight *ws[2] = {&L->gate_proj, &L->up_proj};
@@ -304,18 +315,19 @@ static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
             be->swiglu(be, s->gate, s->gate, s->up, (size_t)n * ff);
         }
         be->matmul(be, s->h, s->gate, &L->down_proj, n);
-        be->add(be, s->x, s->h, (size_t)n * d);
+        if (be->add_rmsnorm && l + 1 < c->n_layers) be->add_rmsnorm(be, s->x, s->h, s->h, &m->layers[l + 1].input_norm, n, d, eps);
+        else be->add(be, s->x, s->h, (size_t)n * d);
         keep_feature(be, s, b, s->x, l, d);
     }
     bool want_final = false;
     for (int f = 0; f < b->n_feature_layers; f++) want_final |= b->feature_layers[f] == QWEN3_FINAL_NORM;
     if (want_final) {
-        be->rmsnorm(be, s->h, s->x, &m->final_norm, n, d, c->rms_norm_eps);
+        be->rmsnorm(be, s->h, s->x, &m->final_norm, n, d, eps);
         keep_feature(be, s, b, s->h, QWEN3_FINAL_NORM, d);
     }
     if (b->n_logits) {
         be->gather_rows(be, s->rows_tmp, d, s->x, d, s->d_rows, b->n_logits, d);
-        be->rmsnorm(be, s->rows_tmp, s->rows_tmp, &m->final_norm, b->n_logits, d, c->rms_norm_eps);
+        be->rmsnorm(be, s->rows_tmp, s->rows_tmp, &m->final_norm, b->n_logits, d, eps);
         be->matmul(be, s->logits, s->rows_tmp, &m->lm_head, b->n_logits);
     }
 }

@@ -660,6 +660,60 @@ static void test_incremental_bitwise(void) {
     qwen3_free(&m);
 }
 
+/* The fused ops (qk_norm_rope_kv, add_rmsnorm) against the separate ones on the same GPU:
+ * a 24-token prefill (logits and every layer's features) and 16 single-token steps after it
+ * (which read the KV rows the fused op wrote), all bitwise equal. */
+static void fused_case(const char *dir) {
+    char err[DS_ERR_LEN];
+    Qwen3Model m;
+    CHECK_OK(qwen3_load(&m, test_data(dir), g_gpu, err), err);
+    const int V = m.cfg.vocab_size, d = m.cfg.hidden_size, nl = m.cfg.n_layers;
+    void (*qk)(Backend *, float *, float *, const float *, const Weight *, const Weight *, float, KvCache *, int, const int32_t *,
+               const int32_t *, int, int, int, int, float) = g_gpu->qk_norm_rope_kv;
+    void (*ar)(Backend *, float *, const float *, float *, const Weight *, int, int, float) = g_gpu->add_rmsnorm;
+    int feats[16], nf = 0;
+    feats[nf++] = -1;
+    for (int l = 0; l < nl; l++) feats[nf++] = l;
+    Qwen3State sf, ss;
+    CHECK_OK(qwen3_state_init(&sf, &m, 24, 24, nf, 1, 64, err), err);
+    CHECK_OK(qwen3_state_init(&ss, &m, 24, 24, nf, 1, 64, err), err);
+    int32_t pos[40], rows[24];
+    for (int i = 0; i < 40; i++) pos[i] = i;
+    for (int i = 0; i < 24; i++) rows[i] = i;
+    int same = 0, steps = 0;
+    for (int k = 0; k < 17; k++) {
+        const int start = k == 0 ? 0 : 23 + k, n = k == 0 ? 24 : 1;
+        Qwen3Batch b = {.n = n, .tokens = g_ids + start, .pos = pos + start, .logit_rows = rows, .n_logits = n,
+                        .feature_layers = feats, .n_feature_layers = k == 0 ? nf : 0};
+        CHECK_OK(qwen3_forward(&m, &sf, &b, err), err);
+        g_gpu->qk_norm_rope_kv = NULL;
+        g_gpu->add_rmsnorm = NULL;
+        CHECK_OK(qwen3_forward(&m, &ss, &b, err), err);
+        g_gpu->qk_norm_rope_kv = qk;
+        g_gpu->add_rmsnorm = ar;
+        bool eq = memcmp(sf.logits_host, ss.logits_host, sizeof(float) * (size_t)n * V) == 0;
+        if (k == 0) {
+            float *ff = host_from(sf.features, (size_t)24 * nf * d), *fs = host_from(ss.features, (size_t)24 * nf * d);
+            eq = eq && memcmp(ff, fs, sizeof(float) * (size_t)24 * nf * d) == 0;
+            free(ff); free(fs);
+        }
+        same += eq;
+        steps++;
+    }
+    CHECK_MSG(same == steps, "%s: fused ops: %d of %d forwards bitwise equal to the separate ops", dir, same, steps);
+    printf("  %s: fused ops bitwise equal to the separate ones in %d of %d forwards\n", dir, same, steps);
+    qwen3_state_free(&sf, &m);
+    qwen3_state_free(&ss, &m);
+    qwen3_free(&m);
+}
+
+static void test_fused_ops(void) {
+    CHECK(g_gpu->qk_norm_rope_kv && g_gpu->add_rmsnorm);
+    if (!g_gpu->qk_norm_rope_kv || !g_gpu->add_rmsnorm) return;
+    fused_case("tiny-qwen3/target");
+    fused_case("tiny-qwen3/target-bf16");
+}
+
 /* ---- drafters ---- */
 
 static void drafter_case(const char *dir) {
@@ -889,6 +943,7 @@ int main(void) {
     }
     RUN_IF(test_forward);
     RUN_IF(test_incremental_bitwise);
+    RUN_IF(test_fused_ops);
 #ifdef DSPARK_HAVE_CUDA
     RUN_IF(test_graph_replay);
 #endif

@@ -807,11 +807,9 @@ __global__ void k_widen(float *dst, const void *w, int dt, size_t off, size_t co
 }
 
 /* rows of dim <= 256: one warp per row, 8 rows per block */
-__global__ void k_rmsnorm_warp(float *out, const float *x, const void *w, int dt, int n, int dim, float eps) {
-    const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (row >= n) return;
-    const float *xi = x + (size_t)row * dim;
-    float *oi = out + (size_t)row * dim;
+/* One row's RMSNorm by one warp (lane k takes k, k + 32, ...). The separate and the fused
+ * kernels below all call this (and rms_row_block, rope_head), so fusing changes no bit. */
+__device__ __forceinline__ void rms_row_warp(float *oi, const float *xi, const void *w, int dt, int dim, float eps, int lane) {
     float ss = 0.0f;
     for (int k = lane; k < dim; k += 32) ss = fmaf(xi[k], xi[k], ss);
     ss = warp_sum(ss) / (float)dim;
@@ -819,12 +817,16 @@ __global__ void k_rmsnorm_warp(float *out, const float *x, const void *w, int dt
     for (int k = lane; k < dim; k += 32) oi[k] = weight_at(w, dt, k) * (xi[k] * r);
 }
 
+__global__ void k_rmsnorm_warp(float *out, const float *x, const void *w, int dt, int n, int dim, float eps) {
+    const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (row >= n) return;
+    rms_row_warp(out + (size_t)row * dim, x + (size_t)row * dim, w, dt, dim, eps, lane);
+}
+
 /* larger rows: one block of 256 per row */
-__global__ void __launch_bounds__(256) k_rmsnorm_block(float *out, const float *x, const void *w, int dt, int dim, float eps) {
+__device__ __forceinline__ void rms_row_block(float *oi, const float *xi, const void *w, int dt, int dim, float eps) {
     __shared__ float part[8];
-    const int row = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const float *xi = x + (size_t)row * dim;
-    float *oi = out + (size_t)row * dim;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float ss = 0.0f;
     for (int k = threadIdx.x; k < dim; k += 256) ss = fmaf(xi[k], xi[k], ss);
     ss = warp_sum(ss);
@@ -837,18 +839,72 @@ __global__ void __launch_bounds__(256) k_rmsnorm_block(float *out, const float *
     for (int k = threadIdx.x; k < dim; k += 256) oi[k] = weight_at(w, dt, k) * (xi[k] * r);
 }
 
+__global__ void __launch_bounds__(256) k_rmsnorm_block(float *out, const float *x, const void *w, int dt, int dim, float eps) {
+    rms_row_block(out + (size_t)blockIdx.x * dim, x + (size_t)blockIdx.x * dim, w, dt, dim, eps);
+}
+
+/* fused x += y; out = rmsnorm(x) (out may be y): each thread adds exactly the elements it
+ * then normalises, so no other thread's write is awaited; the add is k_add's */
+__global__ void k_add_rmsnorm_warp(float *x, const float *y, float *out, const void *w, int dt, int n, int dim, float eps) {
+    const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (row >= n) return;
+    float *xi = x + (size_t)row * dim;
+    const float *yi = y + (size_t)row * dim;
+    for (int k = lane; k < dim; k += 32) xi[k] += yi[k];
+    rms_row_warp(out + (size_t)row * dim, xi, w, dt, dim, eps, lane);
+}
+
+__global__ void __launch_bounds__(256) k_add_rmsnorm_block(float *x, const float *y, float *out, const void *w, int dt, int dim, float eps) {
+    float *xi = x + (size_t)blockIdx.x * dim;
+    const float *yi = y + (size_t)blockIdx.x * dim;
+    for (int k = threadIdx.x; k < dim; k += 256) xi[k] += yi[k];
+    rms_row_block(out + (size_t)blockIdx.x * dim, xi, w, dt, dim, eps);
+}
+
 /* x [n][n_heads][head_dim] rotated in place by pos[i] (rotate-half) */
+/* pair j of one head vector v rotated by position p */
+__device__ __forceinline__ void rope_pair(float *v, float p, const float *inv_freq, int j, int half) {
+    float s, c;
+    sincosf(p * inv_freq[j], &s, &c);
+    const float a = v[j], b = v[j + half];
+    v[j] = a * c - b * s;
+    v[j + half] = b * c + a * s;
+}
+
 __global__ void k_rope(float *x, const int32_t *pos, const float *inv_freq, int n_heads, int head_dim) {
     const int i = blockIdx.x, half = head_dim / 2;
     const float p = (float)pos[i];
     for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x) {
         const int h = t / half, j = t % half;
-        float s, c;
-        sincosf(p * inv_freq[j], &s, &c);
-        float *v = x + ((size_t)i * n_heads + h) * head_dim;
-        const float a = v[j], b = v[j + half];
-        v[j] = a * c - b * s;
-        v[j + half] = b * c + a * s;
+        rope_pair(x + ((size_t)i * n_heads + h) * head_dim, p, inv_freq, j, half);
+    }
+}
+
+/* The attention input of one layer in one launch (rmsnorm q and k per head, rope q and k,
+ * kv_write): token blockIdx.x, one warp per head (q heads first, then k heads; blockIdx.y
+ * picks 8 of them). The k-head warps also write their k head and the matching v head to the
+ * cache. Same functions as the separate kernels, so the same bits (head_dim <= 256). */
+__global__ void __launch_bounds__(256) k_qk_norm_rope_kv(float *q, float *k, const float *v, const void *qw, const void *kw, int dt_q,
+                                                         int dt_k, float eps, const int32_t *pos, const float *inv_freq, float *kc,
+                                                         float *vc, const int32_t *slot, int layer, int n_slots, int max_ctx,
+                                                         int n_heads, int n_kv_heads, int head_dim) {
+    const int i = blockIdx.x, lane = threadIdx.x & 31, hh = blockIdx.y * 8 + (threadIdx.x >> 5), half = head_dim / 2;
+    if (hh >= n_heads + n_kv_heads) return;
+    const bool is_q = hh < n_heads;
+    const int h = is_q ? hh : hh - n_heads;
+    float *hv = is_q ? q + ((size_t)i * n_heads + h) * head_dim : k + ((size_t)i * n_kv_heads + h) * head_dim;
+    rms_row_warp(hv, hv, is_q ? qw : kw, is_q ? dt_q : dt_k, head_dim, eps, lane);
+    __syncwarp(); /* rope reads pairs written by other lanes */
+    const float p = (float)pos[i];
+    for (int j = lane; j < half; j += 32) rope_pair(hv, p, inv_freq, j, half);
+    if (is_q) return;
+    __syncwarp();
+    const int kv_dim = n_kv_heads * head_dim;
+    const size_t o = (((size_t)layer * n_slots + slot[i]) * max_ctx + pos[i]) * kv_dim + (size_t)h * head_dim;
+    const float *vh = v + (size_t)i * kv_dim + (size_t)h * head_dim;
+    for (int c = lane; c < head_dim; c += 32) {
+        kc[o + c] = hv[c];
+        vc[o + c] = vh[c];
     }
 }
 
@@ -1295,6 +1351,38 @@ static void cu_kv_write(Backend *be, KvCache *kv, int layer, const float *k, con
     LAUNCHED("kv_write");
 }
 
+static void cu_qk_norm_rope_kv(Backend *be, float *q, float *k, const float *v, const Weight *q_norm, const Weight *k_norm, float eps,
+                               KvCache *kv, int layer, const int32_t *slot, const int32_t *pos, int n, int n_heads, int n_kv_heads,
+                               int head_dim, float theta) {
+    if (head_dim > 256 || head_dim % 2) { /* k_rmsnorm_block's arithmetic: keep the separate ops */
+        cu_rmsnorm(be, q, q, q_norm, n * n_heads, head_dim, eps);
+        cu_rmsnorm(be, k, k, k_norm, n * n_kv_heads, head_dim, eps);
+        cu_rope(be, q, pos, n, n_heads, head_dim, theta);
+        cu_rope(be, k, pos, n, n_kv_heads, head_dim, theta);
+        cu_kv_write(be, kv, layer, k, v, slot, pos, n);
+        return;
+    }
+    if (n <= 0 || graph_skip(be, 13, q, k, v, q_norm->dev, (int)q_norm->dtype, k_norm->dev, (int)k_norm->dtype, eps, kv->k, kv->v,
+                             kv->n_slots, kv->max_ctx, layer, slot, pos, n, n_heads, n_kv_heads, head_dim, theta))
+        return;
+    const float *f = rope_freq(be, theta, head_dim);
+    if (!f) {
+        g_capture_broken = true;
+        return;
+    }
+    dim3 grid((unsigned)n, (unsigned)((n_heads + n_kv_heads + 7) / 8));
+    k_qk_norm_rope_kv<<<grid, 256, 0, stream_of(be)>>>(q, k, v, q_norm->dev, k_norm->dev, q_norm->dtype, k_norm->dtype, eps, pos, f, kv->k,
+                                                        kv->v, slot, layer, kv->n_slots, kv->max_ctx, n_heads, n_kv_heads, head_dim);
+    LAUNCHED("qk_norm_rope_kv");
+}
+
+static void cu_add_rmsnorm(Backend *be, float *x, const float *y, float *out, const Weight *w, int n, int dim, float eps) {
+    if (n <= 0 || graph_skip(be, 14, x, y, out, w->dev, (int)w->dtype, n, dim, eps)) return;
+    if (dim <= 256) k_add_rmsnorm_warp<<<(unsigned)((n + 7) / 8), 256, 0, stream_of(be)>>>(x, y, out, w->dev, w->dtype, n, dim, eps);
+    else k_add_rmsnorm_block<<<(unsigned)n, 256, 0, stream_of(be)>>>(x, y, out, w->dev, w->dtype, dim, eps);
+    LAUNCHED("add_rmsnorm");
+}
+
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                          const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
     if (n <= 0 || graph_skip(be, 7, out, q, kv->k, kv->v, kv->n_slots, kv->max_ctx, kv->kv_dim, layer, slot, kv_len, n, n_heads, n_kv_heads,
@@ -1616,6 +1704,8 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     be->rmsnorm = cu_rmsnorm;
     be->rope = cu_rope;
     be->kv_write = cu_kv_write;
+    be->qk_norm_rope_kv = cu_qk_norm_rope_kv;
+    be->add_rmsnorm = cu_add_rmsnorm;
     be->attention = cu_attention;
     be->swiglu = cu_swiglu;
     be->add = cu_add;
