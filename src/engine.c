@@ -243,18 +243,29 @@ static uint64_t commit_round(Engine *e, EngineRequest *r, int s, const VerifyRes
     return committed;
 }
 
+/* The start of a draft: the source's block for request r in slot s, *avail slots (at most
+ * the engine's block; 0 once the source has broken off for this request). */
+static ds_status draft_begin(Engine *e, EngineRequest *r, int s, int *avail, char *err) {
+    ProposalSource *src = e->cfg.sources[s];
+    const int32_t *tokens = e->slot_tokens + (size_t)s * (e->cfg.max_ctx + e->block + 1);
+    *avail = 0;
+    e->slot_avail[s] = 0;
+    if (e->slot_src_broken[s]) return DS_OK;
+    ds_status rc = src->begin(src->self, tokens, r->n_committed - 1, avail, err);
+    if (rc) return rc;
+    if (*avail > e->block) *avail = e->block;
+    return DS_OK;
+}
+
 /* Draft a block for decoding request r in slot s (same RNG order as spec_generate). */
 static ds_status draft(Engine *e, EngineRequest *r, int s, char *err) {
     const int V = e->model->cfg.vocab_size;
     ProposalSource *src = e->cfg.sources[s];
     int32_t *tokens = e->slot_tokens + (size_t)s * (e->cfg.max_ctx + e->block + 1);
     const int start = r->n_committed - 1;
-    int avail = 0;
-    e->slot_avail[s] = 0;
-    if (e->slot_src_broken[s]) return DS_OK;
-    ds_status rc = src->begin(src->self, tokens, start, &avail, err);
+    int avail;
+    ds_status rc = draft_begin(e, r, s, &avail, err);
     if (rc) return rc;
-    if (avail > e->block) avail = e->block;
     bool greedy = sampler_is_greedy(&r->sampler);
     int32_t prev = tokens[start];
     for (int j = 0; j < avail; j++) {
@@ -280,12 +291,9 @@ static ds_status draft_dev(Engine *e, EngineRequest *r, int s, char *err) {
     ProposalSource *src = e->cfg.sources[s];
     int32_t *tokens = e->slot_tokens + (size_t)s * (e->cfg.max_ctx + e->block + 1), *dt = e->d_tok + (size_t)s * B1;
     const int start = r->n_committed - 1;
-    int avail = 0;
-    e->slot_avail[s] = 0;
-    if (e->slot_src_broken[s]) return DS_OK;
-    ds_status rc = src->begin(src->self, tokens, start, &avail, err);
+    int avail;
+    ds_status rc = draft_begin(e, r, s, &avail, err);
     if (rc) return rc;
-    if (avail > e->block) avail = e->block;
     bool greedy = sampler_is_greedy(sp);
     if (avail > 0) be->to_device(be, dt, &tokens[start], sizeof(int32_t)); /* the anchor: slot 0's previous token */
     for (int j = 0; j < avail; j++) {
