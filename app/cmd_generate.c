@@ -340,7 +340,9 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     int max_new = a.max_new < ctx - n_prompt ? a.max_new : ctx - n_prompt;
-    if (a.draft || a.num_samples > 1 || many) {
+    /* a backend that samples on the device (CUDA: backend.h's verify) decodes plainly through
+     * spec_generate too, whose plain path keeps the logits there (one read per token) */
+    if (a.draft || a.num_samples > 1 || many || be->verify) {
         GenPrompt one = {.ids = prompt, .n = n_prompt};
         status = many ? generate_spec(&a, &m, &gd, &sp, many, n_many, max_new, tok, err)
                       : generate_spec(&a, &m, &gd, &sp, &one, 1, max_new, tok, err);
