@@ -507,10 +507,8 @@ int engine_step(Engine *e, char *err) {
             const SamplerParams *sp = &r->sampler;
             const bool greedy = sampler_is_greedy(sp);
             be->sample_probs(be, e->d_pt, e->st.logits + (size_t)row * V, L + 1, V, sp->temperature, sp->top_k, sp->top_p, e->d_ws);
-            /* verify_block's uniforms from a copy of the stream; it advances after the read */
-            double u[SPEC_MAX_BLOCK + 1];
-            Rng r2 = r->rng;
-            if (!greedy) for (int j = 0; j <= L; j++) u[j] = rng_uniform(&r2);
+            double u[SPEC_MAX_BLOCK + 1]; /* verify_block's uniforms, consumed after the read */
+            verify_peek_uniforms(&r->rng, L, greedy, u);
             be->verify(be, e->d_res + (size_t)s * R, e->d_pt, e->d_q + (size_t)s * (e->block ? e->block : 1) * V,
                        e->d_tok + (size_t)s * (e->block + 1) + 1, L, V, greedy, u, VERIFY_EXACT, NULL);
             row += L + 1;
@@ -534,9 +532,7 @@ int engine_step(Engine *e, char *err) {
             const int32_t *res = e->h_res + (size_t)s * R, *drafts = res + 2;
             VerifyResult vr = {res[0], res[1]};
             DS_ASSERT(vr.n_accepted >= 0 && vr.n_accepted <= L && vr.next >= 0 && vr.next < V);
-            /* the stream advances by the uniforms verify_block would have drawn */
-            int used = sampler_is_greedy(&r->sampler) ? 0 : vr.n_accepted < L ? vr.n_accepted + 2 : L + 1;
-            for (int k = 0; k < used; k++) rng_uniform(&r->rng);
+            verify_consume_uniforms(&r->rng, L, sampler_is_greedy(&r->sampler), vr.n_accepted);
             committed += commit_round(e, r, s, &vr, drafts, feat_stride, err);
             rounds++;
             drafts_verified += (uint64_t)L;

@@ -249,19 +249,15 @@ ds_status spec_generate(SpecDecoder *s, const int32_t *prompt, int n_prompt, con
                             .n_feature_layers = nfl, .dev_tokens = s->d_tok, .logits_on_device = true};
             if ((rc = qwen3_forward(m, &s->st, &b, err))) return rc;
             dev_probs(s, &p->sampler, s->d_pt, s->st.logits, L + 1);
-            /* verify_block's uniforms from a copy of the stream; the stream then advances by as
-             * many as it used (a + 2 on a rejection, L + 1 when all are accepted, none greedy) */
-            double u[SPEC_MAX_BLOCK + 1];
-            Rng r2 = rng;
-            if (!greedy) for (int i = 0; i <= L; i++) u[i] = rng_uniform(&r2);
+            double u[SPEC_MAX_BLOCK + 1]; /* verify_block's uniforms, consumed after the read */
+            verify_peek_uniforms(&rng, L, greedy, u);
             be->verify(be, s->d_res, s->d_pt, s->d_q, s->d_tok + 1, L, V, greedy, u, (int)p->bug, s->d_q_ratio);
             be->to_host(be, s->res, s->d_res, sizeof(int32_t) * (size_t)(L + 2));
             vr.n_accepted = s->res[0];
             vr.next = s->res[1];
             DS_ASSERT(vr.n_accepted >= 0 && vr.n_accepted <= L && vr.next >= 0 && vr.next < V);
             for (int j = 0; j < L; j++) s->drafts[j] = s->res[2 + j];
-            int used = greedy ? 0 : vr.n_accepted < L ? vr.n_accepted + 2 : L + 1;
-            for (int i = 0; i < used; i++) rng_uniform(&rng);
+            verify_consume_uniforms(&rng, L, greedy, vr.n_accepted);
         } else {
             /* verify input [anchor, d_0..d_{L-1}]: drafts go in tokens past n, uncommitted */
             for (int j = 0; j < L; j++) s->tokens[start + 1 + j] = s->drafts[j];

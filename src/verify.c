@@ -35,3 +35,14 @@ VerifyResult verify_block(const float *pt, const float *q, const int32_t *drafts
     r.next = sample_from(pt + (size_t)k * V, V, rng_uniform(rng));
     return r;
 }
+
+void verify_peek_uniforms(const Rng *rng, int L, bool greedy, double *u) {
+    if (greedy) return;
+    Rng r = *rng;
+    for (int i = 0; i <= L; i++) u[i] = rng_uniform(&r);
+}
+
+void verify_consume_uniforms(Rng *rng, int L, bool greedy, int n_accepted) {
+    int used = greedy ? 0 : n_accepted < L ? n_accepted + 2 : L + 1;
+    for (int i = 0; i < used; i++) rng_uniform(rng);
+}

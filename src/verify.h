@@ -32,4 +32,12 @@ typedef struct {
 VerifyResult verify_block(const float *pt, const float *q, const int32_t *drafts, int k, int V, bool greedy, Rng *rng,
                           float *resid, VerifyBug bug, const float *q_ratio);
 
+/* For a verifier that takes its uniforms up front (the GPU's backend verify op): u[0..L] are
+ * the uniforms verify_block would draw, in its order, peeked from a copy of rng (none when
+ * greedy); after the result is known, verify_consume advances rng by exactly as many as
+ * verify_block used (a + 2 on a rejection at a < L, L + 1 when all L are accepted), so the
+ * stream continues as on the host path. */
+void verify_peek_uniforms(const Rng *rng, int L, bool greedy, double *u);
+void verify_consume_uniforms(Rng *rng, int L, bool greedy, int n_accepted);
+
 #endif

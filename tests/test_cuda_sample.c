@@ -186,15 +186,13 @@ static void dv_upload(DevVerify *d, const float *pt, const float *q, const float
  * advances by as many as were used (checked against verify_block's consumption by callers) */
 static VerifyResult dv_run(DevVerify *d, const int32_t *drafts, int k, bool greedy, Rng *rng, VerifyBug bug, int32_t *drafts_back) {
     double u[65];
-    Rng r2 = *rng;
-    if (!greedy) for (int i = 0; i <= k; i++) u[i] = rng_uniform(&r2);
+    verify_peek_uniforms(rng, k, greedy, u);
     int32_t res[66];
     if (k) g_be->to_device(g_be, d->drafts, drafts, sizeof(int32_t) * k);
     g_be->verify(g_be, d->out, d->pt, d->q, d->drafts, k, d->V, greedy, u, (int)bug, d->qr);
     g_be->to_host(g_be, res, d->out, sizeof(int32_t) * (size_t)(k + 2));
     VerifyResult vr = {res[0], res[1]};
-    int used = greedy ? 0 : vr.n_accepted < k ? vr.n_accepted + 2 : k + 1;
-    for (int i = 0; i < used; i++) rng_uniform(rng);
+    verify_consume_uniforms(rng, k, greedy, vr.n_accepted);
     if (drafts_back) memcpy(drafts_back, res + 2, sizeof(int32_t) * k);
     return vr;
 }

@@ -96,9 +96,57 @@ static void test_fallback(void) {
     CHECK(hits[5] == 0 && hits[0] > 5000 && hits[4] > 1500); /* drawn from p0 */
 }
 
+/* verify_peek_uniforms / verify_consume_uniforms (the GPU verifier's bookkeeping) leave the
+ * stream exactly where verify_block leaves it, for every accept length; consuming for "all
+ * accepted" after an early rejection must not */
+static void test_uniform_bookkeeping(void) {
+    Rng g;
+    rng_seed(&g, 77, 3);
+    int seen[9] = {0}, wrong_same = 0, wrong_cases = 0, cases = 0;
+    for (int c = 0; c < 4000; c++) {
+        const int k = (int)(rng_next(&g) % 8);
+        float pt[9 * V], q[8 * V], resid[V];
+        for (int j = 0; j <= k; j++) { /* random rows; p and q overlap partially */
+            double sp = 0, sq = 0;
+            for (int i = 0; i < V; i++) { pt[j * V + i] = (float)rng_uniform(&g); sp += pt[j * V + i]; }
+            for (int i = 0; i < V; i++) pt[j * V + i] /= (float)sp;
+            if (j == k) break;
+            for (int i = 0; i < V; i++) { q[j * V + i] = pt[j * V + i] * (float)(0.2 + rng_uniform(&g)); sq += q[j * V + i]; }
+            for (int i = 0; i < V; i++) q[j * V + i] /= (float)sq;
+        }
+        int32_t d[8];
+        for (int j = 0; j < k; j++) d[j] = sample_from(q + j * V, V, rng_uniform(&g));
+        const bool greedy = c % 10 == 0;
+        Rng a, b;
+        rng_seed(&a, (uint64_t)c, 9);
+        b = a;
+        VerifyResult vr = verify_block(pt, q, d, k, V, greedy, &a, resid, VERIFY_EXACT, NULL);
+        double u[9];
+        Rng before = b;
+        verify_peek_uniforms(&b, k, greedy, u);
+        CHECK(b.state == before.state); /* a peek does not advance */
+        Rng c1 = b;
+        verify_consume_uniforms(&b, k, greedy, vr.n_accepted);
+        CHECK(b.state == a.state);
+        if (!greedy) {
+            seen[vr.n_accepted]++;
+            if (vr.n_accepted < k - 1) {
+                verify_consume_uniforms(&c1, k, false, k);
+                wrong_same += c1.state == a.state;
+                wrong_cases++;
+            }
+        }
+        cases++;
+    }
+    CHECK_MSG(wrong_cases > 0 && wrong_same == 0, "%d of %d wrong accept counts left the stream in the same place", wrong_same, wrong_cases);
+    for (int a = 0; a < 4; a++) CHECK_MSG(seen[a] > 0, "accept length %d never seen", a);
+    printf("  %d cases; accept lengths 0/1/2/3: %d/%d/%d/%d\n", cases, seen[0], seen[1], seen[2], seen[3]);
+}
+
 int main(void) {
     RUN(test_exact_law);
     RUN(test_greedy_and_bonus);
     RUN(test_fallback);
+    RUN(test_uniform_bookkeeping);
     return test_summary();
 }
