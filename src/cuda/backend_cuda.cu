@@ -127,6 +127,14 @@ typedef struct {
     int tc_mt[5];  /* its 16-row tiles per block by bucket n = 1, 2-8, 9-16, 17-32, 33-64 (DSPARK_CUDA_TC_MT; 0 auto) */
     int tc_deep;   /* k-steps per round: 1 twice, 2 half the default (DSPARK_CUDA_TC_DEEP) */
     int tc_pf;     /* bytes of each weight row prefetched into L2 at block start (DSPARK_CUDA_TC_PREFETCH, KB; 0 off) */
+    bool sk;       /* the streamed tensor-core product k_matmul_sk (DSPARK_CUDA_MM_SK=0: k_matmul_tc) */
+    int sk_ring, sk_kps, sk_ipb; /* its ring stages, k-steps per warp and stage, items per block (0 auto) */
+    bool sk_tma;                 /* stages brought in by bulk copies (TMA) instead of cp.async */
+    int sk_smem_max;             /* dynamic shared memory a block may take */
+    float *sk_scratch;           /* its part sums (device) */
+    size_t sk_scratch_floats;
+    int *sk_count, sk_count_n;   /* its per-tile counters (device, zero between launches) */
+    bool pdl;      /* products launched with programmatic stream serialization (DSPARK_CUDA_PDL=1) */
     int nsm;
 } MmCfg;
 
@@ -148,6 +156,9 @@ typedef struct {
     float *wide;       /* [WIDE_ELEMS], allocated at the first large BF16/F16 product */
     float *att_part;   /* attention partial results of the largest call so far */
     size_t att_cap;    /* floats in att_part */
+    int *att_count;    /* the fused merge's counters, one per (token, head) of att_part's calls */
+    size_t att_count_n;
+    bool fuse;         /* fused ops and fusions inside ops (backend_cuda_set_fused) */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
     MmCfg mm;
@@ -801,6 +812,306 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
         }
 }
 
+/* ---- the streamed tensor-core product (default for BF16, <= CUDA_SMALL_N rows) ----
+ * k_matmul_tc's mma layout and x split, with the weights (and, for <= 8 rows, x) brought into
+ * shared memory by cp.async through a ring of `ring` stages, so ring - 1 stages (8 KB of
+ * weights each) stay in flight per block without registers holding them, and x's latency is
+ * hidden with them. Work: a 16-row tile's K is cut into PPT parts of at most SK_PART_KSTEPS
+ * k-steps (PPT = 1 up to K 4096), an item is one (tile, part), and a block takes `ipb`
+ * consecutive items (a launch setting; no value depends on it). A stage is 8 KPS k-steps of
+ * one item; k-step j of a part belongs to warp j % 8, as in k_matmul_tc.
+ * Arithmetic of one output, fixed by K (and KPS) alone: per part, each warp's k-steps in
+ * ascending order into one F32 sum (each k-step's 6 mma into a fresh accumulator), the 8
+ * warps' sums added in k_matmul_tc's tree, then the PPT part sums added in part order (the
+ * last block to finish a part of the tile, found by an atomic counter, adds them from
+ * `scratch`). So rows stay bitwise the same alone or in a block; with PPT = 1 the values are
+ * k_matmul_tc's exactly. Blocks call griddepcontrol.wait after their first weight stages are
+ * requested: launched with programmatic stream serialization (DSPARK_CUDA_PDL), the weight
+ * loads overlap the end of the kernel before. */
+#define SK_PART_KSTEPS 128 /* k-steps per part at most: K 4096 */
+#define SK_WPAD 32         /* bf16 of padding per smem weight row: fragment reads hit 8 banks apart */
+#define SK_XPAD 4          /* floats of padding per smem x row */
+#define SK_MAX_RING 8
+
+typedef struct {
+    MmMulti mm;
+    const float *x;
+    int n, K, KS, SPT, PPT, items, ipb, ring;
+    float *scratch; /* [tiles * PPT][NT * 32] float4, PPT > 1 only */
+    int *count;     /* [tiles], zero between launches */
+} SkArgs;
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+/* wait until at most n groups are pending (n is an immediate in PTX) */
+__device__ __forceinline__ void cp_async_wait(int n) {
+    switch (n) {
+    case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
+    case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    }
+}
+/* the bulk-copy (TMA) producer: one thread requests a stage's rows, an mbarrier per slot
+ * counts the bytes in */
+__device__ __forceinline__ unsigned smem_u32(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void mbar_init(uint64_t *b, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+__device__ __forceinline__ void mbar_expect_tx(uint64_t *b, unsigned bytes) {
+    asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *b, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t *b, unsigned parity) {
+    asm volatile("{\n\t.reg .pred p;\n\tLAB_WAIT:\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n\t@!p bra LAB_WAIT;\n\t}"
+                 ::"r"(smem_u32(b)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_g2s(void *dst, const void *src, unsigned bytes, uint64_t *b) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(bytes), "r"(smem_u32(b))
+                 : "memory");
+}
+/* programmatic dependent launch: no-ops when the kernel was launched without it */
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+
+/* the stages of part p of a tile: [p SPT / PPT, (p + 1) SPT / PPT) */
+__device__ __forceinline__ int sk_stage_begin(const SkArgs &a, int part) { return (int)((long long)part * a.SPT / a.PPT); }
+
+template <int NT, int KPS, bool XS, bool TMA>
+__global__ void __launch_bounds__(256, 2) k_matmul_sk(SkArgs a) {
+    constexpr int KST = 8 * KPS;             /* k-steps per stage */
+    constexpr int WROW = 32 * KST + SK_WPAD; /* bf16 per smem weight row */
+    constexpr int XROW = 32 * KST + SK_XPAD; /* floats per smem x row */
+    constexpr int T = NT;
+    extern __shared__ __align__(16) unsigned char sk_smem[];
+    __shared__ float4 red[TC_WARPS / 2][T][32];
+    __shared__ __align__(8) uint64_t bar[SK_MAX_RING]; /* TMA: slot r's stage is in */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int n = a.n, K = a.K;
+    if (TMA) {
+        if (tid == 0) {
+            for (int r = 0; r < a.ring; r++) mbar_init(&bar[r], 1);
+            mbar_fence_init();
+        }
+        __syncthreads();
+    }
+    const size_t slot_bytes = (size_t)16 * WROW * 2 + (XS ? (size_t)n * XROW * 4 : 0);
+    const int item0 = blockIdx.x * a.ipb, item1 = item0 + a.ipb < a.items ? item0 + a.ipb : a.items;
+
+    /* the issue cursor runs ring - 1 stages ahead of the compute cursor */
+    int is_item = item0, is_s = sk_stage_begin(a, item0 % a.PPT), is_end = sk_stage_begin(a, item0 % a.PPT + 1), is_slot = 0;
+    auto issue = [&](bool with_x) {
+        if (is_item < item1) {
+            unsigned char *slot = sk_smem + (size_t)is_slot * slot_bytes;
+            const MmSeg sg = mm_segment<16>(a.mm, is_item / a.PPT);
+            const uint16_t *w = (const uint16_t *)sg.w;
+            const int k0 = is_s * 32 * KST, nk = K - k0 < 32 * KST ? K - k0 : 32 * KST;
+            uint16_t *sw = (uint16_t *)slot;
+            if (TMA) {
+                if (tid == 0) {
+                    uint64_t *b = &bar[is_slot];
+                    const unsigned bytes = 16u * nk * 2 + (XS && with_x ? (unsigned)n * nk * 4 : 0u);
+                    if (with_x) mbar_arrive_expect_tx(b, bytes);
+                    else mbar_expect_tx(b, bytes);
+                    for (int row = 0; row < 16; row++) {
+                        const int r = sg.o0 + row < sg.O ? sg.o0 + row : sg.O - 1;
+                        bulk_g2s(sw + row * WROW, w + (size_t)r * K + k0, (unsigned)nk * 2, b);
+                    }
+                    if (XS && with_x) {
+                        float *sx = (float *)(slot + (size_t)16 * WROW * 2);
+                        for (int row = 0; row < n; row++) bulk_g2s(sx + row * XROW, a.x + (size_t)row * K + k0, (unsigned)nk * 4, b);
+                    }
+                }
+            } else {
+                for (int c = tid; c < 16 * 4 * KST; c += 256) { /* 16-byte chunks: 4 KST per row */
+                    const int row = c / (4 * KST), col = c % (4 * KST);
+                    const int r = sg.o0 + row < sg.O ? sg.o0 + row : sg.O - 1;
+                    if (col * 8 < nk) cp_async16(sw + row * WROW + col * 8, w + (size_t)r * K + k0 + col * 8);
+                }
+            }
+            if (!TMA && XS && with_x) {
+                float *sx = (float *)(slot + (size_t)16 * WROW * 2);
+                for (int c = tid; c < n * 8 * KST; c += 256) {
+                    const int row = c / (8 * KST), col = c % (8 * KST);
+                    if (col * 4 < nk) cp_async16(sx + row * XROW + col * 4, a.x + (size_t)row * K + k0 + col * 4);
+                }
+            }
+            if (++is_s == is_end && ++is_item < item1) {
+                is_s = sk_stage_begin(a, is_item % a.PPT);
+                is_end = sk_stage_begin(a, is_item % a.PPT + 1);
+            }
+            is_slot = is_slot + 1 == a.ring ? 0 : is_slot + 1;
+        }
+    };
+    auto issue_x = [&](int slot_i, int item, int s) { /* x of a stage whose weights were issued before the wait */
+        if (item >= item1) return;
+        float *sx = (float *)(sk_smem + (size_t)slot_i * slot_bytes + (size_t)16 * WROW * 2);
+        const int k0 = s * 32 * KST, nk = K - k0 < 32 * KST ? K - k0 : 32 * KST;
+        if (TMA) { /* the arrive that completes the slot (with x's bytes when x is staged) */
+            if (tid == 0) {
+                mbar_arrive_expect_tx(&bar[slot_i], XS ? (unsigned)n * nk * 4 : 0u);
+                if (XS)
+                    for (int row = 0; row < n; row++) bulk_g2s(sx + row * XROW, a.x + (size_t)row * K + k0, (unsigned)nk * 4, &bar[slot_i]);
+            }
+        } else if (XS) {
+            for (int c = tid; c < n * 8 * KST; c += 256) {
+                const int row = c / (8 * KST), col = c % (8 * KST);
+                if (col * 4 < nk) cp_async16(sx + row * XROW + col * 4, a.x + (size_t)row * K + k0 + col * 4);
+            }
+        }
+    };
+    /* prologue: the weights of the first ring - 1 stages (independent of the kernel before),
+     * then the wait, then their x, one commit group per stage (the first holds all weights) */
+    int pro_item[SK_MAX_RING], pro_s[SK_MAX_RING];
+    for (int q = 0; q < a.ring - 1; q++) {
+        pro_item[q] = is_item;
+        pro_s[q] = is_s;
+        issue(false);
+    }
+    pdl_wait();
+    pdl_trigger();
+    for (int q = 0; q < a.ring - 1; q++) {
+        issue_x(q, pro_item[q], pro_s[q]);
+        if (!TMA) cp_async_commit();
+    }
+
+    const float *xr[NT];
+    bool xok[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        xok[nt] = 8 * nt + g < n;
+        xr[nt] = a.x + (size_t)(xok[nt] ? 8 * nt + g : 0) * K + 8 * t;
+    }
+    float acc[T][4];
+#pragma unroll
+    for (int q = 0; q < T; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
+    int slot_i = 0;
+    unsigned parity = 0; /* TMA: of the slots' barriers in this pass over the ring */
+    for (int item = item0; item < item1; item++) {
+        const int tile = item / a.PPT, part = item % a.PPT;
+        const int s_end = sk_stage_begin(a, part + 1);
+        for (int s = sk_stage_begin(a, part); s < s_end; s++) {
+            if (TMA) mbar_wait(&bar[slot_i], parity);
+            else cp_async_wait(a.ring - 2);
+            __syncthreads(); /* this stage is in; every warp is done with the slot issue() refills */
+            issue(true);
+            if (!TMA) cp_async_commit();
+            const unsigned char *slot = sk_smem + (size_t)slot_i * slot_bytes;
+            const uint16_t *sw = (const uint16_t *)slot;
+            const float *sx = (const float *)(slot + (size_t)16 * WROW * 2);
+#pragma unroll
+            for (int qk = 0; qk < KPS; qk++) {
+                const int m = warp + 8 * qk, j = s * KST + m;
+                if (j >= a.KS) break;
+                const uint4 lo = *(const uint4 *)(sw + g * WROW + m * 32 + 8 * t);
+                const uint4 hi = *(const uint4 *)(sw + (g + 8) * WROW + m * 32 + 8 * t);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    float4 xa = make_float4(0.0f, 0.0f, 0.0f, 0.0f), xb = xa;
+                    if (xok[nt]) {
+                        if (XS) {
+                            const float4 *xp = (const float4 *)(sx + g * XROW + m * 32 + 8 * t);
+                            xa = xp[0];
+                            xb = xp[1];
+                        } else {
+                            const float4 *xp = (const float4 *)(xr[nt] + (size_t)j * 32);
+                            xa = __ldg(xp);
+                            xb = __ldg(xp + 1);
+                        }
+                    }
+                    float f[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+                    uint32_t p[3][4];
+                    tc_split<3>(f, p);
+                    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                    for (int q = 0; q < 3; q++) mma_bf16(c, lo.x, hi.x, lo.y, hi.y, p[q][0], p[q][1]);
+#pragma unroll
+                    for (int q = 0; q < 3; q++) mma_bf16(c, lo.z, hi.z, lo.w, hi.w, p[q][2], p[q][3]);
+                    float *sacc = acc[nt];
+                    sacc[0] = sacc[0] + c[0]; sacc[1] = sacc[1] + c[1]; sacc[2] = sacc[2] + c[2]; sacc[3] = sacc[3] + c[3];
+                }
+            }
+            if (++slot_i == a.ring) {
+                slot_i = 0;
+                parity ^= 1u;
+            }
+        }
+        /* the item's warp sums in k_matmul_tc's tree */
+#pragma unroll
+        for (int sstep = TC_WARPS / 2; sstep >= 1; sstep >>= 1) {
+            if (warp >= sstep && warp < 2 * sstep)
+#pragma unroll
+                for (int q = 0; q < T; q++) red[warp - sstep][q][lane] = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
+            __syncthreads();
+            if (warp < sstep)
+#pragma unroll
+                for (int q = 0; q < T; q++) {
+                    const float4 v = red[warp][q][lane];
+                    acc[q][0] = acc[q][0] + v.x; acc[q][1] = acc[q][1] + v.y; acc[q][2] = acc[q][2] + v.z; acc[q][3] = acc[q][3] + v.w;
+                }
+            __syncthreads();
+        }
+        if (warp == 0) {
+            bool write = true;
+            if (a.PPT > 1) { /* park this part; the tile's last part to finish adds them in order */
+                float4 *sp = (float4 *)a.scratch + (size_t)item * T * 32;
+#pragma unroll
+                for (int q = 0; q < T; q++) __stcg(sp + q * 32 + lane, make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]));
+                __threadfence();
+                __syncwarp();
+                int done = 0;
+                if (lane == 0) done = atomicAdd(a.count + tile, 1) == a.PPT - 1;
+                write = __shfl_sync(0xffffffffu, done, 0) != 0;
+                if (write) {
+                    if (lane == 0) a.count[tile] = 0; /* ready for the next launch */
+                    __threadfence();
+                    const float4 *tp = (const float4 *)a.scratch + (size_t)tile * a.PPT * T * 32;
+#pragma unroll
+                    for (int q = 0; q < T; q++) {
+                        float4 v = __ldcg(tp + q * 32 + lane);
+                        for (int pp = 1; pp < a.PPT; pp++) {
+                            const float4 u = __ldcg(tp + ((size_t)pp * T + q) * 32 + lane);
+                            v.x = v.x + u.x; v.y = v.y + u.y; v.z = v.z + u.z; v.w = v.w + u.w;
+                        }
+                        acc[q][0] = v.x; acc[q][1] = v.y; acc[q][2] = v.z; acc[q][3] = v.w;
+                    }
+                }
+            }
+            if (write) {
+                const MmSeg sg = mm_segment<16>(a.mm, tile);
+                float *out = sg.out;
+                const int O = sg.O;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const float *c = acc[nt];
+                    const int i = 8 * nt + 2 * t, r0 = sg.o0 + g, r1 = r0 + 8;
+                    if (i < n) {
+                        if (r0 < O) out[(size_t)i * O + r0] = c[0];
+                        if (r1 < O) out[(size_t)i * O + r1] = c[2];
+                    }
+                    if (i + 1 < n) {
+                        if (r0 < O) out[(size_t)(i + 1) * O + r0] = c[1];
+                        if (r1 < O) out[(size_t)(i + 1) * O + r1] = c[3];
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < T; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
+    }
+    if (!TMA) cp_async_wait(0);
+}
+
 __global__ void k_widen(float *dst, const void *w, int dt, size_t off, size_t count) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = weight_at(w, dt, off + i);
@@ -818,6 +1129,7 @@ __device__ __forceinline__ void rms_row_warp(float *oi, const float *xi, const v
 }
 
 __global__ void k_rmsnorm_warp(float *out, const float *x, const void *w, int dt, int n, int dim, float eps) {
+    pdl_trigger(); /* a product launched after this one may start loading its weights */
     const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (row >= n) return;
     rms_row_warp(out + (size_t)row * dim, x + (size_t)row * dim, w, dt, dim, eps, lane);
@@ -840,12 +1152,14 @@ __device__ __forceinline__ void rms_row_block(float *oi, const float *xi, const 
 }
 
 __global__ void __launch_bounds__(256) k_rmsnorm_block(float *out, const float *x, const void *w, int dt, int dim, float eps) {
+    pdl_trigger(); /* a product launched after this one may start loading its weights */
     rms_row_block(out + (size_t)blockIdx.x * dim, x + (size_t)blockIdx.x * dim, w, dt, dim, eps);
 }
 
 /* fused x += y; out = rmsnorm(x) (out may be y): each thread adds exactly the elements it
  * then normalises, so no other thread's write is awaited; the add is k_add's */
 __global__ void k_add_rmsnorm_warp(float *x, const float *y, float *out, const void *w, int dt, int n, int dim, float eps) {
+    pdl_trigger(); /* a product launched after this one may start loading its weights */
     const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (row >= n) return;
     float *xi = x + (size_t)row * dim;
@@ -855,6 +1169,7 @@ __global__ void k_add_rmsnorm_warp(float *x, const float *y, float *out, const v
 }
 
 __global__ void __launch_bounds__(256) k_add_rmsnorm_block(float *x, const float *y, float *out, const void *w, int dt, int dim, float eps) {
+    pdl_trigger(); /* a product launched after this one may start loading its weights */
     float *xi = x + (size_t)blockIdx.x * dim;
     const float *yi = y + (size_t)blockIdx.x * dim;
     for (int k = threadIdx.x; k < dim; k += 256) xi[k] += yi[k];
@@ -922,6 +1237,30 @@ __global__ void k_kv_write(float *kc, float *vc, const float *k, const float *v,
 #define ATT_SPLITS 8   /* blocks per (token, head) */
 #define ATT_CHUNK 64   /* keys per chunk; block z takes chunks z, z + ATT_SPLITS, ... */
 
+/* out of (head h, token i): the splits' partial results merged in split order (read from L2:
+ * the fused path reads what other blocks of its own launch wrote) */
+__device__ __forceinline__ void att_merge(float *out, const float *part, int h, int i, int n_heads, int head_dim) {
+    const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
+    float M = -INFINITY;
+#pragma unroll
+    for (int z = 0; z < ATT_SPLITS; z++) M = fmaxf(M, __ldcg(p + z * (head_dim + 2) + head_dim));
+    float L = 0.0f, f[ATT_SPLITS];
+#pragma unroll
+    for (int z = 0; z < ATT_SPLITS; z++) {
+        const float mz = __ldcg(p + z * (head_dim + 2) + head_dim);
+        f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
+        L += __ldcg(p + z * (head_dim + 2) + head_dim + 1) * f[z];
+    }
+    const float inv = 1.0f / L;
+    float *oi = out + ((size_t)i * n_heads + h) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float o = 0.0f;
+#pragma unroll
+        for (int z = 0; z < ATT_SPLITS; z++) o += __ldcg(p + z * (head_dim + 2) + d) * f[z];
+        oi[d] = o * inv;
+    }
+}
+
 /* Partial attention of (head, token, split z): warp w takes keys w, w + 8, ... of the block's
  * chunks with an online softmax; the warps are merged in order into part [hd] sum, [hd] max,
  * [hd + 1] normaliser (a split with no keys writes max -inf). head_dim <= 32 * DPL. */
@@ -929,7 +1268,7 @@ template <int DPL>
 __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim,
-                                                              float scale) {
+                                                              float scale, float *out, int *count) {
     extern __shared__ float sm[]; /* [ATT_WARPS][head_dim] acc, [ATT_WARPS] m, [ATT_WARPS] l */
     const int h = blockIdx.x, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int len = kv_len[i];
@@ -995,33 +1334,31 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
         pz[d] = o;
     }
     if (threadIdx.x == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
+    if (!count) return;
+    /* fused merge: the last of the (token, head)'s splits to finish merges them (count: one
+     * counter per (token, head), zero between launches) */
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *cnt = count + (size_t)i * n_heads + h;
+        last = atomicAdd(cnt, 1) == ATT_SPLITS - 1;
+        if (last) *cnt = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    pdl_trigger();
+    att_merge(out, part, h, i, n_heads, head_dim);
 }
 
-/* out of (head, token): the splits' partial results merged in split order */
 __global__ void k_attention_merge(float *out, const float *part, int n_heads, int head_dim) {
-    const int h = blockIdx.x, i = blockIdx.y;
-    const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
-    float M = -INFINITY;
-#pragma unroll
-    for (int z = 0; z < ATT_SPLITS; z++) M = fmaxf(M, p[z * (head_dim + 2) + head_dim]);
-    float L = 0.0f, f[ATT_SPLITS];
-#pragma unroll
-    for (int z = 0; z < ATT_SPLITS; z++) {
-        const float mz = p[z * (head_dim + 2) + head_dim];
-        f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
-        L += p[z * (head_dim + 2) + head_dim + 1] * f[z];
-    }
-    const float inv = 1.0f / L;
-    float *oi = out + ((size_t)i * n_heads + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float o = 0.0f;
-#pragma unroll
-        for (int z = 0; z < ATT_SPLITS; z++) o += p[z * (head_dim + 2) + d] * f[z];
-        oi[d] = o * inv;
-    }
+    pdl_trigger(); /* a product launched after this one may start loading its weights */
+    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim);
 }
 
 __global__ void k_swiglu(float *out, const float *gate, const float *up, size_t n) {
+    pdl_trigger(); /* a product launched after this one may start loading its weights */
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float g = gate[i];
         out[i] = (g / (1.0f + expf(-g))) * up[i];
@@ -1033,6 +1370,7 @@ __global__ void k_add(float *x, const float *y, size_t n) {
 }
 
 __global__ void k_gather_rows(float *dst, int dst_stride, const float *src, int src_stride, const int32_t *rows, int cols) {
+    pdl_trigger(); /* a product launched after this one may start loading its weights */
     const int i = blockIdx.x;
     const float *s = src + (size_t)(rows ? rows[i] : i) * src_stride;
     float *d = dst + (size_t)i * dst_stride;
@@ -1166,8 +1504,89 @@ static void matmul_tc_nt(cudaStream_t st, const MmMulti &mm, unsigned grid, cons
     else if (n <= 32) matmul_tc_u<MT, 4, P>(st, mm, grid, x, n, K, deep, pf);
     else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P>(st, mm, grid, x, n, K, deep, pf);
 }
+/* k_matmul_sk's launch (cfg->pdl: with programmatic stream serialization, so its first weight
+ * stages load while the kernel before it finishes) */
+template <int NT, int KPS, bool XS, bool TMA>
+static void sk_launch(cudaStream_t st, const MmCfg *cfg, const SkArgs &a, unsigned grid, size_t smem) {
+    if (cfg->pdl) {
+        cudaLaunchConfig_t lc = {};
+        lc.gridDim = dim3(grid);
+        lc.blockDim = dim3(256);
+        lc.dynamicSmemBytes = smem;
+        lc.stream = st;
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        lc.attrs = at;
+        lc.numAttrs = 1;
+        cudaLaunchKernelEx(&lc, k_matmul_sk<NT, KPS, XS, TMA>, a); /* an error is LAUNCHED's to report */
+    } else {
+        k_matmul_sk<NT, KPS, XS, TMA><<<grid, 256, smem, st>>>(a);
+    }
+}
+template <int KPS, bool TMA>
+static void sk_launch_nt(cudaStream_t st, const MmCfg *cfg, const SkArgs &a, unsigned grid, size_t smem) {
+    if (a.n <= 8) sk_launch<1, KPS, true, TMA>(st, cfg, a, grid, smem);
+    else if (a.n <= 16) sk_launch<2, KPS, false, TMA>(st, cfg, a, grid, smem);
+    else if (a.n <= 32) sk_launch<4, KPS, false, TMA>(st, cfg, a, grid, smem);
+    else sk_launch<8, KPS, false, TMA>(st, cfg, a, grid, smem);
+}
+/* every k_matmul_sk instance may use all the shared memory a block can have besides its
+ * static part (set once, at create) */
+template <int NT, int KPS, bool XS, bool TMA>
+static void sk_smem_limit_one(int optin) {
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, k_matmul_sk<NT, KPS, XS, TMA>) == cudaSuccess)
+        cudaFuncSetAttribute(k_matmul_sk<NT, KPS, XS, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - (int)fa.sharedSizeBytes);
+}
+template <bool TMA>
+static void sk_set_smem_limit_p(int optin) {
+    sk_smem_limit_one<1, 1, true, TMA>(optin);
+    sk_smem_limit_one<2, 1, false, TMA>(optin);
+    sk_smem_limit_one<4, 1, false, TMA>(optin);
+    sk_smem_limit_one<8, 1, false, TMA>(optin);
+    sk_smem_limit_one<1, 2, true, TMA>(optin);
+    sk_smem_limit_one<2, 2, false, TMA>(optin);
+    sk_smem_limit_one<4, 2, false, TMA>(optin);
+    sk_smem_limit_one<8, 2, false, TMA>(optin);
+}
+static void sk_set_smem_limit(int optin) {
+    sk_set_smem_limit_p<false>(optin);
+    sk_set_smem_limit_p<true>(optin);
+    cudaGetLastError();
+}
+/* false: the product does not fit k_matmul_sk's buffers (the caller runs k_matmul_tc) */
+static bool matmul_sk(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
+                      const MmMulti *multi) {
+    SkArgs a;
+    memset(&a, 0, sizeof a);
+    a.mm = mm_segments(multi, out, w, O);
+    int tiles = 0;
+    for (int j = 0; j < a.mm.count; j++) a.mm.g_end[j] = tiles += (a.mm.O[j] + 15) / 16;
+    const int kst = 8 * cfg->sk_kps, nt = n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 4 : 8;
+    a.x = x;
+    a.n = n;
+    a.K = K;
+    a.KS = K / 32;
+    a.SPT = (a.KS + kst - 1) / kst;
+    a.PPT = (a.KS + SK_PART_KSTEPS - 1) / SK_PART_KSTEPS;
+    a.items = tiles * a.PPT;
+    if (a.PPT > 1 && ((size_t)a.items * nt * 128 > cfg->sk_scratch_floats || tiles > cfg->sk_count_n)) return false;
+    a.ipb = cfg->sk_ipb > 0 ? cfg->sk_ipb : a.items / (4 * cfg->nsm) > 1 ? a.items / (4 * cfg->nsm) : 1;
+    a.ring = cfg->sk_ring;
+    a.scratch = cfg->sk_scratch;
+    a.count = cfg->sk_count;
+    const unsigned grid = (unsigned)((a.items + a.ipb - 1) / a.ipb);
+    const size_t smem = (size_t)a.ring * ((size_t)16 * (32 * kst + SK_WPAD) * 2 + (nt == 1 ? (size_t)n * (32 * kst + SK_XPAD) * 4 : 0));
+    if (smem > (size_t)cfg->sk_smem_max) return false;
+    if (cfg->sk_kps == 2) cfg->sk_tma ? sk_launch_nt<2, true>(st, cfg, a, grid, smem) : sk_launch_nt<2, false>(st, cfg, a, grid, smem);
+    else cfg->sk_tma ? sk_launch_nt<1, true>(st, cfg, a, grid, smem) : sk_launch_nt<1, false>(st, cfg, a, grid, smem);
+    return true;
+}
+
 static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
                       const MmMulti *multi) {
+    if (cfg->sk && cfg->tc == 3 && matmul_sk(st, cfg, out, x, w, n, K, O, multi)) return;
     MmMulti mm = mm_segments(multi, out, w, O);
     const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
     int rows = 0;
@@ -1384,6 +1803,7 @@ static void cu_add_rmsnorm(Backend *be, float *x, const float *y, float *out, co
 }
 
 void backend_cuda_set_fused(Backend *be, bool on) {
+    impl(be)->fuse = on;
     be->qk_norm_rope_kv = on ? cu_qk_norm_rope_kv : NULL;
     be->add_rmsnorm = on ? cu_add_rmsnorm : NULL;
 }
@@ -1391,7 +1811,7 @@ void backend_cuda_set_fused(Backend *be, bool on) {
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                          const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
     if (n <= 0 || graph_skip(be, 7, out, q, kv->k, kv->v, kv->n_slots, kv->max_ctx, kv->kv_dim, layer, slot, kv_len, n, n_heads, n_kv_heads,
-                             head_dim))
+                             head_dim, impl(be)->fuse))
         return;
     DS_ASSERT(head_dim <= 512 && n_heads % n_kv_heads == 0);
     CudaImpl *c = impl(be);
@@ -1408,7 +1828,14 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
         c->att_part = NULL;
         CU(cudaMalloc(&c->att_part, sizeof(float) * need));
         c->att_cap = need;
+        if (c->att_count) CU(cudaFree(c->att_count));
+        const size_t nc = need / ((size_t)ATT_SPLITS * (head_dim + 2)) + 1; /* >= n * n_heads of any call that fits att_part */
+        CU(cudaMalloc(&c->att_count, sizeof(int) * nc));
+        CU(cudaMemsetAsync(c->att_count, 0, sizeof(int) * nc, c->stream));
+        c->att_count_n = nc;
     }
+    /* the fused merge needs a counter per (token, head) */
+    int *count = c->fuse && (size_t)n * n_heads <= c->att_count_n ? c->att_count : NULL;
     const dim3 grid((unsigned)n_heads, (unsigned)n, ATT_SPLITS);
     const size_t smem = sizeof(float) * ATT_WARPS * ((size_t)head_dim + 2);
     const float scale = 1.0f / sqrtf((float)head_dim);
@@ -1416,7 +1843,7 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     cudaStream_t st = c->stream;
     float *part = c->att_part;
 #define ATT(D) k_attention<D><<<grid, 32 * ATT_WARPS, smem, st>>>(part, q, kv->k, kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, \
-                                                                  kv->kv_dim, n_heads, group, head_dim, scale)
+                                                                  kv->kv_dim, n_heads, group, head_dim, scale, out, count)
     if (head_dim <= 32) ATT(1);
     else if (head_dim <= 64) ATT(2);
     else if (head_dim <= 128) ATT(4);
@@ -1424,8 +1851,10 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     else ATT(16);
 #undef ATT
     LAUNCHED("attention");
-    k_attention_merge<<<dim3((unsigned)n_heads, (unsigned)n), 128, 0, st>>>(out, part, n_heads, head_dim);
-    LAUNCHED("attention merge");
+    if (!count) {
+        k_attention_merge<<<dim3((unsigned)n_heads, (unsigned)n), 128, 0, st>>>(out, part, n_heads, head_dim);
+        LAUNCHED("attention merge");
+    }
 }
 
 static void swiglu_run(cudaStream_t st, float *out, const float *gate, const float *up, size_t n) {
@@ -1579,6 +2008,9 @@ static void cu_destroy(Backend *be) {
         for (int i = 0; i < N_ROPE_TABLES; i++) if (c->rope[i].inv_freq) cudaFree(c->rope[i].inv_freq);
         if (c->wide) cudaFree(c->wide);
         if (c->att_part) cudaFree(c->att_part);
+        if (c->att_count) cudaFree(c->att_count);
+        if (c->mm.sk_scratch) cudaFree(c->mm.sk_scratch);
+        if (c->mm.sk_count) cudaFree(c->mm.sk_count);
         if (c->have_blas) {
             c->blas.destroy(c->blas.h);
             dlclose(c->blas.lib);
@@ -1616,6 +2048,43 @@ static void mm_tc_config(MmCfg *m) {
             if (x == 1 || x == 2 || x == 4) m->tc_mt[i] = x;
         }
     }
+}
+
+/* DSPARK_CUDA_MM_SK: 0 k_matmul_tc instead of k_matmul_sk; else "R[,KPS[,IPB[,TMA]]]": ring stages
+ * (3..8, default 6), k-steps per warp and stage (1 or 2: 2 cuts K into other stages, which
+ * changes values within rounding, never across row counts), items per block (0 auto) and
+ * the producer (0 cp.async, 1 bulk copies);
+ * DSPARK_CUDA_PDL=1: products launched with programmatic stream serialization. The buffers:
+ * part sums for 2M floats (8 MB) and counters for 65536 tiles. false: out of GPU memory. */
+static bool mm_sk_config(MmCfg *m, const cudaDeviceProp *prop) {
+    const char *sk = getenv("DSPARK_CUDA_MM_SK"), *pdl = getenv("DSPARK_CUDA_PDL");
+    m->sk = !(sk && strcmp(sk, "0") == 0) && !m->ref;
+    m->sk_ring = 6;
+    m->sk_kps = 1;
+    m->sk_ipb = 0;
+    m->sk_tma = false;
+    if (sk && m->sk) {
+        int v[4] = {6, 1, 0, 0};
+        sscanf(sk, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
+        if (v[0] >= 3 && v[0] <= SK_MAX_RING) m->sk_ring = v[0];
+        if (v[1] == 1 || v[1] == 2) m->sk_kps = v[1];
+        if (v[2] >= 0) m->sk_ipb = v[2];
+        m->sk_tma = v[3] == 1;
+    }
+    m->sk_smem_max = (int)prop->sharedMemPerBlockOptin - 20 * 1024; /* room for the largest static part */
+    m->pdl = pdl && strcmp(pdl, "1") == 0;
+    m->sk_scratch_floats = (size_t)2 << 20;
+    m->sk_count_n = 65536;
+    if (cudaMalloc(&m->sk_scratch, sizeof(float) * m->sk_scratch_floats) != cudaSuccess ||
+        cudaMalloc(&m->sk_count, sizeof(int) * (size_t)m->sk_count_n) != cudaSuccess ||
+        cudaMemset(m->sk_count, 0, sizeof(int) * (size_t)m->sk_count_n) != cudaSuccess) {
+        cudaGetLastError();
+        if (m->sk_scratch) cudaFree(m->sk_scratch);
+        if (m->sk_count) cudaFree(m->sk_count);
+        return false;
+    }
+    sk_set_smem_limit((int)prop->sharedMemPerBlockOptin);
+    return true;
 }
 
 extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
@@ -1672,6 +2141,17 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
     c->mm.nsm = prop.multiProcessorCount;
     mm_tc_config(&c->mm);
+    if (!mm_sk_config(&c->mm, &prop)) {
+        cudaStreamDestroy(c->stream);
+        if (c->have_blas) {
+            c->blas.destroy(c->blas.h);
+            dlclose(c->blas.lib);
+        }
+        ds_free(be);
+        ds_free(c);
+        ds_err(err, DS_ENOMEM, "--device cuda: out of GPU memory for the product's buffers");
+        return NULL;
+    }
     const int cols_default[4] = {4, 8, 4, 4};
     for (int i = 0; i < 4; i++) c->mm.cols[i] = cols_default[i];
     if (cols) { /* "C" for every bucket or "C1,C2,C4,C8" (2, 4 or 8; benchmarks tune with it) */
@@ -1687,8 +2167,9 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
              prop.totalGlobalMem / 1e9, prop.multiProcessorCount, c->have_blas ? " <= 64 rows, cuBLAS F32 above" : " (no cuBLAS)");
     if (c->mm.ref) strncat(c->info, ", reference product kernel", sizeof c->info - strlen(c->info) - 1);
     else if (c->mm.tc) {
-        char t[96];
-        snprintf(t, sizeof t, ", BF16 <= 64 rows: tensor cores, x in %d bf16 piece%s", c->mm.tc, c->mm.tc > 1 ? "s" : "");
+        char t[160];
+        snprintf(t, sizeof t, ", BF16 <= 64 rows: tensor cores, x in %d bf16 piece%s%s", c->mm.tc, c->mm.tc > 1 ? "s" : "",
+                 c->mm.sk && c->mm.tc == 3 ? (c->mm.pdl ? ", streamed (cp.async ring, PDL)" : ", streamed (cp.async ring)") : "");
         strncat(c->info, t, sizeof c->info - strlen(c->info) - 1);
     }
     be->impl = c;
@@ -1709,10 +2190,10 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     be->rmsnorm = cu_rmsnorm;
     be->rope = cu_rope;
     be->kv_write = cu_kv_write;
-    /* NOT YET RUN ON A GPU (written after the session's device time ran out): off unless
-     * DSPARK_CUDA_FUSE=1; test_cuda's test_fused_ops turns them on for itself */
+    /* on by default (H200: 4.54 -> 4.23 ms per decode step, docs/bench-cuda.md);
+     * DSPARK_CUDA_FUSE=0 issues the separate ops (test_fused_ops compares the two bitwise) */
     const char *fuse = getenv("DSPARK_CUDA_FUSE");
-    backend_cuda_set_fused(be, fuse && strcmp(fuse, "1") == 0);
+    backend_cuda_set_fused(be, !(fuse && strcmp(fuse, "0") == 0));
     be->attention = cu_attention;
     be->swiglu = cu_swiglu;
     be->add = cu_add;

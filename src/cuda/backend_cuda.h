@@ -48,8 +48,8 @@ const char *backend_cuda_info(const Backend *be);
 /* step graphs so far: recorded, replayed, and checks that found no record (DSPARK_CUDA_GRAPHS=0
  * turns them off; bench_cuda and test_cuda read these) */
 void backend_cuda_graph_stats(const Backend *be, long *captures, long *replays, long *misses);
-/* the fused ops qk_norm_rope_kv and add_rmsnorm (backend.h) on or off; off by default until
- * they have run on a GPU (DSPARK_CUDA_FUSE=1 turns them on at create) */
+/* the fused ops qk_norm_rope_kv and add_rmsnorm (backend.h) on or off; on by default
+ * (DSPARK_CUDA_FUSE=0 turns them off at create) */
 void backend_cuda_set_fused(Backend *be, bool on);
 
 #ifdef __cplusplus
