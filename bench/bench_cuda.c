@@ -17,17 +17,18 @@
  * engine takes them and with one row (the compute alone); the drafting time of a
  * DeepSpec-shaped DSpark drafter on this target (draft_init_config: 5 layers, block 7,
  * markov rank 256 vanilla, confidence head; random BF16 weights, embed/lm_head shared with
- * the target; context of ctx positions appended first): drafter_block + 7 drafter_head with
- * the spec loop's host sampling; and a synthetic speculative round at fixed acceptance: the
+ * the target; context of ctx positions appended first): drafter_block + 7 slots as the spec
+ * loop drafts them (below; the block and each slot's head are step graphs of their own,
+ * --draft-eager runs them op by op); and a synthetic speculative round at fixed acceptance: the
  * calls spec_generate makes in one round (draft, verify forward of 8 tokens with the drafter's
  * 5 feature layers, sampling + verification, drafter_append_context of tau positions),
  * timed back to back, for tau = 2..5 tokens per round, against plain decoding's step +
  * sampling. Random weights accept nothing, so tau is fixed by construction, not measured.
- * The round and plain decoding sample as spec_generate and the engine do on this backend: on
- * the device when it has backend.h's sampling ops (drafter_head_dev, sample_probs, draw, the
- * verify forward reading the drafts from device memory with its logits left there, verify,
- * one read of the result per round); --host-sampling (or a backend without them) times the
- * host path instead (each row downloaded, sample_dist, argmax, verify_block). */
+ * The drafting, the round and plain decoding sample as spec_generate and the engine do on this
+ * backend: on the device when it has backend.h's sampling ops (drafter_head_dev, sample_probs,
+ * draw, the verify forward reading the drafts from device memory with its logits left there,
+ * verify, one read of the result per round); --host-sampling (or a backend without them) times
+ * the host path instead (each row downloaded, sample_dist, argmax, verify_block). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -172,14 +173,20 @@ typedef struct {
 } DevSampler;
 
 /* draft_round on the device: slot j reads its previous token from tok[j], its q_j and draft
- * j (into tok[1 + j]) stay on the device; nothing is read back */
+ * j (into tok[1 + j]) stay on the device; nothing is read back. t_block != NULL: the block is
+ * synchronised and timed alone (the drafting bench), else nothing waits (the spec round). */
 static ds_status draft_round_dev(Drafter *dr, DraftState *ds, DevSampler *dv, const SamplerParams *sp, int start, int32_t anchor,
-                                 char *err) {
+                                 double *t_block, char *err) {
     Backend *be = dr->be;
     const int V = dr->cfg.base.vocab_size;
     drafter_crop(ds, start);
+    const double t0 = ds_now();
     ds_status rc = drafter_block(dr, ds, anchor, start, err);
     if (rc) return rc;
+    if (t_block) {
+        be->synchronize(be);
+        *t_block = ds_now() - t0;
+    }
     be->to_device(be, dv->tok, &anchor, sizeof(int32_t));
     for (int j = 0; j < dr->cfg.block_size; j++) {
         if ((rc = drafter_head_dev(dr, ds, j, dv->tok + j, dv->conf + j, err))) return rc;
@@ -190,8 +197,25 @@ static ds_status draft_round_dev(Drafter *dr, DraftState *ds, DevSampler *dv, co
     return DS_OK;
 }
 
+/* --draft-eager: the drafter's brackets (keys from GRAPH_KEY_DRAFT) pass through, so its ops
+ * run as called while the target's steps stay graphs (the drafting before step graphs) */
+static void (*g_graph_begin)(Backend *, int);
+static bool (*g_graph_end)(Backend *);
+static bool g_in_draft_step;
+static void eager_draft_begin(Backend *be, int key) {
+    g_in_draft_step = key >= GRAPH_KEY_DRAFT;
+    if (!g_in_draft_step) g_graph_begin(be, key);
+}
+static bool eager_draft_end(Backend *be) {
+    if (g_in_draft_step) {
+        g_in_draft_step = false;
+        return true;
+    }
+    return g_graph_end(be);
+}
+
 typedef struct {
-    double block_ms, round_ms, head_ms;  /* drafter_block alone; block + heads + host sampling; per head */
+    double block_ms, round_ms, head_ms;  /* drafter_block alone; block + heads + sampling; per head */
     double append_ms[9];                 /* drafter_append_context of k = 1..8 positions */
     double spec_round_ms[6];             /* tau = 2..5 */
     double plain_ms;                     /* plain decoding: 1-token forward + host sampling */
@@ -255,15 +279,24 @@ static ds_status bench_draft(Qwen3Model *m, Qwen3State *vst, const uint16_t *buf
     int32_t drafts[64], anchor = 4242 % V;
     float conf[64];
     double tb[64], tr[64];
+    /* device path as spec.c's: drafter_head_dev + sample_probs + draw per slot, the drafts and
+     * confidences read once at the end; host path: drafter_head + sample_dist + argmax per slot */
     for (int r = -2; r < reps; r++) {
         double t_block, t0 = ds_now();
-        if ((rc = draft_round(&dr, &ds, &hs, ctx, anchor, drafts, conf, &t_block, err))) goto done;
+        if (dv.on) {
+            if ((rc = draft_round_dev(&dr, &ds, &dv, &hs.sp, ctx, anchor, &t_block, err))) goto done;
+            be->to_host(be, drafts, dv.tok + 1, sizeof(int32_t) * (size_t)B);
+            be->to_host(be, conf, dv.conf, sizeof(float) * (size_t)B);
+        } else if ((rc = draft_round(&dr, &ds, &hs, ctx, anchor, drafts, conf, &t_block, err))) {
+            goto done;
+        }
         if (r >= 0) { tr[r] = ds_now() - t0; tb[r] = t_block; }
     }
     o->block_ms = tb[cmp_median(tb, reps)] * 1e3;
     o->round_ms = tr[cmp_median(tr, reps)] * 1e3;
     o->head_ms = (o->round_ms - o->block_ms) / B;
     /* the host share: sample_dist + argmax of one row */
+    if (!be->host_memory) be->to_host(be, ds.logits_host, ds.logits, sizeof(float) * (size_t)V);
     {
         double th[32];
         for (int r = 0; r < 32; r++) {
@@ -339,7 +372,7 @@ static ds_status bench_draft(Qwen3Model *m, Qwen3State *vst, const uint16_t *buf
             int32_t res[9];
             double u[8];
             const double t0 = ds_now();
-            if ((rc = draft_round_dev(&dr, &ds, &dv, &hs.sp, ctx, anchor, err))) goto done;
+            if ((rc = draft_round_dev(&dr, &ds, &dv, &hs.sp, ctx, anchor, NULL, err))) goto done;
             for (int i = 0; i <= B; i++) { pos[i] = ctx + i; rows[i] = i; tok[i] = anchor; }
             Qwen3Batch vb = {.n = B + 1, .tokens = tok, .pos = pos, .logit_rows = rows, .n_logits = B + 1,
                              .feature_layers = dr.cfg.target_layer_ids, .n_feature_layers = mt, .dev_tokens = dv.tok, .logits_on_device = true};
@@ -392,7 +425,7 @@ done:
 int main(int argc, char **argv) {
     int ctx = 512, reps = 20, L = 36, batch_max = 256;
     const char *json_out = NULL;
-    bool profile = false, tiny = false, mm_only = false, host_sampling = false;
+    bool profile = false, tiny = false, mm_only = false, host_sampling = false, draft_eager = false;
     const char *device = "cuda";
     setvbuf(stdout, NULL, _IOLBF, 0); /* a run cut short by a time limit keeps its finished rows */
     for (int i = 1; i < argc; i++) {
@@ -405,9 +438,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--mm")) mm_only = true; /* the product table, then exit */
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i]; /* cpu: a logic check with --tiny */
         else if (!strcmp(argv[i], "--tiny")) tiny = true; /* small sizes: checks the program, measures nothing */
-        else if (!strcmp(argv[i], "--host-sampling")) host_sampling = true; /* the synthetic round samples on the host */
+        else if (!strcmp(argv[i], "--host-sampling")) host_sampling = true; /* drafting and the synthetic round sample on the host */
+        else if (!strcmp(argv[i], "--draft-eager")) draft_eager = true;
         else {
-            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--mm] [--host-sampling] [--device cpu --tiny]\n");
+            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--mm] [--host-sampling] [--draft-eager] [--device cpu --tiny]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -621,14 +655,27 @@ int main(int argc, char **argv) {
         Qwen3State vst;
         if (qwen3_state_init(&vst, &m, 16, 16, 5, 1, ctx + 64, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
         copy_context(be, &vst.kv, &st.kv, ctx);
+        if (draft_eager && be->graph_begin) {
+            g_graph_begin = be->graph_begin;
+            g_graph_end = be->graph_end;
+            be->graph_begin = eager_draft_begin;
+            be->graph_end = eager_draft_end;
+        }
         ds_status rc = bench_draft(&m, &vst, buf, ones, ctx, reps, host_sampling, &db, err);
+        if (g_graph_begin) {
+            be->graph_begin = g_graph_begin;
+            be->graph_end = g_graph_end;
+        }
         qwen3_state_free(&vst, &m);
         if (rc) fprintf(stderr, "bench_cuda: drafter: %s\n", err);
         have_draft = !rc;
     }
     if (have_draft) {
-        printf("drafting at context %d: drafter_block %.3f ms; block + 7 x (drafter_head + host sample_dist/argmax) %.3f ms "
-               "(%.3f ms per slot; host share %.3f ms per row)\n", ctx, db.block_ms, db.round_ms, db.head_ms, db.host_row_ms);
+        printf("drafter steps: %s\n", !be->graph_begin ? "op by op (no step graphs)" : draft_eager ? "op by op (--draft-eager)" : "step graphs");
+        printf("drafting at context %d: drafter_block %.3f ms; block + 7 x (%s) %.3f ms "
+               "(%.3f ms per slot; host sample_dist/argmax %.3f ms per row)\n", ctx, db.block_ms,
+               db.dev_sampling ? "drafter_head_dev + sample_probs + draw, one read" : "drafter_head + host sample_dist/argmax",
+               db.round_ms, db.head_ms, db.host_row_ms);
         printf("drafter_append_context of k positions (ms):");
         for (int k = 1; k <= 8; k++) printf(" %d: %.3f", k, db.append_ms[k]);
         printf("\n\nSYNTHETIC end-to-end (random weights, acceptance FIXED at tau tokens per round, not measured): one round =\n"
@@ -660,8 +707,9 @@ int main(int argc, char **argv) {
             fprintf(f, "]");
             if (have_draft) {
                 fprintf(f, ", \"draft\": {\"layers\": %d, \"block_size\": %d, \"markov_rank\": %d, \"weight_bytes\": %zu, \"block_ms\": %.4f, "
-                           "\"round_ms\": %.4f, \"head_ms\": %.4f, \"host_row_ms\": %.4f, \"append_ms\": [",
-                        db.layers, db.block, db.rank, db.draft_bytes, db.block_ms, db.round_ms, db.head_ms, db.host_row_ms);
+                           "\"round_ms\": %.4f, \"head_ms\": %.4f, \"host_row_ms\": %.4f, \"sampling\": \"%s\", \"append_ms\": [",
+                        db.layers, db.block, db.rank, db.draft_bytes, db.block_ms, db.round_ms, db.head_ms, db.host_row_ms,
+                        db.dev_sampling ? "device" : "host");
                 for (int k = 1; k <= 8; k++) fprintf(f, "%s%.4f", k > 1 ? ", " : "", db.append_ms[k]);
                 fprintf(f, "]}, \"synthetic_e2e\": {\"sampling\": \"%s\", \"plain_ms\": %.4f, \"plain_tokens_per_s\": %.1f, \"verify8_ms\": %.4f, \"spec\": [",
                         db.dev_sampling ? "device" : "host", db.plain_ms, 1e3 / db.plain_ms, db.verify_ms);

@@ -35,6 +35,10 @@ typedef struct {
 enum { ACT_NONE = 0, ACT_SIGMOID = 1, ACT_TANH = 2 };
 enum { EW_MUL = 0, EW_LERP = 1 };
 
+/* graph_begin keys of the drafter's steps (drafter.c): block, then slot j's head at + 1 + j */
+#define GRAPH_KEY_DRAFT (1 << 30)
+#define GRAPH_KEYS_DRAFT 65 /* block + 64 slots (draft_config's largest block_size) */
+
 typedef struct Backend Backend;
 struct Backend {
     const char *name;
@@ -100,8 +104,10 @@ struct Backend {
 
     /* ---- step graphs (OPTIONAL, both NULL: every op runs when called) ----
      * Bracket the ops of one step (qwen3_forward's, between its input uploads and its logits
-     * download) so a backend may record them once and replay the record (CUDA graphs).
-     * key: the bucket of the record (qwen3: the token count); the backend keeps records per
+     * download; drafter_block's and each drafter head's) so a backend may record them once and
+     * replay the record (CUDA graphs). key: the bucket of the record (qwen3: the token count;
+     * the drafter: GRAPH_KEY_DRAFT + 0 for the block, + 1 + j for slot j's head, a range no
+     * token count reaches); the backend keeps records per
      * key and per exact argument list, so any call is safe. graph_end returns false when the
      * ops were only checked against the records and none matched: the caller must then issue
      * the same ops again in a new begin/end pair (the backend records or runs them then; a

@@ -216,23 +216,33 @@ void drafter_crop(DraftState *s, int len) {
     s->cache_len = len;
 }
 
-ds_status drafter_block(Drafter *d, DraftState *s, int32_t anchor, int start, char *err) {
+/* run ops(d, s, arg) as one step of the backend's step graphs under `key` (backend.h: the ops
+ * again while graph_end says false, at most 3 times); eagerly on a backend without them.
+ * Inputs are uploaded before and results read after; ops change no host state (a try may
+ * only log them). */
+typedef void (*DraftOps)(Drafter *d, DraftState *s, const void *arg);
+static void draft_step(Drafter *d, DraftState *s, int key, DraftOps ops, const void *arg) {
+    Backend *be = d->be;
+    if (!be->graph_begin) {
+        ops(d, s, arg);
+        return;
+    }
+    bool done = false;
+    for (int tries = 0; tries < 3 && !done; tries++) {
+        be->graph_begin(be, key);
+        ops(d, s, arg);
+        done = be->graph_end(be);
+    }
+    DS_ASSERT(done);
+}
+
+/* the block's ops after its ids, positions and kv lengths are on the device */
+static void block_ops(Drafter *d, DraftState *s, const void *arg) {
+    (void)arg;
     Backend *be = d->be;
     const DraftConfig *c = &d->cfg;
     const Qwen3Config *b = &c->base;
     const int B = c->block_size, D = b->hidden_size, H = b->n_heads, KV = b->n_kv_heads, hd = b->head_dim;
-    if (start != s->cache_len) return ds_err(err, DS_EARG, "drafter: block at %d but the context ends at %d", start, s->cache_len);
-    if (start + B > s->max_ctx) return ds_err(err, DS_EARG, "drafter: block at %d exceeds the draft cache (%d)", start, s->max_ctx);
-    if (anchor < 0 || anchor >= b->vocab_size) return ds_err(err, DS_EARG, "drafter: anchor token %d out of range", anchor);
-    int32_t ids[64];
-    for (int i = 0; i < B; i++) {
-        ids[i] = i == 0 ? anchor : c->mask_token_id;
-        s->h_pos[i] = start + i;
-        s->h_kvlen[i] = start + B;
-    }
-    be->to_device(be, s->d_ids, ids, sizeof(int32_t) * (size_t)B);
-    be->to_device(be, s->d_pos, s->h_pos, sizeof(int32_t) * (size_t)B);
-    be->to_device(be, s->d_kvlen, s->h_kvlen, sizeof(int32_t) * (size_t)B);
     be->embed(be, s->x, &d->embed, s->d_ids, B);
     for (int l = 0; l < b->n_layers; l++) {
         const Qwen3Layer *L = &d->layers[l];
@@ -252,33 +262,66 @@ ds_status drafter_block(Drafter *d, DraftState *s, int32_t anchor, int start, ch
         be->add(be, s->x, s->h, (size_t)B * D);
     }
     be->rmsnorm(be, s->hidden, s->x, &d->norm, B, D, b->rms_norm_eps);
+    be->matmul(be, s->base_logits, s->hidden, &d->lm_head, s->logits_ready);
+    /* the RNN state starts at 0 in every block (s->zeros is never written) */
+    if (c->markov_type == MARKOV_RNN) be->copy(be, s->state, s->zeros, sizeof(float) * (size_t)c->markov_rank);
+}
+
+ds_status drafter_block(Drafter *d, DraftState *s, int32_t anchor, int start, char *err) {
+    Backend *be = d->be;
+    const DraftConfig *c = &d->cfg;
+    const Qwen3Config *b = &c->base;
+    const int B = c->block_size;
+    if (start != s->cache_len) return ds_err(err, DS_EARG, "drafter: block at %d but the context ends at %d", start, s->cache_len);
+    if (start + B > s->max_ctx) return ds_err(err, DS_EARG, "drafter: block at %d exceeds the draft cache (%d)", start, s->max_ctx);
+    if (anchor < 0 || anchor >= b->vocab_size) return ds_err(err, DS_EARG, "drafter: anchor token %d out of range", anchor);
+    int32_t ids[64];
+    for (int i = 0; i < B; i++) {
+        ids[i] = i == 0 ? anchor : c->mask_token_id;
+        s->h_pos[i] = start + i;
+        s->h_kvlen[i] = start + B;
+    }
+    be->to_device(be, s->d_ids, ids, sizeof(int32_t) * (size_t)B);
+    be->to_device(be, s->d_pos, s->h_pos, sizeof(int32_t) * (size_t)B);
+    be->to_device(be, s->d_kvlen, s->h_kvlen, sizeof(int32_t) * (size_t)B);
     /* lm_head rows on demand, the first LOGITS_FIRST now: a causal verification policy often
      * stops drafting early, and the later rows would be wasted (rows are independent: the
      * same bits as one product over all B) */
     s->logits_ready = B < LOGITS_FIRST ? B : LOGITS_FIRST;
-    be->matmul(be, s->base_logits, s->hidden, &d->lm_head, s->logits_ready);
-    /* the RNN state starts at 0 in every block (s->zeros is never written) */
-    if (c->markov_type == MARKOV_RNN) be->copy(be, s->state, s->zeros, sizeof(float) * (size_t)c->markov_rank);
+    draft_step(d, s, GRAPH_KEY_DRAFT, block_ops, NULL);
     return DS_OK;
 }
 
-void drafter_all_logits(Drafter *d, DraftState *s) {
+/* lm_head rows logits_ready..B-1 (s->logits_ready is the caller's to advance) */
+static void rest_logits_ops(Drafter *d, DraftState *s) {
     const int B = d->cfg.block_size, D = d->cfg.base.hidden_size, V = d->cfg.base.vocab_size, r0 = s->logits_ready;
     if (r0 < B) d->be->matmul(d->be, s->base_logits + (size_t)r0 * V, s->hidden + (size_t)r0 * D, &d->lm_head, B - r0);
-    s->logits_ready = B;
 }
 
-/* slot j's logits into s->logits and, when conf != NULL and there is a confidence head, its
- * confidence logit into s->conf; prev_id: the previous token in backend memory */
-static void head_ops(Drafter *d, DraftState *s, int j, const int32_t *prev_id, bool conf) {
+void drafter_all_logits(Drafter *d, DraftState *s) {
+    rest_logits_ops(d, s);
+    s->logits_ready = d->cfg.block_size;
+}
+
+typedef struct {
+    int j;
+    const int32_t *prev_id; /* the previous token, in backend memory */
+    bool conf;              /* the confidence logit into s->conf ... */
+    float *conf_dev;        /* ... and copied here (NULL: not) */
+} HeadArgs;
+
+/* slot j's logits into s->logits and, when a->conf and there is a confidence head, its
+ * confidence logit into s->conf; first the block's later lm_head rows when slot j needs them */
+static void head_ops(Drafter *d, DraftState *s, const void *arg) {
+    const HeadArgs *a = arg;
     Backend *be = d->be;
     const DraftConfig *c = &d->cfg;
-    const int D = c->base.hidden_size, V = c->base.vocab_size, r = c->markov_rank;
+    const int D = c->base.hidden_size, V = c->base.vocab_size, r = c->markov_rank, j = a->j;
     const float *h = s->hidden + (size_t)j * D;
-    if (j >= s->logits_ready) drafter_all_logits(d, s);
+    if (j >= s->logits_ready) rest_logits_ops(d, s);
     be->copy(be, s->logits, s->base_logits + (size_t)j * V, sizeof(float) * (size_t)V);
     if (r > 0) {
-        be->embed(be, s->w1x, &d->w1, prev_id, 1);
+        be->embed(be, s->w1x, &d->w1, a->prev_id, 1);
         const float *u = s->w1x; /* what W2 reads */
         if (c->markov_type == MARKOV_GATED) {
             be->gather_rows(be, s->cat, 0, h, 0, NULL, 1, D);
@@ -301,13 +344,20 @@ static void head_ops(Drafter *d, DraftState *s, int j, const int32_t *prev_id, b
         be->matmul(be, s->bias, u, &d->w2, 1);
         be->add(be, s->logits, s->bias, (size_t)V);
     }
-    if (conf && c->enable_confidence_head) {
+    if (a->conf && c->enable_confidence_head) {
         int in = d->conf_w.cols;
         be->gather_rows(be, s->cat, 0, h, 0, NULL, 1, D);
         if (in > D) be->gather_rows(be, s->cat + D, 0, s->w1x, 0, NULL, 1, r);
         be->matmul(be, s->conf, s->cat, &d->conf_w, 1);
         be->bias_act(be, s->conf, &d->conf_b, 1, 1, ACT_NONE);
+        if (a->conf_dev) be->copy(be, a->conf_dev, s->conf, sizeof(float));
     }
+}
+
+/* slot j as one step (its own graph key: each slot reads other rows, so has its own record) */
+static void head_step(Drafter *d, DraftState *s, const HeadArgs *a) {
+    draft_step(d, s, GRAPH_KEY_DRAFT + 1 + a->j, head_ops, a);
+    if (a->j >= s->logits_ready) s->logits_ready = d->cfg.block_size;
 }
 
 ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *confidence, char *err) {
@@ -317,7 +367,8 @@ ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *co
     if (j < 0 || j >= c->block_size) return ds_err(err, DS_EARG, "drafter: slot %d out of range", j);
     if (prev < 0 || prev >= V) return ds_err(err, DS_EARG, "drafter: previous token %d out of range", prev);
     if (c->markov_rank > 0) be->to_device(be, s->d_ids, &prev, sizeof(int32_t));
-    head_ops(d, s, j, s->d_ids, confidence != NULL);
+    const HeadArgs a = {j, s->d_ids, confidence != NULL, NULL};
+    head_step(d, s, &a);
     if (confidence) {
         *confidence = 0.0f;
         if (c->enable_confidence_head) be->to_host(be, confidence, s->conf, sizeof(float));
@@ -328,7 +379,7 @@ ds_status drafter_head(Drafter *d, DraftState *s, int j, int32_t prev, float *co
 
 ds_status drafter_head_dev(Drafter *d, DraftState *s, int j, const int32_t *prev_dev, float *confidence_dev, char *err) {
     if (j < 0 || j >= d->cfg.block_size) return ds_err(err, DS_EARG, "drafter: slot %d out of range", j);
-    head_ops(d, s, j, prev_dev, confidence_dev != NULL);
-    if (confidence_dev && d->cfg.enable_confidence_head) d->be->copy(d->be, confidence_dev, s->conf, sizeof(float));
+    const HeadArgs a = {j, prev_dev, confidence_dev != NULL, confidence_dev};
+    head_step(d, s, &a);
     return DS_OK;
 }

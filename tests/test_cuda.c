@@ -941,6 +941,100 @@ static void test_graph_replay(void) {
 }
 #endif
 
+#ifdef DSPARK_HAVE_CUDA
+/* GPU: the drafter's block and slot heads as step graphs give bitwise the outputs of the same
+ * calls op by op (graph hooks off, as DSPARK_CUDA_GRAPHS=0), over rounds that repeat a block
+ * (replays), move it (appended context: replays read the new positions), use the host path
+ * (drafter_head) and the device path (drafter_head_dev, previous tokens in GPU memory), and
+ * stop early (slots past LOGITS_FIRST not reached: the lm_head rows on demand) */
+static void drafter_graph_case(const char *dir) {
+    char err[DS_ERR_LEN];
+    Drafter d;
+    CHECK_OK(drafter_load(&d, test_data(dir), &g_tg, g_gpu, err), err);
+    if (!d.layers) return;
+    const int B = d.cfg.block_size, D = d.cfg.base.hidden_size, V = d.cfg.base.vocab_size, m = d.cfg.n_target_layers, P = 16, NF = 24;
+    Qwen3State ts;
+    CHECK_OK(qwen3_state_init(&ts, &g_tg, NF, 1, m, 1, 64, err), err);
+    int32_t pos[40], row = NF - 1;
+    for (int i = 0; i < 40; i++) pos[i] = i;
+    Qwen3Batch b = {.n = NF, .tokens = g_ids, .pos = pos, .logit_rows = &row, .n_logits = 1, .feature_layers = d.cfg.target_layer_ids,
+                    .n_feature_layers = m};
+    CHECK_OK(qwen3_forward(&g_tg, &ts, &b, err), err);
+    void (*gb)(Backend *, int) = g_gpu->graph_begin;
+    bool (*ge)(Backend *) = g_gpu->graph_end;
+    DraftState st[2]; /* 0: step graphs, 1: op by op */
+    int32_t *tok[2];
+    float *cdev[2];
+    for (int k = 0; k < 2; k++) {
+        CHECK_OK(draft_state_init(&st[k], &d, 64, 16, err), err);
+        CHECK_OK(drafter_append_context(&d, &st[k], ts.features, P, 0, err), err);
+        tok[k] = g_gpu->alloc(g_gpu, sizeof(int32_t) * (size_t)(B + 1));
+        cdev[k] = g_gpu->alloc(g_gpu, sizeof(float) * (size_t)B);
+    }
+    const size_t fcols = (size_t)m * D;
+    float *out[2];
+    for (int k = 0; k < 2; k++) out[k] = malloc(sizeof(float) * ((size_t)B * (D + 2 * V) + 2 * B));
+    long c0, r0, m0, c1, r1, m1;
+    backend_cuda_graph_stats(g_gpu, &c0, &r0, &m0);
+    int same = 0, rounds = 0;
+    for (int r = 0; r < 12; r++) {
+        const int start = P + r / 3;          /* each block three times, then one more position */
+        const bool dev = r % 2 == 1;           /* alternate host and device head paths */
+        const int slots = r % 4 == 2 ? 2 : B;  /* an early stop */
+        for (int k = 0; k < 2; k++) {
+            DraftState *s = &st[k];
+            if (k == 1) { g_gpu->graph_begin = NULL; g_gpu->graph_end = NULL; }
+            float *o = out[k], *lg = o + (size_t)B * D, *bl = lg + (size_t)B * V, *cf = bl + (size_t)B * V;
+            memset(o, 0, sizeof(float) * ((size_t)B * (D + 2 * V) + 2 * B));
+            CHECK_OK(drafter_block(&d, s, g_ids[start], start, err), err);
+            g_gpu->to_device(g_gpu, tok[k], g_ids + start, sizeof(int32_t) * (size_t)(B + 1)); /* teacher-forced previous tokens */
+            for (int j = 0; j < slots; j++) {
+                if (dev) {
+                    CHECK_OK(drafter_head_dev(&d, s, j, tok[k] + j, cdev[k], err), err);
+                    g_gpu->to_host(g_gpu, lg + (size_t)j * V, s->logits, sizeof(float) * (size_t)V);
+                    if (d.cfg.enable_confidence_head) g_gpu->to_host(g_gpu, cf + j, cdev[k], sizeof(float));
+                } else {
+                    CHECK_OK(drafter_head(&d, s, j, g_ids[start + j], cf + j, err), err);
+                    memcpy(lg + (size_t)j * V, s->logits_host, sizeof(float) * (size_t)V);
+                }
+            }
+            g_gpu->to_host(g_gpu, o, s->hidden, sizeof(float) * (size_t)B * D);
+            g_gpu->to_host(g_gpu, bl, s->base_logits, sizeof(float) * (size_t)s->logits_ready * V);
+            if (r % 3 == 2) CHECK_OK(drafter_append_context(&d, s, ts.features + (size_t)start * fcols, 1, start, err), err);
+            g_gpu->graph_begin = gb;
+            g_gpu->graph_end = ge;
+        }
+        const bool eq = memcmp(out[0], out[1], sizeof(float) * ((size_t)B * (D + 2 * V) + 2 * B)) == 0;
+        CHECK_MSG(eq, "%s round %d (block at %d, %s heads, %d slots): step graphs differ from op by op", dir, r, start, dev ? "device" : "host",
+                  slots);
+        same += eq;
+        rounds++;
+    }
+    backend_cuda_graph_stats(g_gpu, &c1, &r1, &m1);
+    /* per key (block, slot j) a first eager run, a capture per argument list, then replays */
+    CHECK_MSG(r1 - r0 >= 12 * (B + 1) / 2, "%s: drafter step graphs: %ld replays, %ld captures, %ld misses", dir, r1 - r0, c1 - c0, m1 - m0);
+    printf("  %-26s drafter step graphs: %d of %d rounds bitwise equal to op by op; %ld captured, %ld replayed, %ld misses\n", dir, same,
+           rounds, c1 - c0, r1 - r0, m1 - m0);
+    for (int k = 0; k < 2; k++) {
+        free(out[k]);
+        g_gpu->free(g_gpu, tok[k]);
+        g_gpu->free(g_gpu, cdev[k]);
+        draft_state_free(&st[k], &d);
+    }
+    qwen3_state_free(&ts, &g_tg);
+    drafter_free(&d);
+}
+
+static void test_drafter_graphs(void) {
+    if (!g_gpu->graph_begin) {
+        printf("  step graphs off (DSPARK_CUDA_GRAPHS=0)\n");
+        return;
+    }
+    const char *dirs[] = {"tiny-qwen3/draft-vanilla", "tiny-qwen3/draft-gated", "tiny-qwen3/draft-rnn", "tiny-qwen3/draft-dflash", "trained-draft"};
+    for (int i = 0; i < 5; i++) drafter_graph_case(dirs[i]);
+}
+#endif
+
 static void test_spec_greedy(void) {
     spec_case("trained-draft", 12, 13, 16, 48, true); /* test_greedy_trained_drafter's cases */
     spec_case("tiny-qwen3/draft-vanilla", 6, 11, 1, 40, false);
@@ -1009,6 +1103,9 @@ int main(void) {
     RUN_IF(test_graph_replay);
 #endif
     RUN_IF(test_drafters);
+#ifdef DSPARK_HAVE_CUDA
+    RUN_IF(test_drafter_graphs);
+#endif
     RUN_IF(test_spec_greedy);
     printf("worst nse among passing checks: %.3g (bound %.0e)\n", g_worst_nse, NSE_F32);
     qwen3_free(&g_tc);

@@ -2,7 +2,8 @@
  * own PyTorch modules (tests/data/tiny-qwen3, float32): round 1 (context ids[:24], anchor
  * ids[24]) hidden, base logits, teacher-forced logits, confidence logits and the greedy draft;
  * round 2 through the real cache path (round 1, crop to 24, append the features of 24..26,
- * draft at 27). Plus loader errors: a missing tensor, a wrong shape, a mismatched target.
+ * draft at 27). Plus loader errors: a missing tensor, a wrong shape, a mismatched target; and
+ * the drafter's step-graph brackets on emulated graph hooks (bitwise the plain CPU backend).
  * ctest: labels=unit;ref */
 #include "drafter.h"
 #include "safetensors.h"
@@ -144,6 +145,155 @@ static void test_load_errors(void) {
     CHECK(drafter_load(&d, test_data("tiny-qwen3/draft-vanilla"), &small, g_be, err) == DS_ECKPT);
 }
 
+/* ---- step-graph brackets on the CPU (backend.h's contract, emulated) ----
+ * A copy of the CPU backend whose graph_begin / graph_end act as the CUDA backend's may:
+ * some brackets only "check" (their ops are not run) and graph_end says false, so the
+ * caller must issue the same ops again; memory calls inside a bracket abort. The drafter
+ * through it must give bitwise the plain CPU backend's outputs. */
+static Backend g_fake, g_ops;  /* g_ops: the real op table, restored at graph_end */
+static bool g_in_bracket, g_retry;
+static long g_brackets, g_skipped, g_bad_keys;
+static void no_mem(void) { fprintf(stderr, "test_drafter: memory call inside a step-graph bracket\n"); abort(); }
+static void *nm_alloc(Backend *be, size_t n) { (void)be; (void)n; no_mem(); return NULL; }
+static void nm_free(Backend *be, void *p) { (void)be; (void)p; no_mem(); }
+static void nm_xfer(Backend *be, void *d, const void *s, size_t n) { (void)be; (void)d; (void)s; (void)n; no_mem(); }
+static void nm_sync(Backend *be) { (void)be; no_mem(); }
+static void sk_embed(Backend *be, float *o, const Weight *t, const int32_t *ids, int n) { (void)be; (void)o; (void)t; (void)ids; (void)n; }
+static void sk_matmul(Backend *be, float *o, const float *x, const Weight *w, int n) { (void)be; (void)o; (void)x; (void)w; (void)n; }
+static void sk_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int dim, float eps) {
+    (void)be; (void)o; (void)x; (void)w; (void)n; (void)dim; (void)eps;
+}
+static void sk_rope(Backend *be, float *x, const int32_t *pos, int n, int h, int hd, float th) {
+    (void)be; (void)x; (void)pos; (void)n; (void)h; (void)hd; (void)th;
+}
+static void sk_kv_write(Backend *be, KvCache *kv, int l, const float *k, const float *v, const int32_t *sl, const int32_t *pos, int n) {
+    (void)be; (void)kv; (void)l; (void)k; (void)v; (void)sl; (void)pos; (void)n;
+}
+static void sk_attention(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *sl, const int32_t *kl, int n,
+                         int h, int kvh, int hd) {
+    (void)be; (void)o; (void)q; (void)kv; (void)l; (void)sl; (void)kl; (void)n; (void)h; (void)kvh; (void)hd;
+}
+static void sk_swiglu(Backend *be, float *o, const float *g, const float *u, size_t n) { (void)be; (void)o; (void)g; (void)u; (void)n; }
+static void sk_add(Backend *be, float *x, const float *y, size_t n) { (void)be; (void)x; (void)y; (void)n; }
+static void sk_gather(Backend *be, float *d, int ds, const float *s, int ss, const int32_t *r, int n, int c) {
+    (void)be; (void)d; (void)ds; (void)s; (void)ss; (void)r; (void)n; (void)c;
+}
+static void sk_bias_act(Backend *be, float *x, const Weight *b, int n, int dim, int act) { (void)be; (void)x; (void)b; (void)n; (void)dim; (void)act; }
+static void sk_ew(Backend *be, int op, float *o, const float *a, const float *b, const float *c, size_t n) {
+    (void)be; (void)op; (void)o; (void)a; (void)b; (void)c; (void)n;
+}
+static void sk_copy(Backend *be, void *d, const void *s, size_t n) { (void)be; (void)d; (void)s; (void)n; }
+
+static void fake_graph_begin(Backend *be, int key) {
+    CHECK(!g_in_bracket);
+    g_in_bracket = true;
+    g_brackets++;
+    if (key < GRAPH_KEY_DRAFT || key >= GRAPH_KEY_DRAFT + GRAPH_KEYS_DRAFT) g_bad_keys++;
+    g_ops = *be;
+    be->alloc = nm_alloc;
+    be->free = nm_free;
+    be->to_device = nm_xfer;
+    be->to_host = nm_xfer;
+    be->synchronize = nm_sync;
+    /* a check pass at two of three first tries (a retry always runs) */
+    static long first_tries;
+    const bool skip = !g_retry && ++first_tries % 3 != 0;
+    g_retry = false;
+    if (skip) {
+        g_skipped++;
+        be->embed = sk_embed;
+        be->matmul = sk_matmul;
+        be->rmsnorm = sk_rmsnorm;
+        be->rope = sk_rope;
+        be->kv_write = sk_kv_write;
+        be->attention = sk_attention;
+        be->matmul_multi = NULL; /* not called by the drafter */
+        be->qk_norm_rope_kv = NULL;
+        be->add_rmsnorm = NULL;
+        be->swiglu = sk_swiglu;
+        be->add = sk_add;
+        be->gather_rows = sk_gather;
+        be->bias_act = sk_bias_act;
+        be->ew = sk_ew;
+        be->copy = sk_copy;
+        g_retry = true;
+    }
+}
+static bool fake_graph_end(Backend *be) {
+    CHECK(g_in_bracket);
+    g_in_bracket = false;
+    const bool ran = be->embed != sk_embed;
+    *be = g_ops;
+    return ran;
+}
+
+static void graph_case(const char *head) {
+    char err[DS_ERR_LEN], dir[128];
+    snprintf(dir, sizeof dir, "tiny-qwen3/draft-%s", head);
+    Drafter d;
+    CHECK_OK(drafter_load(&d, test_data(dir), &g_target, g_be, err), err);
+    if (!d.layers) return;
+    g_fake = *g_be;
+    g_fake.graph_begin = fake_graph_begin;
+    g_fake.graph_end = fake_graph_end;
+    const int B = d.cfg.block_size, D = d.cfg.base.hidden_size, V = d.cfg.base.vocab_size;
+    const size_t fw = (size_t)d.cfg.n_target_layers * D, n_out = (size_t)B * (D + 2 * V) + 2 * B;
+    float *feat = target_features(&d, P + 4), *out[2];
+    DraftState st[2]; /* 0: plain CPU backend, 1: through the emulated brackets */
+    int32_t prev[2][9];
+    float cdev[2];
+    for (int k = 0; k < 2; k++) {
+        d.be = k ? &g_fake : g_be;
+        CHECK_OK(draft_state_init(&st[k], &d, 64, 16, err), err);
+        CHECK_OK(drafter_append_context(&d, &st[k], feat, P, 0, err), err);
+        out[k] = malloc(sizeof(float) * n_out);
+    }
+    int same = 0;
+    for (int r = 0; r < 6; r++) {
+        const int start = P + r / 2;
+        for (int k = 0; k < 2; k++) {
+            DraftState *s = &st[k];
+            d.be = k ? &g_fake : g_be;
+            float *o = out[k], *lg = o + (size_t)B * D, *bl = lg + (size_t)B * V, *cf = bl + (size_t)B * V;
+            memset(o, 0, sizeof(float) * n_out);
+            CHECK_OK(drafter_block(&d, s, g_ids[start], start, err), err);
+            for (int j = 0; j <= B; j++) prev[k][j] = g_ids[start + j];
+            for (int j = 0; j < B; j++) {
+                if (r % 2) { /* the device path: previous token and confidence in backend (here host) memory */
+                    CHECK_OK(drafter_head_dev(&d, s, j, &prev[k][j], &cdev[k], err), err);
+                    cf[j] = d.cfg.enable_confidence_head ? cdev[k] : 0.0f;
+                    memcpy(lg + (size_t)j * V, s->logits, sizeof(float) * V);
+                } else {
+                    CHECK_OK(drafter_head(&d, s, j, g_ids[start + j], &cf[j], err), err);
+                    memcpy(lg + (size_t)j * V, s->logits_host, sizeof(float) * V);
+                }
+            }
+            memcpy(o, s->hidden, sizeof(float) * (size_t)B * D);
+            memcpy(bl, s->base_logits, sizeof(float) * (size_t)s->logits_ready * V);
+            if (r % 2) CHECK_OK(drafter_append_context(&d, s, feat + (size_t)start * fw, 1, start, err), err);
+        }
+        bool eq = memcmp(out[0], out[1], sizeof(float) * n_out) == 0;
+        CHECK_MSG(eq, "%s round %d: drafter through emulated step-graph brackets differs from the plain CPU backend", head, r);
+        same += eq;
+    }
+    CHECK(g_skipped > 0 && g_bad_keys == 0);
+    printf("  %-8s emulated step-graph brackets: %d of 6 rounds bitwise equal; %ld brackets, %ld check passes\n", head, same, g_brackets,
+           g_skipped);
+    for (int k = 0; k < 2; k++) {
+        d.be = k ? &g_fake : g_be;
+        draft_state_free(&st[k], &d);
+        free(out[k]);
+    }
+    d.be = g_be;
+    free(feat);
+    drafter_free(&d);
+}
+
+static void test_graph_brackets(void) {
+    const char *heads[] = {"vanilla", "gated", "rnn", "dflash"};
+    for (int i = 0; i < 4; i++) graph_case(heads[i]);
+}
+
 int main(void) {
     char err[DS_ERR_LEN];
     g_be = backend_cpu_create(0);
@@ -157,6 +307,7 @@ int main(void) {
     RUN(test_rnn);
     RUN(test_dflash);
     RUN(test_load_errors);
+    RUN(test_graph_brackets);
     qwen3_free(&g_target);
     g_be->destroy(g_be);
     return test_summary();

@@ -16,8 +16,9 @@
  *              number of rows, C, or the launch variant (persistent, x in shared memory,
  *              several weights in one launch); k_matmul_ref, the previous kernel, is kept as
  *              the reference they are tested bitwise against.
- * Step graphs: qwen3_forward brackets its ops with graph_begin/graph_end; they are recorded
- * as a CUDA graph per token count and exact argument list and replayed (see GraphRec).
+ * Step graphs: qwen3_forward (and drafter.c's block and heads) bracket their ops with
+ * graph_begin/graph_end; they are recorded as a CUDA graph per key (token count, drafter
+ * step) and exact argument list and replayed (see GraphRec).
  *   rmsnorm    ss = sum(x^2) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r), as the CPU.
  *   rope       the CPU's float32 inverse frequencies (computed on the host with powf), then
  *              cosf/sinf on the device (within an ulp or two of glibc's).
@@ -101,7 +102,10 @@ typedef struct {
 } RopeFreq;
 
 #define N_ROPE_TABLES 8
-#define N_GRAPHS 24    /* step graphs kept (least recently used replaced) */
+/* step graphs kept (least recently used replaced): the target's token counts and, per
+ * request's drafter state, its block and each slot's head (the engine's default 8 requests at
+ * block 7: 8 x 8 drafter records next to the target's) */
+#define N_GRAPHS 256
 
 /* Step graphs (backend.h's graph_begin / graph_end). A bracket runs in one mode:
  *   EAGER    ops run as called: the first bracket of a key (so the buffers that grow on first
@@ -168,7 +172,7 @@ typedef struct {
     size_t g_len, g_cap;
     GraphRec rec[N_GRAPHS];
     uint64_t g_clock;
-    bool seen[CUDA_SMALL_N + 1];
+    bool seen[CUDA_SMALL_N + 1 + GRAPH_KEYS_DRAFT]; /* by graph_key_index */
     long g_captures, g_replays, g_misses;
     char info[512];
 } CudaImpl;
@@ -1904,19 +1908,28 @@ static GraphRec *graph_find(CudaImpl *c, bool exact) {
     return NULL;
 }
 
+/* seen[] index of a key that may be recorded: token counts 1..CUDA_SMALL_N, the drafter's
+ * keys (backend.h) after them; -1: always eager (larger counts go through cuBLAS) */
+static int graph_key_index(int key) {
+    if (key >= 1 && key <= CUDA_SMALL_N) return key;
+    if (key >= GRAPH_KEY_DRAFT && key - GRAPH_KEY_DRAFT < GRAPH_KEYS_DRAFT) return CUDA_SMALL_N + 1 + (key - GRAPH_KEY_DRAFT);
+    return -1;
+}
+
 static void cu_graph_begin(Backend *be, int key) {
     CudaImpl *c = impl(be);
     DS_ASSERT(c->g_mode == G_OFF);
     c->g_len = 0;
     c->g_key = key;
     g_capture_broken = false;
+    const int ki = graph_key_index(key);
     int mode;
-    if (key < 1 || key > CUDA_SMALL_N) mode = G_EAGER;
+    if (ki < 0) mode = G_EAGER;
     else if (c->g_next) mode = c->g_next;
     else if (graph_find(c, false)) mode = G_CHECK;
-    else if (c->seen[key]) mode = G_CAPTURE;
+    else if (c->seen[ki]) mode = G_CAPTURE;
     else {
-        c->seen[key] = true;
+        c->seen[ki] = true;
         mode = G_EAGER;
     }
     c->g_next = G_OFF;
