@@ -131,7 +131,7 @@ typedef struct {
     int tc_mt[5];  /* its 16-row tiles per block by bucket n = 1, 2-8, 9-16, 17-32, 33-64 (DSPARK_CUDA_TC_MT; 0 auto) */
     int tc_deep;   /* k-steps per round: 1 twice, 2 half the default (DSPARK_CUDA_TC_DEEP) */
     int tc_pf;     /* bytes of each weight row prefetched into L2 at block start (DSPARK_CUDA_TC_PREFETCH, KB; 0 off) */
-    bool sk;       /* the streamed tensor-core product k_matmul_sk (DSPARK_CUDA_MM_SK=0: k_matmul_tc) */
+    bool sk;       /* the streamed tensor-core product k_matmul_sk (DSPARK_CUDA_MM_SK=R,...; off: k_matmul_tc) */
     int sk_ring, sk_kps, sk_ipb; /* its ring stages, k-steps per warp and stage, items per block (0 auto) */
     bool sk_tma;                 /* stages brought in by bulk copies (TMA) instead of cp.async */
     int sk_smem_max;             /* dynamic shared memory a block may take */
@@ -816,7 +816,7 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
         }
 }
 
-/* ---- the streamed tensor-core product (default for BF16, <= CUDA_SMALL_N rows) ----
+/* ---- the streamed tensor-core product (opt-in, DSPARK_CUDA_MM_SK; BF16, <= CUDA_SMALL_N rows) ----
  * k_matmul_tc's mma layout and x split, with the weights (and, for <= 8 rows, x) brought into
  * shared memory by cp.async through a ring of `ring` stages, so ring - 1 stages (8 KB of
  * weights each) stay in flight per block without registers holding them, and x's latency is
@@ -2063,7 +2063,7 @@ static void mm_tc_config(MmCfg *m) {
     }
 }
 
-/* DSPARK_CUDA_MM_SK: 0 k_matmul_tc instead of k_matmul_sk; else "R[,KPS[,IPB[,TMA]]]": ring stages
+/* DSPARK_CUDA_MM_SK (off by default): "R[,KPS[,IPB[,TMA]]]" selects k_matmul_sk: ring stages
  * (3..8, default 6), k-steps per warp and stage (1 or 2: 2 cuts K into other stages, which
  * changes values within rounding, never across row counts), items per block (0 auto) and
  * the producer (0 cp.async, 1 bulk copies);
@@ -2071,7 +2071,9 @@ static void mm_tc_config(MmCfg *m) {
  * part sums for 2M floats (8 MB) and counters for 65536 tiles. false: out of GPU memory. */
 static bool mm_sk_config(MmCfg *m, const cudaDeviceProp *prop) {
     const char *sk = getenv("DSPARK_CUDA_MM_SK"), *pdl = getenv("DSPARK_CUDA_PDL");
-    m->sk = !(sk && strcmp(sk, "0") == 0) && !m->ref;
+    /* opt-in: on the H200 it reached only 0.2-0.37 of the copy bandwidth where k_matmul_tc
+     * reaches 0.43-0.97 (docs/bench-cuda.md), though its values are exact and tested */
+    m->sk = sk && strcmp(sk, "0") != 0 && !m->ref;
     m->sk_ring = 6;
     m->sk_kps = 1;
     m->sk_ipb = 0;
