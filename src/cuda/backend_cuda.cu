@@ -699,6 +699,60 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     return v;
 }
 
+/* one k-step of one 16-row tile: rows g, g + 8 (lo, hi) times x's 8 values f (split into P
+ * pieces), the 32 k into a fresh accumulator, then one F32 add into the sum s: the mma's own
+ * accumulation (not IEEE-rounded) spans 2 P mma, not the whole K */
+template <int P>
+__device__ __forceinline__ void tc_kstep(float *s, uint4 lo, uint4 hi, const uint32_t (&p)[P][4]) {
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int q = 0; q < P; q++) mma_bf16(c, lo.x, hi.x, lo.y, hi.y, p[q][0], p[q][1]);
+#pragma unroll
+    for (int q = 0; q < P; q++) mma_bf16(c, lo.z, hi.z, lo.w, hi.w, p[q][2], p[q][3]);
+    s[0] = s[0] + c[0]; s[1] = s[1] + c[1]; s[2] = s[2] + c[2]; s[3] = s[3] + c[3];
+}
+/* the 8 warps' sums in the fixed tree: 4..7 onto 0..3, 2..3 onto 0..1, 1 onto 0 (warp 0 holds
+ * the result; every thread of the block must call it) */
+template <int T>
+__device__ __forceinline__ void tc_warp_tree(float (&acc)[T][4], float4 (*red)[T][32], int warp, int lane) {
+#pragma unroll
+    for (int s = TC_WARPS / 2; s >= 1; s >>= 1) {
+        if (warp >= s && warp < 2 * s)
+#pragma unroll
+            for (int q = 0; q < T; q++) red[warp - s][q][lane] = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
+        __syncthreads();
+        if (warp < s)
+#pragma unroll
+            for (int q = 0; q < T; q++) {
+                const float4 v = red[warp][q][lane];
+                acc[q][0] = acc[q][0] + v.x; acc[q][1] = acc[q][1] + v.y; acc[q][2] = acc[q][2] + v.z; acc[q][3] = acc[q][3] + v.w;
+            }
+        __syncthreads();
+    }
+}
+/* warp 0's C fragments into out: acc[mt * NT + nt][0], [1] = output row o0 + 16 mt + g, x rows
+ * 8 nt + 2t, + 1; [2], [3] = row + 8 */
+template <int MT, int NT>
+__device__ __forceinline__ void tc_store(const MmSeg &sg, const float (&acc)[MT * NT][4], int n, int g, int t) {
+    float *out = sg.out;
+    const int O = sg.O;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const float *c = acc[mt * NT + nt];
+            const int i = 8 * nt + 2 * t, r0 = sg.o0 + 16 * mt + g, r1 = r0 + 8;
+            if (i < n) {
+                if (r0 < O) out[(size_t)i * O + r0] = c[0];
+                if (r1 < O) out[(size_t)i * O + r1] = c[2];
+            }
+            if (i + 1 < n) {
+                if (r0 < O) out[(size_t)(i + 1) * O + r0] = c[1];
+                if (r1 < O) out[(size_t)(i + 1) * O + r1] = c[3];
+            }
+        }
+}
+
 /* one block of 8 warps: MT tiles of 16 output rows (column group blockIdx.x of mm's segments)
  * for NT tiles of 8 rows of x (n <= 8 NT); U k-steps of weights loaded before they are used */
 template <int MT, int NT, int P, int U>
@@ -765,55 +819,12 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
                 uint32_t p[P][4];
                 tc_split<P>(f, p);
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    const uint4 lo = wv[u][mt][0], hi = wv[u][mt][1]; /* rows g, g + 8 */
-                    /* the k-step's 32 k into a fresh accumulator, then one F32 add into the sum: the
-                     * mma's own accumulation (not IEEE-rounded) spans 6 mma, not the whole K */
-                    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                    for (int q = 0; q < P; q++) mma_bf16(c, lo.x, hi.x, lo.y, hi.y, p[q][0], p[q][1]);
-#pragma unroll
-                    for (int q = 0; q < P; q++) mma_bf16(c, lo.z, hi.z, lo.w, hi.w, p[q][2], p[q][3]);
-                    float *s = acc[mt * NT + nt];
-                    s[0] = s[0] + c[0]; s[1] = s[1] + c[1]; s[2] = s[2] + c[2]; s[3] = s[3] + c[3];
-                }
+                for (int mt = 0; mt < MT; mt++) tc_kstep<P>(acc[mt * NT + nt], wv[u][mt][0], wv[u][mt][1], p); /* rows g, g + 8 */
             }
         }
     }
-    /* the warps' sums in the fixed tree: 4..7 onto 0..3, 2..3 onto 0..1, 1 onto 0 */
-#pragma unroll
-    for (int s = TC_WARPS / 2; s >= 1; s >>= 1) {
-        if (warp >= s && warp < 2 * s)
-#pragma unroll
-            for (int q = 0; q < T; q++) red[warp - s][q][lane] = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
-        __syncthreads();
-        if (warp < s)
-#pragma unroll
-            for (int q = 0; q < T; q++) {
-                const float4 v = red[warp][q][lane];
-                acc[q][0] = acc[q][0] + v.x; acc[q][1] = acc[q][1] + v.y; acc[q][2] = acc[q][2] + v.z; acc[q][3] = acc[q][3] + v.w;
-            }
-        __syncthreads();
-    }
-    if (warp != 0) return;
-    /* C fragment: acc[.][0], [1] = output row g, x rows 2t, 2t + 1; [2], [3] = row g + 8 */
-    float *out = sg.out;
-    const int O = sg.O;
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            const float *c = acc[mt * NT + nt];
-            const int i = 8 * nt + 2 * t, r0 = sg.o0 + 16 * mt + g, r1 = r0 + 8;
-            if (i < n) {
-                if (r0 < O) out[(size_t)i * O + r0] = c[0];
-                if (r1 < O) out[(size_t)i * O + r1] = c[2];
-            }
-            if (i + 1 < n) {
-                if (r0 < O) out[(size_t)(i + 1) * O + r0] = c[1];
-                if (r1 < O) out[(size_t)(i + 1) * O + r1] = c[3];
-            }
-        }
+    tc_warp_tree<T>(acc, red, warp, lane);
+    if (warp == 0) tc_store<MT, NT>(sg, acc, n, g, t);
 }
 
 /* ---- the streamed tensor-core product (opt-in, DSPARK_CUDA_MM_SK; BF16, <= CUDA_SMALL_N rows) ----
@@ -1036,13 +1047,7 @@ __global__ void __launch_bounds__(256, 2) k_matmul_sk(SkArgs a) {
                     float f[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
                     uint32_t p[3][4];
                     tc_split<3>(f, p);
-                    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                    for (int q = 0; q < 3; q++) mma_bf16(c, lo.x, hi.x, lo.y, hi.y, p[q][0], p[q][1]);
-#pragma unroll
-                    for (int q = 0; q < 3; q++) mma_bf16(c, lo.z, hi.z, lo.w, hi.w, p[q][2], p[q][3]);
-                    float *sacc = acc[nt];
-                    sacc[0] = sacc[0] + c[0]; sacc[1] = sacc[1] + c[1]; sacc[2] = sacc[2] + c[2]; sacc[3] = sacc[3] + c[3];
+                    tc_kstep<3>(acc[nt], lo, hi, p);
                 }
             }
             if (++slot_i == a.ring) {
@@ -1050,21 +1055,7 @@ __global__ void __launch_bounds__(256, 2) k_matmul_sk(SkArgs a) {
                 parity ^= 1u;
             }
         }
-        /* the item's warp sums in k_matmul_tc's tree */
-#pragma unroll
-        for (int sstep = TC_WARPS / 2; sstep >= 1; sstep >>= 1) {
-            if (warp >= sstep && warp < 2 * sstep)
-#pragma unroll
-                for (int q = 0; q < T; q++) red[warp - sstep][q][lane] = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
-            __syncthreads();
-            if (warp < sstep)
-#pragma unroll
-                for (int q = 0; q < T; q++) {
-                    const float4 v = red[warp][q][lane];
-                    acc[q][0] = acc[q][0] + v.x; acc[q][1] = acc[q][1] + v.y; acc[q][2] = acc[q][2] + v.z; acc[q][3] = acc[q][3] + v.w;
-                }
-            __syncthreads();
-        }
+        tc_warp_tree<T>(acc, red, warp, lane); /* the item's warp sums */
         if (warp == 0) {
             bool write = true;
             if (a.PPT > 1) { /* park this part; the tile's last part to finish adds them in order */
@@ -1091,24 +1082,7 @@ __global__ void __launch_bounds__(256, 2) k_matmul_sk(SkArgs a) {
                     }
                 }
             }
-            if (write) {
-                const MmSeg sg = mm_segment<16>(a.mm, tile);
-                float *out = sg.out;
-                const int O = sg.O;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const float *c = acc[nt];
-                    const int i = 8 * nt + 2 * t, r0 = sg.o0 + g, r1 = r0 + 8;
-                    if (i < n) {
-                        if (r0 < O) out[(size_t)i * O + r0] = c[0];
-                        if (r1 < O) out[(size_t)i * O + r1] = c[2];
-                    }
-                    if (i + 1 < n) {
-                        if (r0 < O) out[(size_t)(i + 1) * O + r0] = c[1];
-                        if (r1 < O) out[(size_t)(i + 1) * O + r1] = c[3];
-                    }
-                }
-            }
+            if (write) tc_store<1, NT>(mm_segment<16>(a.mm, tile), acc, n, g, t);
         }
 #pragma unroll
         for (int q = 0; q < T; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
