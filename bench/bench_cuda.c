@@ -4,7 +4,11 @@
  * floor = weight bytes read per step / device-to-device copy bandwidth (bytes read + written
  * per second, so a step that only reads its weights could reach it).
  *
- *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--batch 256] [--json OUT] [--profile]
+ *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--batch 256] [--json OUT] [--profile] [--ablate]
+ *
+ * --ablate: the graphed 1- and 8-token steps again with op classes left out (attention, the
+ * q/k norm + rope + KV write, the norms, swiglu, all but the products, the products): where
+ * the step's time beyond the floor goes, launch gaps included (timing only).
  *
  * Rows: the batch-1 decode step (one token at position ctx, logits to the host), the verify
  * curve (n = 1..16 tokens of one sequence in one forward), larger flat batches, and prefill.
@@ -425,7 +429,7 @@ done:
 int main(int argc, char **argv) {
     int ctx = 512, reps = 20, L = 36, batch_max = 256;
     const char *json_out = NULL;
-    bool profile = false, tiny = false, mm_only = false, host_sampling = false, draft_eager = false;
+    bool profile = false, tiny = false, mm_only = false, host_sampling = false, draft_eager = false, ablate = false;
     const char *device = "cuda";
     setvbuf(stdout, NULL, _IOLBF, 0); /* a run cut short by a time limit keeps its finished rows */
     for (int i = 1; i < argc; i++) {
@@ -436,12 +440,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) json_out = argv[++i];
         else if (!strcmp(argv[i], "--profile")) profile = true;
         else if (!strcmp(argv[i], "--mm")) mm_only = true; /* the product table, then exit */
+        else if (!strcmp(argv[i], "--ablate")) ablate = true; /* step times with op classes left out */
         else if (!strcmp(argv[i], "--device") && i + 1 < argc) device = argv[++i]; /* cpu: a logic check with --tiny */
         else if (!strcmp(argv[i], "--tiny")) tiny = true; /* small sizes: checks the program, measures nothing */
         else if (!strcmp(argv[i], "--host-sampling")) host_sampling = true; /* drafting and the synthetic round sample on the host */
         else if (!strcmp(argv[i], "--draft-eager")) draft_eager = true;
         else {
-            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--mm] [--host-sampling] [--draft-eager] [--device cpu --tiny]\n");
+            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--ablate] [--mm] [--host-sampling] [--draft-eager] [--device cpu --tiny]\n");
             return strcmp(argv[i], "--help") ? 2 : 0;
         }
     }
@@ -616,6 +621,20 @@ int main(int argc, char **argv) {
             if (op_time[i] > 0) printf(" %s %.3f ms", op_name[i], op_time[i] / 7 * 1e3);
         }
         printf("; rest %.3f ms\n", step - sum);
+    }
+    if (ablate) { /* the graphed decode and 8-token steps with op classes left out */
+        const int masks[] = {0, AB_ATT, AB_QKNORM, AB_NORM, AB_SWIGLU, AB_ATT | AB_QKNORM | AB_NORM | AB_SWIGLU | AB_OTHER, AB_MATMUL};
+        const char *mn[] = {"every op", "without attention", "without qk_norm_rope_kv", "without the norms", "without swiglu",
+                            "products alone", "without the products"};
+        printf("\nablation (timing only: a step with op classes left out computes nothing meaningful)\n%-26s %12s %12s\n", "",
+               "1 token ms", "8 tokens ms");
+        for (int k = 0; k < 7 && !fail; k++) {
+            op_ablate_wrap(be, masks[k]);
+            const double a1 = time_forward(&m, &st, 1, ctx, 1, reps, err, &fail), a8 = time_forward(&m, &st, 8, ctx, 8, reps, err, &fail);
+            op_profile_unwrap(be);
+            printf("%-26s %12.3f %12.3f\n", mn[k], a1 * 1e3, a8 * 1e3);
+        }
+        if (fail) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
     }
     /* batched decode: R requests, one token each, each in its own slot with ctx positions */
     int nb = 0, rs[9];

@@ -56,4 +56,50 @@ static inline void op_profile_wrap(Backend *be, bool sync) {
 }
 static inline void op_profile_unwrap(Backend *be) { *be = op_inner; }
 
+/* ---- ablation: timing a step with some op classes left out (its values are meaningless) ----
+ * op_ablate_wrap(be, mask) replaces the ops of the classes in mask with no-ops (AB_SWIGLU
+ * also drops the swiglu inside matmul_multi); the step graphs stay on, so the step's time
+ * with and without a class is that class's cost in the graphed step, launch gaps included. */
+enum { AB_MATMUL = 1, AB_ATT = 2, AB_QKNORM = 4, AB_NORM = 8, AB_SWIGLU = 16, AB_OTHER = 32 };
+static int ab_mask;
+static inline void ab_matmul(Backend *be, float *o, const float *x, const Weight *w, int n) {
+    if (!(ab_mask & AB_MATMUL)) op_inner.matmul(be, o, x, w, n);
+}
+static inline void ab_mmulti(Backend *be, float *const *o, const float *x, const Weight *const *w, int c, int n, int a) {
+    if (!(ab_mask & AB_MATMUL)) op_inner.matmul_multi(be, o, x, w, c, n, ab_mask & AB_SWIGLU ? 0 : a);
+    else if (a && !(ab_mask & AB_SWIGLU)) op_inner.swiglu(be, o[0], o[0], o[1], (size_t)n * w[0]->rows);
+}
+static inline void ab_att(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *s, const int32_t *kl, int n, int h,
+                          int kvh, int hd) {
+    if (!(ab_mask & AB_ATT)) op_inner.attention(be, o, q, kv, l, s, kl, n, h, kvh, hd);
+}
+static inline void ab_qk(Backend *be, float *q, float *k, const float *v, const Weight *qn, const Weight *kn, float eps, KvCache *kv, int l,
+                         const int32_t *s, const int32_t *p, int n, int h, int kvh, int hd, float th) {
+    if (!(ab_mask & AB_QKNORM)) op_inner.qk_norm_rope_kv(be, q, k, v, qn, kn, eps, kv, l, s, p, n, h, kvh, hd, th);
+}
+static inline void ab_addnorm(Backend *be, float *x, const float *y, float *o, const Weight *w, int n, int d, float e) {
+    if (!(ab_mask & AB_NORM)) op_inner.add_rmsnorm(be, x, y, o, w, n, d, e);
+}
+static inline void ab_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) {
+    if (!(ab_mask & AB_NORM)) op_inner.rmsnorm(be, o, x, w, n, d, e);
+}
+static inline void ab_swiglu(Backend *be, float *o, const float *g, const float *u, size_t n) {
+    if (!(ab_mask & AB_SWIGLU)) op_inner.swiglu(be, o, g, u, n);
+}
+static inline void ab_embed(Backend *be, float *o, const Weight *t, const int32_t *ids, int n) {
+    if (!(ab_mask & AB_OTHER)) op_inner.embed(be, o, t, ids, n);
+}
+static inline void op_ablate_wrap(Backend *be, int mask) {
+    op_inner = *be;
+    ab_mask = mask;
+    be->matmul = ab_matmul;
+    if (be->matmul_multi) be->matmul_multi = ab_mmulti;
+    be->attention = ab_att;
+    if (be->qk_norm_rope_kv) be->qk_norm_rope_kv = ab_qk;
+    if (be->add_rmsnorm) be->add_rmsnorm = ab_addnorm;
+    be->rmsnorm = ab_rmsnorm;
+    be->swiglu = ab_swiglu;
+    be->embed = ab_embed;
+}
+
 #endif

@@ -247,7 +247,7 @@ static void test_matmul_tc(void) {
     static const char *const settings[][4] = {
         {"DSPARK_CUDA_MM_SK=6,1,0", "DSPARK_CUDA_MM_SK=4,1,1,1", "DSPARK_CUDA_MM_SK=8,1,3 DSPARK_CUDA_PDL=1", "DSPARK_CUDA_MM_SK=3,1,0,1 DSPARK_CUDA_PDL=1"},
         {"DSPARK_CUDA_MM_SK=6,2,0", "DSPARK_CUDA_MM_SK=4,2,2,1 DSPARK_CUDA_PDL=1", NULL, NULL},
-        {NULL, "DSPARK_CUDA_MM_SK=0 DSPARK_CUDA_TC_MT=2 DSPARK_CUDA_TC_DEEP=1",
+        {NULL, "DSPARK_CUDA_MM_SK=0 DSPARK_CUDA_TC_MT=2 DSPARK_CUDA_TC_DEEP=1 DSPARK_CUDA_PDL=1",
          "DSPARK_CUDA_MM_SK=0 DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4", "DSPARK_CUDA_MM_SK=0 DSPARK_CUDA_TC_MT=1,4,2,4,2 DSPARK_CUDA_TC_DEEP=2"},
     };
     enum { NG = 3, NM = 4 };
@@ -437,7 +437,7 @@ static void test_matmul_multi(void) {
 }
 
 static void test_rmsnorm(void) {
-    const int dims[][2] = {{12, 16}, {5, 64}, {3, 300}, {2, 2560}, {40, 128}};
+    const int dims[][2] = {{12, 16}, {5, 64}, {3, 300}, {2, 2560}, {40, 128}, {2, 5120}, {2, 6000}}; /* 6000: not in registers */
     for (int dt = 0; dt < 2; dt++)
         for (size_t c = 0; c < sizeof dims / sizeof dims[0]; c++) {
             int n = dims[c][0], dim = dims[c][1];
@@ -485,7 +485,16 @@ static void test_rope(void) {
 
 /* kv_write then attention over a flattened batch: each token its own slot and kv_len */
 static void test_attention(void) {
-    const int cfg[][4] = {{4, 2, 16, 300}, {8, 2, 128, 1500}, {6, 3, 80, 300}, {2, 1, 256, 700}}; /* heads, kv heads, hd, context */
+    /* heads, kv heads, hd, context: k_attention_gqa for groups 1, 2, 4, 8 with group * ceil(hd / 32) <= 32, else k_attention
+     * (group 3; group 8 at hd 256) */
+    const int cfg[][4] = {{4, 2, 16, 300}, {8, 2, 128, 1500}, {6, 3, 80, 300}, {2, 1, 256, 700}, {16, 2, 64, 600}, {6, 2, 32, 200},
+                          {8, 1, 256, 100}, {32, 8, 128, 530}};
+    /* the per-head kernel (DSPARK_CUDA_ATT=0) and the grouped one wherever it applies (=1): the same bits */
+    Backend *per_head = NULL, *grouped = NULL;
+#ifdef DSPARK_HAVE_CUDA
+    per_head = gpu_with_env("DSPARK_CUDA_ATT", "0", NULL, NULL);
+    grouped = gpu_with_env("DSPARK_CUDA_ATT", "1", NULL, NULL);
+#endif
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         const int H = cfg[c][0], KV = cfg[c][1], hd = cfg[c][2], L = 2, S = 3, T = cfg[c][3], n = 9;
         KvCache ck = {NULL, NULL, L, S, T, KV * hd}, gk = ck;
@@ -525,10 +534,25 @@ static void test_attention(void) {
         g_gpu->attention(g_gpu, dout, dq + (size_t)5 * H * hd, &gk, 1, dslot + 5, dlen + 5, 1, H, KV, hd);
         float *one = host_from(dout, (size_t)H * hd);
         CHECK_MSG(memcmp(one, got + (size_t)5 * H * hd, sizeof(float) * H * hd) == 0, "%s: token alone differs from the batch", name);
+        Backend *other[2] = {per_head, grouped};
+        for (int b = 0; b < 2; b++) {
+            if (!other[b]) continue;
+            for (int one_tok = 0; one_tok < 2; one_tok++) { /* the batch; token 5 alone */
+                const size_t off = one_tok ? (size_t)5 : 0, cnt = (size_t)(one_tok ? 1 : n) * H * hd;
+                other[b]->attention(other[b], dout, dq + off * H * hd, &gk, 1, dslot + off, dlen + off, one_tok ? 1 : n, H, KV, hd);
+                other[b]->synchronize(other[b]); /* its own stream */
+                float *ph = host_from(dout, cnt);
+                CHECK_MSG(memcmp(ph, got + off * H * hd, sizeof(float) * cnt) == 0, "%s: DSPARK_CUDA_ATT=%d differs (%s)", name, b,
+                          one_tok ? "token 5 alone" : "the batch");
+                free(ph);
+            }
+        }
         void *dev[] = {gk.k, gk.v, dk, dv, dq, dout, dslot, dpos, dlen};
         for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
         free(ck.k); free(ck.v); free(k); free(v); free(q); free(gkh); free(gvh); free(ref); free(got); free(one);
     }
+    if (per_head) per_head->destroy(per_head);
+    if (grouped) grouped->destroy(grouped);
 }
 
 static void test_elementwise(void) {
@@ -717,14 +741,13 @@ static void test_incremental_bitwise(void) {
 }
 
 #ifdef DSPARK_HAVE_CUDA
-/* The fused ops and fusions (qk_norm_rope_kv, add_rmsnorm, attention's merge in its last
- * block) of the default backend against a DSPARK_CUDA_FUSE=0 backend (the separate ops) on
- * the same GPU: a 24-token prefill (logits and every layer's features) and 16 single-token
- * steps after it (which read the KV rows the fused op wrote), all bitwise equal. */
-static void fused_case(const char *dir, Backend *sep) {
+/* Two GPU backends give bitwise the same forwards: a 24-token prefill (logits and every
+ * layer's features) and 16 single-token steps after it (which read the KV rows the prefill
+ * wrote; eager, captured, then replayed from a step graph). */
+static void same_forwards(const char *dir, Backend *be, Backend *sep, const char *what) {
     char err[DS_ERR_LEN];
     Qwen3Model m, ms;
-    CHECK_OK(qwen3_load(&m, test_data(dir), g_gpu, err), err);
+    CHECK_OK(qwen3_load(&m, test_data(dir), be, err), err);
     CHECK_OK(qwen3_load(&ms, test_data(dir), sep, err), err);
     const int V = m.cfg.vocab_size, d = m.cfg.hidden_size, nl = m.cfg.n_layers;
     int feats[16], nf = 0;
@@ -753,25 +776,98 @@ static void fused_case(const char *dir, Backend *sep) {
         same += eq;
         steps++;
     }
-    CHECK_MSG(same == steps, "%s: fused ops: %d of %d forwards bitwise equal to the separate ops", dir, same, steps);
-    printf("  %s: fused ops bitwise equal to the separate ones in %d of %d forwards\n", dir, same, steps);
+    CHECK_MSG(same == steps, "%s: %s: %d of %d forwards bitwise equal", dir, what, same, steps);
+    printf("  %s: %s: bitwise equal in %d of %d forwards\n", dir, what, same, steps);
     qwen3_state_free(&sf, &m);
     qwen3_state_free(&ss, &ms);
     qwen3_free(&m);
     qwen3_free(&ms);
 }
 
+/* the fused ops and fusions (qk_norm_rope_kv, add_rmsnorm, attention's merge in its last
+ * block) of the default backend against a DSPARK_CUDA_FUSE=0 backend (the separate ops) */
 static void test_fused_ops(void) {
     const bool was_on = g_gpu->qk_norm_rope_kv != NULL;
     backend_cuda_set_fused(g_gpu, true);
     Backend *sep = gpu_with_env("DSPARK_CUDA_FUSE", "0", NULL, NULL);
     if (sep) {
         CHECK_MSG(sep->qk_norm_rope_kv == NULL && sep->add_rmsnorm == NULL, "DSPARK_CUDA_FUSE=0 should leave the fused ops out");
-        fused_case("tiny-qwen3/target", sep);
-        fused_case("tiny-qwen3/target-bf16", sep);
+        same_forwards("tiny-qwen3/target", g_gpu, sep, "fused ops vs the separate ones");
+        same_forwards("tiny-qwen3/target-bf16", g_gpu, sep, "fused ops vs the separate ones");
         sep->destroy(sep);
     }
     backend_cuda_set_fused(g_gpu, was_on);
+}
+
+/* qk_norm_rope_kv op by op against the separate ops (rmsnorm of the heads, rope, kv_write)
+ * for head_dim 64, 128, 256 (the head in registers) and 48 (the generic path), F32 and BF16
+ * norms: q, k and the cache bitwise equal */
+static void test_qk_norm_rope_kv(void) {
+    Backend *sep = gpu_with_env("DSPARK_CUDA_FUSE", "0", NULL, NULL);
+    if (!sep || !g_gpu->qk_norm_rope_kv) {
+        if (sep) sep->destroy(sep);
+        return;
+    }
+    const int hds[] = {64, 128, 256, 48};
+    for (int c = 0; c < 8; c++) {
+        const int hd = hds[c % 4], dt = c / 4 ? DS_BF16 : DS_F32, H = 8, KV = 2, n = 5, L = 2, S = 2, T = 64;
+        const size_t nq = (size_t)n * H * hd, nk = (size_t)n * KV * hd, kvn = (size_t)L * S * T * KV * hd;
+        float *q = rand_f32(nq, 2.0f), *k = rand_f32(nk, 2.0f), *v = rand_f32(nk, 1.0f), *qw = rand_f32(hd, 1.0f), *kw = rand_f32(hd, 1.0f);
+        void *qwh = to_dtype(qw, hd, dt), *kwh = to_dtype(kw, hd, dt);
+        Weight cq = weight_view(qwh, dt, 1, hd), ck = weight_view(kwh, dt, 1, hd), gq = gpu_weight(&cq), gk = gpu_weight(&ck);
+        int32_t slot[5] = {0, 1, 1, 0, 1}, pos[5] = {3, 0, 1, 40, 63};
+        float *r[2][5]; /* per backend: q, k, cache k, cache v */
+        Backend *bes[2] = {g_gpu, sep};
+        for (int b = 0; b < 2; b++) {
+            Backend *be = bes[b];
+            float *dq = dev_from(q, sizeof(float) * nq), *dk = dev_from(k, sizeof(float) * nk), *dv = dev_from(v, sizeof(float) * nk);
+            int32_t *ds = dev_from(slot, sizeof slot), *dp = dev_from(pos, sizeof pos);
+            KvCache kv = {g_gpu->alloc(g_gpu, sizeof(float) * kvn), g_gpu->alloc(g_gpu, sizeof(float) * kvn), L, S, T, KV * hd};
+            g_gpu->synchronize(g_gpu);
+            if (be->qk_norm_rope_kv) be->qk_norm_rope_kv(be, dq, dk, dv, &gq, &gk, 1e-6f, &kv, 1, ds, dp, n, H, KV, hd, 1e6f);
+            else {
+                be->rmsnorm(be, dq, dq, &gq, n * H, hd, 1e-6f);
+                be->rmsnorm(be, dk, dk, &gk, n * KV, hd, 1e-6f);
+                be->rope(be, dq, dp, n, H, hd, 1e6f);
+                be->rope(be, dk, dp, n, KV, hd, 1e6f);
+                be->kv_write(be, &kv, 1, dk, dv, ds, dp, n);
+            }
+            be->synchronize(be);
+            r[b][0] = host_from(dq, nq);
+            r[b][1] = host_from(dk, nk);
+            r[b][2] = host_from(kv.k, kvn);
+            r[b][3] = host_from(kv.v, kvn);
+            void *dev[] = {dq, dk, dv, ds, dp, kv.k, kv.v};
+            for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
+        }
+        const bool same = !memcmp(r[0][0], r[1][0], sizeof(float) * nq) && !memcmp(r[0][1], r[1][1], sizeof(float) * nk) &&
+                          !memcmp(r[0][2], r[1][2], sizeof(float) * kvn) && !memcmp(r[0][3], r[1][3], sizeof(float) * kvn);
+        CHECK_MSG(same, "qk_norm_rope_kv head_dim %d %s: differs from the separate ops", hd, dt == DS_BF16 ? "BF16" : "F32");
+        for (int b = 0; b < 2; b++)
+            for (int j = 0; j < 4; j++) free(r[b][j]);
+        g_gpu->release_weight(g_gpu, &gq);
+        g_gpu->release_weight(g_gpu, &gk);
+        free(q); free(k); free(v); free(qw); free(kw); free(qwh); free(kwh);
+    }
+    printf("  qk_norm_rope_kv: bitwise the separate ops at head_dim 64, 128, 256, 48 (F32 and BF16 norms)\n");
+    sep->destroy(sep);
+}
+
+/* programmatic dependent launch (every kernel may start before the one before it ends and
+ * waits for its inputs) against plain stream order, fused and separate ops */
+static void test_pdl(void) {
+    const char *pairs[][2] = {{"DSPARK_CUDA_PDL=1", "DSPARK_CUDA_PDL=0"}, {"DSPARK_CUDA_PDL=1 DSPARK_CUDA_FUSE=0", "DSPARK_CUDA_PDL=0"}};
+    for (int k = 0; k < 2; k++) {
+        Backend *a = gpu_with_envs(pairs[k][0]), *b = gpu_with_envs(pairs[k][1]);
+        if (a && b) {
+            char what[96];
+            snprintf(what, sizeof what, "%s vs %s", pairs[k][0], pairs[k][1]);
+            same_forwards("tiny-qwen3/target", a, b, what);
+            same_forwards("tiny-qwen3/target-bf16", a, b, what);
+        }
+        if (a) a->destroy(a);
+        if (b) b->destroy(b);
+    }
 }
 #endif
 
@@ -1100,6 +1196,8 @@ int main(void) {
     RUN_IF(test_incremental_bitwise);
 #ifdef DSPARK_HAVE_CUDA
     RUN_IF(test_fused_ops);
+    RUN_IF(test_qk_norm_rope_kv);
+    RUN_IF(test_pdl);
     RUN_IF(test_graph_replay);
 #endif
     RUN_IF(test_drafters);

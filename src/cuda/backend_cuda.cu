@@ -35,6 +35,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,7 +139,7 @@ typedef struct {
     float *sk_scratch;           /* its part sums (device) */
     size_t sk_scratch_floats;
     int *sk_count, sk_count_n;   /* its per-tile counters (device, zero between launches) */
-    bool pdl;      /* products launched with programmatic stream serialization (DSPARK_CUDA_PDL=1) */
+    bool pdl;      /* kernels launched with programmatic stream serialization (DSPARK_CUDA_PDL=0: off) */
     int nsm;
 } MmCfg;
 
@@ -163,6 +164,7 @@ typedef struct {
     int *att_count;    /* the fused merge's counters, one per (token, head) of att_part's calls */
     size_t att_count_n;
     bool fuse;         /* fused ops and fusions inside ops (backend_cuda_set_fused) */
+    int att_gqa_min;   /* k_attention_gqa where it applies from this many tokens on (DSPARK_CUDA_ATT) */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
     MmCfg mm;
@@ -349,9 +351,39 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+/* warp_sum of N independent values at once (each value's arithmetic is warp_sum's; the N
+ * shuffle chains interleave instead of waiting on each other) */
+template <int N>
+__device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
+#pragma unroll
+    for (int off = 16; off; off >>= 1)
+#pragma unroll
+        for (int i = 0; i < N; i++) v[i] += __shfl_xor_sync(0xffffffffu, v[i], off);
+}
+
+/* swiglu's value (k_swiglu and k_matmul_tc's paired store) */
+__device__ __forceinline__ float silu_mul(float g, float u) { return (g / (1.0f + expf(-g))) * u; }
+
 /* ---- kernels ---- */
 
+/* Programmatic dependent launch (DSPARK_CUDA_PDL, launch() below): a kernel launched with it may
+ * start while the kernel before it in the stream is still running. pdl_wait() returns once that
+ * kernel has finished and its writes are visible (and so, since it waited too, everything
+ * before it); pdl_trigger() lets the next kernel launch. Every kernel in this file calls
+ * pdl_wait() before it reads or writes anything an earlier kernel touches (the products load
+ * only their constant weights before it), so a launch with or without PDL computes the same
+ * bits. Both are no-ops in a kernel launched without it. */
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+/* the start of a kernel with nothing to do before its inputs are ready */
+__device__ __forceinline__ void pdl_start() {
+    pdl_wait();
+    pdl_trigger();
+}
+
+
 __global__ void k_embed(float *out, const void *table, int dt, const int32_t *ids, int cols) {
+    pdl_start();
     const int i = blockIdx.x;
     const size_t row = (size_t)ids[i] * cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)i * cols + c] = weight_at(table, dt, row + c);
@@ -366,6 +398,7 @@ __global__ void k_embed(float *out, const void *table, int dt, const int32_t *id
 template <int NB, int R, int DT, bool VEC>
 __global__ void __launch_bounds__(256) k_matmul_ref(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
                                                 int n, int K, int O) {
+    pdl_start();
     __shared__ float part[8][R * NB];
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5, o0 = blockIdx.x * R;
     float acc[R][NB];
@@ -557,6 +590,7 @@ __device__ __forceinline__ void mm_block(float *__restrict__ out, const float *_
 template <int NB, int C, int DT, bool VEC>
 __global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
                                                 int n, int K, int O) {
+    pdl_start();
     __shared__ float part[8][C * NB];
     mm_block<NB, C, DT, VEC>(out, x, w, n, K, O, blockIdx.x * C, part);
 }
@@ -568,6 +602,7 @@ typedef struct {
     float *out[3];
     const void *w[3];
     int O[3], g_end[3], count;
+    int act; /* 1 (k_matmul_tc, 2 tiles per block): gate (0) and up (1) row tiles paired, out[0] = silu(gate) * up */
 } MmMulti;
 
 /* the segment of column group g (selects, not an index: the parameters stay in registers) */
@@ -589,6 +624,7 @@ __device__ __forceinline__ MmSeg mm_segment(const MmMulti &mm, int g) {
 
 template <int NB, int C, int DT, bool VEC>
 __global__ void __launch_bounds__(256) k_matmul_multi(MmMulti mm, const float *__restrict__ x, int n, int K) {
+    pdl_start();
     __shared__ float part[8][C * NB];
     const MmSeg sg = mm_segment<C>(mm, blockIdx.x);
     mm_block<NB, C, DT, VEC>(sg.out, x, sg.w, n, K, sg.O, sg.o0, part);
@@ -602,6 +638,7 @@ __global__ void __launch_bounds__(256) k_matmul_multi(MmMulti mm, const float *_
  * results are bitwise equal. */
 template <int NB, int C, int DT>
 __global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *__restrict__ x, int n, int K) {
+    pdl_start();
     constexpr int M = C * NB;
     __shared__ float part[8][M];
     const int t = threadIdx.x, k0 = t * 8;
@@ -692,6 +729,13 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
+/* x, written by the kernel before: a volatile load the compiler keeps after pdl_wait (an
+ * ld.global.nc of a const __restrict__ pointer may be hoisted above it) */
+__device__ __forceinline__ float4 ld_x4(const float4 *p) {
+    float4 v;
+    asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
+    return v;
+}
 /* weights are read once: past L1 (x stays there) */
 __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     uint4 v;
@@ -753,6 +797,28 @@ __device__ __forceinline__ void tc_store(const MmSeg &sg, const float (&acc)[MT 
         }
 }
 
+/* the paired store (mm.act): tile 0 holds gate rows o0.., tile 1 the same up rows; up to
+ * out[1] as the product alone would write it, silu(gate) * up to out[0] */
+template <int NT>
+__device__ __forceinline__ void tc_store_swiglu(const MmMulti &mm, int o0, const float (&acc)[2 * NT][4], int n, int g, int t) {
+    float *gate = mm.out[0], *up = mm.out[1];
+    const int O = mm.O[0];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const float *cg = acc[nt], *cu = acc[NT + nt];
+        const int i = 8 * nt + 2 * t, r0 = o0 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int e = 0; e < 4; e++) { /* e: (row r0, x row i), (r0, i + 1), (r1, i), (r1, i + 1) */
+            const int ii = i + (e & 1), r = e & 2 ? r1 : r0;
+            if (ii < n && r < O) {
+                const size_t at = (size_t)ii * O + r;
+                up[at] = cu[e];
+                gate[at] = silu_mul(cg[e], cu[e]);
+            }
+        }
+    }
+}
+
 /* one block of 8 warps: MT tiles of 16 output rows (column group blockIdx.x of mm's segments)
  * for NT tiles of 8 rows of x (n <= 8 NT); U k-steps of weights loaded before they are used */
 template <int MT, int NT, int P, int U>
@@ -760,12 +826,13 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
     constexpr int T = MT * NT;
     __shared__ float4 red[TC_WARPS / 2][T][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const MmSeg sg = mm_segment<16 * MT>(mm, blockIdx.x);
+    const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
+    const MmSeg sg = sw ? MmSeg{mm.out[0], mm.w[0], mm.O[0], 16 * (int)blockIdx.x} : mm_segment<16 * MT>(mm, blockIdx.x);
     const uint16_t *w = (const uint16_t *)sg.w;
     /* the block's weight rows into L2 at once (a bulk prefetch per row, up to pf_bytes of each):
      * the whole product's bytes are requested from memory at the start, not only what the
      * warps' registers can hold in flight; the warps' loads then mostly hit L2 */
-    if (pf_bytes > 0 && threadIdx.x < 16 * MT && sg.o0 + (int)threadIdx.x < sg.O) {
+    if (pf_bytes > 0 && !sw && threadIdx.x < 16 * MT && sg.o0 + (int)threadIdx.x < sg.O) {
         const uint32_t bytes = (uint32_t)(2 * K < pf_bytes ? 2 * K : pf_bytes);
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)(sg.o0 + threadIdx.x) * K), "r"(bytes) : "memory");
     }
@@ -774,8 +841,9 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int r = sg.o0 + 16 * mt + 8 * h + g;
-            wr[mt][h] = (const uint4 *)(w + (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t);
+            const int r = sg.o0 + (sw ? 0 : 16 * mt) + 8 * h + g;
+            const uint16_t *wm = sw && mt == 1 ? (const uint16_t *)mm.w[1] : w;
+            wr[mt][h] = (const uint4 *)(wm + (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t);
         }
     const float *xr[NT];
     bool xok[NT];
@@ -788,24 +856,31 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
 #pragma unroll
     for (int q = 0; q < T; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
     const int KS = K / 32;
-    /* a round: the weights and x of U k-steps loaded first (all in flight at once), then used */
+    /* a round: the weights and x of U k-steps loaded first (all in flight at once), then used;
+     * the first round's weights are requested before pdl_wait (x comes from the kernel before) */
     for (int j0 = warp; j0 < KS; j0 += TC_WARPS * U) {
         uint4 wv[U][MT][2];
         float4 xv[U][NT][2];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int j = j0 + TC_WARPS * u;
-            if (j < KS) {
+            if (j < KS)
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
                     wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * 4);
                     wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * 4);
                 }
+        }
+        if (j0 == warp) pdl_start();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + TC_WARPS * u;
+            if (j < KS) {
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     const float4 *xp = (const float4 *)(xr[nt] + (size_t)j * 32);
-                    xv[u][nt][0] = xok[nt] ? __ldg(xp) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                    xv[u][nt][1] = xok[nt] ? __ldg(xp + 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    xv[u][nt][0] = xok[nt] ? ld_x4(xp) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    xv[u][nt][1] = xok[nt] ? ld_x4(xp + 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 }
             }
         }
@@ -823,8 +898,15 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
             }
         }
     }
+    pdl_start(); /* a warp without k-steps */
     tc_warp_tree<T>(acc, red, warp, lane);
-    if (warp == 0) tc_store<MT, NT>(sg, acc, n, g, t);
+    if (warp != 0) return;
+    if constexpr (MT == 2)
+        if (sw) {
+            tc_store_swiglu<NT>(mm, sg.o0, acc, n, g, t);
+            return;
+        }
+    tc_store<MT, NT>(sg, acc, n, g, t);
 }
 
 /* ---- the streamed tensor-core product (opt-in, DSPARK_CUDA_MM_SK; BF16, <= CUDA_SMALL_N rows) ----
@@ -895,9 +977,6 @@ __device__ __forceinline__ void bulk_g2s(void *dst, const void *src, unsigned by
                  "r"(bytes), "r"(smem_u32(b))
                  : "memory");
 }
-/* programmatic dependent launch: no-ops when the kernel was launched without it */
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 
 /* the stages of part p of a tile: [p SPT / PPT, (p + 1) SPT / PPT) */
 __device__ __forceinline__ int sk_stage_begin(const SkArgs &a, int part) { return (int)((long long)part * a.SPT / a.PPT); }
@@ -1091,6 +1170,7 @@ __global__ void __launch_bounds__(256, 2) k_matmul_sk(SkArgs a) {
 }
 
 __global__ void k_widen(float *dst, const void *w, int dt, size_t off, size_t count) {
+    pdl_start();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = weight_at(w, dt, off + i);
 }
@@ -1107,7 +1187,7 @@ __device__ __forceinline__ void rms_row_warp(float *oi, const float *xi, const v
 }
 
 __global__ void k_rmsnorm_warp(float *out, const float *x, const void *w, int dt, int n, int dim, float eps) {
-    pdl_trigger(); /* a product launched after this one may start loading its weights */
+    pdl_start();
     const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (row >= n) return;
     rms_row_warp(out + (size_t)row * dim, x + (size_t)row * dim, w, dt, dim, eps, lane);
@@ -1129,15 +1209,68 @@ __device__ __forceinline__ void rms_row_block(float *oi, const float *xi, const 
     for (int k = threadIdx.x; k < dim; k += 256) oi[k] = weight_at(w, dt, k) * (xi[k] * r);
 }
 
+/* rms_row_block (and add_rms before it: x += y) with the row in registers, for dim <= 256 *
+ * RMS_REG: every load of the row, of y and of the weights is issued at once (one memory
+ * latency, not one per pass), and the arithmetic is rms_row_block's (and k_add's) exactly.
+ * out may be x or y (all of both is read before out is written). */
+#define RMS_REG 20 /* hidden sizes up to 5120 */
+template <bool ADD>
+__device__ __forceinline__ void rms_row_block_reg(float *xi, const float *yi, float *oi, const void *w, int dt, int dim, float eps) {
+    __shared__ float part[8];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float v[RMS_REG], wv[RMS_REG];
+#pragma unroll
+    for (int r = 0; r < RMS_REG; r++) {
+        const int k = threadIdx.x + 256 * r;
+        v[r] = k < dim ? xi[k] : 0.0f;
+    }
+    if (ADD) {
+        float yv[RMS_REG];
+#pragma unroll
+        for (int r = 0; r < RMS_REG; r++) {
+            const int k = threadIdx.x + 256 * r;
+            yv[r] = k < dim ? yi[k] : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < RMS_REG; r++) {
+            const int k = threadIdx.x + 256 * r;
+            if (k < dim) xi[k] = v[r] = v[r] + yv[r];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RMS_REG; r++) {
+        const int k = threadIdx.x + 256 * r;
+        wv[r] = k < dim ? weight_at(w, dt, k) : 0.0f;
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int r = 0; r < RMS_REG; r++)
+        if (threadIdx.x + 256 * r < dim) ss = fmaf(v[r], v[r], ss);
+    ss = warp_sum(ss);
+    if (lane == 0) part[warp] = ss;
+    __syncthreads();
+    float t = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) t += part[j];
+    const float rs = 1.0f / sqrtf(t / (float)dim + eps);
+#pragma unroll
+    for (int r = 0; r < RMS_REG; r++) {
+        const int k = threadIdx.x + 256 * r;
+        if (k < dim) oi[k] = wv[r] * (v[r] * rs);
+    }
+}
+
 __global__ void __launch_bounds__(256) k_rmsnorm_block(float *out, const float *x, const void *w, int dt, int dim, float eps) {
-    pdl_trigger(); /* a product launched after this one may start loading its weights */
-    rms_row_block(out + (size_t)blockIdx.x * dim, x + (size_t)blockIdx.x * dim, w, dt, dim, eps);
+    pdl_start();
+    if (dim <= 256 * RMS_REG)
+        rms_row_block_reg<false>((float *)x + (size_t)blockIdx.x * dim, NULL, out + (size_t)blockIdx.x * dim, w, dt, dim, eps);
+    else rms_row_block(out + (size_t)blockIdx.x * dim, x + (size_t)blockIdx.x * dim, w, dt, dim, eps);
 }
 
 /* fused x += y; out = rmsnorm(x) (out may be y): each thread adds exactly the elements it
  * then normalises, so no other thread's write is awaited; the add is k_add's */
 __global__ void k_add_rmsnorm_warp(float *x, const float *y, float *out, const void *w, int dt, int n, int dim, float eps) {
-    pdl_trigger(); /* a product launched after this one may start loading its weights */
+    pdl_start();
     const int lane = threadIdx.x & 31, row = blockIdx.x * 8 + (threadIdx.x >> 5);
     if (row >= n) return;
     float *xi = x + (size_t)row * dim;
@@ -1147,9 +1280,13 @@ __global__ void k_add_rmsnorm_warp(float *x, const float *y, float *out, const v
 }
 
 __global__ void __launch_bounds__(256) k_add_rmsnorm_block(float *x, const float *y, float *out, const void *w, int dt, int dim, float eps) {
-    pdl_trigger(); /* a product launched after this one may start loading its weights */
+    pdl_start();
     float *xi = x + (size_t)blockIdx.x * dim;
     const float *yi = y + (size_t)blockIdx.x * dim;
+    if (dim <= 256 * RMS_REG) {
+        rms_row_block_reg<true>(xi, yi, out + (size_t)blockIdx.x * dim, w, dt, dim, eps);
+        return;
+    }
     for (int k = threadIdx.x; k < dim; k += 256) xi[k] += yi[k];
     rms_row_block(out + (size_t)blockIdx.x * dim, xi, w, dt, dim, eps);
 }
@@ -1165,6 +1302,7 @@ __device__ __forceinline__ void rope_pair(float *v, float p, const float *inv_fr
 }
 
 __global__ void k_rope(float *x, const int32_t *pos, const float *inv_freq, int n_heads, int head_dim) {
+    pdl_start();
     const int i = blockIdx.x, half = head_dim / 2;
     const float p = (float)pos[i];
     for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x) {
@@ -1176,25 +1314,68 @@ __global__ void k_rope(float *x, const int32_t *pos, const float *inv_freq, int 
 /* The attention input of one layer in one launch (rmsnorm q and k per head, rope q and k,
  * kv_write): token blockIdx.x, one warp per head (q heads first, then k heads; blockIdx.y
  * picks 8 of them). The k-head warps also write their k head and the matching v head to the
- * cache. Same functions as the separate kernels, so the same bits (head_dim <= 256). */
+ * cache. Same functions as the separate kernels, so the same bits (head_dim <= 256).
+ * R > 0 (head_dim = 32 R, R even): the head in registers, lane l holding elements l + 32 r;
+ * a rope pair (j, j + head_dim / 2) then sits in one lane, so every load is issued at once
+ * and nothing is read back; the arithmetic is rms_row_warp's and rope_pair's exactly. */
+template <int R>
 __global__ void __launch_bounds__(256) k_qk_norm_rope_kv(float *q, float *k, const float *v, const void *qw, const void *kw, int dt_q,
                                                          int dt_k, float eps, const int32_t *pos, const float *inv_freq, float *kc,
                                                          float *vc, const int32_t *slot, int layer, int n_slots, int max_ctx,
                                                          int n_heads, int n_kv_heads, int head_dim) {
+    pdl_start();
     const int i = blockIdx.x, lane = threadIdx.x & 31, hh = blockIdx.y * 8 + (threadIdx.x >> 5), half = head_dim / 2;
     if (hh >= n_heads + n_kv_heads) return;
     const bool is_q = hh < n_heads;
     const int h = is_q ? hh : hh - n_heads;
     float *hv = is_q ? q + ((size_t)i * n_heads + h) * head_dim : k + ((size_t)i * n_kv_heads + h) * head_dim;
-    rms_row_warp(hv, hv, is_q ? qw : kw, is_q ? dt_q : dt_k, head_dim, eps, lane);
+    const void *w = is_q ? qw : kw;
+    const int dt = is_q ? dt_q : dt_k, kv_dim = n_kv_heads * head_dim;
+    const float *vh = v + (size_t)i * kv_dim + (size_t)h * head_dim;
+    if constexpr (R > 0) {
+        float x[R], wv[R], vv[R], fr[R / 2];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            x[r] = hv[lane + 32 * r];
+            wv[r] = weight_at(w, dt, lane + 32 * r);
+            vv[r] = is_q ? 0.0f : vh[lane + 32 * r];
+        }
+#pragma unroll
+        for (int r = 0; r < R / 2; r++) fr[r] = inv_freq[lane + 32 * r];
+        const float p = (float)pos[i];
+        float ss = 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++) ss = fmaf(x[r], x[r], ss);
+        ss = warp_sum(ss) / (float)head_dim;
+        const float rs = 1.0f / sqrtf(ss + eps);
+#pragma unroll
+        for (int r = 0; r < R; r++) x[r] = wv[r] * (x[r] * rs);
+#pragma unroll
+        for (int r = 0; r < R / 2; r++) { /* rope_pair of j = lane + 32 r */
+            float sn, cs;
+            sincosf(p * fr[r], &sn, &cs);
+            const float a = x[r], b = x[r + R / 2];
+            x[r] = a * cs - b * sn;
+            x[r + R / 2] = b * cs + a * sn;
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) hv[lane + 32 * r] = x[r];
+        if (is_q) return;
+        const size_t o = (((size_t)layer * n_slots + slot[i]) * max_ctx + pos[i]) * kv_dim + (size_t)h * head_dim;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            kc[o + lane + 32 * r] = x[r];
+            vc[o + lane + 32 * r] = vv[r];
+        }
+        return;
+    }
+    rms_row_warp(hv, hv, w, dt, head_dim, eps, lane);
     __syncwarp(); /* rope reads pairs written by other lanes */
     const float p = (float)pos[i];
     for (int j = lane; j < half; j += 32) rope_pair(hv, p, inv_freq, j, half);
     if (is_q) return;
     __syncwarp();
-    const int kv_dim = n_kv_heads * head_dim;
     const size_t o = (((size_t)layer * n_slots + slot[i]) * max_ctx + pos[i]) * kv_dim + (size_t)h * head_dim;
-    const float *vh = v + (size_t)i * kv_dim + (size_t)h * head_dim;
     for (int c = lane; c < head_dim; c += 32) {
         kc[o + c] = hv[c];
         vc[o + c] = vh[c];
@@ -1203,6 +1384,7 @@ __global__ void __launch_bounds__(256) k_qk_norm_rope_kv(float *q, float *k, con
 
 __global__ void k_kv_write(float *kc, float *vc, const float *k, const float *v, const int32_t *slot, const int32_t *pos, int layer,
                            int n_slots, int max_ctx, int kv_dim) {
+    pdl_start();
     const int i = blockIdx.x;
     const size_t o = (((size_t)layer * n_slots + slot[i]) * max_ctx + pos[i]) * kv_dim;
     for (int c = threadIdx.x; c < kv_dim; c += blockDim.x) {
@@ -1212,19 +1394,28 @@ __global__ void k_kv_write(float *kc, float *vc, const float *k, const float *v,
 }
 
 #define ATT_WARPS 8
-#define ATT_SPLITS 8   /* blocks per (token, head) */
-#define ATT_CHUNK 64   /* keys per chunk; block z takes chunks z, z + ATT_SPLITS, ... */
+#define ATT_SPLITS 16  /* blocks per (token, head): 128 for a decode step of 8 KV heads */
+#define ATT_CHUNK 32   /* keys per chunk; block z takes chunks z, z + ATT_SPLITS, ... */
 
-/* out of (head h, token i): the splits' partial results merged in split order (read from L2:
- * the fused path reads what other blocks of its own launch wrote) */
-__device__ __forceinline__ void att_merge(float *out, const float *part, int h, int i, int n_heads, int head_dim) {
+/* the splits that hold keys of a token with len keys (the rest exit at once and are not
+ * merged): a property of the token alone, so a row is the same alone or in a batch */
+__device__ __forceinline__ int att_splits(int len) {
+    const int c = (len + ATT_CHUNK - 1) / ATT_CHUNK;
+    return c < ATT_SPLITS ? c : ATT_SPLITS;
+}
+
+/* out of (head h, token i): the nz splits' partial results merged in split order (read from
+ * L2: the fused path reads what other blocks of its own launch wrote) */
+__device__ __forceinline__ void att_merge(float *out, const float *part, int h, int i, int n_heads, int head_dim, int nz) {
     const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
     float M = -INFINITY;
 #pragma unroll
-    for (int z = 0; z < ATT_SPLITS; z++) M = fmaxf(M, __ldcg(p + z * (head_dim + 2) + head_dim));
+    for (int z = 0; z < ATT_SPLITS; z++)
+        if (z < nz) M = fmaxf(M, __ldcg(p + z * (head_dim + 2) + head_dim));
     float L = 0.0f, f[ATT_SPLITS];
 #pragma unroll
     for (int z = 0; z < ATT_SPLITS; z++) {
+        if (z >= nz) break;
         const float mz = __ldcg(p + z * (head_dim + 2) + head_dim);
         f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
         L += __ldcg(p + z * (head_dim + 2) + head_dim + 1) * f[z];
@@ -1234,22 +1425,25 @@ __device__ __forceinline__ void att_merge(float *out, const float *part, int h, 
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float o = 0.0f;
 #pragma unroll
-        for (int z = 0; z < ATT_SPLITS; z++) o += __ldcg(p + z * (head_dim + 2) + d) * f[z];
+        for (int z = 0; z < ATT_SPLITS; z++)
+            if (z < nz) o += __ldcg(p + z * (head_dim + 2) + d) * f[z];
         oi[d] = o * inv;
     }
 }
 
 /* Partial attention of (head, token, split z): warp w takes keys w, w + 8, ... of the block's
  * chunks with an online softmax; the warps are merged in order into part [hd] sum, [hd] max,
- * [hd + 1] normaliser (a split with no keys writes max -inf). head_dim <= 32 * DPL. */
+ * [hd + 1] normaliser (splits past the token's keys exit at once, att_splits). head_dim <= 32 * DPL. */
 template <int DPL>
 __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim,
                                                               float scale, float *out, int *count) {
+    pdl_start();
     extern __shared__ float sm[]; /* [ATT_WARPS][head_dim] acc, [ATT_WARPS] m, [ATT_WARPS] l */
     const int h = blockIdx.x, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int len = kv_len[i];
+    const int len = kv_len[i], nz = att_splits(len);
+    if (z >= nz) return; /* no keys */
     const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)(h / group) * head_dim;
     const float *qi = q + ((size_t)i * n_heads + h) * head_dim;
     float qv[DPL], acc[DPL];
@@ -1260,30 +1454,57 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
         acc[t] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
+    /* the warp's keys in groups of G: a group's k and v rows are loaded at once (one memory
+     * latency per group, not per key), then taken in key order as before */
+    constexpr int G = DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2;
     for (int c0 = z * ATT_CHUNK; c0 < len; c0 += ATT_SPLITS * ATT_CHUNK) {
         const int c1 = c0 + ATT_CHUNK < len ? c0 + ATT_CHUNK : len;
-        for (int j = c0 + warp; j < c1; j += ATT_WARPS) {
-            const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
-            float s = 0.0f;
+        for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * G) {
+            float kr[G][DPL], vr[G][DPL];
 #pragma unroll
-            for (int t = 0; t < DPL; t++) {
-                const int d = lane + 32 * t;
-                if (d < head_dim) s = fmaf(qv[t], kj[d], s);
+            for (int u = 0; u < G; u++) {
+                const int j = j0 + ATT_WARPS * u;
+                const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
+#pragma unroll
+                for (int t = 0; t < DPL; t++) {
+                    const int d = lane + 32 * t;
+                    const bool ok = j < c1 && d < head_dim;
+                    kr[u][t] = ok ? kj[d] : 0.0f;
+                    vr[u][t] = ok ? vj[d] : 0.0f;
+                }
             }
-            s = warp_sum(s) * scale;
-            if (s > m) {
-                const float corr = expf(m - s); /* 0 on the warp's first key */
-                l *= corr;
+            /* the group's scores first (independent reductions, interleaved), then the
+             * online softmax key by key */
+            float sc[G];
 #pragma unroll
-                for (int t = 0; t < DPL; t++) acc[t] *= corr;
-                m = s;
+            for (int u = 0; u < G; u++) {
+                float s = 0.0f;
+#pragma unroll
+                for (int t = 0; t < DPL; t++) {
+                    const int d = lane + 32 * t;
+                    if (d < head_dim) s = fmaf(qv[t], kr[u][t], s);
+                }
+                sc[u] = s;
             }
-            const float p = expf(s - m);
-            l += p;
+            warp_sum_n<G>(sc);
 #pragma unroll
-            for (int t = 0; t < DPL; t++) {
-                const int d = lane + 32 * t;
-                if (d < head_dim) acc[t] = fmaf(p, vj[d], acc[t]);
+            for (int u = 0; u < G; u++) {
+                if (j0 + ATT_WARPS * u >= c1) break;
+                const float s = sc[u] * scale;
+                if (s > m) {
+                    const float corr = expf(m - s); /* 0 on the warp's first key */
+                    l *= corr;
+#pragma unroll
+                    for (int t = 0; t < DPL; t++) acc[t] *= corr;
+                    m = s;
+                }
+                const float p = expf(s - m);
+                l += p;
+#pragma unroll
+                for (int t = 0; t < DPL; t++) {
+                    const int d = lane + 32 * t;
+                    if (d < head_dim) acc[t] = fmaf(p, vr[u][t], acc[t]);
+                }
             }
         }
     }
@@ -1320,35 +1541,163 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     __syncthreads();
     if (threadIdx.x == 0) {
         int *cnt = count + (size_t)i * n_heads + h;
-        last = atomicAdd(cnt, 1) == ATT_SPLITS - 1;
+        last = atomicAdd(cnt, 1) == nz - 1;
         if (last) *cnt = 0;
     }
     __syncthreads();
     if (!last) return;
     __threadfence();
-    pdl_trigger();
-    att_merge(out, part, h, i, n_heads, head_dim);
+    att_merge(out, part, h, i, n_heads, head_dim, nz);
 }
 
-__global__ void k_attention_merge(float *out, const float *part, int n_heads, int head_dim) {
-    pdl_trigger(); /* a product launched after this one may start loading its weights */
-    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim);
+/* k_attention for the GQ query heads of one KV head at once (grid: KV head, token, split):
+ * each K/V row is loaded once per block instead of once per query head (4x fewer bytes for
+ * Qwen3-4B's 32/8 heads). Per query head the arithmetic is k_attention's step for step (the
+ * same keys per warp in the same order, the same merges), so the two give the same bits
+ * (DSPARK_CUDA_ATT=0 selects k_attention; test_cuda compares them). GQ * DPL <= 32. */
+template <int DPL, int GQ>
+__global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, const float *q, const float *kc, const float *vc,
+                                                                  const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
+                                                                  int max_ctx, int kv_dim, int n_heads, int head_dim, float scale,
+                                                                  float *out, int *count) {
+    extern __shared__ float sm[]; /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
+    pdl_start();
+    const int hk = blockIdx.x, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int len = kv_len[i], nz = att_splits(len);
+    if (z >= nz) return; /* no keys */
+    const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)hk * head_dim;
+    float qv[GQ][DPL], acc[GQ][DPL], m[GQ], l[GQ];
+#pragma unroll
+    for (int g = 0; g < GQ; g++) {
+        const float *qi = q + ((size_t)i * n_heads + hk * GQ + g) * head_dim;
+#pragma unroll
+        for (int t = 0; t < DPL; t++) {
+            const int d = lane + 32 * t;
+            qv[g][t] = d < head_dim ? qi[d] : 0.0f;
+            acc[g][t] = 0.0f;
+        }
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+    }
+    constexpr int KB = 4; /* keys per warp loaded at once */
+    for (int c0 = z * ATT_CHUNK; c0 < len; c0 += ATT_SPLITS * ATT_CHUNK) {
+        const int c1 = c0 + ATT_CHUNK < len ? c0 + ATT_CHUNK : len;
+        for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * KB) {
+            float kr[KB][DPL], vr[KB][DPL];
+#pragma unroll
+            for (int u = 0; u < KB; u++) {
+                const int j = j0 + ATT_WARPS * u;
+                const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
+#pragma unroll
+                for (int t = 0; t < DPL; t++) {
+                    const int d = lane + 32 * t;
+                    const bool ok = j < c1 && d < head_dim;
+                    kr[u][t] = ok ? kj[d] : 0.0f;
+                    vr[u][t] = ok ? vj[d] : 0.0f;
+                }
+            }
+            float sc[KB * GQ]; /* scores first, as k_attention */
+#pragma unroll
+            for (int u = 0; u < KB; u++)
+#pragma unroll
+                for (int g = 0; g < GQ; g++) {
+                    float s = 0.0f;
+#pragma unroll
+                    for (int t = 0; t < DPL; t++) {
+                        const int d = lane + 32 * t;
+                        if (d < head_dim) s = fmaf(qv[g][t], kr[u][t], s);
+                    }
+                    sc[u * GQ + g] = s;
+                }
+            warp_sum_n<KB * GQ>(sc);
+#pragma unroll
+            for (int u = 0; u < KB; u++) {
+                if (j0 + ATT_WARPS * u >= c1) break;
+#pragma unroll
+                for (int g = 0; g < GQ; g++) {
+                    const float s = sc[u * GQ + g] * scale;
+                    if (s > m[g]) {
+                        const float corr = expf(m[g] - s);
+                        l[g] *= corr;
+#pragma unroll
+                        for (int t = 0; t < DPL; t++) acc[g][t] *= corr;
+                        m[g] = s;
+                    }
+                    const float p = expf(s - m[g]);
+                    l[g] += p;
+#pragma unroll
+                    for (int t = 0; t < DPL; t++) {
+                        const int d = lane + 32 * t;
+                        if (d < head_dim) acc[g][t] = fmaf(p, vr[u][t], acc[g][t]);
+                    }
+                }
+            }
+        }
+    }
+    float *sacc = sm, *sm_m = sm + ATT_WARPS * GQ * head_dim, *sm_l = sm_m + ATT_WARPS * GQ;
+#pragma unroll
+    for (int g = 0; g < GQ; g++) {
+#pragma unroll
+        for (int t = 0; t < DPL; t++) {
+            const int d = lane + 32 * t;
+            if (d < head_dim) sacc[(warp * GQ + g) * head_dim + d] = acc[g][t];
+        }
+        if (lane == 0) { sm_m[warp * GQ + g] = m[g]; sm_l[warp * GQ + g] = l[g]; }
+    }
+    __syncthreads();
+    for (int g = 0; g < GQ; g++) {
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w * GQ + g]);
+        float L = 0.0f, f[ATT_WARPS];
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) {
+            f[w] = sm_m[w * GQ + g] == -INFINITY ? 0.0f : expf(sm_m[w * GQ + g] - M);
+            L += sm_l[w * GQ + g] * f[w];
+        }
+        float *pz = part + (((size_t)i * n_heads + hk * GQ + g) * ATT_SPLITS + z) * (head_dim + 2);
+        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+            float o = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ATT_WARPS; w++) o += sacc[(w * GQ + g) * head_dim + d] * f[w];
+            pz[d] = o;
+        }
+        if (threadIdx.x == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
+    }
+    if (!count) return;
+    /* fused merge, as k_attention's: one counter per (token, KV head) (the entry of its first
+     * query head) */
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *cnt = count + (size_t)i * n_heads + hk * GQ;
+        last = atomicAdd(cnt, 1) == nz - 1;
+        if (last) *cnt = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int g = 0; g < GQ; g++) att_merge(out, part, hk * GQ + g, i, n_heads, head_dim, nz);
+}
+
+__global__ void k_attention_merge(float *out, const float *part, const int32_t *kv_len, int n_heads, int head_dim) {
+    pdl_start();
+    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim, att_splits(kv_len[blockIdx.y]));
 }
 
 __global__ void k_swiglu(float *out, const float *gate, const float *up, size_t n) {
-    pdl_trigger(); /* a product launched after this one may start loading its weights */
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float g = gate[i];
-        out[i] = (g / (1.0f + expf(-g))) * up[i];
-    }
+    pdl_start();
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) out[i] = silu_mul(gate[i], up[i]);
 }
 
 __global__ void k_add(float *x, const float *y, size_t n) {
+    pdl_start();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) x[i] += y[i];
 }
 
 __global__ void k_gather_rows(float *dst, int dst_stride, const float *src, int src_stride, const int32_t *rows, int cols) {
-    pdl_trigger(); /* a product launched after this one may start loading its weights */
+    pdl_start();
     const int i = blockIdx.x;
     const float *s = src + (size_t)(rows ? rows[i] : i) * src_stride;
     float *d = dst + (size_t)i * dst_stride;
@@ -1356,6 +1705,7 @@ __global__ void k_gather_rows(float *dst, int dst_stride, const float *src, int 
 }
 
 __global__ void k_bias_act(float *x, const void *bias, int dt, size_t n, int dim, int act) {
+    pdl_start();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float v = x[i] + (bias ? weight_at(bias, dt, i % dim) : 0.0f);
         if (act == ACT_SIGMOID) v = 1.0f / (1.0f + expf(-v));
@@ -1365,6 +1715,7 @@ __global__ void k_bias_act(float *x, const void *bias, int dt, size_t n, int dim
 }
 
 __global__ void k_ew(int op, float *out, const float *a, const float *b, const float *c, size_t n) {
+    pdl_start();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         if (op == EW_MUL) out[i] = a[i] * b[i];
         else out[i] = c[i] * a[i] + (1.0f - c[i]) * b[i];
@@ -1373,9 +1724,27 @@ __global__ void k_ew(int op, float *out, const float *a, const float *b, const f
 
 /* ---- ops ---- */
 
+/* a kernel's launch, with programmatic stream serialization when pdl (DSPARK_CUDA_PDL): see
+ * pdl_wait (an error is LAUNCHED's to report) */
+template <typename... KArgs, typename... Args>
+static void launch(cudaStream_t st, bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = grid;
+    lc.blockDim = block;
+    lc.dynamicSmemBytes = smem;
+    lc.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = at;
+    lc.numAttrs = pdl ? 1 : 0;
+    cudaLaunchKernelEx(&lc, kernel, args...);
+}
+static bool pdl_of(Backend *be) { return impl(be)->mm.pdl; }
+
 static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t *ids, int n) {
     if (n <= 0 || graph_skip(be, 2, out, table->dev, (int)table->dtype, table->cols, ids, n)) return;
-    k_embed<<<n, 256, 0, stream_of(be)>>>(out, table->dev, table->dtype, ids, table->cols);
+    launch(stream_of(be), pdl_of(be), k_embed, n, 256, 0, out, table->dev, (int)table->dtype, ids, table->cols);
     LAUNCHED("embed");
 }
 
@@ -1461,46 +1830,32 @@ static void matmul_small(cudaStream_t st, const MmCfg *cfg, float *out, const fl
  * (cfg->tc_mt; 1 with fewer than 3 pieces, at most 2 above 32 rows: the block's partial sums
  * must fit in 32 KB of shared memory), NT = rows / 8 rounded up */
 template <int MT, int NT, int P>
-static void matmul_tc_u(cudaStream_t st, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
+static void matmul_tc_u(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
     constexpr int U = 4 / (MT > NT ? MT : NT) > 1 ? 4 / (MT > NT ? MT : NT) : 1;
     if constexpr (P == 3) {
         if (deep == 1) {
-            k_matmul_tc<MT, NT, P, 2 * U><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
+            launch(st, pdl, k_matmul_tc<MT, NT, P, 2 * U>, grid, 256, 0, mm, x, n, K, pf);
             return;
         }
         if (deep == 2) {
-            k_matmul_tc<MT, NT, P, U >= 2 ? U / 2 : 1><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
+            launch(st, pdl, k_matmul_tc<MT, NT, P, U >= 2 ? U / 2 : 1>, grid, 256, 0, mm, x, n, K, pf);
             return;
         }
     }
-    k_matmul_tc<MT, NT, P, U><<<grid, 256, 0, st>>>(mm, x, n, K, pf);
+    launch(st, pdl, k_matmul_tc<MT, NT, P, U>, grid, 256, 0, mm, x, n, K, pf);
 }
 template <int MT, int P>
-static void matmul_tc_nt(cudaStream_t st, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
-    if (n <= 8) matmul_tc_u<MT, 1, P>(st, mm, grid, x, n, K, deep, pf);
-    else if (n <= 16) matmul_tc_u<MT, 2, P>(st, mm, grid, x, n, K, deep, pf);
-    else if (n <= 32) matmul_tc_u<MT, 4, P>(st, mm, grid, x, n, K, deep, pf);
-    else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P>(st, mm, grid, x, n, K, deep, pf);
+static void matmul_tc_nt(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
+    if (n <= 8) matmul_tc_u<MT, 1, P>(st, pdl, mm, grid, x, n, K, deep, pf);
+    else if (n <= 16) matmul_tc_u<MT, 2, P>(st, pdl, mm, grid, x, n, K, deep, pf);
+    else if (n <= 32) matmul_tc_u<MT, 4, P>(st, pdl, mm, grid, x, n, K, deep, pf);
+    else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P>(st, pdl, mm, grid, x, n, K, deep, pf);
 }
 /* k_matmul_sk's launch (cfg->pdl: with programmatic stream serialization, so its first weight
  * stages load while the kernel before it finishes) */
 template <int NT, int KPS, bool XS, bool TMA>
 static void sk_launch(cudaStream_t st, const MmCfg *cfg, const SkArgs &a, unsigned grid, size_t smem) {
-    if (cfg->pdl) {
-        cudaLaunchConfig_t lc = {};
-        lc.gridDim = dim3(grid);
-        lc.blockDim = dim3(256);
-        lc.dynamicSmemBytes = smem;
-        lc.stream = st;
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at[0].val.programmaticStreamSerializationAllowed = 1;
-        lc.attrs = at;
-        lc.numAttrs = 1;
-        cudaLaunchKernelEx(&lc, k_matmul_sk<NT, KPS, XS, TMA>, a); /* an error is LAUNCHED's to report */
-    } else {
-        k_matmul_sk<NT, KPS, XS, TMA><<<grid, 256, smem, st>>>(a);
-    }
+    launch(st, cfg->pdl, k_matmul_sk<NT, KPS, XS, TMA>, grid, 256, smem, a);
 }
 template <int KPS, bool TMA>
 static void sk_launch_nt(cudaStream_t st, const MmCfg *cfg, const SkArgs &a, unsigned grid, size_t smem) {
@@ -1576,14 +1931,19 @@ static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float
     if (n > 32 && mt > 2) mt = 2;
     int G = 0;
     for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + 16 * mt - 1) / (16 * mt);
+    if (mm.act) { /* gate/up paired (cu_matmul_multi checked tc == 3): a block per 16 rows of both */
+        mt = 2;
+        G = (mm.O[0] + 15) / 16;
+    }
     const unsigned grid = (unsigned)G;
     /* U: k-steps per round (weights and x in flight at once), 4 / max(MT, NT) (deep 1: twice, 2: half) */
     const int deep = cfg->tc_deep, pf = cfg->tc_pf;
-    if (cfg->tc == 1) matmul_tc_nt<1, 1>(st, mm, grid, x, n, K, 0, pf);
-    else if (cfg->tc == 2) matmul_tc_nt<1, 2>(st, mm, grid, x, n, K, 0, pf);
-    else if (mt == 1) matmul_tc_nt<1, 3>(st, mm, grid, x, n, K, deep, pf);
-    else if (mt == 2) matmul_tc_nt<2, 3>(st, mm, grid, x, n, K, deep, pf);
-    else matmul_tc_nt<4, 3>(st, mm, grid, x, n, K, deep, pf);
+    const bool pdl = cfg->pdl;
+    if (cfg->tc == 1) matmul_tc_nt<1, 1>(st, pdl, mm, grid, x, n, K, 0, pf);
+    else if (cfg->tc == 2) matmul_tc_nt<1, 2>(st, pdl, mm, grid, x, n, K, 0, pf);
+    else if (mt == 1) matmul_tc_nt<1, 3>(st, pdl, mm, grid, x, n, K, deep, pf);
+    else if (mt == 2) matmul_tc_nt<2, 3>(st, pdl, mm, grid, x, n, K, deep, pf);
+    else matmul_tc_nt<4, 3>(st, pdl, mm, grid, x, n, K, deep, pf);
 }
 static bool mm_tc(const MmCfg *cfg, int dt, const float *x, const void *w, int K) {
     return cfg->tc && !cfg->ref && dt == DS_BF16 && K % 32 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0;
@@ -1655,7 +2015,7 @@ static void cu_matmul(Backend *be, float *out, const float *x, const Weight *w, 
     matmul_run(be, out, x, w, n, NULL);
 }
 
-static void swiglu_run(cudaStream_t st, float *out, const float *gate, const float *up, size_t n);
+static void swiglu_run(cudaStream_t st, bool pdl, float *out, const float *gate, const float *up, size_t n);
 
 /* backend.h's matmul_multi: one launch when the weights share dtype and vector path (q/k/v,
  * gate/up), else the separate products; act 1: then swiglu into outs[0], as the model would */
@@ -1687,20 +2047,24 @@ static void cu_matmul_multi(Backend *be, float *const *outs, const float *x, con
             mm.w[j] = ws[j]->dev;
             mm.O[j] = ws[j]->rows;
         }
+        /* swiglu in k_matmul_tc's store (a launch less per layer; bitwise k_swiglu's values) */
+        mm.act = act == 1 && c->fuse && count == 2 && ws[0]->rows == ws[1]->rows && c->mm.tc == 3 && !c->mm.sk &&
+                 mm_tc(&c->mm, ws[0]->dtype, x, ws[0]->dev, ws[0]->cols);
         matmul_run(be, outs[0], x, ws[0], n, &mm);
+        if (mm.act) return;
     } else {
         for (int j = 0; j < count; j++) matmul_run(be, outs[j], x, ws[j], n, NULL);
     }
     if (act == 1) {
         DS_ASSERT(count == 2 && ws[0]->rows == ws[1]->rows);
-        swiglu_run(c->stream, outs[0], outs[0], outs[1], (size_t)n * ws[0]->rows);
+        swiglu_run(c->stream, c->mm.pdl, outs[0], outs[0], outs[1], (size_t)n * ws[0]->rows);
     }
 }
 
 static void cu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
     if (n <= 0 || graph_skip(be, 4, out, x, w->dev, (int)w->dtype, n, dim, eps)) return;
-    if (dim <= 256) k_rmsnorm_warp<<<(unsigned)((n + 7) / 8), 256, 0, stream_of(be)>>>(out, x, w->dev, w->dtype, n, dim, eps);
-    else k_rmsnorm_block<<<(unsigned)n, 256, 0, stream_of(be)>>>(out, x, w->dev, w->dtype, dim, eps);
+    if (dim <= 256) launch(stream_of(be), pdl_of(be), k_rmsnorm_warp, (n + 7) / 8, 256, 0, out, x, w->dev, (int)w->dtype, n, dim, eps);
+    else launch(stream_of(be), pdl_of(be), k_rmsnorm_block, n, 256, 0, out, x, w->dev, (int)w->dtype, dim, eps);
     LAUNCHED("rmsnorm");
 }
 
@@ -1737,14 +2101,14 @@ static void cu_rope(Backend *be, float *x, const int32_t *pos, int n, int n_head
     }
     int threads = n_heads * (head_dim / 2);
     threads = threads < 32 ? 32 : threads > 256 ? 256 : threads;
-    k_rope<<<(unsigned)n, (unsigned)threads, 0, stream_of(be)>>>(x, pos, f, n_heads, head_dim);
+    launch(stream_of(be), pdl_of(be), k_rope, n, threads, 0, x, pos, f, n_heads, head_dim);
     LAUNCHED("rope");
 }
 
 static void cu_kv_write(Backend *be, KvCache *kv, int layer, const float *k, const float *v, const int32_t *slot, const int32_t *pos,
                         int n) {
     if (n <= 0 || graph_skip(be, 6, kv->k, kv->v, kv->n_slots, kv->max_ctx, kv->kv_dim, layer, k, v, slot, pos, n)) return;
-    k_kv_write<<<(unsigned)n, 256, 0, stream_of(be)>>>(kv->k, kv->v, k, v, slot, pos, layer, kv->n_slots, kv->max_ctx, kv->kv_dim);
+    launch(stream_of(be), pdl_of(be), k_kv_write, n, 256, 0, kv->k, kv->v, k, v, slot, pos, layer, kv->n_slots, kv->max_ctx, kv->kv_dim);
     LAUNCHED("kv_write");
 }
 
@@ -1768,15 +2132,20 @@ static void cu_qk_norm_rope_kv(Backend *be, float *q, float *k, const float *v, 
         return;
     }
     dim3 grid((unsigned)n, (unsigned)((n_heads + n_kv_heads + 7) / 8));
-    k_qk_norm_rope_kv<<<grid, 256, 0, stream_of(be)>>>(q, k, v, q_norm->dev, k_norm->dev, q_norm->dtype, k_norm->dtype, eps, pos, f, kv->k,
-                                                        kv->v, slot, layer, kv->n_slots, kv->max_ctx, n_heads, n_kv_heads, head_dim);
+    void (*kern)(float *, float *, const float *, const void *, const void *, int, int, float, const int32_t *, const float *, float *,
+                 float *, const int32_t *, int, int, int, int, int, int) = head_dim == 64    ? k_qk_norm_rope_kv<2>
+                                                                           : head_dim == 128 ? k_qk_norm_rope_kv<4>
+                                                                           : head_dim == 256 ? k_qk_norm_rope_kv<8>
+                                                                                             : k_qk_norm_rope_kv<0>;
+    launch(stream_of(be), pdl_of(be), kern, grid, 256, 0, q, k, v, q_norm->dev, k_norm->dev, (int)q_norm->dtype, (int)k_norm->dtype, eps,
+           pos, f, kv->k, kv->v, slot, layer, kv->n_slots, kv->max_ctx, n_heads, n_kv_heads, head_dim);
     LAUNCHED("qk_norm_rope_kv");
 }
 
 static void cu_add_rmsnorm(Backend *be, float *x, const float *y, float *out, const Weight *w, int n, int dim, float eps) {
     if (n <= 0 || graph_skip(be, 14, x, y, out, w->dev, (int)w->dtype, n, dim, eps)) return;
-    if (dim <= 256) k_add_rmsnorm_warp<<<(unsigned)((n + 7) / 8), 256, 0, stream_of(be)>>>(x, y, out, w->dev, w->dtype, n, dim, eps);
-    else k_add_rmsnorm_block<<<(unsigned)n, 256, 0, stream_of(be)>>>(x, y, out, w->dev, w->dtype, dim, eps);
+    if (dim <= 256) launch(stream_of(be), pdl_of(be), k_add_rmsnorm_warp, (n + 7) / 8, 256, 0, x, y, out, w->dev, (int)w->dtype, n, dim, eps);
+    else launch(stream_of(be), pdl_of(be), k_add_rmsnorm_block, n, 256, 0, x, y, out, w->dev, (int)w->dtype, dim, eps);
     LAUNCHED("add_rmsnorm");
 }
 
@@ -1784,6 +2153,16 @@ void backend_cuda_set_fused(Backend *be, bool on) {
     impl(be)->fuse = on;
     be->qk_norm_rope_kv = on ? cu_qk_norm_rope_kv : NULL;
     be->add_rmsnorm = on ? cu_add_rmsnorm : NULL;
+}
+
+/* k_attention_gqa's instances: only those with GQ * DPL <= 32 exist (the caller checks) */
+template <int DPL, int GQ>
+static void att_gqa_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float *part, const float *q, const KvCache *kv,
+                           const int32_t *slot, const int32_t *kv_len, int layer, int n_heads, int head_dim, float scale, float *out,
+                           int *count) {
+    if constexpr (DPL * GQ <= 32)
+        launch(st, pdl, k_attention_gqa<DPL, GQ>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot,
+               kv_len, layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, head_dim, scale, out, count);
 }
 
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
@@ -1820,8 +2199,37 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     const int group = n_heads / n_kv_heads;
     cudaStream_t st = c->stream;
     float *part = c->att_part;
-#define ATT(D) k_attention<D><<<grid, 32 * ATT_WARPS, smem, st>>>(part, q, kv->k, kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, \
-                                                                  kv->kv_dim, n_heads, group, head_dim, scale, out, count)
+    const int dpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16;
+    /* k_attention_gqa from att_gqa_min tokens on (at 1 token the per-head kernel's 4x more
+     * blocks win, docs/bench-cuda.md) */
+    if (n >= c->att_gqa_min && (group == 1 || group == 2 || group == 4 || group == 8) && group * dpl <= 32) {
+        const dim3 gq((unsigned)n_kv_heads, (unsigned)n, ATT_SPLITS);
+        const size_t sq = sizeof(float) * ATT_WARPS * (size_t)group * ((size_t)head_dim + 2);
+#define ATTG(D, G) att_gqa_launch<D, G>(st, c->mm.pdl, gq, sq, part, q, kv, slot, kv_len, layer, n_heads, head_dim, scale, out, count)
+#define ATTG_D(G) \
+    do { \
+        if (dpl == 1) ATTG(1, G); \
+        else if (dpl == 2) ATTG(2, G); \
+        else if (dpl == 4) ATTG(4, G); \
+        else if (dpl == 8) ATTG(8, G); \
+        else ATTG(16, G); \
+    } while (0)
+        if (group == 1) ATTG_D(1);
+        else if (group == 2) ATTG_D(2);
+        else if (group == 4) ATTG_D(4);
+        else ATTG_D(8);
+#undef ATTG_D
+#undef ATTG
+        LAUNCHED("attention");
+        if (!count) {
+            launch(st, c->mm.pdl, k_attention_merge, dim3((unsigned)n_heads, (unsigned)n), 128, 0, out, (const float *)part, kv_len, n_heads,
+                   head_dim);
+            LAUNCHED("attention merge");
+        }
+        return;
+    }
+#define ATT(D) launch(st, c->mm.pdl, k_attention<D>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, \
+                      kv_len, layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, out, count)
     if (head_dim <= 32) ATT(1);
     else if (head_dim <= 64) ATT(2);
     else if (head_dim <= 128) ATT(4);
@@ -1830,45 +2238,46 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
 #undef ATT
     LAUNCHED("attention");
     if (!count) {
-        k_attention_merge<<<dim3((unsigned)n_heads, (unsigned)n), 128, 0, st>>>(out, part, n_heads, head_dim);
+        launch(st, c->mm.pdl, k_attention_merge, dim3((unsigned)n_heads, (unsigned)n), 128, 0, out, (const float *)part, kv_len, n_heads,
+                   head_dim);
         LAUNCHED("attention merge");
     }
 }
 
-static void swiglu_run(cudaStream_t st, float *out, const float *gate, const float *up, size_t n) {
+static void swiglu_run(cudaStream_t st, bool pdl, float *out, const float *gate, const float *up, size_t n) {
     if (!n) return;
-    k_swiglu<<<blocks_for(n, 256 * 4), 256, 0, st>>>(out, gate, up, n);
+    launch(st, pdl, k_swiglu, blocks_for(n, 256 * 4), 256, 0, out, gate, up, n);
     LAUNCHED("swiglu");
 }
 static void cu_swiglu(Backend *be, float *out, const float *gate, const float *up, size_t n) {
     if (!n || graph_skip(be, 8, out, gate, up, n)) return;
-    swiglu_run(stream_of(be), out, gate, up, n);
+    swiglu_run(stream_of(be), pdl_of(be), out, gate, up, n);
 }
 
 static void cu_add(Backend *be, float *x, const float *y, size_t n) {
     if (!n || graph_skip(be, 9, x, y, n)) return;
-    k_add<<<blocks_for(n, 256 * 4), 256, 0, stream_of(be)>>>(x, y, n);
+    launch(stream_of(be), pdl_of(be), k_add, blocks_for(n, 256 * 4), 256, 0, x, y, n);
     LAUNCHED("add");
 }
 
 static void cu_gather_rows(Backend *be, float *dst, int dst_stride, const float *src, int src_stride, const int32_t *rows, int n,
                            int cols) {
     if (n <= 0 || cols <= 0 || graph_skip(be, 10, dst, dst_stride, src, src_stride, rows, n, cols)) return;
-    k_gather_rows<<<(unsigned)n, 256, 0, stream_of(be)>>>(dst, dst_stride, src, src_stride, rows, cols);
+    launch(stream_of(be), pdl_of(be), k_gather_rows, n, 256, 0, dst, dst_stride, src, src_stride, rows, cols);
     LAUNCHED("gather_rows");
 }
 
 static void cu_bias_act(Backend *be, float *x, const Weight *bias, int n, int dim, int act) {
     const size_t total = (size_t)n * dim;
     if (!total || graph_skip(be, 11, x, bias ? bias->dev : NULL, bias ? (int)bias->dtype : -1, n, dim, act)) return;
-    k_bias_act<<<blocks_for(total, 256 * 4), 256, 0, stream_of(be)>>>(x, bias ? bias->dev : NULL, bias ? bias->dtype : DS_F32, total,
-                                                                       dim, act);
+    launch(stream_of(be), pdl_of(be), k_bias_act, blocks_for(total, 256 * 4), 256, 0, x, bias ? (const void *)bias->dev : NULL,
+           bias ? (int)bias->dtype : (int)DS_F32, total, dim, act);
     LAUNCHED("bias_act");
 }
 
 static void cu_ew(Backend *be, int op, float *out, const float *a, const float *b, const float *c, size_t n) {
     if (!n || graph_skip(be, 12, op, out, a, b, c, n)) return;
-    k_ew<<<blocks_for(n, 256 * 4), 256, 0, stream_of(be)>>>(op, out, a, b, c, n);
+    launch(stream_of(be), pdl_of(be), k_ew, blocks_for(n, 256 * 4), 256, 0, op, out, a, b, c, n);
     LAUNCHED("ew");
 }
 
@@ -2041,7 +2450,8 @@ static void mm_tc_config(MmCfg *m) {
  * (3..8, default 6), k-steps per warp and stage (1 or 2: 2 cuts K into other stages, which
  * changes values within rounding, never across row counts), items per block (0 auto) and
  * the producer (0 cp.async, 1 bulk copies);
- * DSPARK_CUDA_PDL=1: products launched with programmatic stream serialization. The buffers:
+ * DSPARK_CUDA_PDL=0: kernels launched in plain stream order (default: with programmatic
+ * stream serialization, pdl_wait). The buffers:
  * part sums for 2M floats (8 MB) and counters for 65536 tiles. false: out of GPU memory. */
 static bool mm_sk_config(MmCfg *m, const cudaDeviceProp *prop) {
     const char *sk = getenv("DSPARK_CUDA_MM_SK"), *pdl = getenv("DSPARK_CUDA_PDL");
@@ -2061,7 +2471,8 @@ static bool mm_sk_config(MmCfg *m, const cudaDeviceProp *prop) {
         m->sk_tma = v[3] == 1;
     }
     m->sk_smem_max = (int)prop->sharedMemPerBlockOptin - 20 * 1024; /* room for the largest static part */
-    m->pdl = pdl && strcmp(pdl, "1") == 0;
+    /* on by default (H200: 4.17 -> 4.09 ms per decode step, 5.34 -> 5.24 at 8 tokens) */
+    m->pdl = !(pdl && strcmp(pdl, "0") == 0);
     m->sk_scratch_floats = (size_t)2 << 20;
     m->sk_count_n = 65536;
     if (cudaMalloc(&m->sk_scratch, sizeof(float) * m->sk_scratch_floats) != cudaSuccess ||
@@ -2158,9 +2569,10 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     else if (c->mm.tc) {
         char t[160];
         snprintf(t, sizeof t, ", BF16 <= 64 rows: tensor cores, x in %d bf16 piece%s%s", c->mm.tc, c->mm.tc > 1 ? "s" : "",
-                 c->mm.sk && c->mm.tc == 3 ? (c->mm.pdl ? ", streamed (cp.async ring, PDL)" : ", streamed (cp.async ring)") : "");
+                 c->mm.sk && c->mm.tc == 3 ? ", streamed (cp.async ring)" : "");
         strncat(c->info, t, sizeof c->info - strlen(c->info) - 1);
     }
+    if (c->mm.pdl) strncat(c->info, ", programmatic dependent launch", sizeof c->info - strlen(c->info) - 1);
     be->impl = c;
     be->name = "cuda";
     be->host_memory = false;
@@ -2184,6 +2596,9 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     const char *fuse = getenv("DSPARK_CUDA_FUSE");
     backend_cuda_set_fused(be, !(fuse && strcmp(fuse, "0") == 0));
     be->attention = cu_attention;
+    /* DSPARK_CUDA_ATT: 0 k_attention always, 1 k_attention_gqa wherever it applies, else auto */
+    const char *att = getenv("DSPARK_CUDA_ATT");
+    c->att_gqa_min = att && !strcmp(att, "0") ? INT_MAX : att && !strcmp(att, "1") ? 1 : 2;
     be->swiglu = cu_swiglu;
     be->add = cu_add;
     be->gather_rows = cu_gather_rows;
