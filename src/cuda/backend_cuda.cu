@@ -1406,7 +1406,8 @@ __device__ __forceinline__ int att_splits(int len) {
 
 /* out of (head h, token i): the nz splits' partial results merged in split order (read from
  * L2: the fused path reads what other blocks of its own launch wrote) */
-__device__ __forceinline__ void att_merge(float *out, const float *part, int h, int i, int n_heads, int head_dim, int nz) {
+__device__ __forceinline__ void att_merge(float *out, const float *part, int h, int i, int n_heads, int head_dim, int nz, int tid,
+                                          int nthreads) {
     const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
     float M = -INFINITY;
 #pragma unroll
@@ -1422,7 +1423,7 @@ __device__ __forceinline__ void att_merge(float *out, const float *part, int h, 
     }
     const float inv = 1.0f / L;
     float *oi = out + ((size_t)i * n_heads + h) * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    for (int d = tid; d < head_dim; d += nthreads) {
         float o = 0.0f;
 #pragma unroll
         for (int z = 0; z < ATT_SPLITS; z++)
@@ -1547,7 +1548,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     __syncthreads();
     if (!last) return;
     __threadfence();
-    att_merge(out, part, h, i, n_heads, head_dim, nz);
+    att_merge(out, part, h, i, n_heads, head_dim, nz, threadIdx.x, blockDim.x);
 }
 
 /* k_attention for the GQ query heads of one KV head at once (grid: KV head, token, split):
@@ -1645,7 +1646,10 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, c
         if (lane == 0) { sm_m[warp * GQ + g] = m[g]; sm_l[warp * GQ + g] = l[g]; }
     }
     __syncthreads();
-    for (int g = 0; g < GQ; g++) {
+    /* the merges of the GQ heads side by side: head g on threads [g tph, (g + 1) tph) */
+    constexpr int tph = 32 * ATT_WARPS / GQ;
+    const int g = threadIdx.x / tph, tl = threadIdx.x % tph;
+    {
         float M = -INFINITY;
 #pragma unroll
         for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w * GQ + g]);
@@ -1656,13 +1660,13 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, c
             L += sm_l[w * GQ + g] * f[w];
         }
         float *pz = part + (((size_t)i * n_heads + hk * GQ + g) * ATT_SPLITS + z) * (head_dim + 2);
-        for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        for (int d = tl; d < head_dim; d += tph) {
             float o = 0.0f;
 #pragma unroll
             for (int w = 0; w < ATT_WARPS; w++) o += sacc[(w * GQ + g) * head_dim + d] * f[w];
             pz[d] = o;
         }
-        if (threadIdx.x == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
+        if (tl == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
     }
     if (!count) return;
     /* fused merge, as k_attention's: one counter per (token, KV head) (the entry of its first
@@ -1678,12 +1682,12 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, c
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int g = 0; g < GQ; g++) att_merge(out, part, hk * GQ + g, i, n_heads, head_dim, nz);
+    att_merge(out, part, hk * GQ + g, i, n_heads, head_dim, nz, tl, tph);
 }
 
 __global__ void k_attention_merge(float *out, const float *part, const int32_t *kv_len, int n_heads, int head_dim) {
     pdl_start();
-    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim, att_splits(kv_len[blockIdx.y]));
+    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim, att_splits(kv_len[blockIdx.y]), threadIdx.x, blockDim.x);
 }
 
 __global__ void k_swiglu(float *out, const float *gate, const float *up, size_t n) {

@@ -25,7 +25,9 @@
  * float32 rounding), 1 or 2 (x in 1 or 2 bf16 pieces: lossy, for tests and measurements);
  * launch settings that change no value: DSPARK_CUDA_TC_MT ("M" or "M1,M8,M16,M32,M64": 16-row
  * tiles per block by row bucket, 1, 2 or 4), DSPARK_CUDA_TC_DEEP=1/2 (twice/half the k-steps
- * per round), DSPARK_CUDA_TC_PREFETCH=KB (L2 prefetch of each weight row; off). */
+ * per round), DSPARK_CUDA_TC_PREFETCH=KB (L2 prefetch of each weight row; off). Neither do
+ * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
+ * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head). */
 #ifndef DSPARK_BACKEND_CUDA_H
 #define DSPARK_BACKEND_CUDA_H
 
