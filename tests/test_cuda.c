@@ -485,8 +485,8 @@ static void test_rope(void) {
 
 /* kv_write then attention over a flattened batch: each token its own slot and kv_len */
 static void test_attention(void) {
-    /* heads, kv heads, hd, context: k_attention_gqa for groups 1, 2, 4, 8 with group * ceil(hd / 32) <= 32, else k_attention
-     * (group 3; group 8 at hd 256) */
+    /* heads, kv heads, hd, context: a KV head's query heads per block for groups 2, 4, 8 with
+     * group * ceil(hd / 32) <= 32, else one head per block (group 1 and 3; group 8 at hd 256) */
     const int cfg[][4] = {{4, 2, 16, 300}, {8, 2, 128, 1500}, {6, 3, 80, 300}, {2, 1, 256, 700}, {16, 2, 64, 600}, {6, 2, 32, 200},
                           {8, 1, 256, 100}, {32, 8, 128, 530}};
     /* the per-head kernel (DSPARK_CUDA_ATT=0) and the grouped one wherever it applies (=1): the same bits */

@@ -164,7 +164,7 @@ typedef struct {
     int *att_count;    /* the fused merge's counters, one per (token, head) of att_part's calls */
     size_t att_count_n;
     bool fuse;         /* fused ops and fusions inside ops (backend_cuda_set_fused) */
-    int att_gqa_min;   /* k_attention_gqa where it applies from this many tokens on (DSPARK_CUDA_ATT) */
+    int att_gqa_min;   /* k_attention with a KV head's query heads per block from this many tokens on (DSPARK_CUDA_ATT) */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
     MmCfg mm;
@@ -1432,145 +1432,31 @@ __device__ __forceinline__ void att_merge(float *out, const float *part, int h, 
     }
 }
 
-/* Partial attention of (head, token, split z): warp w takes keys w, w + 8, ... of the block's
- * chunks with an online softmax; the warps are merged in order into part [hd] sum, [hd] max,
- * [hd + 1] normaliser (splits past the token's keys exit at once, att_splits). head_dim <= 32 * DPL. */
-template <int DPL>
+/* Partial attention of (GQ query heads h0.. of one KV head, token i, split z): warp w takes
+ * keys w, w + 8, ... of the split's chunks with an online softmax per head (a group of KB keys
+ * loaded at once, their scores reduced together); the warps are merged in order into part [hd]
+ * sum, [hd] max, [hd + 1] normaliser per head; the last split block of the (token, heads) to
+ * finish merges the splits (count; splits past the token's keys exit at once, att_splits).
+ * GQ = 1 is the per-head kernel (4x the blocks: it wins at 1 token); GQ = group reads each
+ * K/V row once for the KV head's query heads. Per query head the arithmetic does not depend
+ * on GQ (the same keys per warp in the same order, the same merges), so the two give the
+ * same bits (DSPARK_CUDA_ATT=0/1 force one; test_attention compares them). head_dim <= 32 DPL,
+ * GQ * DPL <= 32 for GQ > 1. */
+template <int DPL, int GQ>
 __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
-                                                              int max_ctx, int kv_dim, int n_heads, int group, int head_dim,
-                                                              float scale, float *out, int *count) {
-    pdl_start();
-    extern __shared__ float sm[]; /* [ATT_WARPS][head_dim] acc, [ATT_WARPS] m, [ATT_WARPS] l */
-    const int h = blockIdx.x, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int len = kv_len[i], nz = att_splits(len);
-    if (z >= nz) return; /* no keys */
-    const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)(h / group) * head_dim;
-    const float *qi = q + ((size_t)i * n_heads + h) * head_dim;
-    float qv[DPL], acc[DPL];
-#pragma unroll
-    for (int t = 0; t < DPL; t++) {
-        const int d = lane + 32 * t;
-        qv[t] = d < head_dim ? qi[d] : 0.0f;
-        acc[t] = 0.0f;
-    }
-    float m = -INFINITY, l = 0.0f;
-    /* the warp's keys in groups of G: a group's k and v rows are loaded at once (one memory
-     * latency per group, not per key), then taken in key order as before */
-    constexpr int G = DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2;
-    for (int c0 = z * ATT_CHUNK; c0 < len; c0 += ATT_SPLITS * ATT_CHUNK) {
-        const int c1 = c0 + ATT_CHUNK < len ? c0 + ATT_CHUNK : len;
-        for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * G) {
-            float kr[G][DPL], vr[G][DPL];
-#pragma unroll
-            for (int u = 0; u < G; u++) {
-                const int j = j0 + ATT_WARPS * u;
-                const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
-#pragma unroll
-                for (int t = 0; t < DPL; t++) {
-                    const int d = lane + 32 * t;
-                    const bool ok = j < c1 && d < head_dim;
-                    kr[u][t] = ok ? kj[d] : 0.0f;
-                    vr[u][t] = ok ? vj[d] : 0.0f;
-                }
-            }
-            /* the group's scores first (independent reductions, interleaved), then the
-             * online softmax key by key */
-            float sc[G];
-#pragma unroll
-            for (int u = 0; u < G; u++) {
-                float s = 0.0f;
-#pragma unroll
-                for (int t = 0; t < DPL; t++) {
-                    const int d = lane + 32 * t;
-                    if (d < head_dim) s = fmaf(qv[t], kr[u][t], s);
-                }
-                sc[u] = s;
-            }
-            warp_sum_n<G>(sc);
-#pragma unroll
-            for (int u = 0; u < G; u++) {
-                if (j0 + ATT_WARPS * u >= c1) break;
-                const float s = sc[u] * scale;
-                if (s > m) {
-                    const float corr = expf(m - s); /* 0 on the warp's first key */
-                    l *= corr;
-#pragma unroll
-                    for (int t = 0; t < DPL; t++) acc[t] *= corr;
-                    m = s;
-                }
-                const float p = expf(s - m);
-                l += p;
-#pragma unroll
-                for (int t = 0; t < DPL; t++) {
-                    const int d = lane + 32 * t;
-                    if (d < head_dim) acc[t] = fmaf(p, vr[u][t], acc[t]);
-                }
-            }
-        }
-    }
-    float *sacc = sm, *sm_m = sm + ATT_WARPS * head_dim, *sm_l = sm_m + ATT_WARPS;
-#pragma unroll
-    for (int t = 0; t < DPL; t++) {
-        const int d = lane + 32 * t;
-        if (d < head_dim) sacc[warp * head_dim + d] = acc[t];
-    }
-    if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
-    __syncthreads();
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w]);
-    float L = 0.0f, f[ATT_WARPS];
-#pragma unroll
-    for (int w = 0; w < ATT_WARPS; w++) {
-        f[w] = sm_m[w] == -INFINITY ? 0.0f : expf(sm_m[w] - M); /* a warp with no keys adds nothing */
-        L += sm_l[w] * f[w];
-    }
-    float *pz = part + (((size_t)i * n_heads + h) * ATT_SPLITS + z) * (head_dim + 2);
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float o = 0.0f;
-#pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) o += sacc[w * head_dim + d] * f[w];
-        pz[d] = o;
-    }
-    if (threadIdx.x == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
-    if (!count) return;
-    /* fused merge: the last of the (token, head)'s splits to finish merges them (count: one
-     * counter per (token, head), zero between launches) */
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int *cnt = count + (size_t)i * n_heads + h;
-        last = atomicAdd(cnt, 1) == nz - 1;
-        if (last) *cnt = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    att_merge(out, part, h, i, n_heads, head_dim, nz, threadIdx.x, blockDim.x);
-}
-
-/* k_attention for the GQ query heads of one KV head at once (grid: KV head, token, split):
- * each K/V row is loaded once per block instead of once per query head (4x fewer bytes for
- * Qwen3-4B's 32/8 heads). Per query head the arithmetic is k_attention's step for step (the
- * same keys per warp in the same order, the same merges), so the two give the same bits
- * (DSPARK_CUDA_ATT=0 selects k_attention; test_cuda compares them). GQ * DPL <= 32. */
-template <int DPL, int GQ>
-__global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, const float *q, const float *kc, const float *vc,
-                                                                  const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
-                                                                  int max_ctx, int kv_dim, int n_heads, int head_dim, float scale,
-                                                                  float *out, int *count) {
+                                                              int max_ctx, int kv_dim, int n_heads, int group, int head_dim, float scale,
+                                                              float *out, int *count) {
     extern __shared__ float sm[]; /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
     pdl_start();
-    const int hk = blockIdx.x, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h0 = blockIdx.x * GQ, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int len = kv_len[i], nz = att_splits(len);
     if (z >= nz) return; /* no keys */
-    const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)hk * head_dim;
+    const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)(h0 / group) * head_dim;
     float qv[GQ][DPL], acc[GQ][DPL], m[GQ], l[GQ];
 #pragma unroll
     for (int g = 0; g < GQ; g++) {
-        const float *qi = q + ((size_t)i * n_heads + hk * GQ + g) * head_dim;
+        const float *qi = q + ((size_t)i * n_heads + h0 + g) * head_dim;
 #pragma unroll
         for (int t = 0; t < DPL; t++) {
             const int d = lane + 32 * t;
@@ -1580,7 +1466,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, c
         m[g] = -INFINITY;
         l[g] = 0.0f;
     }
-    constexpr int KB = 4; /* keys per warp loaded at once */
+    constexpr int KB = GQ > 1 ? 4 : DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2; /* keys per warp loaded at once */
     for (int c0 = z * ATT_CHUNK; c0 < len; c0 += ATT_SPLITS * ATT_CHUNK) {
         const int c1 = c0 + ATT_CHUNK < len ? c0 + ATT_CHUNK : len;
         for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * KB) {
@@ -1597,7 +1483,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, c
                     vr[u][t] = ok ? vj[d] : 0.0f;
                 }
             }
-            float sc[KB * GQ]; /* scores first, as k_attention */
+            float sc[KB * GQ]; /* the group's scores first (the reductions interleave), then key by key */
 #pragma unroll
             for (int u = 0; u < KB; u++)
 #pragma unroll
@@ -1659,7 +1545,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, c
             f[w] = sm_m[w * GQ + g] == -INFINITY ? 0.0f : expf(sm_m[w * GQ + g] - M);
             L += sm_l[w * GQ + g] * f[w];
         }
-        float *pz = part + (((size_t)i * n_heads + hk * GQ + g) * ATT_SPLITS + z) * (head_dim + 2);
+        float *pz = part + (((size_t)i * n_heads + h0 + g) * ATT_SPLITS + z) * (head_dim + 2);
         for (int d = tl; d < head_dim; d += tph) {
             float o = 0.0f;
 #pragma unroll
@@ -1669,20 +1555,19 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention_gqa(float *part, c
         if (tl == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
     }
     if (!count) return;
-    /* fused merge, as k_attention's: one counter per (token, KV head) (the entry of its first
-     * query head) */
+    /* fused merge: one counter per (token, block of heads) (the entry of its first head) */
     __shared__ int last;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        int *cnt = count + (size_t)i * n_heads + hk * GQ;
+        int *cnt = count + (size_t)i * n_heads + h0;
         last = atomicAdd(cnt, 1) == nz - 1;
         if (last) *cnt = 0;
     }
     __syncthreads();
     if (!last) return;
     __threadfence();
-    att_merge(out, part, hk * GQ + g, i, n_heads, head_dim, nz, tl, tph);
+    att_merge(out, part, h0 + g, i, n_heads, head_dim, nz, tl, tph);
 }
 
 __global__ void k_attention_merge(float *out, const float *part, const int32_t *kv_len, int n_heads, int head_dim) {
@@ -2159,14 +2044,13 @@ void backend_cuda_set_fused(Backend *be, bool on) {
     be->add_rmsnorm = on ? cu_add_rmsnorm : NULL;
 }
 
-/* k_attention_gqa's instances: only those with GQ * DPL <= 32 exist (the caller checks) */
+/* k_attention's instances: GQ > 1 only where GQ * DPL <= 32 (the caller checks) */
 template <int DPL, int GQ>
-static void att_gqa_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float *part, const float *q, const KvCache *kv,
-                           const int32_t *slot, const int32_t *kv_len, int layer, int n_heads, int head_dim, float scale, float *out,
-                           int *count) {
-    if constexpr (DPL * GQ <= 32)
-        launch(st, pdl, k_attention_gqa<DPL, GQ>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot,
-               kv_len, layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, head_dim, scale, out, count);
+static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float *part, const float *q, const KvCache *kv, const int32_t *slot,
+                       const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, float *out, int *count) {
+    if constexpr (GQ == 1 || DPL * GQ <= 32)
+        launch(st, pdl, k_attention<DPL, GQ>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len,
+               layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, out, count);
 }
 
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
@@ -2197,53 +2081,35 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     }
     /* the fused merge needs a counter per (token, head) */
     int *count = c->fuse && (size_t)n * n_heads <= c->att_count_n ? c->att_count : NULL;
-    const dim3 grid((unsigned)n_heads, (unsigned)n, ATT_SPLITS);
-    const size_t smem = sizeof(float) * ATT_WARPS * ((size_t)head_dim + 2);
     const float scale = 1.0f / sqrtf((float)head_dim);
     const int group = n_heads / n_kv_heads;
+    const int dpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16;
+    /* a KV head's query heads per block from att_gqa_min tokens on (at 1 token the per-head
+     * blocks, 4x as many, win: docs/bench-cuda.md) */
+    const int gq = n >= c->att_gqa_min && (group == 2 || group == 4 || group == 8) && group * dpl <= 32 ? group : 1;
+    const dim3 grid((unsigned)(n_heads / gq), (unsigned)n, ATT_SPLITS);
+    const size_t smem = sizeof(float) * ATT_WARPS * (size_t)gq * ((size_t)head_dim + 2);
     cudaStream_t st = c->stream;
     float *part = c->att_part;
-    const int dpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16;
-    /* k_attention_gqa from att_gqa_min tokens on (at 1 token the per-head kernel's 4x more
-     * blocks win, docs/bench-cuda.md) */
-    if (n >= c->att_gqa_min && (group == 1 || group == 2 || group == 4 || group == 8) && group * dpl <= 32) {
-        const dim3 gq((unsigned)n_kv_heads, (unsigned)n, ATT_SPLITS);
-        const size_t sq = sizeof(float) * ATT_WARPS * (size_t)group * ((size_t)head_dim + 2);
-#define ATTG(D, G) att_gqa_launch<D, G>(st, c->mm.pdl, gq, sq, part, q, kv, slot, kv_len, layer, n_heads, head_dim, scale, out, count)
-#define ATTG_D(G) \
+#define ATT(D, G) att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale, out, count)
+#define ATT_D(G) \
     do { \
-        if (dpl == 1) ATTG(1, G); \
-        else if (dpl == 2) ATTG(2, G); \
-        else if (dpl == 4) ATTG(4, G); \
-        else if (dpl == 8) ATTG(8, G); \
-        else ATTG(16, G); \
+        if (dpl == 1) ATT(1, G); \
+        else if (dpl == 2) ATT(2, G); \
+        else if (dpl == 4) ATT(4, G); \
+        else if (dpl == 8) ATT(8, G); \
+        else ATT(16, G); \
     } while (0)
-        if (group == 1) ATTG_D(1);
-        else if (group == 2) ATTG_D(2);
-        else if (group == 4) ATTG_D(4);
-        else ATTG_D(8);
-#undef ATTG_D
-#undef ATTG
-        LAUNCHED("attention");
-        if (!count) {
-            launch(st, c->mm.pdl, k_attention_merge, dim3((unsigned)n_heads, (unsigned)n), 128, 0, out, (const float *)part, kv_len, n_heads,
-                   head_dim);
-            LAUNCHED("attention merge");
-        }
-        return;
-    }
-#define ATT(D) launch(st, c->mm.pdl, k_attention<D>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, \
-                      kv_len, layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, out, count)
-    if (head_dim <= 32) ATT(1);
-    else if (head_dim <= 64) ATT(2);
-    else if (head_dim <= 128) ATT(4);
-    else if (head_dim <= 256) ATT(8);
-    else ATT(16);
+    if (gq == 1) ATT_D(1);
+    else if (gq == 2) ATT_D(2);
+    else if (gq == 4) ATT_D(4);
+    else ATT_D(8);
+#undef ATT_D
 #undef ATT
     LAUNCHED("attention");
     if (!count) {
         launch(st, c->mm.pdl, k_attention_merge, dim3((unsigned)n_heads, (unsigned)n), 128, 0, out, (const float *)part, kv_len, n_heads,
-                   head_dim);
+               head_dim);
         LAUNCHED("attention merge");
     }
 }
@@ -2600,7 +2466,8 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     const char *fuse = getenv("DSPARK_CUDA_FUSE");
     backend_cuda_set_fused(be, !(fuse && strcmp(fuse, "0") == 0));
     be->attention = cu_attention;
-    /* DSPARK_CUDA_ATT: 0 k_attention always, 1 k_attention_gqa wherever it applies, else auto */
+    /* DSPARK_CUDA_ATT: 0 one query head per block always, 1 a KV head's query heads wherever
+     * that applies, else auto */
     const char *att = getenv("DSPARK_CUDA_ATT");
     c->att_gqa_min = att && !strcmp(att, "0") ? INT_MAX : att && !strcmp(att, "1") ? 1 : 2;
     be->swiglu = cu_swiglu;
