@@ -1193,19 +1193,24 @@ __global__ void k_rmsnorm_warp(float *out, const float *x, const void *w, int dt
     rms_row_warp(out + (size_t)row * dim, x + (size_t)row * dim, w, dt, dim, eps, lane);
 }
 
-/* larger rows: one block of 256 per row */
-__device__ __forceinline__ void rms_row_block(float *oi, const float *xi, const void *w, int dt, int dim, float eps) {
+/* 1 / rms of a row from each thread's sum of squares ss: the lanes by warp_sum, the 8 warps in
+ * order (every thread of the block must call it) */
+__device__ __forceinline__ float rms_block_scale(float ss, int dim, float eps) {
     __shared__ float part[8];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float ss = 0.0f;
-    for (int k = threadIdx.x; k < dim; k += 256) ss = fmaf(xi[k], xi[k], ss);
     ss = warp_sum(ss);
-    if (lane == 0) part[warp] = ss;
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
     __syncthreads();
     float t = 0.0f;
 #pragma unroll
     for (int j = 0; j < 8; j++) t += part[j];
-    const float r = 1.0f / sqrtf(t / (float)dim + eps);
+    return 1.0f / sqrtf(t / (float)dim + eps);
+}
+
+/* larger rows: one block of 256 per row */
+__device__ __forceinline__ void rms_row_block(float *oi, const float *xi, const void *w, int dt, int dim, float eps) {
+    float ss = 0.0f;
+    for (int k = threadIdx.x; k < dim; k += 256) ss = fmaf(xi[k], xi[k], ss);
+    const float r = rms_block_scale(ss, dim, eps);
     for (int k = threadIdx.x; k < dim; k += 256) oi[k] = weight_at(w, dt, k) * (xi[k] * r);
 }
 
@@ -1216,8 +1221,6 @@ __device__ __forceinline__ void rms_row_block(float *oi, const float *xi, const 
 #define RMS_REG 20 /* hidden sizes up to 5120 */
 template <bool ADD>
 __device__ __forceinline__ void rms_row_block_reg(float *xi, const float *yi, float *oi, const void *w, int dt, int dim, float eps) {
-    __shared__ float part[8];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float v[RMS_REG], wv[RMS_REG];
 #pragma unroll
     for (int r = 0; r < RMS_REG; r++) {
@@ -1246,13 +1249,7 @@ __device__ __forceinline__ void rms_row_block_reg(float *xi, const float *yi, fl
 #pragma unroll
     for (int r = 0; r < RMS_REG; r++)
         if (threadIdx.x + 256 * r < dim) ss = fmaf(v[r], v[r], ss);
-    ss = warp_sum(ss);
-    if (lane == 0) part[warp] = ss;
-    __syncthreads();
-    float t = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; j++) t += part[j];
-    const float rs = 1.0f / sqrtf(t / (float)dim + eps);
+    const float rs = rms_block_scale(ss, dim, eps);
 #pragma unroll
     for (int r = 0; r < RMS_REG; r++) {
         const int k = threadIdx.x + 256 * r;
