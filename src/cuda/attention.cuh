@@ -1,0 +1,186 @@
+/* attention.cuh - attention over a flattened batch against per-sequence KV caches (keys in
+ * splits, merged in order).
+ * Part of backend_cuda.cu's translation unit (included there once, in order); not a header
+ * of its own. */
+
+#define ATT_WARPS 8
+#define ATT_SPLITS 16  /* blocks per (token, head): 512 for a decode step of 32 heads (128 grouped by KV head) */
+#define ATT_CHUNK 32   /* keys per chunk; block z takes chunks z, z + ATT_SPLITS, ... */
+
+/* the splits that hold keys of a token with len keys (the rest exit at once and are not
+ * merged): a property of the token alone, so a row is the same alone or in a batch */
+__device__ __forceinline__ int att_splits(int len) {
+    const int c = (len + ATT_CHUNK - 1) / ATT_CHUNK;
+    return c < ATT_SPLITS ? c : ATT_SPLITS;
+}
+
+/* out of (head h, token i): the nz splits' partial results merged in split order (read from
+ * L2: the fused path reads what other blocks of its own launch wrote) */
+__device__ __forceinline__ void att_merge(float *out, const float *part, int h, int i, int n_heads, int head_dim, int nz, int tid,
+                                          int nthreads) {
+    const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
+    float M = -INFINITY;
+#pragma unroll
+    for (int z = 0; z < ATT_SPLITS; z++)
+        if (z < nz) M = fmaxf(M, __ldcg(p + z * (head_dim + 2) + head_dim));
+    float L = 0.0f, f[ATT_SPLITS];
+#pragma unroll
+    for (int z = 0; z < ATT_SPLITS; z++) {
+        if (z >= nz) break;
+        const float mz = __ldcg(p + z * (head_dim + 2) + head_dim);
+        f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
+        L += __ldcg(p + z * (head_dim + 2) + head_dim + 1) * f[z];
+    }
+    const float inv = 1.0f / L;
+    float *oi = out + ((size_t)i * n_heads + h) * head_dim;
+    for (int d = tid; d < head_dim; d += nthreads) {
+        float o = 0.0f;
+#pragma unroll
+        for (int z = 0; z < ATT_SPLITS; z++)
+            if (z < nz) o += __ldcg(p + z * (head_dim + 2) + d) * f[z];
+        oi[d] = o * inv;
+    }
+}
+
+/* Partial attention of (GQ query heads h0.. of one KV head, token i, split z): warp w takes
+ * keys w, w + 8, ... of the split's chunks with an online softmax per head (a group of KB keys
+ * loaded at once, their scores reduced together); the warps are merged in order into part [hd]
+ * sum, [hd] max, [hd + 1] normaliser per head; the last split block of the (token, heads) to
+ * finish merges the splits (count; splits past the token's keys exit at once, att_splits).
+ * GQ = 1 is the per-head kernel (4x the blocks: it wins at 1 token); GQ = group reads each
+ * K/V row once for the KV head's query heads. Per query head the arithmetic does not depend
+ * on GQ (the same keys per warp in the same order, the same merges), so the two give the
+ * same bits (DSPARK_CUDA_ATT=0/1 force one; test_attention compares them). head_dim <= 32 DPL,
+ * GQ * DPL <= 32 for GQ > 1. */
+template <int DPL, int GQ>
+__global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
+                                                              const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
+                                                              int max_ctx, int kv_dim, int n_heads, int group, int head_dim, float scale,
+                                                              float *out, int *count) {
+    extern __shared__ float sm[]; /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
+    pdl_start();
+    const int h0 = blockIdx.x * GQ, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int len = kv_len[i], nz = att_splits(len);
+    if (z >= nz) return; /* no keys */
+    const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)(h0 / group) * head_dim;
+    float qv[GQ][DPL], acc[GQ][DPL], m[GQ], l[GQ];
+#pragma unroll
+    for (int g = 0; g < GQ; g++) {
+        const float *qi = q + ((size_t)i * n_heads + h0 + g) * head_dim;
+#pragma unroll
+        for (int t = 0; t < DPL; t++) {
+            const int d = lane + 32 * t;
+            qv[g][t] = d < head_dim ? qi[d] : 0.0f;
+            acc[g][t] = 0.0f;
+        }
+        m[g] = -INFINITY;
+        l[g] = 0.0f;
+    }
+    constexpr int KB = GQ > 1 ? 4 : DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2; /* keys per warp loaded at once */
+    for (int c0 = z * ATT_CHUNK; c0 < len; c0 += ATT_SPLITS * ATT_CHUNK) {
+        const int c1 = c0 + ATT_CHUNK < len ? c0 + ATT_CHUNK : len;
+        for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * KB) {
+            float kr[KB][DPL], vr[KB][DPL];
+#pragma unroll
+            for (int u = 0; u < KB; u++) {
+                const int j = j0 + ATT_WARPS * u;
+                const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
+#pragma unroll
+                for (int t = 0; t < DPL; t++) {
+                    const int d = lane + 32 * t;
+                    const bool ok = j < c1 && d < head_dim;
+                    kr[u][t] = ok ? kj[d] : 0.0f;
+                    vr[u][t] = ok ? vj[d] : 0.0f;
+                }
+            }
+            float sc[KB * GQ]; /* the group's scores first (the reductions interleave), then key by key */
+#pragma unroll
+            for (int u = 0; u < KB; u++)
+#pragma unroll
+                for (int g = 0; g < GQ; g++) {
+                    float s = 0.0f;
+#pragma unroll
+                    for (int t = 0; t < DPL; t++) {
+                        const int d = lane + 32 * t;
+                        if (d < head_dim) s = fmaf(qv[g][t], kr[u][t], s);
+                    }
+                    sc[u * GQ + g] = s;
+                }
+            warp_sum_n<KB * GQ>(sc);
+#pragma unroll
+            for (int u = 0; u < KB; u++) {
+                if (j0 + ATT_WARPS * u >= c1) break;
+#pragma unroll
+                for (int g = 0; g < GQ; g++) {
+                    const float s = sc[u * GQ + g] * scale;
+                    if (s > m[g]) {
+                        const float corr = expf(m[g] - s);
+                        l[g] *= corr;
+#pragma unroll
+                        for (int t = 0; t < DPL; t++) acc[g][t] *= corr;
+                        m[g] = s;
+                    }
+                    const float p = expf(s - m[g]);
+                    l[g] += p;
+#pragma unroll
+                    for (int t = 0; t < DPL; t++) {
+                        const int d = lane + 32 * t;
+                        if (d < head_dim) acc[g][t] = fmaf(p, vr[u][t], acc[g][t]);
+                    }
+                }
+            }
+        }
+    }
+    float *sacc = sm, *sm_m = sm + ATT_WARPS * GQ * head_dim, *sm_l = sm_m + ATT_WARPS * GQ;
+#pragma unroll
+    for (int g = 0; g < GQ; g++) {
+#pragma unroll
+        for (int t = 0; t < DPL; t++) {
+            const int d = lane + 32 * t;
+            if (d < head_dim) sacc[(warp * GQ + g) * head_dim + d] = acc[g][t];
+        }
+        if (lane == 0) { sm_m[warp * GQ + g] = m[g]; sm_l[warp * GQ + g] = l[g]; }
+    }
+    __syncthreads();
+    /* the merges of the GQ heads side by side: head g on threads [g tph, (g + 1) tph) */
+    constexpr int tph = 32 * ATT_WARPS / GQ;
+    const int g = threadIdx.x / tph, tl = threadIdx.x % tph;
+    {
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w * GQ + g]);
+        float L = 0.0f, f[ATT_WARPS];
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) {
+            f[w] = sm_m[w * GQ + g] == -INFINITY ? 0.0f : expf(sm_m[w * GQ + g] - M);
+            L += sm_l[w * GQ + g] * f[w];
+        }
+        float *pz = part + (((size_t)i * n_heads + h0 + g) * ATT_SPLITS + z) * (head_dim + 2);
+        for (int d = tl; d < head_dim; d += tph) {
+            float o = 0.0f;
+#pragma unroll
+            for (int w = 0; w < ATT_WARPS; w++) o += sacc[(w * GQ + g) * head_dim + d] * f[w];
+            pz[d] = o;
+        }
+        if (tl == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
+    }
+    if (!count) return;
+    /* fused merge: one counter per (token, block of heads) (the entry of its first head) */
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int *cnt = count + (size_t)i * n_heads + h0;
+        last = atomicAdd(cnt, 1) == nz - 1;
+        if (last) *cnt = 0;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    att_merge(out, part, h0 + g, i, n_heads, head_dim, nz, tl, tph);
+}
+
+__global__ void k_attention_merge(float *out, const float *part, const int32_t *kv_len, int n_heads, int head_dim) {
+    pdl_start();
+    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim, att_splits(kv_len[blockIdx.y]), threadIdx.x, blockDim.x);
+}

@@ -1,0 +1,92 @@
+/* cuda_common.cuh - device helpers of the CUDA kernels: weight loads, warp sums, programmatic
+ * dependent launch.
+ * Part of backend_cuda.cu's translation unit (included there once, in order); not a header
+ * of its own. */
+
+__device__ __forceinline__ float bf16_bits(uint32_t hi16) { return __uint_as_float(hi16 << 16); }
+
+/* element i of a weight of dtype dt (DS_F32, DS_BF16, DS_F16) */
+__device__ __forceinline__ float weight_at(const void *w, int dt, size_t i) {
+    if (dt == DS_BF16) return bf16_bits(((const uint16_t *)w)[i]);
+    if (dt == DS_F16) return __half2float(((const __half *)w)[i]);
+    return ((const float *)w)[i];
+}
+
+/* 8 consecutive weights from element i (16-byte aligned for BF16/F16, 32 for F32) */
+template <int DT>
+__device__ __forceinline__ void load8(const void *w, size_t i, float *o) {
+    if (DT == DS_F32) {
+        const float4 *p = (const float4 *)((const float *)w + i);
+        float4 a = __ldg(p), b = __ldg(p + 1);
+        o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
+    } else {
+        uint4 u = __ldg((const uint4 *)((const uint16_t *)w + i));
+        uint32_t v[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (DT == DS_BF16) {
+                o[2 * j] = __uint_as_float(v[j] << 16);
+                o[2 * j + 1] = __uint_as_float(v[j] & 0xffff0000u);
+            } else {
+                __half2 h = *(const __half2 *)&v[j];
+                float2 f = __half22float2(h);
+                o[2 * j] = f.x;
+                o[2 * j + 1] = f.y;
+            }
+        }
+    }
+}
+
+/* 8 weights of a 16-bit dtype from one 16-byte load, as load8 widens them */
+template <int DT>
+__device__ __forceinline__ void unpack8(uint4 u, float *o) {
+    float t[8];
+    const uint32_t v[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (DT == DS_BF16) {
+            t[2 * j] = __uint_as_float(v[j] << 16);
+            t[2 * j + 1] = __uint_as_float(v[j] & 0xffff0000u);
+        } else {
+            const float2 f = __half22float2(*(const __half2 *)&v[j]);
+            t[2 * j] = f.x;
+            t[2 * j + 1] = f.y;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) o[j] = t[j];
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+/* warp_sum of N independent values at once (each value's arithmetic is warp_sum's; the N
+ * shuffle chains interleave instead of waiting on each other) */
+template <int N>
+__device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
+#pragma unroll
+    for (int off = 16; off; off >>= 1)
+#pragma unroll
+        for (int i = 0; i < N; i++) v[i] += __shfl_xor_sync(0xffffffffu, v[i], off);
+}
+
+/* swiglu's value (k_swiglu and k_matmul_tc's paired store) */
+__device__ __forceinline__ float silu_mul(float g, float u) { return (g / (1.0f + expf(-g))) * u; }
+
+/* Programmatic dependent launch (DSPARK_CUDA_PDL, launch() below): a kernel launched with it may
+ * start while the kernel before it in the stream is still running. pdl_wait() returns once that
+ * kernel has finished and its writes are visible (and so, since it waited too, everything
+ * before it); pdl_trigger() lets the next kernel launch. Every kernel in this file calls
+ * pdl_wait() before it reads or writes anything an earlier kernel touches (the products load
+ * only their constant weights before it), so a launch with or without PDL computes the same
+ * bits. Both are no-ops in a kernel launched without it. */
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+/* the start of a kernel with nothing to do before its inputs are ready */
+__device__ __forceinline__ void pdl_start() {
+    pdl_wait();
+    pdl_trigger();
+}

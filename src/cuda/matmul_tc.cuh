@@ -1,0 +1,228 @@
+/* matmul_tc.cuh - the tensor-core product for BF16 weights (decode and verify rows).
+ * Part of backend_cuda.cu's translation unit (included there once, in order); not a header
+ * of its own. */
+
+/* ---- the tensor-core product: BF16 weights, <= CUDA_SMALL_N rows (decode and verify) ----
+ * out[i][o] = sum_k x[i][k] w[o][k] with mma.sync m16n8k16 (bf16 in, f32 accumulate), "swap
+ * AB": A = 16 weight rows x 16 k (W row-major [O][K] is A's row-major layout), B = x^T, 16 k x
+ * 8 rows of x (x row-major [n][K] is B's column layout), C = 16 outputs x 8 rows. Lane
+ * (g = lane / 4, t = lane % 4) loads 16 bytes of weight rows g and g + 8 at k = 32 j + 8 t
+ * (one k-step j covers 32 k: 4 lanes x 8 per row, two mma) and x row g's 8 floats at the same
+ * k; the k slots of the two mma are a permutation of those 32 k, the same for A and B, so the
+ * fragments come straight from the loads (no shuffles, no shared memory).
+ * x is F32: each value is split into P bf16 pieces x = h + m + l (h = bf16(x), m = bf16(x - h),
+ * l = bf16(x - h - m); both differences are exact in F32), and each piece's products w * piece
+ * are exact in the mma's F32 accumulation, so 3 pieces carry x's whole 24-bit significand
+ * (normal floats; a value beyond bf16's largest finite, ~3.39e38, or an inf/NaN gives NaN).
+ * Arithmetic of one output, fixed by K alone: k-step j belongs to warp j % 8 of the block; a
+ * warp runs, for each of its k-steps in ascending order, mma(first 16 k) with h, m, l, then
+ * mma(second 16 k) with h, m, l into one F32 accumulator; the 8 warps' sums are added as
+ * ((w0 + w4) + (w2 + w6)) + ((w1 + w5) + (w3 + w7)). Nothing depends on n, on the other rows
+ * (an mma's column j reads only column j of B), on MT (16-row tiles per block) or on the
+ * segment layout of matmul_multi, so a row's result is bitwise the same alone or in a block.
+ * Needs K % 32 == 0 and 16-byte aligned x and w (else the F32-FMA kernel above). */
+#define TC_WARPS 8
+
+__device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half: the smaller k */
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+/* 8 floats -> P bf16 pieces, each as 4 packed pairs (pair j: k 2j, 2j + 1) */
+template <int P>
+__device__ __forceinline__ void tc_split(float (&r)[8], uint32_t (&p)[P][4]) {
+#pragma unroll
+    for (int q = 0; q < P; q++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t u = bf16x2_rn(r[2 * j], r[2 * j + 1]);
+            p[q][j] = u;
+            if (q + 1 < P) { /* the remainder, exact in F32 */
+                r[2 * j] = r[2 * j] - __uint_as_float(u << 16);
+                r[2 * j + 1] = r[2 * j + 1] - __uint_as_float(u & 0xffff0000u);
+            }
+        }
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+/* x, written by the kernel before: a volatile load the compiler keeps after pdl_wait (an
+ * ld.global.nc of a const __restrict__ pointer may be hoisted above it) */
+__device__ __forceinline__ float4 ld_x4(const float4 *p) {
+    float4 v;
+    asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
+    return v;
+}
+/* weights are read once: past L1 (x stays there) */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+/* one k-step of one 16-row tile: rows g, g + 8 (lo, hi) times x's 8 values f (split into P
+ * pieces), the 32 k into a fresh accumulator, then one F32 add into the sum s: the mma's own
+ * accumulation (not IEEE-rounded) spans 2 P mma, not the whole K */
+template <int P>
+__device__ __forceinline__ void tc_kstep(float *s, uint4 lo, uint4 hi, const uint32_t (&p)[P][4]) {
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int q = 0; q < P; q++) mma_bf16(c, lo.x, hi.x, lo.y, hi.y, p[q][0], p[q][1]);
+#pragma unroll
+    for (int q = 0; q < P; q++) mma_bf16(c, lo.z, hi.z, lo.w, hi.w, p[q][2], p[q][3]);
+    s[0] = s[0] + c[0]; s[1] = s[1] + c[1]; s[2] = s[2] + c[2]; s[3] = s[3] + c[3];
+}
+/* the 8 warps' sums in the fixed tree: 4..7 onto 0..3, 2..3 onto 0..1, 1 onto 0 (warp 0 holds
+ * the result; every thread of the block must call it) */
+template <int T>
+__device__ __forceinline__ void tc_warp_tree(float (&acc)[T][4], float4 (*red)[T][32], int warp, int lane) {
+#pragma unroll
+    for (int s = TC_WARPS / 2; s >= 1; s >>= 1) {
+        if (warp >= s && warp < 2 * s)
+#pragma unroll
+            for (int q = 0; q < T; q++) red[warp - s][q][lane] = make_float4(acc[q][0], acc[q][1], acc[q][2], acc[q][3]);
+        __syncthreads();
+        if (warp < s)
+#pragma unroll
+            for (int q = 0; q < T; q++) {
+                const float4 v = red[warp][q][lane];
+                acc[q][0] = acc[q][0] + v.x; acc[q][1] = acc[q][1] + v.y; acc[q][2] = acc[q][2] + v.z; acc[q][3] = acc[q][3] + v.w;
+            }
+        __syncthreads();
+    }
+}
+/* warp 0's C fragments into out: acc[mt * NT + nt][0], [1] = output row o0 + 16 mt + g, x rows
+ * 8 nt + 2t, + 1; [2], [3] = row + 8 */
+template <int MT, int NT>
+__device__ __forceinline__ void tc_store(const MmSeg &sg, const float (&acc)[MT * NT][4], int n, int g, int t) {
+    float *out = sg.out;
+    const int O = sg.O;
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const float *c = acc[mt * NT + nt];
+            const int i = 8 * nt + 2 * t, r0 = sg.o0 + 16 * mt + g, r1 = r0 + 8;
+            if (i < n) {
+                if (r0 < O) out[(size_t)i * O + r0] = c[0];
+                if (r1 < O) out[(size_t)i * O + r1] = c[2];
+            }
+            if (i + 1 < n) {
+                if (r0 < O) out[(size_t)(i + 1) * O + r0] = c[1];
+                if (r1 < O) out[(size_t)(i + 1) * O + r1] = c[3];
+            }
+        }
+}
+
+/* the paired store (mm.act): tile 0 holds gate rows o0.., tile 1 the same up rows; up to
+ * out[1] as the product alone would write it, silu(gate) * up to out[0] */
+template <int NT>
+__device__ __forceinline__ void tc_store_swiglu(const MmMulti &mm, int o0, const float (&acc)[2 * NT][4], int n, int g, int t) {
+    float *gate = mm.out[0], *up = mm.out[1];
+    const int O = mm.O[0];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const float *cg = acc[nt], *cu = acc[NT + nt];
+        const int i = 8 * nt + 2 * t, r0 = o0 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int e = 0; e < 4; e++) { /* e: (row r0, x row i), (r0, i + 1), (r1, i), (r1, i + 1) */
+            const int ii = i + (e & 1), r = e & 2 ? r1 : r0;
+            if (ii < n && r < O) {
+                const size_t at = (size_t)ii * O + r;
+                up[at] = cu[e];
+                gate[at] = silu_mul(cg[e], cu[e]);
+            }
+        }
+    }
+}
+
+/* one block of 8 warps: MT tiles of 16 output rows (column group blockIdx.x of mm's segments)
+ * for NT tiles of 8 rows of x (n <= 8 NT); U k-steps of weights loaded before they are used */
+template <int MT, int NT, int P, int U>
+__global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__restrict__ x, int n, int K, int pf_bytes) {
+    constexpr int T = MT * NT;
+    __shared__ float4 red[TC_WARPS / 2][T][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
+    const MmSeg sg = sw ? MmSeg{mm.out[0], mm.w[0], mm.O[0], 16 * (int)blockIdx.x} : mm_segment<16 * MT>(mm, blockIdx.x);
+    const uint16_t *w = (const uint16_t *)sg.w;
+    /* the block's weight rows into L2 at once (a bulk prefetch per row, up to pf_bytes of each):
+     * the whole product's bytes are requested from memory at the start, not only what the
+     * warps' registers can hold in flight; the warps' loads then mostly hit L2 */
+    if (pf_bytes > 0 && !sw && threadIdx.x < 16 * MT && sg.o0 + (int)threadIdx.x < sg.O) {
+        const uint32_t bytes = (uint32_t)(2 * K < pf_bytes ? 2 * K : pf_bytes);
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)(sg.o0 + threadIdx.x) * K), "r"(bytes) : "memory");
+    }
+    const uint4 *wr[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = sg.o0 + (sw ? 0 : 16 * mt) + 8 * h + g;
+            const uint16_t *wm = sw && mt == 1 ? (const uint16_t *)mm.w[1] : w;
+            wr[mt][h] = (const uint4 *)(wm + (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t);
+        }
+    const float *xr[NT];
+    bool xok[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        xok[nt] = 8 * nt + g < n;
+        xr[nt] = x + (size_t)(xok[nt] ? 8 * nt + g : 0) * K + 8 * t;
+    }
+    float acc[T][4];
+#pragma unroll
+    for (int q = 0; q < T; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
+    const int KS = K / 32;
+    /* a round: the weights and x of U k-steps loaded first (all in flight at once), then used;
+     * the first round's weights are requested before pdl_wait (x comes from the kernel before) */
+    for (int j0 = warp; j0 < KS; j0 += TC_WARPS * U) {
+        uint4 wv[U][MT][2];
+        float4 xv[U][NT][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + TC_WARPS * u;
+            if (j < KS)
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * 4);
+                    wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * 4);
+                }
+        }
+        if (j0 == warp) pdl_start();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + TC_WARPS * u;
+            if (j < KS) {
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const float4 *xp = (const float4 *)(xr[nt] + (size_t)j * 32);
+                    xv[u][nt][0] = xok[nt] ? ld_x4(xp) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    xv[u][nt][1] = xok[nt] ? ld_x4(xp + 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (j0 + TC_WARPS * u >= KS) break;
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const float4 a = xv[u][nt][0], b = xv[u][nt][1];
+                float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                uint32_t p[P][4];
+                tc_split<P>(f, p);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) tc_kstep<P>(acc[mt * NT + nt], wv[u][mt][0], wv[u][mt][1], p); /* rows g, g + 8 */
+            }
+        }
+    }
+    pdl_start(); /* a warp without k-steps */
+    tc_warp_tree<T>(acc, red, warp, lane);
+    if (warp != 0) return;
+    if constexpr (MT == 2)
+        if (sw) {
+            tc_store_swiglu<NT>(mm, sg.o0, acc, n, g, t);
+            return;
+        }
+    tc_store<MT, NT>(sg, acc, n, g, t);
+}
