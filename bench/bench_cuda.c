@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "draft_init.h"
 #include "drafter.h"
@@ -445,12 +446,24 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--tiny")) tiny = true; /* small sizes: checks the program, measures nothing */
         else if (!strcmp(argv[i], "--host-sampling")) host_sampling = true; /* drafting and the synthetic round sample on the host */
         else if (!strcmp(argv[i], "--draft-eager")) draft_eager = true;
-        else {
-            fprintf(stderr, "usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--ablate] [--mm] [--host-sampling] [--draft-eager] [--device cpu --tiny]\n");
-            return strcmp(argv[i], "--help") ? 2 : 0;
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--ablate] [--mm] "
+                   "[--host-sampling] [--draft-eager] [--device cpu --tiny]\n(see the comment at the top of bench/bench_cuda.c)\n");
+            return 0;
+        } else {
+            fprintf(stderr, "bench_cuda: unknown flag or missing value: %s (--help for usage)\n", argv[i]);
+            return 2;
         }
     }
     if (ctx < 256 || ctx > 32768 || reps < 1 || L < 1 || L > 64 || batch_max < 0 || batch_max > 256) { fprintf(stderr, "bench_cuda: bad arguments\n"); return 2; }
+    if (json_out) { /* the report's folder must be writable before minutes of measuring */
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", json_out);
+        char *slash = strrchr(dir, '/');
+        if (slash) *(slash == dir ? slash + 1 : slash) = 0;
+        else snprintf(dir, sizeof dir, ".");
+        if (access(dir, W_OK) != 0) { fprintf(stderr, "bench_cuda: --json %s: folder %s is not writable\n", json_out, dir); return 2; }
+    }
     char err[DS_ERR_LEN];
     Backend *be;
     if (backend_create(device, 2, &be, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
@@ -622,17 +635,21 @@ int main(int argc, char **argv) {
         }
         printf("; rest %.3f ms\n", step - sum);
     }
-    if (ablate) { /* the graphed decode and 8-token steps with op classes left out */
-        const int masks[] = {0, AB_ATT, AB_QKNORM, AB_NORM, AB_SWIGLU, AB_ATT | AB_QKNORM | AB_NORM | AB_SWIGLU | AB_OTHER, AB_MATMUL};
-        const char *mn[] = {"every op", "without attention", "without qk_norm_rope_kv", "without the norms", "without swiglu",
-                            "products alone", "without the products"};
+    /* --ablate: the graphed decode and 8-token steps with op classes left out */
+    enum { N_AB = 7 };
+    static const int ab_masks[N_AB] = {0, AB_ATT, AB_QKNORM, AB_NORM, AB_SWIGLU, AB_ATT | AB_QKNORM | AB_NORM | AB_SWIGLU | AB_OTHER, AB_MATMUL};
+    static const char *const ab_names[N_AB] = {"every op", "without attention", "without qk_norm_rope_kv", "without the norms",
+                                               "without swiglu", "products alone", "without the products"};
+    double ab_ms[N_AB][2] = {{0}};
+    if (ablate) {
         printf("\nablation (timing only: a step with op classes left out computes nothing meaningful)\n%-26s %12s %12s\n", "",
                "1 token ms", "8 tokens ms");
-        for (int k = 0; k < 7 && !fail; k++) {
-            op_ablate_wrap(be, masks[k]);
-            const double a1 = time_forward(&m, &st, 1, ctx, 1, reps, err, &fail), a8 = time_forward(&m, &st, 8, ctx, 8, reps, err, &fail);
+        for (int k = 0; k < N_AB && !fail; k++) {
+            op_ablate_wrap(be, ab_masks[k]);
+            ab_ms[k][0] = time_forward(&m, &st, 1, ctx, 1, reps, err, &fail) * 1e3;
+            ab_ms[k][1] = time_forward(&m, &st, 8, ctx, 8, reps, err, &fail) * 1e3;
             op_profile_unwrap(be);
-            printf("%-26s %12.3f %12.3f\n", mn[k], a1 * 1e3, a8 * 1e3);
+            printf("%-26s %12.3f %12.3f\n", ab_names[k], ab_ms[k][0], ab_ms[k][1]);
         }
         if (fail) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
     }
@@ -712,8 +729,11 @@ int main(int argc, char **argv) {
                    tau * db.plain_ms / db.spec_round_ms[tau]);
         }
     }
-    if (json_out) {
-        FILE *f = fopen(json_out, "w");
+    int rc = 0;
+    if (json_out) { /* built in memory, then written to a temporary file and renamed over json_out */
+        char *jbuf = NULL;
+        size_t jlen = 0;
+        FILE *f = open_memstream(&jbuf, &jlen);
         if (f) {
             fprintf(f, "{\"layers\": %d, \"weight_bytes\": %zu, \"copy_gbps\": %.1f, \"floor_ms\": %.4f, \"ctx\": %d, \"prefill256_ms\": %.3f, \"graphs\": %s, \"steps\": [",
                     L, bytes, bw / 1e9, floor_s * 1e3, ctx, prefill * 1e3, graphs ? "true" : "false");
@@ -737,9 +757,23 @@ int main(int argc, char **argv) {
                             db.spec_round_ms[tau], tau * 1e3 / db.spec_round_ms[tau], tau * db.plain_ms / db.spec_round_ms[tau]);
                 fprintf(f, "]}");
             }
+            if (ablate) {
+                fprintf(f, ", \"ablation\": [");
+                for (int k = 0; k < N_AB; k++)
+                    fprintf(f, "%s{\"step\": \"%s\", \"ms_1_token\": %.4f, \"ms_8_tokens\": %.4f}", k ? ", " : "", ab_names[k], ab_ms[k][0],
+                            ab_ms[k][1]);
+                fprintf(f, "]");
+            }
             fprintf(f, "}\n");
-            fclose(f);
         }
+        if (!f || fclose(f) != 0) {
+            fprintf(stderr, "bench_cuda: out of memory building the JSON report\n");
+            rc = 1;
+        } else if (ds_write_file_atomic(json_out, jbuf, jlen, err)) {
+            fprintf(stderr, "bench_cuda: %s\n", err);
+            rc = 1;
+        }
+        free(jbuf);
     }
     qwen3_state_free(&st, &m);
     for (int l = 0; l < L; l++) qwen3_layer_release(&m.layers[l], be);
@@ -749,5 +783,5 @@ int main(int argc, char **argv) {
     free(buf);
     free(ones);
     be->destroy(be);
-    return 0;
+    return rc;
 }
