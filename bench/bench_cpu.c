@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "qwen3.h"
+#include "json_report.h"
 #include "kernels.h"
 #include "op_profile.h"
 #include "sample.h"
@@ -170,6 +171,7 @@ int main(int argc, char **argv) {
         }
     }
     if (reps < 1 || reps > 50 || n_prefill < 1 || n_decode < 1 || (ik && !gguf) || (ik && vs_portable)) { fprintf(stderr, "bench_cpu: bad arguments\n"); return 2; }
+    if (!json_report_check("bench_cpu", json_out)) return 2;
     char err[DS_ERR_LEN], path[1200];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     if (!ds_file_exists(path)) {
@@ -181,7 +183,9 @@ int main(int argc, char **argv) {
     if (bf16act && !kern_set_bf16_activations(true)) { fprintf(stderr, "bench_cpu: --bf16-act: this CPU has no AVX512_BF16\n"); return 2; }
     Qwen3Model m;
     if (qwen3_load(&m, dir, be, err)) { fprintf(stderr, "bench_cpu: %s\n", err); return 1; }
-    FILE *js = json_out ? fopen(json_out, "w") : NULL;
+    JsonReport rep;
+    json_report_open(&rep, json_out);
+    FILE *js = rep.f;
     if (js) fprintf(js, "{\"model\": \"qwen3-0.6b-shape random bf16\", \"kernels\": \"%s\", \"prefill_tokens\": %d, \"decode_tokens\": %d, \"results\": [", kern_path_name(), n_prefill, n_decode);
     printf("kernels: %s; prefill pp%d, decode tg%d, median of %d interleaved runs\n", kern_path_name(), n_prefill, n_decode, reps);
     if (bf16act && kern_amx_on())
@@ -225,7 +229,8 @@ int main(int argc, char **argv) {
         if (*p == ',') p++;
     }
     if (bf16act) printf("bf16-act: %ld products ran on AMX; reordered weights held: %.1f MB\n", kern_amx_products(), kern_amx_weight_bytes() / 1e6);
-    if (js) { fprintf(js, "]}\n"); fclose(js); }
+    if (js) fprintf(js, "]}\n");
+    if (json_report_close(&rep, "bench_cpu")) return 1;
     qwen3_free(&m);
     be->destroy(be);
     return 0;

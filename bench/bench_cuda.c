@@ -36,9 +36,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "draft_init.h"
+#include "json_report.h"
 #include "drafter.h"
 #include "op_profile.h"
 #include "qwen3.h"
@@ -456,14 +456,7 @@ int main(int argc, char **argv) {
         }
     }
     if (ctx < 256 || ctx > 32768 || reps < 1 || L < 1 || L > 64 || batch_max < 0 || batch_max > 256) { fprintf(stderr, "bench_cuda: bad arguments\n"); return 2; }
-    if (json_out) { /* the report's folder must be writable before minutes of measuring */
-        char dir[4096];
-        snprintf(dir, sizeof dir, "%s", json_out);
-        char *slash = strrchr(dir, '/');
-        if (slash) *(slash == dir ? slash + 1 : slash) = 0;
-        else snprintf(dir, sizeof dir, ".");
-        if (access(dir, W_OK) != 0) { fprintf(stderr, "bench_cuda: --json %s: folder %s is not writable\n", json_out, dir); return 2; }
-    }
+    if (!json_report_check("bench_cuda", json_out)) return 2;
     char err[DS_ERR_LEN];
     Backend *be;
     if (backend_create(device, 2, &be, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
@@ -729,11 +722,10 @@ int main(int argc, char **argv) {
                    tau * db.plain_ms / db.spec_round_ms[tau]);
         }
     }
-    int rc = 0;
-    if (json_out) { /* built in memory, then written to a temporary file and renamed over json_out */
-        char *jbuf = NULL;
-        size_t jlen = 0;
-        FILE *f = open_memstream(&jbuf, &jlen);
+    JsonReport rep;
+    json_report_open(&rep, json_out);
+    {
+        FILE *f = rep.f;
         if (f) {
             fprintf(f, "{\"layers\": %d, \"weight_bytes\": %zu, \"copy_gbps\": %.1f, \"floor_ms\": %.4f, \"ctx\": %d, \"prefill256_ms\": %.3f, \"graphs\": %s, \"steps\": [",
                     L, bytes, bw / 1e9, floor_s * 1e3, ctx, prefill * 1e3, graphs ? "true" : "false");
@@ -766,15 +758,8 @@ int main(int argc, char **argv) {
             }
             fprintf(f, "}\n");
         }
-        if (!f || fclose(f) != 0) {
-            fprintf(stderr, "bench_cuda: out of memory building the JSON report\n");
-            rc = 1;
-        } else if (ds_write_file_atomic(json_out, jbuf, jlen, err)) {
-            fprintf(stderr, "bench_cuda: %s\n", err);
-            rc = 1;
-        }
-        free(jbuf);
     }
+    const int rc = json_report_close(&rep, "bench_cuda");
     qwen3_state_free(&st, &m);
     for (int l = 0; l < L; l++) qwen3_layer_release(&m.layers[l], be);
     be->release_weight(be, &m.embed);

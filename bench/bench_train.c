@@ -33,6 +33,7 @@
 #endif
 
 #include "draft_init.h"
+#include "json_report.h"
 #include "train_lm.h"
 #include "qwen3.h"
 #include "train_draft.h"
@@ -128,6 +129,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_train: sizes must be positive (anchors >= 1, seq >= 16)\n");
         return 2;
     }
+    if (!json_report_check("bench_train", json)) return 2;
 #ifdef _OPENMP
     if (threads > 0) omp_set_num_threads(threads);
     threads = omp_get_max_threads();
@@ -245,15 +247,17 @@ int main(int argc, char **argv) {
         be->destroy(be);
     }
     if (json) {
-        FILE *f = fopen(json, "w");
-        if (!f) { fprintf(stderr, "bench_train: cannot write %s\n", json); return 1; }
-        fprintf(f, "{\"threads\": %d, \"hidden\": %d, \"layers\": %d, \"vocab\": %d, \"anchors\": %d, \"seq\": %d, \"step_s\": %.4f, "
-                   "\"block_tokens_per_s\": %.3f, \"seq_tokens_per_s\": %.3f, \"peak_rss_mb\": %ld, \"supervised\": %.0f, "
-                   "\"features_fly_tokens_per_s\": %.2f, \"features_cache_tokens_per_s\": %.2f, \"cache_bytes_per_token\": %.0f, "
-                   "\"deepspec_cache_bytes_per_token\": %.0f}\n",
-                threads, hidden, layers, vocab, anchors, seq, best, block_tok_s, seq_tok_s, peak, supervised, fly_tok_s, cache_tok_s,
-                cache_bytes, deepspec_bytes);
-        fclose(f);
+        JsonReport rep;
+        json_report_open(&rep, json);
+        FILE *f = rep.f;
+        if (f)
+            fprintf(f, "{\"threads\": %d, \"hidden\": %d, \"layers\": %d, \"vocab\": %d, \"anchors\": %d, \"seq\": %d, \"step_s\": %.4f, "
+                       "\"block_tokens_per_s\": %.3f, \"seq_tokens_per_s\": %.3f, \"peak_rss_mb\": %ld, \"supervised\": %.0f, "
+                       "\"features_fly_tokens_per_s\": %.2f, \"features_cache_tokens_per_s\": %.2f, \"cache_bytes_per_token\": %.0f, "
+                       "\"deepspec_cache_bytes_per_token\": %.0f}\n",
+                    threads, hidden, layers, vocab, anchors, seq, best, block_tok_s, seq_tok_s, peak, supervised, fly_tok_s, cache_tok_s,
+                    cache_bytes, deepspec_bytes);
+        if (json_report_close(&rep, "bench_train")) return 1;
     }
     return 0;
 }

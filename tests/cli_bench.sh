@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench_cuda's program on the CPU at tiny sizes (a logic check, it measures nothing): every
 # section runs, --ablate prints its rows, --json writes a report with them (through a temporary
-# file), and bad input is a one-line error: an unknown flag, a bad value, an unwritable folder.
+# file), and bad input is a one-line error: an unknown flag, a bad value, an unwritable folder
+# (checked before measuring; bench_train's and bench_cpu's reports too).
 # ctest: labels=cli
 set -uo pipefail
 BIN=${DSPARK_BIN:?}; TMP=${DSPARK_TEST_TMP:-/tmp}/cli_bench.$$
@@ -26,6 +27,12 @@ ls "$TMP"/b.json.tmp.* >/dev/null 2>&1 && { fail=$((fail+1)); echo "FAIL: a temp
 NEEDLE="unknown flag" one_line_error "$B" --device cpu --tiny --bogus
 NEEDLE="bad arguments" one_line_error "$B" --device cpu --tiny --ctx 5
 NEEDLE="not writable" one_line_error "$B" --device cpu --tiny --json "$TMP/none/b.json"
+# bench_train and bench_cpu write their reports the same way (bench/json_report.h)
+T=$(dirname "$BIN")/bench/bench_train
+"$T" --anchors 1 --seq 16 --steps 1 --hidden 64 --layers 1 --vocab 64 --ffn 64 --json "$TMP/t.json" >/dev/null 2>&1
+has "$(cat "$TMP/t.json" 2>/dev/null)" '"block_tokens_per_s"'
+NEEDLE="not writable" one_line_error "$T" --json "$TMP/none/t.json"
+NEEDLE="not writable" one_line_error "$(dirname "$BIN")/bench/bench_cpu" --json "$TMP/none/c.json"
 rm -rf "$TMP"
 echo "cli_bench: $pass passed, $fail failed"
 [ $fail -eq 0 ]
