@@ -507,11 +507,11 @@ static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float
     if (cfg->tc < 3) mt = 1;
     if (n > 32 && mt > 2) mt = 2;
     int G = 0;
-    for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + 16 * mt - 1) / (16 * mt);
     if (mm.act) { /* gate/up paired (cu_matmul_multi checked tc == 3): a block per 16 rows of both */
         mt = 2;
         G = (mm.O[0] + 15) / 16;
-    }
+    } else
+        for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + 16 * mt - 1) / (16 * mt);
     const unsigned grid = (unsigned)G;
     /* U: k-steps per round (weights and x in flight at once), 4 / max(MT, NT) (deep 1: twice, 2: half) */
     const int deep = cfg->tc_deep, pf = cfg->tc_pf;

@@ -85,6 +85,15 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return (g / (1.0f 
  * bits. Both are no-ops in a kernel launched without it. */
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
+/* 4 floats of an activation (an input written by an earlier kernel), read after pdl_wait: a
+ * volatile coherent load. The products read x this way, never with __ldg: with PDL an
+ * ld.global.nc of a const __restrict__ pointer was moved above the wait (k_matmul_tc gave
+ * other bits with PDL on until its x loads were these; test_cuda's test_pdl) */
+__device__ __forceinline__ float4 ld_act4(const float4 *p) {
+    float4 v;
+    asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
+    return v;
+}
 /* the start of a kernel with nothing to do before its inputs are ready */
 __device__ __forceinline__ void pdl_start() {
     pdl_wait();

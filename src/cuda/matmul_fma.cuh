@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(256) k_matmul_ref(float *__restrict__ out, con
             for (int i = 0; i < NB; i++) {
                 if (i < n) {
                     const float4 *xp = (const float4 *)(x + (size_t)i * K + k0);
-                    const float4 a = __ldg(xp), b = __ldg(xp + 1);
+                    const float4 a = ld_act4(xp), b = ld_act4(xp + 1);
 #pragma unroll
                     for (int r = 0; r < R; r++) {
                         float s = acc[r][i];
@@ -129,7 +129,7 @@ __device__ __forceinline__ void fma8_rows(float (&acc)[C * NB], const float *xb,
     for (int i = 0; i < NB; i++) {
         if (i < nr) {
             const float4 *xp = (const float4 *)(xb + (size_t)i * K + k);
-            const float4 a = __ldg(xp), b = __ldg(xp + 1);
+            const float4 a = ld_act4(xp), b = ld_act4(xp + 1);
 #pragma unroll
             for (int c = 0; c < C; c++) {
                 float s = acc[c * NB + i];

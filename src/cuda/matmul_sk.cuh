@@ -212,8 +212,8 @@ __global__ void __launch_bounds__(256, 2) k_matmul_sk(SkArgs a) {
                             xb = xp[1];
                         } else {
                             const float4 *xp = (const float4 *)(xr[nt] + (size_t)j * 32);
-                            xa = __ldg(xp);
-                            xb = __ldg(xp + 1);
+                            xa = ld_act4(xp);
+                            xb = ld_act4(xp + 1);
                         }
                     }
                     float f[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};

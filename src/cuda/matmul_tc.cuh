@@ -47,13 +47,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-/* x, written by the kernel before: a volatile load the compiler keeps after pdl_wait (an
- * ld.global.nc of a const __restrict__ pointer may be hoisted above it) */
-__device__ __forceinline__ float4 ld_x4(const float4 *p) {
-    float4 v;
-    asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
-    return v;
-}
 /* weights are read once: past L1 (x stays there) */
 __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     uint4 v;
@@ -197,8 +190,8 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     const float4 *xp = (const float4 *)(xr[nt] + (size_t)j * 32);
-                    xv[u][nt][0] = xok[nt] ? ld_x4(xp) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                    xv[u][nt][1] = xok[nt] ? ld_x4(xp + 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    xv[u][nt][0] = xok[nt] ? ld_act4(xp) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    xv[u][nt][1] = xok[nt] ? ld_act4(xp + 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 }
             }
         }
@@ -216,7 +209,7 @@ __global__ void __launch_bounds__(256) k_matmul_tc(MmMulti mm, const float *__re
             }
         }
     }
-    pdl_start(); /* a warp without k-steps */
+    if (warp >= KS) pdl_start(); /* a warp without k-steps (the others waited in their first round) */
     tc_warp_tree<T>(acc, red, warp, lane);
     if (warp != 0) return;
     if constexpr (MT == 2)
