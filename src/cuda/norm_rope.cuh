@@ -86,7 +86,7 @@ __device__ __forceinline__ void rms_row_block_reg(float *xi, const float *yi, fl
 
 __global__ void __launch_bounds__(256) k_rmsnorm_block(float *out, const float *x, const void *w, int dt, int dim, float eps) {
     pdl_start();
-    if (dim <= 256 * RMS_REG)
+    if (dim <= 256 * RMS_REG) /* (without ADD x is only read) */
         rms_row_block_reg<false>((float *)x + (size_t)blockIdx.x * dim, NULL, out + (size_t)blockIdx.x * dim, w, dt, dim, eps);
     else rms_row_block(out + (size_t)blockIdx.x * dim, x + (size_t)blockIdx.x * dim, w, dt, dim, eps);
 }
