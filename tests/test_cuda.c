@@ -491,9 +491,18 @@ static void test_attention(void) {
                           {8, 1, 256, 100}, {32, 8, 128, 530}};
     /* the per-head kernel (DSPARK_CUDA_ATT=0) and the grouped one wherever it applies (=1): the same bits */
     Backend *per_head = NULL, *grouped = NULL;
+    /* fixed chunk sizes (keys per chunk; the default takes 128 or 256 by key count): each checked against
+     * the CPU, per head == grouped, and a token alone == its row of the batch */
+    enum { NCH = 3 };
+    static const char *const chunk_env[NCH][2] = {{"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=32", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=32"},
+                                                  {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=24", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=24"},
+                                                  {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=64", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=64"}};
+    Backend *chunk_be[NCH][2] = {{NULL}};
 #ifdef DSPARK_HAVE_CUDA
     per_head = gpu_with_env("DSPARK_CUDA_ATT", "0", NULL, NULL);
     grouped = gpu_with_env("DSPARK_CUDA_ATT", "1", NULL, NULL);
+    for (int ch = 0; ch < NCH; ch++)
+        for (int b = 0; b < 2; b++) chunk_be[ch][b] = gpu_with_envs(chunk_env[ch][b]);
 #endif
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         const int H = cfg[c][0], KV = cfg[c][1], hd = cfg[c][2], L = 2, S = 3, T = cfg[c][3], n = 9;
@@ -547,12 +556,37 @@ static void test_attention(void) {
                 free(ph);
             }
         }
+        for (int ch = 0; ch < NCH; ch++) {
+            float *first = NULL;
+            for (int b = 0; b < 2; b++) {
+                Backend *be = chunk_be[ch][b];
+                if (!be) continue;
+                be->attention(be, dout, dq, &gk, 1, dslot, dlen, n, H, KV, hd);
+                be->synchronize(be);
+                float *all = host_from(dout, (size_t)n * H * hd);
+                be->attention(be, dout, dq + (size_t)5 * H * hd, &gk, 1, dslot + 5, dlen + 5, 1, H, KV, hd);
+                be->synchronize(be);
+                float *alone = host_from(dout, (size_t)H * hd);
+                char cname[128];
+                snprintf(cname, sizeof cname, "%s (%s)", name, chunk_env[ch][b]);
+                CHECK_NSE(cname, all, ref, (size_t)n * H * hd, NSE_F32);
+                CHECK_MSG(memcmp(alone, all + (size_t)5 * H * hd, sizeof(float) * H * hd) == 0, "%s: token alone differs from the batch", cname);
+                if (first) CHECK_MSG(memcmp(first, all, sizeof(float) * n * H * hd) == 0, "%s: per head and grouped differ", cname);
+                free(alone);
+                if (first) free(all);
+                else first = all;
+            }
+            free(first);
+        }
         void *dev[] = {gk.k, gk.v, dk, dv, dq, dout, dslot, dpos, dlen};
         for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
         free(ck.k); free(ck.v); free(k); free(v); free(q); free(gkh); free(gvh); free(ref); free(got); free(one);
     }
     if (per_head) per_head->destroy(per_head);
     if (grouped) grouped->destroy(grouped);
+    for (int ch = 0; ch < NCH; ch++)
+        for (int b = 0; b < 2; b++)
+            if (chunk_be[ch][b]) chunk_be[ch][b]->destroy(chunk_be[ch][b]);
 }
 
 static void test_elementwise(void) {

@@ -5,12 +5,17 @@
 
 #define ATT_WARPS 8
 #define ATT_SPLITS 16  /* blocks per (token, head): 512 for a decode step of 32 heads (128 grouped by KV head) */
-#define ATT_CHUNK 32   /* keys per chunk; block z takes chunks z, z + ATT_SPLITS, ... */
+/* keys per chunk: the backend's att_chunk (DSPARK_CUDA_ATT_CHUNK) or, where that is 0 (the
+ * default), 128 up to 1024 keys and 256 beyond (H200, Qwen3-4B shape: a block should take
+ * 128-256 keys; at 32 per chunk a decode step at context 512 was 3.98 ms, at 128 3.81 ms;
+ * docs/bench-cuda.md). Block z takes chunks z, z + ATT_SPLITS, ... */
+__device__ __forceinline__ int att_chunk_of(int len, int chunk) { return chunk > 0 ? chunk : len <= 1024 ? 128 : 256; }
 
 /* the splits that hold keys of a token with len keys (the rest exit at once and are not
- * merged): a property of the token alone, so a row is the same alone or in a batch */
-__device__ __forceinline__ int att_splits(int len) {
-    const int c = (len + ATT_CHUNK - 1) / ATT_CHUNK;
+ * merged): like the chunk, a property of the token alone, so a row is the same alone or in a
+ * batch */
+__device__ __forceinline__ int att_splits(int len, int chunk) {
+    const int ch = att_chunk_of(len, chunk), c = (len + ch - 1) / ch;
     return c < ATT_SPLITS ? c : ATT_SPLITS;
 }
 
@@ -56,11 +61,12 @@ template <int DPL, int GQ>
 __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim, float scale,
-                                                              float *out, int *count) {
+                                                              int chunk, float *out, int *count) {
     extern __shared__ float sm[]; /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
     pdl_start();
     const int h0 = blockIdx.x * GQ, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int len = kv_len[i], nz = att_splits(len);
+    const int len = kv_len[i], nz = att_splits(len, chunk);
+    chunk = att_chunk_of(len, chunk);
     if (z >= nz) return; /* no keys */
     const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)(h0 / group) * head_dim;
     float qv[GQ][DPL], acc[GQ][DPL], m[GQ], l[GQ];
@@ -77,8 +83,8 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
         l[g] = 0.0f;
     }
     constexpr int KB = GQ > 1 ? 4 : DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2; /* keys per warp loaded at once */
-    for (int c0 = z * ATT_CHUNK; c0 < len; c0 += ATT_SPLITS * ATT_CHUNK) {
-        const int c1 = c0 + ATT_CHUNK < len ? c0 + ATT_CHUNK : len;
+    for (int c0 = z * chunk; c0 < len; c0 += ATT_SPLITS * chunk) {
+        const int c1 = c0 + chunk < len ? c0 + chunk : len;
         for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * KB) {
             float kr[KB][DPL], vr[KB][DPL];
 #pragma unroll
@@ -180,7 +186,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     att_merge(out, part, h0 + g, i, n_heads, head_dim, nz, tl, tph);
 }
 
-__global__ void k_attention_merge(float *out, const float *part, const int32_t *kv_len, int n_heads, int head_dim) {
+__global__ void k_attention_merge(float *out, const float *part, const int32_t *kv_len, int n_heads, int head_dim, int chunk) {
     pdl_start();
-    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim, att_splits(kv_len[blockIdx.y]), threadIdx.x, blockDim.x);
+    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim, att_splits(kv_len[blockIdx.y], chunk), threadIdx.x, blockDim.x);
 }

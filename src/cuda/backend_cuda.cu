@@ -22,9 +22,10 @@
  *   rmsnorm    ss = sum(x^2) / dim, r = 1 / sqrtf(ss + eps), out = w * (x * r), as the CPU.
  *   rope       the CPU's float32 inverse frequencies (computed on the host with powf), then
  *              cosf/sinf on the device (within an ulp or two of glibc's).
- *   attention  per (token, head) 8 blocks, block z taking the 64-key chunks z, z + 8, ... and
- *              its warp w the keys w, w + 8, ... of them, online softmax; warps then blocks
- *              merged in order. The split depends on the key count only, never on n.
+ *   attention  per (token, head) up to 16 blocks, block z taking the chunks z, z + 16, ...
+ *              (128 keys each up to 1024 keys, else 256: att_chunk_of) and its warp w the
+ *              keys w, w + 8, ... of them, online softmax; warps then blocks merged in order.
+ *              The split depends on the token's key count only, never on n.
  *   elementwise ops are the CPU's expressions; add, ew, gather, embed and kv_write are
  *   bitwise the CPU's results. */
 #include "backend_cuda.h"
@@ -165,6 +166,7 @@ typedef struct {
     size_t att_count_n;
     bool fuse;         /* fused ops and fusions inside ops (backend_cuda_set_fused) */
     int att_gqa_min;   /* k_attention with a KV head's query heads per block from this many tokens on (DSPARK_CUDA_ATT) */
+    int att_chunk;     /* k_attention's keys per chunk (DSPARK_CUDA_ATT_CHUNK; 0: by key count, att_chunk_of) */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
     MmCfg mm;
@@ -735,10 +737,11 @@ void backend_cuda_set_fused(Backend *be, bool on) {
 /* k_attention's instances: GQ > 1 only where GQ * DPL <= 32 (the caller checks) */
 template <int DPL, int GQ>
 static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float *part, const float *q, const KvCache *kv, const int32_t *slot,
-                       const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, float *out, int *count) {
+                       const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, int chunk, float *out,
+                       int *count) {
     if constexpr (GQ == 1 || DPL * GQ <= 32)
         launch(st, pdl, k_attention<DPL, GQ>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len,
-               layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, out, count);
+               layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, out, count);
 }
 
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
@@ -779,7 +782,8 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     const size_t smem = sizeof(float) * ATT_WARPS * (size_t)gq * ((size_t)head_dim + 2);
     cudaStream_t st = c->stream;
     float *part = c->att_part;
-#define ATT(D, G) att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale, out, count)
+#define ATT(D, G) \
+    att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale, c->att_chunk, out, count)
 #define ATT_D(G) \
     do { \
         if (dpl == 1) ATT(1, G); \
@@ -797,7 +801,7 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     LAUNCHED("attention");
     if (!count) {
         launch(st, c->mm.pdl, k_attention_merge, dim3((unsigned)n_heads, (unsigned)n), 128, 0, out, (const float *)part, kv_len, n_heads,
-               head_dim);
+               head_dim, c->att_chunk);
         LAUNCHED("attention merge");
     }
 }
@@ -1158,6 +1162,12 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
      * that applies, else auto */
     const char *att = getenv("DSPARK_CUDA_ATT");
     c->att_gqa_min = att && !strcmp(att, "0") ? INT_MAX : att && !strcmp(att, "1") ? 1 : 2;
+    /* DSPARK_CUDA_ATT_CHUNK: keys per chunk for every length, 8..1024 in steps of 8 (default
+     * 0: by the token's key count, att_chunk_of; changes values within rounding, never across
+     * calls of one backend) */
+    const char *att_chunk = getenv("DSPARK_CUDA_ATT_CHUNK");
+    const int ch = att_chunk ? atoi(att_chunk) : 0;
+    c->att_chunk = ch >= 8 && ch <= 1024 && ch % 8 == 0 ? ch : 0;
     be->swiglu = cu_swiglu;
     be->add = cu_add;
     be->gather_rows = cu_gather_rows;
