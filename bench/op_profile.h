@@ -1,7 +1,7 @@
 /* op_profile.h - per-op wall time of a Backend, for benchmarks: op_profile_wrap replaces the
  * backend's op pointers with timing wrappers around the real ops (optionally synchronising
  * before and after each op, so a GPU's queued work lands on the op that queued it).
- * matmul_multi is counted as matmul. One wrapped backend at a time; header-only, include it
+ * matmul_multi, matmul_norm and matmul_add are counted as matmul. One wrapped backend at a time; header-only, include it
  * from one benchmark file. */
 #ifndef DSPARK_BENCH_OP_PROFILE_H
 #define DSPARK_BENCH_OP_PROFILE_H
@@ -29,6 +29,13 @@ static inline void op_w_matmul(Backend *be, float *o, const float *x, const Weig
 static inline void op_w_mmulti(Backend *be, float *const *o, const float *x, const Weight *const *w, int c, int n, int a) {
     OP_TIMED(OP_MATMUL, op_inner.matmul_multi(be, o, x, w, c, n, a));
 }
+static inline void op_w_mnorm(Backend *be, float *const *o, const float *x, const Weight *nw, float e, const Weight *const *w, int c, int n, int a,
+                              float *t) {
+    OP_TIMED(OP_MATMUL, op_inner.matmul_norm(be, o, x, nw, e, w, c, n, a, t));
+}
+static inline void op_w_madd(Backend *be, float *o, const float *x, const Weight *w, int n, float *t) {
+    OP_TIMED(OP_MATMUL, op_inner.matmul_add(be, o, x, w, n, t));
+}
 static inline void op_w_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) { OP_TIMED(OP_RMSNORM, op_inner.rmsnorm(be, o, x, w, n, d, e)); }
 static inline void op_w_rope(Backend *be, float *x, const int32_t *p, int n, int h, int hd, float th) { OP_TIMED(OP_ROPE, op_inner.rope(be, x, p, n, h, hd, th)); }
 static inline void op_w_kvw(Backend *be, KvCache *kv, int l, const float *k, const float *v, const int32_t *s, const int32_t *p, int n) {
@@ -53,6 +60,8 @@ static inline void op_profile_wrap(Backend *be, bool sync) {
     be->embed = op_w_embed; be->matmul = op_w_matmul; be->rmsnorm = op_w_rmsnorm; be->rope = op_w_rope; be->kv_write = op_w_kvw;
     be->attention = op_w_att; be->swiglu = op_w_swiglu; be->add = op_w_add; be->gather_rows = op_w_gather;
     if (be->matmul_multi) be->matmul_multi = op_w_mmulti;
+    if (be->matmul_norm) be->matmul_norm = op_w_mnorm;
+    if (be->matmul_add) be->matmul_add = op_w_madd;
 }
 static inline void op_profile_unwrap(Backend *be) { *be = op_inner; }
 
@@ -68,6 +77,21 @@ static inline void ab_matmul(Backend *be, float *o, const float *x, const Weight
 static inline void ab_mmulti(Backend *be, float *const *o, const float *x, const Weight *const *w, int c, int n, int a) {
     if (!(ab_mask & AB_MATMUL)) op_inner.matmul_multi(be, o, x, w, c, n, ab_mask & AB_SWIGLU ? 0 : a);
     else if (a && !(ab_mask & AB_SWIGLU)) op_inner.swiglu(be, o[0], o[0], o[1], (size_t)n * w[0]->rows);
+}
+/* the folded norms and adds: AB_MATMUL leaves the whole op out, AB_NORM the norm or add in it */
+static inline void ab_mnorm(Backend *be, float *const *o, const float *x, const Weight *nw, float e, const Weight *const *w, int c, int n, int a,
+                            float *t) {
+    if (ab_mask & AB_MATMUL) {
+        if (a && !(ab_mask & AB_SWIGLU)) op_inner.swiglu(be, o[0], o[0], o[1], (size_t)n * w[0]->rows);
+        return;
+    }
+    if (ab_mask & AB_NORM) op_inner.matmul_multi(be, o, x, w, c, n, ab_mask & AB_SWIGLU ? 0 : a);
+    else op_inner.matmul_norm(be, o, x, nw, e, w, c, n, ab_mask & AB_SWIGLU ? 0 : a, t);
+}
+static inline void ab_madd(Backend *be, float *o, const float *x, const Weight *w, int n, float *t) {
+    if (ab_mask & AB_MATMUL) return;
+    if (ab_mask & AB_NORM) op_inner.matmul(be, o, x, w, n);
+    else op_inner.matmul_add(be, o, x, w, n, t);
 }
 static inline void ab_att(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *s, const int32_t *kl, int n, int h,
                           int kvh, int hd) {
@@ -97,6 +121,8 @@ static inline void op_ablate_wrap(Backend *be, int mask) {
     be->attention = ab_att;
     if (be->qk_norm_rope_kv) be->qk_norm_rope_kv = ab_qk;
     if (be->add_rmsnorm) be->add_rmsnorm = ab_addnorm;
+    if (be->matmul_norm) be->matmul_norm = ab_mnorm;
+    if (be->matmul_add) be->matmul_add = ab_madd;
     be->rmsnorm = ab_rmsnorm;
     be->swiglu = ab_swiglu;
     be->embed = ab_embed;

@@ -89,6 +89,15 @@ struct Backend {
                             KvCache *kv, int layer, const int32_t *slot, const int32_t *pos, int n, int n_heads, int n_kv_heads,
                             int head_dim, float theta);
     void (*add_rmsnorm)(Backend *be, float *x, const float *y, float *out, const Weight *w, int n, int dim, float eps);
+    /* OPTIONAL folds of a product's neighbours into it (both or neither; NULL: the separate ops).
+     * matmul_norm: matmul_multi of rmsnorm(x) by norm (x [n][K] unchanged, norm K entries);
+     * its values may differ from rmsnorm then matmul_multi within rounding (the GPU scales the
+     * sums by 1/rms instead of the inputs). tmp ([n][K]; may be x, then x is lost) is scratch
+     * for a path that normalises apart.
+     * matmul_add: out += x . w^T, bitwise matmul then add; tmp ([n][w->rows]) scratch alike. */
+    void (*matmul_norm)(Backend *be, float *const *outs, const float *x, const Weight *norm, float eps, const Weight *const *ws, int count,
+                        int n, int act, float *tmp);
+    void (*matmul_add)(Backend *be, float *out, const float *x, const Weight *w, int n, float *tmp);
     /* out = silu(gate) * up, n elements. out may be gate. */
     void (*swiglu)(Backend *be, float *out, const float *gate, const float *up, size_t n);
     /* x += y, n elements */

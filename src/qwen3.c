@@ -266,14 +266,81 @@ static void keep_feature(Backend *be, Qwen3State *s, const Qwen3Batch *b, const 
             be->gather_rows(be, s->features + (size_t)f * dim, b->n_feature_layers * dim, src, dim, NULL, b->n, dim);
 }
 
+/* q, k, v of layer l -> att: the q/k norms, rope, the KV write and attention */
+static void attention_block(Qwen3Model *m, Qwen3State *s, int l, int n) {
+    Backend *be = m->be;
+    const Qwen3Config *c = &m->cfg;
+    const Qwen3Layer *L = &m->layers[l];
+    const int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
+    const float eps = c->rms_norm_eps;
+    if (be->qk_norm_rope_kv) {
+        be->qk_norm_rope_kv(be, s->q, s->k, s->v, &L->q_norm, &L->k_norm, eps, &s->kv, l, s->d_slot, s->d_pos, n, H, KV, hd, c->rope_theta);
+    } else {
+        be->rmsnorm(be, s->q, s->q, &L->q_norm, n * H, hd, eps);
+        be->rmsnorm(be, s->k, s->k, &L->k_norm, n * KV, hd, eps);
+        be->rope(be, s->q, s->d_pos, n, H, hd, c->rope_theta);
+        be->rope(be, s->k, s->d_pos, n, KV, hd, c->rope_theta);
+        be->kv_write(be, &s->kv, l, s->k, s->v, s->d_slot, s->d_pos, n);
+    }
+    be->attention(be, s->att, s->q, &s->kv, l, s->d_slot, s->d_kv_len, n, H, KV, hd);
+}
+
+/* after the layers: the final norm's features, the logit rows through the final norm and lm_head */
+static void forward_head(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
+    Backend *be = m->be;
+    const int n = b->n, d = m->cfg.hidden_size;
+    const float eps = m->cfg.rms_norm_eps;
+    bool want_final = false;
+    for (int f = 0; f < b->n_feature_layers; f++) want_final |= b->feature_layers[f] == QWEN3_FINAL_NORM;
+    if (want_final) {
+        be->rmsnorm(be, s->h, s->x, &m->final_norm, n, d, eps);
+        keep_feature(be, s, b, s->h, QWEN3_FINAL_NORM, d);
+    }
+    if (!b->n_logits) return;
+    be->gather_rows(be, s->rows_tmp, d, s->x, d, s->d_rows, b->n_logits, d);
+    if (be->matmul_norm && be->matmul_add) {
+        const Weight *ws[1] = {&m->lm_head};
+        float *outs[1] = {s->logits};
+        be->matmul_norm(be, outs, s->rows_tmp, &m->final_norm, eps, ws, 1, b->n_logits, 0, s->rows_tmp);
+        return;
+    }
+    be->rmsnorm(be, s->rows_tmp, s->rows_tmp, &m->final_norm, b->n_logits, d, eps);
+    be->matmul(be, s->logits, s->rows_tmp, &m->lm_head, b->n_logits);
+}
+
+/* the layers with the norms and residual adds folded into the products (matmul_norm,
+ * matmul_add): x stays the residual stream, h is only the backend's scratch; 6 ops a layer */
+static void forward_layers_folded(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
+    Backend *be = m->be;
+    const Qwen3Config *c = &m->cfg;
+    const int n = b->n, d = c->hidden_size;
+    const float eps = c->rms_norm_eps;
+    for (int l = 0; l < c->n_layers; l++) {
+        const Qwen3Layer *L = &m->layers[l];
+        float *qkv[3] = {s->q, s->k, s->v}, *gu[2] = {s->gate, s->up};
+        const Weight *wqkv[3] = {&L->q_proj, &L->k_proj, &L->v_proj}, *wgu[2] = {&L->gate_proj, &L->up_proj};
+        be->matmul_norm(be, qkv, s->x, &L->input_norm, eps, wqkv, 3, n, 0, s->h);
+        attention_block(m, s, l, n);
+        be->matmul_add(be, s->x, s->att, &L->o_proj, n, s->h);
+        be->matmul_norm(be, gu, s->x, &L->post_norm, eps, wgu, 2, n, 1, s->h); /* + swiglu into gate */
+        be->matmul_add(be, s->x, s->gate, &L->down_proj, n, s->h);
+        keep_feature(be, s, b, s->x, l, d);
+    }
+    forward_head(m, s, b);
+}
+
 /* the ops of one forward, after its inputs are on the device (a step graph's content) */
 static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
     Backend *be = m->be;
     const Qwen3Config *c = &m->cfg;
-    const int n = b->n, d = c->hidden_size, H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim, ff = c->intermediate_size;
+    const int n = b->n, d = c->hidden_size, ff = c->intermediate_size;
     be->embed(be, s->x, &m->embed, s->d_tokens, n);
     keep_feature(be, s, b, s->x, -1, d);
     const float eps = c->rms_norm_eps;
+    if (be->matmul_norm && be->matmul_add) {
+        forward_layers_folded(m, s, b);
+        return;
+    }
     for (int l = 0; l < c->n_layers; l++) {
         const Qwen3Layer *L = &m->layers[l];
         /* with add_rmsnorm the previous layer's last add already normalised x into h */
@@ -287,17 +354,7 @@ static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
             be->matmul(be, s->k, s->h, &L->k_proj, n);
             be->matmul(be, s->v, s->h, &L->v_proj, n);
         }
-        if (be->qk_norm_rope_kv) {
-            be->qk_norm_rope_kv(be, s->q, s->k, s->v, &L->q_norm, &L->k_norm, eps, &s->kv, l, s->d_slot, s->d_pos, n, H, KV, hd,
-                                c->rope_theta);
-        } else {
-            be->rmsnorm(be, s->q, s->q, &L->q_norm, n * H, hd, eps);
-            be->rmsnorm(be, s->k, s->k, &L->k_norm, n * KV, hd, eps);
-            be->rope(be, s->q, s->d_pos, n, H, hd, c->rope_theta);
-            be->rope(be, s->k, s->d_pos, n, KV, hd, c->rope_theta);
-            be->kv_write(be, &s->kv, l, s->k, s->v, s->d_slot, s->d_pos, n);
-        }
-        be->attention(be, s->att, s->q, &s->kv, l, s->d_slot, s->d_kv_len, n, H, KV, hd);
+        attention_block(m, s, l, n);
         be->matmul(be, s->h, s->att, &L->o_proj, n);
         if (be->add_rmsnorm) {
             be->add_rmsnorm(be, s->x, s->h, s->h, &L->post_norm, n, d, eps);
@@ -319,17 +376,7 @@ static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
         else be->add(be, s->x, s->h, (size_t)n * d);
         keep_feature(be, s, b, s->x, l, d);
     }
-    bool want_final = false;
-    for (int f = 0; f < b->n_feature_layers; f++) want_final |= b->feature_layers[f] == QWEN3_FINAL_NORM;
-    if (want_final) {
-        be->rmsnorm(be, s->h, s->x, &m->final_norm, n, d, eps);
-        keep_feature(be, s, b, s->h, QWEN3_FINAL_NORM, d);
-    }
-    if (b->n_logits) {
-        be->gather_rows(be, s->rows_tmp, d, s->x, d, s->d_rows, b->n_logits, d);
-        be->rmsnorm(be, s->rows_tmp, s->rows_tmp, &m->final_norm, b->n_logits, d, eps);
-        be->matmul(be, s->logits, s->rows_tmp, &m->lm_head, b->n_logits);
-    }
+    forward_head(m, s, b);
 }
 
 ds_status qwen3_forward(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b, char *err) {

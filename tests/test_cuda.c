@@ -436,6 +436,120 @@ static void test_matmul_multi(void) {
 #endif
 }
 
+/* matmul_norm and matmul_add (the products with the rmsnorm before and the residual add
+ * after folded in) against the CPU's rmsnorm then matmul (and swiglu), for BF16 weights (the
+ * fold) and F32 ones and an unaligned x (the separate ops): nse <= NSE_F32; a row alone is
+ * bitwise its row of the batch; matmul_add is bitwise matmul then add. Must fail: the fold
+ * with another eps, on rows small enough for eps to matter. */
+static void test_matmul_fold(void) {
+    if (!g_gpu->matmul_norm || !g_gpu->matmul_add) {
+        printf("  no matmul_norm / matmul_add\n");
+        return;
+    }
+    const float eps = 1e-6f;
+    const int Os[3] = {256, 64, 72}, ns[] = {1, 2, 3, 8, 9, 17, 33, 64};
+    const int nmax = 64;
+    for (int v = 0; v < 3; v++) { /* BF16, F32 weights, BF16 with x one float off alignment */
+        const ds_dtype dt = v == 1 ? DS_F32 : DS_BF16;
+        const int K = v == 0 ? 2560 : 320, off = v == 2 ? 1 : 0;
+        Weight cw[3], gw[3];
+        void *wh[3];
+        for (int j = 0; j < 3; j++) {
+            float *wf = rand_f32((size_t)Os[j] * K, 1.0f / sqrtf((float)K));
+            wh[j] = to_dtype(wf, (size_t)Os[j] * K, dt);
+            cw[j] = weight_view(wh[j], dt, Os[j], K);
+            gw[j] = gpu_weight(&cw[j]);
+            free(wf);
+        }
+        float *nf = rand_f32((size_t)K, 1.0f);
+        void *nh = to_dtype(nf, (size_t)K, DS_BF16);
+        Weight cn = weight_view(nh, DS_BF16, 1, K), gn = gpu_weight(&cn);
+        float *x = rand_f32((size_t)nmax * K + off, 2.0f), *dx = dev_from(x, sizeof(float) * ((size_t)nmax * K + off));
+        float *h = malloc(sizeof(float) * (size_t)nmax * K), *ref[3], *dout[3], *dtmp = g_gpu->alloc(g_gpu, sizeof(float) * (size_t)nmax * K);
+        float *swref = malloc(sizeof(float) * (size_t)nmax * Os[0]);
+        for (int j = 0; j < 3; j++) {
+            ref[j] = malloc(sizeof(float) * (size_t)nmax * Os[j]);
+            dout[j] = g_gpu->alloc(g_gpu, sizeof(float) * (size_t)nmax * Os[j]);
+        }
+        const Weight *ws3[3] = {&gw[0], &gw[1], &gw[2]}, *ws2[2] = {&gw[0], &gw[0]};
+        int rows_same = 0, rows = 0, add_same = 0, adds = 0;
+        for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++) {
+            const int n = ns[c];
+            char name[96];
+            g_cpu->rmsnorm(g_cpu, h, x + off, &cn, n, K, eps);
+            for (int j = 0; j < 3; j++) g_cpu->matmul(g_cpu, ref[j], h, &cw[j], n);
+            g_gpu->matmul_norm(g_gpu, dout, dx + off, &gn, eps, ws3, 3, n, 0, dtmp);
+            float *got[3];
+            for (int j = 0; j < 3; j++) {
+                got[j] = host_from(dout[j], (size_t)n * Os[j]);
+                snprintf(name, sizeof name, "matmul_norm %s%s K %d n %d, product %d", ds_dtype_name(dt), off ? " (unaligned x)" : "", K, n, j);
+                CHECK_NSE(name, got[j], ref[j], (size_t)n * Os[j], NSE_F32);
+            }
+            if (n > 1) { /* the last row alone */
+                g_gpu->matmul_norm(g_gpu, dout, dx + off + (size_t)(n - 1) * K, &gn, eps, ws3, 3, 1, 0, dtmp);
+                for (int j = 0; j < 3; j++) {
+                    float *one = host_from(dout[j], (size_t)Os[j]);
+                    rows++;
+                    rows_same += memcmp(one, got[j] + (size_t)(n - 1) * Os[j], sizeof(float) * Os[j]) == 0;
+                    free(one);
+                }
+            }
+            /* gate/up with swiglu (the same weight twice) */
+            for (size_t i = 0; i < (size_t)n * Os[0]; i++) {
+                const float g = ref[0][i];
+                swref[i] = g / (1.0f + expf(-g)) * g;
+            }
+            float *gu[2] = {dout[0], dout[2]};
+            g_gpu->matmul_norm(g_gpu, gu, dx + off, &gn, eps, ws2, 2, n, 1, dtmp);
+            float *sw = host_from(dout[0], (size_t)n * Os[0]);
+            snprintf(name, sizeof name, "matmul_norm + swiglu %s%s K %d n %d", ds_dtype_name(dt), off ? " (unaligned x)" : "", K, n);
+            CHECK_NSE(name, sw, swref, (size_t)n * Os[0], NSE_F32);
+            free(sw);
+            /* matmul_add == matmul then add */
+            float *y = rand_f32((size_t)n * Os[1], 1.0f), *dy = dev_from(y, sizeof(float) * (size_t)n * Os[1]);
+            float *dy2 = dev_from(y, sizeof(float) * (size_t)n * Os[1]);
+            g_gpu->matmul_add(g_gpu, dy, dx + off, &gw[1], n, dtmp);
+            g_gpu->matmul(g_gpu, dtmp, dx + off, &gw[1], n);
+            g_gpu->add(g_gpu, dy2, dtmp, (size_t)n * Os[1]);
+            float *a = host_from(dy, (size_t)n * Os[1]), *b = host_from(dy2, (size_t)n * Os[1]);
+            adds++;
+            add_same += memcmp(a, b, sizeof(float) * (size_t)n * Os[1]) == 0;
+            free(a); free(b); free(y);
+            g_gpu->free(g_gpu, dy);
+            g_gpu->free(g_gpu, dy2);
+            for (int j = 0; j < 3; j++) free(got[j]);
+        }
+        CHECK_MSG(rows_same == rows, "matmul_norm %s: %d of %d rows alone differ from the batch", ds_dtype_name(dt), rows - rows_same, rows);
+        CHECK_MSG(add_same == adds, "matmul_add %s: %d of %d differ from matmul then add", ds_dtype_name(dt), adds - add_same, adds);
+        printf("  matmul_norm %s%s: %d of %d rows alone bitwise the batch; matmul_add bitwise matmul + add in %d of %d\n", ds_dtype_name(dt),
+               off ? " (unaligned x)" : "", rows_same, rows, add_same, adds);
+        if (v == 0) { /* must fail: eps 1e-2 where the CPU used 1e-6, on rows of scale 1e-2 */
+            const int n = 8;
+            float *xs = malloc(sizeof(float) * (size_t)n * K);
+            for (size_t i = 0; i < (size_t)n * K; i++) xs[i] = 1e-2f * x[i];
+            float *dxs = dev_from(xs, sizeof(float) * (size_t)n * K);
+            g_cpu->rmsnorm(g_cpu, h, xs, &cn, n, K, eps);
+            g_cpu->matmul(g_cpu, ref[0], h, &cw[0], n);
+            g_gpu->matmul_norm(g_gpu, dout, dxs, &gn, 1e-2f, ws3, 3, n, 0, dtmp);
+            float *got = host_from(dout[0], (size_t)n * Os[0]);
+            const double e = nse(got, ref[0], (size_t)n * Os[0]);
+            CHECK_MSG(e > NSE_F32, "matmul_norm with eps 1e-2 not caught: nse %.3g", e);
+            printf("  must fail: matmul_norm with eps 1e-2 against 1e-6: nse %.3g > %.0e\n", e, NSE_F32);
+            free(got); free(xs);
+            g_gpu->free(g_gpu, dxs);
+        }
+        for (int j = 0; j < 3; j++) {
+            g_gpu->release_weight(g_gpu, &gw[j]);
+            g_gpu->free(g_gpu, dout[j]);
+            free(wh[j]); free(ref[j]);
+        }
+        g_gpu->release_weight(g_gpu, &gn);
+        g_gpu->free(g_gpu, dx);
+        g_gpu->free(g_gpu, dtmp);
+        free(nf); free(nh); free(x); free(h); free(swref);
+    }
+}
+
 static void test_rmsnorm(void) {
     const int dims[][2] = {{12, 16}, {5, 64}, {3, 300}, {2, 2560}, {40, 128}, {2, 5120}, {2, 6000}}; /* 6000: not in registers */
     for (int dt = 0; dt < 2; dt++)
@@ -821,16 +935,17 @@ static void same_forwards(const char *dir, Backend *be, Backend *sep, const char
 /* the fused ops and fusions (qk_norm_rope_kv, add_rmsnorm, attention's merge in its last
  * block) of the default backend against a DSPARK_CUDA_FUSE=0 backend (the separate ops) */
 static void test_fused_ops(void) {
-    const bool was_on = g_gpu->qk_norm_rope_kv != NULL;
-    backend_cuda_set_fused(g_gpu, true);
+    const bool was_on = g_gpu->qk_norm_rope_kv != NULL, was_fold = g_gpu->matmul_norm != NULL;
+    backend_cuda_set_fused(g_gpu, true, false); /* (the folded norms change bits: test_matmul_fold) */
     Backend *sep = gpu_with_env("DSPARK_CUDA_FUSE", "0", NULL, NULL);
     if (sep) {
-        CHECK_MSG(sep->qk_norm_rope_kv == NULL && sep->add_rmsnorm == NULL, "DSPARK_CUDA_FUSE=0 should leave the fused ops out");
+        CHECK_MSG(sep->qk_norm_rope_kv == NULL && sep->add_rmsnorm == NULL && sep->matmul_norm == NULL && sep->matmul_add == NULL,
+                  "DSPARK_CUDA_FUSE=0 should leave the fused ops out");
         same_forwards("tiny-qwen3/target", g_gpu, sep, "fused ops vs the separate ones");
         same_forwards("tiny-qwen3/target-bf16", g_gpu, sep, "fused ops vs the separate ones");
         sep->destroy(sep);
     }
-    backend_cuda_set_fused(g_gpu, was_on);
+    backend_cuda_set_fused(g_gpu, was_on, was_fold);
 }
 
 /* qk_norm_rope_kv op by op against the separate ops (rmsnorm of the heads, rope, kv_write)
@@ -890,7 +1005,7 @@ static void test_qk_norm_rope_kv(void) {
 /* programmatic dependent launch (every kernel may start before the one before it ends and
  * waits for its inputs) against plain stream order, fused and separate ops */
 static void test_pdl(void) {
-    const char *pairs[][2] = {{"DSPARK_CUDA_PDL=1", "DSPARK_CUDA_PDL=0"}, {"DSPARK_CUDA_PDL=1 DSPARK_CUDA_FUSE=0", "DSPARK_CUDA_PDL=0"}};
+    const char *pairs[][2] = {{"DSPARK_CUDA_PDL=1", "DSPARK_CUDA_PDL=0"}, {"DSPARK_CUDA_PDL=1 DSPARK_CUDA_FUSE=0", "DSPARK_CUDA_PDL=0 DSPARK_CUDA_FOLD=0"}};
     for (int k = 0; k < 2; k++) {
         Backend *a = gpu_with_envs(pairs[k][0]), *b = gpu_with_envs(pairs[k][1]);
         if (a && b) {
@@ -1218,6 +1333,7 @@ int main(void) {
     RUN_IF(test_matmul_tc);
 #endif
     RUN_IF(test_matmul_multi);
+    RUN_IF(test_matmul_fold);
     RUN_IF(test_rmsnorm);
     RUN_IF(test_rope);
     RUN_IF(test_attention);

@@ -165,6 +165,8 @@ typedef struct {
     int *att_count;    /* the fused merge's counters, one per (token, head) of att_part's calls */
     size_t att_count_n;
     bool fuse;         /* fused ops and fusions inside ops (backend_cuda_set_fused) */
+    bool fold;         /* matmul_norm and matmul_add (the rmsnorm and the residual add in the products) */
+    float *norm_r;     /* [CUDA_SMALL_N]: k_norm_prep's 1 / rms per row */
     int att_gqa_min;   /* k_attention with a KV head's query heads per block from this many tokens on (DSPARK_CUDA_ATT) */
     int att_chunk;     /* k_attention's keys per chunk (DSPARK_CUDA_ATT_CHUNK; 0: by key count, att_chunk_of) */
     RopeFreq rope[N_ROPE_TABLES];
@@ -408,27 +410,27 @@ static void matmul_small(cudaStream_t st, const MmCfg *cfg, float *out, const fl
 /* the tensor-core product (k_matmul_tc): MT tiles of 16 output rows per block by row bucket
  * (cfg->tc_mt; 1 with fewer than 3 pieces, at most 2 above 32 rows: the block's partial sums
  * must fit in 32 KB of shared memory), NT = rows / 8 rounded up */
-template <int MT, int NT, int P>
+template <int MT, int NT, int P, bool NORM>
 static void matmul_tc_u(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
     constexpr int U = 4 / (MT > NT ? MT : NT) > 1 ? 4 / (MT > NT ? MT : NT) : 1;
-    if constexpr (P == 3) {
+    if constexpr (P == 3 && !NORM) { /* (the folded norm has the default depth only) */
         if (deep == 1) {
-            launch(st, pdl, k_matmul_tc<MT, NT, P, 2 * U>, grid, 256, 0, mm, x, n, K, pf);
+            launch(st, pdl, k_matmul_tc<MT, NT, P, 2 * U, false>, grid, 256, 0, mm, x, n, K, pf);
             return;
         }
         if (deep == 2) {
-            launch(st, pdl, k_matmul_tc<MT, NT, P, U >= 2 ? U / 2 : 1>, grid, 256, 0, mm, x, n, K, pf);
+            launch(st, pdl, k_matmul_tc<MT, NT, P, U >= 2 ? U / 2 : 1, false>, grid, 256, 0, mm, x, n, K, pf);
             return;
         }
     }
-    launch(st, pdl, k_matmul_tc<MT, NT, P, U>, grid, 256, 0, mm, x, n, K, pf);
+    launch(st, pdl, k_matmul_tc<MT, NT, P, U, NORM>, grid, 256, 0, mm, x, n, K, pf);
 }
 template <int MT, int P>
 static void matmul_tc_nt(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned grid, const float *x, int n, int K, int deep, int pf) {
-    if (n <= 8) matmul_tc_u<MT, 1, P>(st, pdl, mm, grid, x, n, K, deep, pf);
-    else if (n <= 16) matmul_tc_u<MT, 2, P>(st, pdl, mm, grid, x, n, K, deep, pf);
-    else if (n <= 32) matmul_tc_u<MT, 4, P>(st, pdl, mm, grid, x, n, K, deep, pf);
-    else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P>(st, pdl, mm, grid, x, n, K, deep, pf);
+    if (n <= 8) matmul_tc_u<MT, 1, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
+    else if (n <= 16) matmul_tc_u<MT, 2, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
+    else if (n <= 32) matmul_tc_u<MT, 4, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
+    else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
 }
 /* k_matmul_sk's launch (cfg->pdl: with programmatic stream serialization, so its first weight
  * stages load while the kernel before it finishes) */
@@ -498,7 +500,8 @@ static bool matmul_sk(cudaStream_t st, const MmCfg *cfg, float *out, const float
 
 static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
                       const MmMulti *multi) {
-    if (cfg->sk && cfg->tc == 3 && matmul_sk(st, cfg, out, x, w, n, K, O, multi)) return;
+    const bool fold = multi && (multi->norm || multi->add); /* k_matmul_tc's own (mm_fold) */
+    if (cfg->sk && cfg->tc == 3 && !fold && matmul_sk(st, cfg, out, x, w, n, K, O, multi)) return;
     MmMulti mm = mm_segments(multi, out, w, O);
     const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
     int rows = 0;
@@ -508,6 +511,7 @@ static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float
     int mt = cfg->tc_mt[b] ? cfg->tc_mt[b] : rows >= 65536 && n <= 32 ? 2 : 1;
     if (cfg->tc < 3) mt = 1;
     if (n > 32 && mt > 2) mt = 2;
+    if (mm.norm && mt > 2) mt = 2; /* (NORM instances: 1 and 2 tiles) */
     int G = 0;
     if (mm.act) { /* gate/up paired (cu_matmul_multi checked tc == 3): a block per 16 rows of both */
         mt = 2;
@@ -518,7 +522,10 @@ static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float
     /* U: k-steps per round (weights and x in flight at once), 4 / max(MT, NT) (deep 1: twice, 2: half) */
     const int deep = cfg->tc_deep, pf = cfg->tc_pf;
     const bool pdl = cfg->pdl;
-    if (cfg->tc == 1) matmul_tc_nt<1, 1>(st, pdl, mm, grid, x, n, K, 0, pf);
+    if (mm.norm) { /* (cu_matmul_norm: tc == 3, n <= 8) */
+        if (mt == 1) matmul_tc_u<1, 1, 3, true>(st, pdl, mm, grid, x, n, K, 0, pf);
+        else matmul_tc_u<2, 1, 3, true>(st, pdl, mm, grid, x, n, K, 0, pf);
+    } else if (cfg->tc == 1) matmul_tc_nt<1, 1>(st, pdl, mm, grid, x, n, K, 0, pf);
     else if (cfg->tc == 2) matmul_tc_nt<1, 2>(st, pdl, mm, grid, x, n, K, 0, pf);
     else if (mt == 1) matmul_tc_nt<1, 3>(st, pdl, mm, grid, x, n, K, deep, pf);
     else if (mt == 2) matmul_tc_nt<2, 3>(st, pdl, mm, grid, x, n, K, deep, pf);
@@ -598,21 +605,25 @@ static void swiglu_run(cudaStream_t st, bool pdl, float *out, const float *gate,
 
 /* backend.h's matmul_multi: one launch when the weights share dtype and vector path (q/k/v,
  * gate/up), else the separate products; act 1: then swiglu into outs[0], as the model would */
-static void cu_matmul_multi(Backend *be, float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
-    if (n <= 0 || count <= 0) return;
+/* graph_skip for the products of one x (matmul_multi, matmul_norm): op, its arguments, then
+ * each product's output and weight */
+template <typename... A>
+static bool graph_skip_products(Backend *be, int op, float *const *outs, const Weight *const *ws, int count, const A &...a) {
     CudaImpl *c = impl(be);
-    if (c->g_mode != G_OFF) {
-        const int head[4] = {13, count, n, act};
-        glog_bytes(c, head, sizeof head);
-        glog_bytes(c, &x, sizeof x);
-        for (int j = 0; j < count; j++) {
-            const void *p[2] = {outs[j], ws[j]->dev};
-            const int d[3] = {(int)ws[j]->dtype, ws[j]->rows, ws[j]->cols};
-            glog_bytes(c, p, sizeof p);
-            glog_bytes(c, d, sizeof d);
-        }
-        if (c->g_mode == G_CHECK) return;
+    if (c->g_mode == G_OFF) return false;
+    glog_bytes(c, &op, sizeof op);
+    (glog_bytes(c, &a, sizeof a), ...);
+    for (int j = 0; j < count; j++) {
+        const void *p[2] = {outs[j], ws[j]->dev};
+        const int d[3] = {(int)ws[j]->dtype, ws[j]->rows, ws[j]->cols};
+        glog_bytes(c, p, sizeof p);
+        glog_bytes(c, d, sizeof d);
     }
+    return c->g_mode == G_CHECK;
+}
+
+static void matmul_multi_run(Backend *be, float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    CudaImpl *c = impl(be);
     bool fuse = count <= 3 && n <= CUDA_SMALL_N && !c->mm.ref;
     for (int j = 0; j < count && fuse; j++)
         fuse = ws[j]->dtype == ws[0]->dtype && ws[j]->cols == ws[0]->cols && mm_vec(x, ws[j]->dev, ws[j]->cols) == mm_vec(x, ws[0]->dev, ws[0]->cols) &&
@@ -639,9 +650,83 @@ static void cu_matmul_multi(Backend *be, float *const *outs, const float *x, con
         swiglu_run(c->stream, c->mm.pdl, outs[0], outs[0], outs[1], (size_t)n * ws[0]->rows);
     }
 }
+static void cu_matmul_multi(Backend *be, float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
+    if (n <= 0 || count <= 0 || graph_skip_products(be, 13, outs, ws, count, count, n, act, x)) return;
+    matmul_multi_run(be, outs, x, ws, count, n, act);
+}
+
+/* the launches of rmsnorm and add (the ops without their graph log: the fallbacks below log
+ * their own call once) */
+static void rmsnorm_run(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps);
+static void add_run(Backend *be, float *x, const float *y, size_t n);
+
+/* matmul_norm and matmul_add inside k_matmul_tc (its NORM, tc_store's add): BF16 products of
+ * <= CUDA_SMALL_N rows on the 3-piece tensor-core path, one K; else the separate ops */
+static bool mm_fold(CudaImpl *c, const float *x, const Weight *const *ws, int count, int n) {
+    if (!c->fold || n > CUDA_SMALL_N || c->mm.tc != 3 || count > 3) return false;
+    for (int j = 0; j < count; j++)
+        if (ws[j]->cols != ws[0]->cols || !mm_tc(&c->mm, ws[j]->dtype, x, ws[j]->dev, ws[j]->cols)) return false;
+    return true;
+}
+
+/* backend.h's matmul_norm: the rmsnorm folded into the products (k_matmul_tc's NORM: one
+ * launch, no norm kernel), or rmsnorm into tmp and then matmul_multi */
+static void cu_matmul_norm(Backend *be, float *const *outs, const float *x, const Weight *norm, float eps, const Weight *const *ws, int count,
+                           int n, int act, float *tmp) {
+    if (n <= 0 || count <= 0 || graph_skip_products(be, 15, outs, ws, count, count, n, act, x, norm->dev, (int)norm->dtype, eps, tmp)) return;
+    CudaImpl *c = impl(be);
+    const int K = ws[0]->cols;
+    bool fold = mm_fold(c, x, ws, count, n) && norm->dtype == DS_BF16 && (size_t)norm->rows * norm->cols == (size_t)K &&
+                ((uintptr_t)norm->dev & 15) == 0 && ((uintptr_t)tmp & 15) == 0;
+    if (act == 1) fold = fold && count == 2 && ws[0]->rows == ws[1]->rows; /* the paired store */
+    if (!fold) {
+        rmsnorm_run(be, tmp, x, norm, n, K, eps);
+        matmul_multi_run(be, outs, tmp, ws, count, n, act);
+        return;
+    }
+    MmMulti mm;
+    memset(&mm, 0, sizeof mm);
+    mm.count = count;
+    for (int j = 0; j < count; j++) {
+        mm.out[j] = outs[j];
+        mm.w[j] = ws[j]->dev;
+        mm.O[j] = ws[j]->rows;
+    }
+    mm.act = act == 1;
+    if (n <= 8) { /* NORM: one launch */
+        mm.norm = norm->dev;
+        mm.eps = eps;
+        matmul_run(be, outs[0], x, ws[0], n, &mm);
+        return;
+    }
+    /* above 8 rows NORM's registers (nw and the squares of each x tile) cost its instances a
+     * resident block per SM or spill (16-64 tokens 7-14% slower on the H200, docs/bench-cuda.md):
+     * the same values from k_norm_prep and the plain product scaled in its store */
+    launch(c->stream, c->mm.pdl, k_norm_prep, n, 256, 0, tmp, c->norm_r, x, (const uint16_t *)norm->dev, K, eps);
+    LAUNCHED("norm_prep");
+    mm.rscale = c->norm_r;
+    matmul_run(be, outs[0], tmp, ws[0], n, &mm);
+}
+
+/* backend.h's matmul_add: the residual add in k_matmul_tc's store, or the product into tmp
+ * and then add (the same bits) */
+static void cu_matmul_add(Backend *be, float *out, const float *x, const Weight *w, int n, float *tmp) {
+    if (n <= 0 || graph_skip(be, 16, out, x, w->dev, (int)w->dtype, w->rows, w->cols, n, tmp)) return;
+    if (!mm_fold(impl(be), x, &w, 1, n)) {
+        matmul_run(be, tmp, x, w, n, NULL);
+        add_run(be, out, tmp, (size_t)n * w->rows);
+        return;
+    }
+    MmMulti mm = mm_segments(NULL, out, w->dev, w->rows);
+    mm.add = 1;
+    matmul_run(be, out, x, w, n, &mm);
+}
 
 static void cu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
     if (n <= 0 || graph_skip(be, 4, out, x, w->dev, (int)w->dtype, n, dim, eps)) return;
+    rmsnorm_run(be, out, x, w, n, dim, eps);
+}
+static void rmsnorm_run(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
     if (dim <= 256) launch(stream_of(be), pdl_of(be), k_rmsnorm_warp, (n + 7) / 8, 256, 0, out, x, w->dev, (int)w->dtype, n, dim, eps);
     else launch(stream_of(be), pdl_of(be), k_rmsnorm_block, n, 256, 0, out, x, w->dev, (int)w->dtype, dim, eps);
     LAUNCHED("rmsnorm");
@@ -728,10 +813,14 @@ static void cu_add_rmsnorm(Backend *be, float *x, const float *y, float *out, co
     LAUNCHED("add_rmsnorm");
 }
 
-void backend_cuda_set_fused(Backend *be, bool on) {
-    impl(be)->fuse = on;
+void backend_cuda_set_fused(Backend *be, bool on, bool fold) {
+    CudaImpl *c = impl(be);
+    c->fuse = on;
+    c->fold = on && fold;
     be->qk_norm_rope_kv = on ? cu_qk_norm_rope_kv : NULL;
     be->add_rmsnorm = on ? cu_add_rmsnorm : NULL;
+    be->matmul_norm = c->fold ? cu_matmul_norm : NULL;
+    be->matmul_add = c->fold ? cu_matmul_add : NULL;
 }
 
 /* k_attention's instances: GQ > 1 only where GQ * DPL <= 32 (the caller checks) */
@@ -818,6 +907,9 @@ static void cu_swiglu(Backend *be, float *out, const float *gate, const float *u
 
 static void cu_add(Backend *be, float *x, const float *y, size_t n) {
     if (!n || graph_skip(be, 9, x, y, n)) return;
+    add_run(be, x, y, n);
+}
+static void add_run(Backend *be, float *x, const float *y, size_t n) {
     launch(stream_of(be), pdl_of(be), k_add, blocks_for(n, 256 * 4), 256, 0, x, y, n);
     LAUNCHED("add");
 }
@@ -967,6 +1059,7 @@ static void cu_destroy(Backend *be) {
         if (c->wide) cudaFree(c->wide);
         if (c->att_part) cudaFree(c->att_part);
         if (c->att_count) cudaFree(c->att_count);
+        if (c->norm_r) cudaFree(c->norm_r);
         if (c->mm.sk_scratch) cudaFree(c->mm.sk_scratch);
         if (c->mm.sk_count) cudaFree(c->mm.sk_count);
         if (c->have_blas) {
@@ -1103,7 +1196,14 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
     c->mm.nsm = prop.multiProcessorCount;
     mm_tc_config(&c->mm);
-    if (!mm_sk_config(&c->mm, &prop)) {
+    bool mem = mm_sk_config(&c->mm, &prop);
+    if (mem && cudaMalloc(&c->norm_r, sizeof(float) * CUDA_SMALL_N) != cudaSuccess) {
+        cudaGetLastError();
+        cudaFree(c->mm.sk_scratch);
+        cudaFree(c->mm.sk_count);
+        mem = false;
+    }
+    if (!mem) {
         cudaStreamDestroy(c->stream);
         if (c->have_blas) {
             c->blas.destroy(c->blas.h);
@@ -1154,9 +1254,10 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     be->rope = cu_rope;
     be->kv_write = cu_kv_write;
     /* on by default (H200: 4.54 -> 4.23 ms per decode step, docs/bench-cuda.md);
-     * DSPARK_CUDA_FUSE=0 issues the separate ops (test_fused_ops compares the two bitwise) */
-    const char *fuse = getenv("DSPARK_CUDA_FUSE");
-    backend_cuda_set_fused(be, !(fuse && strcmp(fuse, "0") == 0));
+     * DSPARK_CUDA_FUSE=0 issues the separate ops (test_fused_ops compares the two bitwise),
+     * DSPARK_CUDA_FOLD=0 keeps the fusions that change no bit but not the folded norms */
+    const char *fuse = getenv("DSPARK_CUDA_FUSE"), *fold = getenv("DSPARK_CUDA_FOLD");
+    backend_cuda_set_fused(be, !(fuse && strcmp(fuse, "0") == 0), !(fold && strcmp(fold, "0") == 0));
     be->attention = cu_attention;
     /* DSPARK_CUDA_ATT: 0 one query head per block always, 1 a KV head's query heads wherever
      * that applies, else auto */

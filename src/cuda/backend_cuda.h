@@ -27,7 +27,11 @@
  * tiles per block by row bucket, 1, 2 or 4), DSPARK_CUDA_TC_DEEP=1/2 (twice/half the k-steps
  * per round), DSPARK_CUDA_TC_PREFETCH=KB (L2 prefetch of each weight row; off). Neither do
  * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
- * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head). */
+ * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head).
+ * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);
+ * DSPARK_CUDA_FUSE=0 runs the fused ops apart (bitwise the same); DSPARK_CUDA_FOLD=0 keeps
+ * the rmsnorms and residual adds out of the products (matmul_norm / matmul_add: the folded
+ * norm changes values within rounding); DSPARK_CUDA_MM_SK the opt-in streamed product. */
 #ifndef DSPARK_BACKEND_CUDA_H
 #define DSPARK_BACKEND_CUDA_H
 
@@ -50,9 +54,10 @@ const char *backend_cuda_info(const Backend *be);
 /* step graphs so far: recorded, replayed, and checks that found no record (DSPARK_CUDA_GRAPHS=0
  * turns them off; bench_cuda and test_cuda read these) */
 void backend_cuda_graph_stats(const Backend *be, long *captures, long *replays, long *misses);
-/* the fused ops qk_norm_rope_kv and add_rmsnorm (backend.h) on or off; on by default
- * (DSPARK_CUDA_FUSE=0 turns them off at create) */
-void backend_cuda_set_fused(Backend *be, bool on);
+/* the fused ops qk_norm_rope_kv and add_rmsnorm (backend.h) on or off, and with them (fold)
+ * matmul_norm and matmul_add; all on by default (DSPARK_CUDA_FUSE=0 turns them off at
+ * create, DSPARK_CUDA_FOLD=0 only the last two) */
+void backend_cuda_set_fused(Backend *be, bool on, bool fold);
 
 #ifdef __cplusplus
 }

@@ -217,6 +217,11 @@ typedef struct {
     const void *w[3];
     int O[3], g_end[3], count;
     int act; /* 1 (k_matmul_tc, 2 tiles per block): gate (0) and up (1) row tiles paired, out[0] = silu(gate) * up */
+    /* k_matmul_tc only: */
+    const void *norm;    /* BF16 [K]: the product of rmsnorm(x) by norm (matmul_norm; k_matmul_tc's NORM) */
+    float eps;
+    const float *rscale; /* [n]: the sums of x row i scaled by rscale[i] (matmul_norm above 8 rows: k_norm_prep) */
+    int add;          /* out += the product (matmul_add) */
 } MmMulti;
 
 /* the segment of column group g (selects, not an index: the parameters stay in registers) */

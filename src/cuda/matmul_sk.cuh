@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(256, 2) k_matmul_sk(SkArgs a) {
                     }
                 }
             }
-            if (write) tc_store<1, NT>(mm_segment<16>(a.mm, tile), acc, n, g, t);
+            if (write) tc_store<1, NT>(mm_segment<16>(a.mm, tile), acc, n, g, t, false);
         }
 #pragma unroll
         for (int q = 0; q < T; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;

@@ -85,26 +85,33 @@ __device__ __forceinline__ void tc_warp_tree(float (&acc)[T][4], float4 (*red)[T
         __syncthreads();
     }
 }
-/* warp 0's C fragments into out: acc[mt * NT + nt][0], [1] = output row o0 + 16 mt + g, x rows
- * 8 nt + 2t, + 1; [2], [3] = row + 8 */
+/* warp 0's C fragments into out: acc[mt * NT + nt][e] is output row o0 + 16 mt + g (+ 8 for
+ * e = 2, 3) of x row 8 nt + 2t (+ 1 for odd e). add: out += them (matmul_add; bitwise k_add's
+ * sum), every old value loaded before the first store so the loads are in flight together
+ * (a load after a store to the same array waits for it: one L2 round trip per value) */
 template <int MT, int NT>
-__device__ __forceinline__ void tc_store(const MmSeg &sg, const float (&acc)[MT * NT][4], int n, int g, int t) {
+__device__ __forceinline__ void tc_store(const MmSeg &sg, float (&acc)[MT * NT][4], int n, int g, int t, bool add) {
     float *out = sg.out;
     const int O = sg.O;
+    auto at = [&](int q, int e, size_t &off) {
+        const int i = 8 * (q % NT) + 2 * t + (e & 1), r = sg.o0 + 16 * (q / NT) + g + (e & 2 ? 8 : 0);
+        off = (size_t)i * O + r;
+        return i < n && r < O;
+    };
+    if (add)
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++)
+        for (int q = 0; q < MT * NT; q++)
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            const float *c = acc[mt * NT + nt];
-            const int i = 8 * nt + 2 * t, r0 = sg.o0 + 16 * mt + g, r1 = r0 + 8;
-            if (i < n) {
-                if (r0 < O) out[(size_t)i * O + r0] = c[0];
-                if (r1 < O) out[(size_t)i * O + r1] = c[2];
+            for (int e = 0; e < 4; e++) {
+                size_t off;
+                if (at(q, e, off)) acc[q][e] = out[off] + acc[q][e];
             }
-            if (i + 1 < n) {
-                if (r0 < O) out[(size_t)(i + 1) * O + r0] = c[1];
-                if (r1 < O) out[(size_t)(i + 1) * O + r1] = c[3];
-            }
+#pragma unroll
+    for (int q = 0; q < MT * NT; q++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            size_t off;
+            if (at(q, e, off)) out[off] = acc[q][e];
         }
 }
 
@@ -137,12 +144,76 @@ __device__ __forceinline__ void tc_store_swiglu(const MmMulti &mm, int o0, const
  * and a slower step. Registers only: the arithmetic is the same. */
 constexpr int tc_min_blocks(int nt) { return nt >= 8 ? 2 : nt >= 4 ? 1 : 0; }
 
+/* NORM (matmul_norm): the product of rmsnorm(x) by mm.norm (BF16), folded in. By linearity
+ * W . (nw * x * r) = r * (W . (nw * x)) with r = 1 / sqrt(mean(x^2) + eps) of the row: the
+ * block splits nw * x (one F32 product per value) instead of x and scales its sums by r in the
+ * store, and r comes from the x values the block loads anyway (each lane's squares in k order,
+ * its 4 lanes t by the xor tree, then the 8 warps in order), so no norm kernel runs and no
+ * value waits for one. A row's bits still depend on K alone (not on n or the launch), but
+ * differ from rmsnorm then the product within rounding: nw * (x * r) is not rounded. */
+template <int NT>
+__device__ __forceinline__ void tc_norm_scale(float (&ss)[NT], float (*ss_part)[8 * NT], int warp, int g, int t) {
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        ss[nt] += __shfl_xor_sync(0xffffffffu, ss[nt], 1);
+        ss[nt] += __shfl_xor_sync(0xffffffffu, ss[nt], 2);
+        if (t == 0) ss_part[warp][8 * nt + g] = ss[nt];
+    }
+}
+/* 1 / rms of a row from the 8 warps' parts, added in order (rms_block_scale's expression) */
+__device__ __forceinline__ float tc_norm_r(const float *part, int stride, int K, float eps) {
+    float s = 0.0f;
+#pragma unroll
+    for (int w = 0; w < TC_WARPS; w++) s += part[w * stride];
+    return 1.0f / sqrtf(s / (float)K + eps);
+}
+
+/* matmul_norm above 8 rows, where NORM's registers would cost the instances (cu_matmul_norm):
+ * xn = nw * x and r of each row (block i) with NORM's arithmetic to the bit (the squares of
+ * lane t of warp w over k-steps j = w, w + 8, .. ascending, k = 32 j + 8 t + e; the 4 lanes
+ * by xor; the warps in order), so the plain product of xn with its sums scaled by r in the
+ * store (mm.rscale) gives NORM's values: a row is the same whichever path its call takes. */
+__global__ void __launch_bounds__(256) k_norm_prep(float *xn, float *r, const float *x, const uint16_t *nw, int K, float eps) {
+    pdl_start();
+    __shared__ float part[TC_WARPS];
+    const int i = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = lane & 3;
+    const float *xi = x + (size_t)i * K;
+    float *oi = xn + (size_t)i * K;
+    float ss = 0.0f;
+    if (lane < 4) /* a chain per (warp, t); 8 k-steps' loads in flight at once */
+        for (int j0 = warp; j0 < K / 32; j0 += 8 * TC_WARPS) {
+            float4 v[8][2];
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                const int j = j0 + TC_WARPS * u;
+                if (j < K / 32) {
+                    v[u][0] = ld_act4((const float4 *)(xi + 32 * j + 8 * t));
+                    v[u][1] = ld_act4((const float4 *)(xi + 32 * j + 8 * t) + 1);
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                if (j0 + TC_WARPS * u >= K / 32) break;
+                const float f[8] = {v[u][0].x, v[u][0].y, v[u][0].z, v[u][0].w, v[u][1].x, v[u][1].y, v[u][1].z, v[u][1].w};
+#pragma unroll
+                for (int e = 0; e < 8; e++) ss = fmaf(f[e], f[e], ss);
+            }
+        }
+    ss += __shfl_xor_sync(0xffffffffu, ss, 1);
+    ss += __shfl_xor_sync(0xffffffffu, ss, 2);
+    if (lane == 0) part[warp] = ss;
+    for (int k = threadIdx.x; k < K; k += 256) oi[k] = bf16_bits(nw[k]) * xi[k];
+    __syncthreads();
+    if (threadIdx.x == 0) r[i] = tc_norm_r(part, 1, K, eps);
+}
+
 /* one block of 8 warps: MT tiles of 16 output rows (column group blockIdx.x of mm's segments)
  * for NT tiles of 8 rows of x (n <= 8 NT); U k-steps of weights loaded before they are used */
-template <int MT, int NT, int P, int U>
+template <int MT, int NT, int P, int U, bool NORM>
 __global__ void __launch_bounds__(256, tc_min_blocks(NT)) k_matmul_tc(MmMulti mm, const float *__restrict__ x, int n, int K, int pf_bytes) {
     constexpr int T = MT * NT;
     __shared__ float4 red[TC_WARPS / 2][T][32];
+    __shared__ float ss_part[NORM ? TC_WARPS : 1][8 * NT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
     const MmSeg sg = sw ? MmSeg{mm.out[0], mm.w[0], mm.O[0], 16 * (int)blockIdx.x} : mm_segment<16 * MT>(mm, blockIdx.x);
@@ -170,14 +241,17 @@ __global__ void __launch_bounds__(256, tc_min_blocks(NT)) k_matmul_tc(MmMulti mm
         xok[nt] = 8 * nt + g < n;
         xr[nt] = x + (size_t)(xok[nt] ? 8 * nt + g : 0) * K + 8 * t;
     }
-    float acc[T][4];
+    float acc[T][4], ss[NT];
 #pragma unroll
     for (int q = 0; q < T; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) ss[nt] = 0.0f;
+    const uint4 *nr = (const uint4 *)((const uint16_t *)mm.norm + 8 * t); /* NORM: the norm weights at the lane's k */
     const int KS = K / 32;
     /* a round: the weights and x of U k-steps loaded first (all in flight at once), then used;
      * the first round's weights are requested before pdl_wait (x comes from the kernel before) */
     for (int j0 = warp; j0 < KS; j0 += TC_WARPS * U) {
-        uint4 wv[U][MT][2];
+        uint4 wv[U][MT][2], nv[U];
         float4 xv[U][NT][2];
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -194,6 +268,7 @@ __global__ void __launch_bounds__(256, tc_min_blocks(NT)) k_matmul_tc(MmMulti mm
         for (int u = 0; u < U; u++) {
             const int j = j0 + TC_WARPS * u;
             if (j < KS) {
+                if (NORM) nv[u] = __ldg(nr + (size_t)j * 4);
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     const float4 *xp = (const float4 *)(xr[nt] + (size_t)j * 32);
@@ -209,6 +284,16 @@ __global__ void __launch_bounds__(256, tc_min_blocks(NT)) k_matmul_tc(MmMulti mm
             for (int nt = 0; nt < NT; nt++) {
                 const float4 a = xv[u][nt][0], b = xv[u][nt][1];
                 float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+                if (NORM) {
+                    const uint32_t q[4] = {nv[u].x, nv[u].y, nv[u].z, nv[u].w};
+#pragma unroll
+                    for (int e = 0; e < 8; e++) ss[nt] = fmaf(f[e], f[e], ss[nt]);
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        f[2 * e] = __uint_as_float(q[e] << 16) * f[2 * e];
+                        f[2 * e + 1] = __uint_as_float(q[e] & 0xffff0000u) * f[2 * e + 1];
+                    }
+                }
                 uint32_t p[P][4];
                 tc_split<P>(f, p);
 #pragma unroll
@@ -217,12 +302,31 @@ __global__ void __launch_bounds__(256, tc_min_blocks(NT)) k_matmul_tc(MmMulti mm
         }
     }
     if (warp >= KS) pdl_start(); /* a warp without k-steps (the others waited in their first round) */
-    tc_warp_tree<T>(acc, red, warp, lane);
+    if (NORM) tc_norm_scale<NT>(ss, ss_part, warp, g, t);
+    tc_warp_tree<T>(acc, red, warp, lane); /* (its barriers publish ss_part too) */
     if (warp != 0) return;
+    if (NORM || mm.rscale)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const int i = 8 * nt + 2 * t;
+            float r0, r1;
+            if (NORM) {
+                r0 = tc_norm_r(&ss_part[0][i], 8 * NT, K, mm.eps);
+                r1 = tc_norm_r(&ss_part[0][i + 1], 8 * NT, K, mm.eps);
+            } else {
+                r0 = i < n ? __ldcg(mm.rscale + i) : 1.0f;
+                r1 = i + 1 < n ? __ldcg(mm.rscale + i + 1) : 1.0f;
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                float *c = acc[mt * NT + nt];
+                c[0] = c[0] * r0; c[1] = c[1] * r1; c[2] = c[2] * r0; c[3] = c[3] * r1;
+            }
+        }
     if constexpr (MT == 2)
         if (sw) {
             tc_store_swiglu<NT>(mm, sg.o0, acc, n, g, t);
             return;
         }
-    tc_store<MT, NT>(sg, acc, n, g, t);
+    tc_store<MT, NT>(sg, acc, n, g, t, mm.add != 0);
 }
