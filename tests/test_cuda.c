@@ -230,46 +230,33 @@ static void test_matmul_vs_reference(void) {
         if (bes[b] != g_gpu) bes[b]->destroy(bes[b]);
 }
 
-/* The tensor-core products for BF16 weights (K % 32 == 0, x and w 16-byte aligned):
- * k_matmul_tc (the default) and the streamed one (k_matmul_sk, DSPARK_CUDA_MM_SK=R,...):
+/* The tensor-core product for BF16 weights (K % 32 == 0, x and w 16-byte aligned), k_matmul_tc:
  *   - against the CPU's F32 product: nse <= NSE_F32 with x in 3 bf16 pieces (printed, with the
  *     F32-FMA kernel's nse beside it); 2 pieces printed; must fail: 1 piece (x rounded to bf16)
  *     exceeds the bound;
- *   - every n = 1..64: each row bitwise the same row of the 64-row product (the arithmetic of a
- *     row does not depend on n), for every launch setting of a kernel (streamed: ring stages,
- *     items per block, PDL; k_matmul_tc: DSPARK_CUDA_TC_MT, _DEEP, _PREFETCH), each setting
- *     against its kernel's own 64-row product;
- *   - streamed == k_matmul_tc bitwise where a tile's K is one part (K <= 4096), for both stage
- *     sizes (KPS 1 and 2); beyond, both within the bound against the CPU;
+ *   - every n = 1..64: each row bitwise the same row of the default's 64-row product (the
+ *     arithmetic of a row does not depend on n), for every launch setting (DSPARK_CUDA_TC_MT,
+ *     _DEEP, _PREFETCH, PDL off);
  *   - K not a multiple of 32 and unaligned x fall back to the F32-FMA kernel (checked bitwise). */
 static void test_matmul_tc(void) {
-    /* groups of settings: every member of a group gives its first member's bits */
-    static const char *const settings[][4] = {
-        {"DSPARK_CUDA_MM_SK=6,1,0", "DSPARK_CUDA_MM_SK=4,1,1,1", "DSPARK_CUDA_MM_SK=8,1,3 DSPARK_CUDA_PDL=1", "DSPARK_CUDA_MM_SK=3,1,0,1 DSPARK_CUDA_PDL=1"},
-        {"DSPARK_CUDA_MM_SK=6,2,0", "DSPARK_CUDA_MM_SK=4,2,2,1 DSPARK_CUDA_PDL=1", NULL, NULL},
-        {NULL, "DSPARK_CUDA_MM_SK=0 DSPARK_CUDA_TC_MT=2 DSPARK_CUDA_TC_DEEP=1 DSPARK_CUDA_PDL=1",
-         "DSPARK_CUDA_MM_SK=0 DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4", "DSPARK_CUDA_MM_SK=0 DSPARK_CUDA_TC_MT=1,4,2,4,2 DSPARK_CUDA_TC_DEEP=2"},
-    };
-    enum { NG = 3, NM = 4 };
-    Backend *bes[NG][NM];
-    int nvar = 0;
-    for (int gi = 0; gi < NG; gi++)
-        for (int m = 0; m < NM; m++) {
-            bes[gi][m] = gi == 2 && m == 0 ? g_gpu : settings[gi][m] ? gpu_with_envs(settings[gi][m]) : NULL; /* g_gpu: k_matmul_tc */
-            if (settings[gi][m] && !bes[gi][m]) return;
-            nvar += bes[gi][m] != NULL;
-        }
+    static const char *const settings[] = {NULL, "DSPARK_CUDA_TC_MT=2 DSPARK_CUDA_TC_DEEP=1 DSPARK_CUDA_PDL=0",
+                                           "DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4", "DSPARK_CUDA_TC_MT=1,4,2,4,2 DSPARK_CUDA_TC_DEEP=2"};
+    enum { NM = 4 };
+    Backend *bes[NM];
+    for (int m = 0; m < NM; m++) {
+        bes[m] = m == 0 ? g_gpu : gpu_with_envs(settings[m]); /* g_gpu: the default */
+        if (!bes[m]) return;
+    }
     Backend *fma = gpu_with_env("DSPARK_CUDA_MM_TC", "0", NULL, NULL);
     Backend *p2 = gpu_with_env("DSPARK_CUDA_MM_TC", "2", NULL, NULL), *p1 = gpu_with_env("DSPARK_CUDA_MM_TC", "1", NULL, NULL);
     if (!p1 || !p2 || !fma) return;
-    /* (K, O, x offset in floats): odd O (partial tiles), K from 1 k-step per warp to 400 (one to
-     * four parts; partial last stages: K 2592, 8224), an lm_head-sized O; the last two fall back
-     * (K % 32 != 0; x not 16-byte aligned) */
+    /* (K, O, x offset in floats): odd O (partial tiles), K from 1 k-step per warp to 400, an
+     * lm_head-sized O; the last two fall back (K % 32 != 0; x not 16-byte aligned) */
     const int shapes[][3] = {{2560, 67, 0}, {4096, 40, 0}, {9728, 24, 0}, {12800, 20, 0}, {8224, 18, 0}, {2592, 20, 0}, {160, 33, 0},
                              {32, 17, 0}, {96, 1000, 0}, {32, 65541, 0}, {200, 50, 0}, {2560, 30, 1}};
     const int nsh = (int)(sizeof shapes / sizeof shapes[0]), nmax = 64;
-    int bad_rows = 0, cases = 0, same_old = 0, same_old_cases = 0;
-    double worst3 = 0, worst2 = 0, worst_fma = 0, worst_old = 0, worst_kps2 = 0, best1 = INFINITY;
+    int bad_rows = 0, cases = 0;
+    double worst3 = 0, worst2 = 0, worst_fma = 0, best1 = INFINITY;
     for (int s = 0; s < nsh; s++) {
         const int K = shapes[s][0], O = shapes[s][1], off = shapes[s][2];
         const bool tc = K % 32 == 0 && off == 0;
@@ -277,74 +264,55 @@ static void test_matmul_tc(void) {
         void *wh = to_dtype(wf, (size_t)O * K, DS_BF16);
         Weight cw = weight_view(wh, DS_BF16, O, K), gw = gpu_weight(&cw);
         float *ref = malloc(sizeof(float) * (size_t)nmax * O), *got = malloc(sizeof(float) * (size_t)nmax * O);
-        float *all[NG];
+        float *all = malloc(sizeof(float) * (size_t)nmax * O);
         g_cpu->matmul(g_cpu, ref, x + off, &cw, nmax);
         float *dx = dev_from(x, sizeof(float) * ((size_t)nmax * K + off)), *dout = g_gpu->alloc(g_gpu, sizeof(float) * (size_t)nmax * O);
         g_gpu->synchronize(g_gpu);
         char name[96];
-        /* 64 rows: each group's first member, and 2 pieces, 1 piece, the F32-FMA kernel, against the CPU */
-        Backend *acc[NG + 3] = {bes[0][0], bes[1][0], bes[2][0], p2, p1, fma};
-        double e[NG + 3];
-        for (int a = 0; a < NG + 3; a++) {
+        /* 64 rows: the default, 2 pieces, 1 piece, the F32-FMA kernel, against the CPU */
+        Backend *acc[4] = {g_gpu, p2, p1, fma};
+        double e[4];
+        for (int a = 0; a < 4; a++) {
             acc[a]->matmul(acc[a], dout, dx + off, &gw, nmax);
             acc[a]->synchronize(acc[a]);
-            float *dst = a < NG ? (all[a] = malloc(sizeof(float) * (size_t)nmax * O)) : got;
+            float *dst = a == 0 ? all : got;
             g_gpu->to_host(g_gpu, dst, dout, sizeof(float) * (size_t)nmax * O);
             e[a] = nse(dst, ref, (size_t)nmax * O);
         }
         snprintf(name, sizeof name, "matmul tc BF16 K %d O %d n 64%s", K, O, tc ? "" : " (falls back)");
-        CHECK_NSE(name, all[0], ref, (size_t)nmax * O, NSE_F32);
-        CHECK_NSE(name, all[1], ref, (size_t)nmax * O, NSE_F32);
-        CHECK_NSE(name, all[2], ref, (size_t)nmax * O, NSE_F32);
-        printf("  %-44s nse streamed %.3g (KPS 2 %.3g), k_matmul_tc %.3g, 2 pieces %.3g, 1 piece %.3g, F32-FMA kernel %.3g\n", name, e[0],
-               e[1], e[2], e[3], e[4], e[5]);
+        CHECK_NSE(name, all, ref, (size_t)nmax * O, NSE_F32);
+        printf("  %-44s nse k_matmul_tc %.3g, 2 pieces %.3g, 1 piece %.3g, F32-FMA kernel %.3g\n", name, e[0], e[1], e[2], e[3]);
         if (tc) {
             worst3 = e[0] > worst3 ? e[0] : worst3;
-            worst_kps2 = e[1] > worst_kps2 ? e[1] : worst_kps2;
-            worst_old = e[2] > worst_old ? e[2] : worst_old;
-            worst2 = e[3] > worst2 ? e[3] : worst2;
-            worst_fma = e[5] > worst_fma ? e[5] : worst_fma;
-            best1 = e[4] < best1 ? e[4] : best1;
-            CHECK_MSG(e[4] > NSE_F32, "%s: x rounded to bf16 (1 piece) not caught: nse %.3g", name, e[4]);
-            if (K <= 4096) { /* one part: the streamed kernel's sums are k_matmul_tc's */
-                for (int gi = 0; gi < 2; gi++) {
-                    same_old_cases++;
-                    const bool eq = memcmp(all[gi], all[2], sizeof(float) * (size_t)nmax * O) == 0;
-                    same_old += eq;
-                    CHECK_MSG(eq, "%s: streamed (KPS %d) not bitwise k_matmul_tc with one part", name, gi + 1);
+            worst2 = e[1] > worst2 ? e[1] : worst2;
+            worst_fma = e[3] > worst_fma ? e[3] : worst_fma;
+            best1 = e[2] < best1 ? e[2] : best1;
+            CHECK_MSG(e[2] > NSE_F32, "%s: x rounded to bf16 (1 piece) not caught: nse %.3g", name, e[2]);
+        } else {
+            CHECK_MSG(e[0] == e[2] && e[0] == e[3], "%s: the fallback should not depend on the kernel settings", name);
+        }
+        /* every n, every setting: bitwise the rows of the default's 64-row product */
+        for (int n = 1; n <= nmax; n++)
+            for (int m = 0; m < NM; m++) {
+                Backend *be = bes[m];
+                be->matmul(be, dout, dx + off, &gw, n);
+                be->synchronize(be);
+                g_gpu->to_host(g_gpu, got, dout, sizeof(float) * (size_t)n * O);
+                cases++;
+                if (memcmp(got, all, sizeof(float) * (size_t)n * O) != 0) {
+                    if (bad_rows++ < 5) CHECK_MSG(0, "%s: n %d (setting '%s') not bitwise the rows of n 64", name, n, settings[m] ? settings[m] : "default");
                 }
             }
-        } else {
-            CHECK_MSG(e[0] == e[4] && e[0] == e[5] && e[0] == e[2], "%s: the fallback should not depend on the kernel settings", name);
-        }
-        /* every n, every setting: bitwise the rows of its group's 64-row product */
-        for (int n = 1; n <= nmax; n++)
-            for (int gi = 0; gi < NG; gi++)
-                for (int m = 0; m < NM; m++) {
-                    Backend *be = bes[gi][m];
-                    if (!be) continue;
-                    be->matmul(be, dout, dx + off, &gw, n);
-                    be->synchronize(be);
-                    g_gpu->to_host(g_gpu, got, dout, sizeof(float) * (size_t)n * O);
-                    cases++;
-                    if (memcmp(got, all[gi], sizeof(float) * (size_t)n * O) != 0) {
-                        if (bad_rows++ < 5) CHECK_MSG(0, "%s: n %d (setting '%s') not bitwise the rows of n 64", name, n, settings[gi][m] ? settings[gi][m] : "default");
-                    }
-                }
         g_gpu->release_weight(g_gpu, &gw);
         g_gpu->free(g_gpu, dx);
         g_gpu->free(g_gpu, dout);
-        for (int gi = 0; gi < NG; gi++) free(all[gi]);
-        free(wf); free(x); free(wh); free(ref); free(got);
+        free(wf); free(x); free(wh); free(ref); free(got); free(all);
     }
     CHECK_MSG(bad_rows == 0, "tensor-core products: %d of %d products not bitwise the 64-row rows", bad_rows, cases);
-    printf("  tensor-core products: %d of %d products (n 1..64, %d settings) bitwise their 64-row rows; streamed == k_matmul_tc "
-           "with one part in %d of %d; worst nse streamed %.3g (KPS 2 %.3g), k_matmul_tc %.3g, 2 pieces %.3g, F32-FMA kernel %.3g; "
-           "1 piece at least %.3g (must fail)\n",
-           cases - bad_rows, cases, nvar, same_old, same_old_cases, worst3, worst_kps2, worst_old, worst2, worst_fma, best1);
-    for (int gi = 0; gi < NG; gi++)
-        for (int m = 0; m < NM; m++)
-            if (bes[gi][m] && bes[gi][m] != g_gpu) bes[gi][m]->destroy(bes[gi][m]);
+    printf("  tensor-core products: %d of %d products (n 1..64, %d settings) bitwise their 64-row rows; worst nse k_matmul_tc %.3g, "
+           "2 pieces %.3g, F32-FMA kernel %.3g; 1 piece at least %.3g (must fail)\n",
+           cases - bad_rows, cases, NM, worst3, worst2, worst_fma, best1);
+    for (int m = 1; m < NM; m++) bes[m]->destroy(bes[m]);
     fma->destroy(fma);
     p1->destroy(p1);
     p2->destroy(p2);
@@ -359,8 +327,7 @@ static void matmul_multi_on(Backend *be, const char *what) {
         return;
     }
     const ds_dtype dts[] = {DS_BF16, DS_F32};
-    /* K 4352: two parts per tile in the streamed product (its part sums and counters shared by
-     * the segments of one launch) */
+    /* K 320 and 4352 (beyond 4096) */
     const int Os[3] = {256, 64, 72}, ns[] = {1, 2, 3, 8, 17, 64, 70};
     int bad = 0, cases = 0;
     for (int dk = 0; dk < 4; dk++) {
@@ -423,9 +390,8 @@ static void matmul_multi_on(Backend *be, const char *what) {
 static void test_matmul_multi(void) {
     matmul_multi_on(g_gpu, "default");
 #ifdef DSPARK_HAVE_CUDA
-    const char *env[][2] = {{"DSPARK_CUDA_MM_PERSIST", "1"}, {"DSPARK_CUDA_MM_PERSIST", "0"}, {"DSPARK_CUDA_MM_SK", "6,1,0,1"},
-                            {"DSPARK_CUDA_MM_SK", "4,2,1"}, {"DSPARK_CUDA_PDL", "1"}, {"DSPARK_CUDA_MM_TC", "0"}};
-    for (int e = 0; e < 6; e++) {
+    const char *env[][2] = {{"DSPARK_CUDA_MM_PERSIST", "1"}, {"DSPARK_CUDA_MM_PERSIST", "0"}, {"DSPARK_CUDA_PDL", "0"}, {"DSPARK_CUDA_MM_TC", "0"}};
+    for (int e = 0; e < 4; e++) {
         Backend *be = gpu_with_env(env[e][0], env[e][1], NULL, NULL);
         if (!be) continue;
         char what[64];

@@ -133,13 +133,6 @@ typedef struct {
     int tc_mt[5];  /* its 16-row tiles per block by bucket n = 1, 2-8, 9-16, 17-32, 33-64 (DSPARK_CUDA_TC_MT; 0 auto) */
     int tc_deep;   /* k-steps per round: 1 twice, 2 half the default (DSPARK_CUDA_TC_DEEP) */
     int tc_pf;     /* bytes of each weight row prefetched into L2 at block start (DSPARK_CUDA_TC_PREFETCH, KB; 0 off) */
-    bool sk;       /* the streamed tensor-core product k_matmul_sk (DSPARK_CUDA_MM_SK=R,...; off: k_matmul_tc) */
-    int sk_ring, sk_kps, sk_ipb; /* its ring stages, k-steps per warp and stage, items per block (0 auto) */
-    bool sk_tma;                 /* stages brought in by bulk copies (TMA) instead of cp.async */
-    int sk_smem_max;             /* dynamic shared memory a block may take */
-    float *sk_scratch;           /* its part sums (device) */
-    size_t sk_scratch_floats;
-    int *sk_count, sk_count_n;   /* its per-tile counters (device, zero between launches) */
     bool pdl;      /* kernels launched with programmatic stream serialization (DSPARK_CUDA_PDL=0: off) */
     int nsm;
 } MmCfg;
@@ -299,7 +292,6 @@ static void cu_release_weight(Backend *be, Weight *w) {
 #include "elementwise.cuh"
 #include "matmul_fma.cuh"
 #include "matmul_tc.cuh"
-#include "matmul_sk.cuh"
 #include "norm_rope.cuh"
 #include "attention.cuh"
 
@@ -377,12 +369,12 @@ static void matmul_launch(cudaStream_t st, const MmCfg *cfg, float *out, const f
                 per_sm = 1;
             }
             const int grid = G < per_sm * cfg->nsm ? G : per_sm * cfg->nsm;
-            k_matmul_pf<NB, C, DT><<<(unsigned)grid, 256, 0, st>>>(mm, x, n, K);
+            launch(st, cfg->pdl, k_matmul_pf<NB, C, DT>, (unsigned)grid, 256, 0, mm, x, n, K);
             return;
         }
     }
-    if (multi) k_matmul_multi<NB, C, DT, VEC><<<(unsigned)G, 256, 0, st>>>(mm, x, n, K);
-    else k_matmul<NB, C, DT, VEC><<<(unsigned)G, 256, 0, st>>>(out, x, w, n, K, O);
+    if (multi) launch(st, cfg->pdl, k_matmul_multi<NB, C, DT, VEC>, (unsigned)G, 256, 0, mm, x, n, K);
+    else launch(st, cfg->pdl, k_matmul<NB, C, DT, VEC>, (unsigned)G, 256, 0, out, x, w, n, K, O);
 }
 
 /* one launch for any n <= CUDA_SMALL_N: NB rows per chunk (n rounded up to 1, 2, 4, then 8
@@ -391,9 +383,17 @@ static void matmul_launch(cudaStream_t st, const MmCfg *cfg, float *out, const f
 template <int NB, int DT, bool VEC>
 static void matmul_cols(cudaStream_t st, const MmCfg *cfg, int cols, float *out, const float *x, const void *w, int n, int K, int O,
                         const MmMulti *multi) {
-    if (DT == DS_BF16 && VEC && cols == 2) matmul_launch<NB, 2, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
-    else if (DT == DS_BF16 && VEC && cols == 8) matmul_launch<NB, 8, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
-    else matmul_launch<NB, 4, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
+    if constexpr (DT == DS_BF16 && VEC) { /* (C 2 and 8 compiled for this path only) */
+        if (cols == 2) {
+            matmul_launch<NB, 2, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
+            return;
+        }
+        if (cols == 8) {
+            matmul_launch<NB, 8, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
+            return;
+        }
+    }
+    matmul_launch<NB, 4, DT, VEC>(st, cfg, out, x, w, n, K, O, multi);
 }
 template <int DT, bool VEC>
 static void matmul_small(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
@@ -432,76 +432,8 @@ static void matmul_tc_nt(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned 
     else if (n <= 32) matmul_tc_u<MT, 4, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
     else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
 }
-/* k_matmul_sk's launch (cfg->pdl: with programmatic stream serialization, so its first weight
- * stages load while the kernel before it finishes) */
-template <int NT, int KPS, bool XS, bool TMA>
-static void sk_launch(cudaStream_t st, const MmCfg *cfg, const SkArgs &a, unsigned grid, size_t smem) {
-    launch(st, cfg->pdl, k_matmul_sk<NT, KPS, XS, TMA>, grid, 256, smem, a);
-}
-template <int KPS, bool TMA>
-static void sk_launch_nt(cudaStream_t st, const MmCfg *cfg, const SkArgs &a, unsigned grid, size_t smem) {
-    if (a.n <= 8) sk_launch<1, KPS, true, TMA>(st, cfg, a, grid, smem);
-    else if (a.n <= 16) sk_launch<2, KPS, false, TMA>(st, cfg, a, grid, smem);
-    else if (a.n <= 32) sk_launch<4, KPS, false, TMA>(st, cfg, a, grid, smem);
-    else sk_launch<8, KPS, false, TMA>(st, cfg, a, grid, smem);
-}
-/* every k_matmul_sk instance may use all the shared memory a block can have besides its
- * static part (set once, at create) */
-template <int NT, int KPS, bool XS, bool TMA>
-static void sk_smem_limit_one(int optin) {
-    cudaFuncAttributes fa;
-    if (cudaFuncGetAttributes(&fa, k_matmul_sk<NT, KPS, XS, TMA>) == cudaSuccess)
-        cudaFuncSetAttribute(k_matmul_sk<NT, KPS, XS, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin - (int)fa.sharedSizeBytes);
-}
-template <bool TMA>
-static void sk_set_smem_limit_p(int optin) {
-    sk_smem_limit_one<1, 1, true, TMA>(optin);
-    sk_smem_limit_one<2, 1, false, TMA>(optin);
-    sk_smem_limit_one<4, 1, false, TMA>(optin);
-    sk_smem_limit_one<8, 1, false, TMA>(optin);
-    sk_smem_limit_one<1, 2, true, TMA>(optin);
-    sk_smem_limit_one<2, 2, false, TMA>(optin);
-    sk_smem_limit_one<4, 2, false, TMA>(optin);
-    sk_smem_limit_one<8, 2, false, TMA>(optin);
-}
-static void sk_set_smem_limit(int optin) {
-    sk_set_smem_limit_p<false>(optin);
-    sk_set_smem_limit_p<true>(optin);
-    cudaGetLastError();
-}
-/* false: the product does not fit k_matmul_sk's buffers (the caller runs k_matmul_tc) */
-static bool matmul_sk(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
-                      const MmMulti *multi) {
-    SkArgs a;
-    memset(&a, 0, sizeof a);
-    a.mm = mm_segments(multi, out, w, O);
-    int tiles = 0;
-    for (int j = 0; j < a.mm.count; j++) a.mm.g_end[j] = tiles += (a.mm.O[j] + 15) / 16;
-    const int kst = 8 * cfg->sk_kps, nt = n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 4 : 8;
-    a.x = x;
-    a.n = n;
-    a.K = K;
-    a.KS = K / 32;
-    a.SPT = (a.KS + kst - 1) / kst;
-    a.PPT = (a.KS + SK_PART_KSTEPS - 1) / SK_PART_KSTEPS;
-    a.items = tiles * a.PPT;
-    if (a.PPT > 1 && ((size_t)a.items * nt * 128 > cfg->sk_scratch_floats || tiles > cfg->sk_count_n)) return false;
-    a.ipb = cfg->sk_ipb > 0 ? cfg->sk_ipb : a.items / (4 * cfg->nsm) > 1 ? a.items / (4 * cfg->nsm) : 1;
-    a.ring = cfg->sk_ring;
-    a.scratch = cfg->sk_scratch;
-    a.count = cfg->sk_count;
-    const unsigned grid = (unsigned)((a.items + a.ipb - 1) / a.ipb);
-    const size_t smem = (size_t)a.ring * ((size_t)16 * (32 * kst + SK_WPAD) * 2 + (nt == 1 ? (size_t)n * (32 * kst + SK_XPAD) * 4 : 0));
-    if (smem > (size_t)cfg->sk_smem_max) return false;
-    if (cfg->sk_kps == 2) cfg->sk_tma ? sk_launch_nt<2, true>(st, cfg, a, grid, smem) : sk_launch_nt<2, false>(st, cfg, a, grid, smem);
-    else cfg->sk_tma ? sk_launch_nt<1, true>(st, cfg, a, grid, smem) : sk_launch_nt<1, false>(st, cfg, a, grid, smem);
-    return true;
-}
-
 static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
                       const MmMulti *multi) {
-    const bool fold = multi && (multi->norm || multi->add); /* k_matmul_tc's own (mm_fold) */
-    if (cfg->sk && cfg->tc == 3 && !fold && matmul_sk(st, cfg, out, x, w, n, K, O, multi)) return;
     MmMulti mm = mm_segments(multi, out, w, O);
     const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
     int rows = 0;
@@ -622,6 +554,19 @@ static bool graph_skip_products(Backend *be, int op, float *const *outs, const W
     return c->g_mode == G_CHECK;
 }
 
+/* the segments of count products of one x (outs[j] = x . ws[j]^T), nothing folded */
+static MmMulti mm_products(float *const *outs, const Weight *const *ws, int count) {
+    MmMulti mm;
+    memset(&mm, 0, sizeof mm);
+    mm.count = count;
+    for (int j = 0; j < count; j++) {
+        mm.out[j] = outs[j];
+        mm.w[j] = ws[j]->dev;
+        mm.O[j] = ws[j]->rows;
+    }
+    return mm;
+}
+
 static void matmul_multi_run(Backend *be, float *const *outs, const float *x, const Weight *const *ws, int count, int n, int act) {
     CudaImpl *c = impl(be);
     bool fuse = count <= 3 && n <= CUDA_SMALL_N && !c->mm.ref;
@@ -629,16 +574,9 @@ static void matmul_multi_run(Backend *be, float *const *outs, const float *x, co
         fuse = ws[j]->dtype == ws[0]->dtype && ws[j]->cols == ws[0]->cols && mm_vec(x, ws[j]->dev, ws[j]->cols) == mm_vec(x, ws[0]->dev, ws[0]->cols) &&
                mm_tc(&c->mm, ws[j]->dtype, x, ws[j]->dev, ws[j]->cols) == mm_tc(&c->mm, ws[0]->dtype, x, ws[0]->dev, ws[0]->cols);
     if (fuse) {
-        MmMulti mm;
-        memset(&mm, 0, sizeof mm);
-        mm.count = count;
-        for (int j = 0; j < count; j++) {
-            mm.out[j] = outs[j];
-            mm.w[j] = ws[j]->dev;
-            mm.O[j] = ws[j]->rows;
-        }
+        MmMulti mm = mm_products(outs, ws, count);
         /* swiglu in k_matmul_tc's store (a launch less per layer; bitwise k_swiglu's values) */
-        mm.act = act == 1 && c->fuse && count == 2 && ws[0]->rows == ws[1]->rows && c->mm.tc == 3 && !c->mm.sk &&
+        mm.act = act == 1 && c->fuse && count == 2 && ws[0]->rows == ws[1]->rows && c->mm.tc == 3 &&
                  mm_tc(&c->mm, ws[0]->dtype, x, ws[0]->dev, ws[0]->cols);
         matmul_run(be, outs[0], x, ws[0], n, &mm);
         if (mm.act) return;
@@ -684,14 +622,7 @@ static void cu_matmul_norm(Backend *be, float *const *outs, const float *x, cons
         matmul_multi_run(be, outs, tmp, ws, count, n, act);
         return;
     }
-    MmMulti mm;
-    memset(&mm, 0, sizeof mm);
-    mm.count = count;
-    for (int j = 0; j < count; j++) {
-        mm.out[j] = outs[j];
-        mm.w[j] = ws[j]->dev;
-        mm.O[j] = ws[j]->rows;
-    }
+    MmMulti mm = mm_products(outs, ws, count);
     mm.act = act == 1;
     if (n <= 8) { /* NORM: one launch */
         mm.norm = norm->dev;
@@ -1060,8 +991,6 @@ static void cu_destroy(Backend *be) {
         if (c->att_part) cudaFree(c->att_part);
         if (c->att_count) cudaFree(c->att_count);
         if (c->norm_r) cudaFree(c->norm_r);
-        if (c->mm.sk_scratch) cudaFree(c->mm.sk_scratch);
-        if (c->mm.sk_count) cudaFree(c->mm.sk_count);
         if (c->have_blas) {
             c->blas.destroy(c->blas.h);
             dlclose(c->blas.lib);
@@ -1099,47 +1028,6 @@ static void mm_tc_config(MmCfg *m) {
             if (x == 1 || x == 2 || x == 4) m->tc_mt[i] = x;
         }
     }
-}
-
-/* DSPARK_CUDA_MM_SK (off by default): "R[,KPS[,IPB[,TMA]]]" selects k_matmul_sk: ring stages
- * (3..8, default 6), k-steps per warp and stage (1 or 2: 2 cuts K into other stages, which
- * changes values within rounding, never across row counts), items per block (0 auto) and
- * the producer (0 cp.async, 1 bulk copies);
- * DSPARK_CUDA_PDL=0: kernels launched in plain stream order (default: with programmatic
- * stream serialization, pdl_wait). The buffers:
- * part sums for 2M floats (8 MB) and counters for 65536 tiles. false: out of GPU memory. */
-static bool mm_sk_config(MmCfg *m, const cudaDeviceProp *prop) {
-    const char *sk = getenv("DSPARK_CUDA_MM_SK"), *pdl = getenv("DSPARK_CUDA_PDL");
-    /* opt-in: on the H200 it reached only 0.2-0.37 of the copy bandwidth where k_matmul_tc
-     * reaches 0.43-0.97 (docs/bench-cuda.md), though its values are exact and tested */
-    m->sk = sk && strcmp(sk, "0") != 0 && !m->ref;
-    m->sk_ring = 6;
-    m->sk_kps = 1;
-    m->sk_ipb = 0;
-    m->sk_tma = false;
-    if (sk && m->sk) {
-        int v[4] = {6, 1, 0, 0};
-        sscanf(sk, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
-        if (v[0] >= 3 && v[0] <= SK_MAX_RING) m->sk_ring = v[0];
-        if (v[1] == 1 || v[1] == 2) m->sk_kps = v[1];
-        if (v[2] >= 0) m->sk_ipb = v[2];
-        m->sk_tma = v[3] == 1;
-    }
-    m->sk_smem_max = (int)prop->sharedMemPerBlockOptin - 20 * 1024; /* room for the largest static part */
-    /* on by default (H200: 4.17 -> 4.09 ms per decode step, 5.34 -> 5.24 at 8 tokens) */
-    m->pdl = !(pdl && strcmp(pdl, "0") == 0);
-    m->sk_scratch_floats = (size_t)2 << 20;
-    m->sk_count_n = 65536;
-    if (cudaMalloc(&m->sk_scratch, sizeof(float) * m->sk_scratch_floats) != cudaSuccess ||
-        cudaMalloc(&m->sk_count, sizeof(int) * (size_t)m->sk_count_n) != cudaSuccess ||
-        cudaMemset(m->sk_count, 0, sizeof(int) * (size_t)m->sk_count_n) != cudaSuccess) {
-        cudaGetLastError();
-        if (m->sk_scratch) cudaFree(m->sk_scratch);
-        if (m->sk_count) cudaFree(m->sk_count);
-        return false;
-    }
-    sk_set_smem_limit((int)prop->sharedMemPerBlockOptin);
-    return true;
 }
 
 extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
@@ -1196,14 +1084,13 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
     c->mm.nsm = prop.multiProcessorCount;
     mm_tc_config(&c->mm);
-    bool mem = mm_sk_config(&c->mm, &prop);
-    if (mem && cudaMalloc(&c->norm_r, sizeof(float) * CUDA_SMALL_N) != cudaSuccess) {
+    /* DSPARK_CUDA_PDL=0: kernels launched in plain stream order (default: with programmatic
+     * stream serialization, pdl_wait; H200: 4.17 -> 4.09 ms per decode step, 5.34 -> 5.24 at
+     * 8 tokens) */
+    const char *pdl = getenv("DSPARK_CUDA_PDL");
+    c->mm.pdl = !(pdl && strcmp(pdl, "0") == 0);
+    if (cudaMalloc(&c->norm_r, sizeof(float) * CUDA_SMALL_N) != cudaSuccess) {
         cudaGetLastError();
-        cudaFree(c->mm.sk_scratch);
-        cudaFree(c->mm.sk_count);
-        mem = false;
-    }
-    if (!mem) {
         cudaStreamDestroy(c->stream);
         if (c->have_blas) {
             c->blas.destroy(c->blas.h);
@@ -1230,8 +1117,7 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     if (c->mm.ref) strncat(c->info, ", reference product kernel", sizeof c->info - strlen(c->info) - 1);
     else if (c->mm.tc) {
         char t[160];
-        snprintf(t, sizeof t, ", BF16 <= 64 rows: tensor cores, x in %d bf16 piece%s%s", c->mm.tc, c->mm.tc > 1 ? "s" : "",
-                 c->mm.sk && c->mm.tc == 3 ? ", streamed (cp.async ring)" : "");
+        snprintf(t, sizeof t, ", BF16 <= 64 rows: tensor cores, x in %d bf16 piece%s", c->mm.tc, c->mm.tc > 1 ? "s" : "");
         strncat(c->info, t, sizeof c->info - strlen(c->info) - 1);
     }
     if (c->mm.pdl) strncat(c->info, ", programmatic dependent launch", sizeof c->info - strlen(c->info) - 1);

@@ -31,7 +31,7 @@
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);
  * DSPARK_CUDA_FUSE=0 runs the fused ops apart (bitwise the same); DSPARK_CUDA_FOLD=0 keeps
  * the rmsnorms and residual adds out of the products (matmul_norm / matmul_add: the folded
- * norm changes values within rounding); DSPARK_CUDA_MM_SK the opt-in streamed product. */
+ * norm changes values within rounding). */
 #ifndef DSPARK_BACKEND_CUDA_H
 #define DSPARK_BACKEND_CUDA_H
 

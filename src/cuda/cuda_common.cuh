@@ -12,6 +12,23 @@ __device__ __forceinline__ float weight_at(const void *w, int dt, size_t i) {
     return ((const float *)w)[i];
 }
 
+/* 8 weights of a 16-bit dtype from one 16-byte load, widened to F32 */
+template <int DT>
+__device__ __forceinline__ void unpack8(uint4 u, float *o) {
+    const uint32_t v[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        if (DT == DS_BF16) {
+            o[2 * j] = bf16_bits(v[j] & 0xffffu);
+            o[2 * j + 1] = __uint_as_float(v[j] & 0xffff0000u);
+        } else {
+            const float2 f = __half22float2(*(const __half2 *)&v[j]);
+            o[2 * j] = f.x;
+            o[2 * j + 1] = f.y;
+        }
+    }
+}
+
 /* 8 consecutive weights from element i (16-byte aligned for BF16/F16, 32 for F32) */
 template <int DT>
 __device__ __forceinline__ void load8(const void *w, size_t i, float *o) {
@@ -20,41 +37,8 @@ __device__ __forceinline__ void load8(const void *w, size_t i, float *o) {
         float4 a = __ldg(p), b = __ldg(p + 1);
         o[0] = a.x; o[1] = a.y; o[2] = a.z; o[3] = a.w; o[4] = b.x; o[5] = b.y; o[6] = b.z; o[7] = b.w;
     } else {
-        uint4 u = __ldg((const uint4 *)((const uint16_t *)w + i));
-        uint32_t v[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            if (DT == DS_BF16) {
-                o[2 * j] = __uint_as_float(v[j] << 16);
-                o[2 * j + 1] = __uint_as_float(v[j] & 0xffff0000u);
-            } else {
-                __half2 h = *(const __half2 *)&v[j];
-                float2 f = __half22float2(h);
-                o[2 * j] = f.x;
-                o[2 * j + 1] = f.y;
-            }
-        }
+        unpack8<DT>(__ldg((const uint4 *)((const uint16_t *)w + i)), o);
     }
-}
-
-/* 8 weights of a 16-bit dtype from one 16-byte load, as load8 widens them */
-template <int DT>
-__device__ __forceinline__ void unpack8(uint4 u, float *o) {
-    float t[8];
-    const uint32_t v[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        if (DT == DS_BF16) {
-            t[2 * j] = __uint_as_float(v[j] << 16);
-            t[2 * j + 1] = __uint_as_float(v[j] & 0xffff0000u);
-        } else {
-            const float2 f = __half22float2(*(const __half2 *)&v[j]);
-            t[2 * j] = f.x;
-            t[2 * j + 1] = f.y;
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < 8; j++) o[j] = t[j];
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -86,9 +70,10 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return (g / (1.0f 
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 /* 4 floats of an activation (an input written by an earlier kernel), read after pdl_wait: a
- * volatile coherent load. The products read x this way, never with __ldg: with PDL an
- * ld.global.nc of a const __restrict__ pointer was moved above the wait (k_matmul_tc gave
- * other bits with PDL on until its x loads were these; test_cuda's test_pdl) */
+ * volatile coherent load. The products read x this way, never with __ldg, and no activation
+ * parameter is __restrict__: with PDL an ld.global.nc of a const __restrict__ pointer was
+ * moved above the wait (k_matmul_tc gave other bits with PDL on until its x loads were these;
+ * test_cuda's test_pdl) */
 __device__ __forceinline__ float4 ld_act4(const float4 *p) {
     float4 v;
     asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");

@@ -3,80 +3,6 @@
  * Part of backend_cuda.cu's translation unit (included there once, in order); not a header
  * of its own. */
 
-/* The previous product kernel, kept as the reference the new one must equal bitwise
- * (DSPARK_CUDA_MATMUL_REF=1 selects it; tests/test_cuda.c compares the two).
- * out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB and R columns o0.. per block of 256
- * threads. Thread t sums k = 8t.. in steps of 2048 (scalar path: k = t.. in steps of 256), then
- * each warp's lanes by a fixed xor tree and the 8 warps in order: every (i, o) gets the same
- * arithmetic whatever n, NB and R are. R > 1 reuses each x load for R columns. */
-template <int NB, int R, int DT, bool VEC>
-__global__ void __launch_bounds__(256) k_matmul_ref(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
-                                                int n, int K, int O) {
-    pdl_start();
-    __shared__ float part[8][R * NB];
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, o0 = blockIdx.x * R;
-    float acc[R][NB];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int i = 0; i < NB; i++) acc[r][i] = 0.0f;
-    size_t wo[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) wo[r] = (size_t)(o0 + r < O ? o0 + r : O - 1) * K;
-    if (VEC) {
-        for (int k0 = t * 8; k0 < K; k0 += 2048) {
-            float wv[R][8];
-#pragma unroll
-            for (int r = 0; r < R; r++) load8<DT>(w, wo[r] + k0, wv[r]);
-#pragma unroll
-            for (int i = 0; i < NB; i++) {
-                if (i < n) {
-                    const float4 *xp = (const float4 *)(x + (size_t)i * K + k0);
-                    const float4 a = ld_act4(xp), b = ld_act4(xp + 1);
-#pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        float s = acc[r][i];
-                        s = fmaf(a.x, wv[r][0], s); s = fmaf(a.y, wv[r][1], s); s = fmaf(a.z, wv[r][2], s); s = fmaf(a.w, wv[r][3], s);
-                        s = fmaf(b.x, wv[r][4], s); s = fmaf(b.y, wv[r][5], s); s = fmaf(b.z, wv[r][6], s); s = fmaf(b.w, wv[r][7], s);
-                        acc[r][i] = s;
-                    }
-                }
-            }
-        }
-    } else {
-        for (int k = t; k < K; k += 256) {
-            float wv[R];
-#pragma unroll
-            for (int r = 0; r < R; r++) wv[r] = weight_at(w, DT, wo[r] + k);
-#pragma unroll
-            for (int i = 0; i < NB; i++)
-                if (i < n) {
-                    const float xv = x[(size_t)i * K + k];
-#pragma unroll
-                    for (int r = 0; r < R; r++) acc[r][i] = fmaf(xv, wv[r], acc[r][i]);
-                }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int i = 0; i < NB; i++)
-            if (i < n) { /* n is the same for the whole block */
-                const float v = warp_sum(acc[r][i]);
-                if (lane == 0) part[warp][r * NB + i] = v;
-            }
-    __syncthreads();
-    for (int q = t; q < R * NB; q += 256) {
-        const int r = q / NB, i = q % NB;
-        if (i < n && o0 + r < O) {
-            float v = 0.0f;
-#pragma unroll
-            for (int j = 0; j < 8; j++) v += part[j][q];
-            out[(size_t)i * O + o0 + r] = v;
-        }
-    }
-}
-
 /* warp_sum's tree (lanes l and l ^ off added at off = 16, 8, 4, 2, 1) for each of M values
  * at once. While a lane still holds several values, the lanes with bit `off` set keep the upper
  * half of them and the others the lower half, each adding its partner's copy: M values cost
@@ -140,6 +66,78 @@ __device__ __forceinline__ void fma8_rows(float (&acc)[C * NB], const float *xb,
         }
     }
 }
+/* acc[c * NB + i] += thread t's part of sum_k x[i][k] w[c][k] for the nr rows of xb (weight
+ * row c at wo[c]): k = 8t.. in steps of 2048 through fma8_rows (VEC), else k = t.. in steps of
+ * 256, one fmaf per (k, row, column) */
+template <int NB, int C, int DT, bool VEC>
+__device__ __forceinline__ void mm_sums(float (&acc)[C * NB], const float *xb, const void *w, const size_t (&wo)[C], int K, int nr) {
+    const int t = threadIdx.x;
+    if (VEC) {
+        for (int k0 = t * 8; k0 < K; k0 += 2048) {
+            float wv[C][8];
+#pragma unroll
+            for (int c = 0; c < C; c++) load8<DT>(w, wo[c] + k0, wv[c]);
+            fma8_rows<NB, C>(acc, xb, K, k0, nr, wv);
+        }
+    } else {
+        for (int k = t; k < K; k += 256) {
+            float wv[C];
+#pragma unroll
+            for (int c = 0; c < C; c++) wv[c] = weight_at(w, DT, wo[c] + k);
+#pragma unroll
+            for (int i = 0; i < NB; i++)
+                if (i < nr) {
+                    const float xv = xb[(size_t)i * K + k];
+#pragma unroll
+                    for (int c = 0; c < C; c++) acc[c * NB + i] = fmaf(xv, wv[c], acc[c * NB + i]);
+                }
+        }
+    }
+}
+
+/* after a barrier: out[i][o0 + c] = the 8 warps' sums part[w][c * NB + i], added in order */
+template <int NB, int C>
+__device__ __forceinline__ void parts_store(const float (*part)[C * NB], int t, int nr, int o0, int O, float *out) {
+    for (int q = t; q < C * NB; q += 256) {
+        const int c = q / NB, i = q % NB;
+        if (i < nr && o0 + c < O) {
+            float v = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 8; j++) v += part[j][q];
+            out[(size_t)i * O + o0 + c] = v;
+        }
+    }
+}
+
+/* The previous product kernel, kept as the reference the new one must equal bitwise
+ * (DSPARK_CUDA_MATMUL_REF=1 selects it; tests/test_cuda.c compares the two).
+ * out[i][o] = sum_k x[i][k] w[o][k] for i < n <= NB and R columns o0.. per block of 256
+ * threads. Thread t sums k = 8t.. in steps of 2048 (scalar path: k = t.. in steps of 256), then
+ * each warp's lanes by a fixed xor tree and the 8 warps in order: every (i, o) gets the same
+ * arithmetic whatever n, NB and R are. R > 1 reuses each x load for R columns. Its sums are
+ * the helpers above (the one arithmetic); its reduction is its own: warp_sum per value. */
+template <int NB, int R, int DT, bool VEC>
+__global__ void __launch_bounds__(256) k_matmul_ref(float *__restrict__ out, const float *x, const void *__restrict__ w, int n, int K, int O) {
+    pdl_start();
+    __shared__ float part[8][R * NB];
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5, o0 = blockIdx.x * R;
+    float acc[R * NB]; /* [r * NB + i] */
+#pragma unroll
+    for (int q = 0; q < R * NB; q++) acc[q] = 0.0f;
+    size_t wo[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) wo[r] = (size_t)(o0 + r < O ? o0 + r : O - 1) * K;
+    mm_sums<NB, R, DT, VEC>(acc, x, w, wo, K, n);
+#pragma unroll
+    for (int q = 0; q < R * NB; q++)
+        if (q % NB < n) { /* n is the same for the whole block */
+            const float v = warp_sum(acc[q]);
+            if (lane == 0) part[warp][q] = v;
+        }
+    __syncthreads();
+    parts_store<NB, R>(part, t, n, o0, O, out);
+}
+
 template <int NB, int C>
 __device__ __forceinline__ void reduce_store(float (&acc)[C * NB], float (*part)[C * NB], int t, int nr, int o0, int O, float *out) {
     constexpr int M = C * NB, PER = M < 32 ? 1 : M / 32, COPY_MASK = M < 32 ? 32 / M - 1 : 0;
@@ -150,20 +148,12 @@ __device__ __forceinline__ void reduce_store(float (&acc)[C * NB], float (*part)
         for (int q = 0; q < PER; q++) part[warp][base + q] = acc[q];
     }
     __syncthreads();
-    for (int q = t; q < M; q += 256) {
-        const int c = q / NB, i = q % NB;
-        if (i < nr && o0 + c < O) {
-            float v = 0.0f;
-#pragma unroll
-            for (int j = 0; j < 8; j++) v += part[j][q];
-            out[(size_t)i * O + o0 + c] = v;
-        }
-    }
+    parts_store<NB, C>(part, t, nr, o0, O, out);
     __syncthreads(); /* part is the next chunk's */
 }
 
 template <int NB, int C, int DT, bool VEC>
-__device__ __forceinline__ void mm_block(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w, int n, int K,
+__device__ __forceinline__ void mm_block(float *__restrict__ out, const float *x, const void *__restrict__ w, int n, int K,
                                          int O, int o0, float (*part)[C * NB]) {
     constexpr int M = C * NB;
     const int t = threadIdx.x;
@@ -176,33 +166,13 @@ __device__ __forceinline__ void mm_block(float *__restrict__ out, const float *_
         float acc[M]; /* [c * NB + i] */
 #pragma unroll
         for (int q = 0; q < M; q++) acc[q] = 0.0f;
-        if (VEC) {
-            for (int k0 = t * 8; k0 < K; k0 += 2048) {
-                float wv[C][8];
-#pragma unroll
-                for (int c = 0; c < C; c++) load8<DT>(w, wo[c] + k0, wv[c]);
-                fma8_rows<NB, C>(acc, xb, K, k0, nr, wv);
-            }
-        } else {
-            for (int k = t; k < K; k += 256) {
-                float wv[C];
-#pragma unroll
-                for (int c = 0; c < C; c++) wv[c] = weight_at(w, DT, wo[c] + k);
-#pragma unroll
-                for (int i = 0; i < NB; i++)
-                    if (i < nr) {
-                        const float xv = xb[(size_t)i * K + k];
-#pragma unroll
-                        for (int c = 0; c < C; c++) acc[c * NB + i] = fmaf(xv, wv[c], acc[c * NB + i]);
-                    }
-            }
-        }
+        mm_sums<NB, C, DT, VEC>(acc, xb, w, wo, K, nr);
         reduce_store<NB, C>(acc, part, t, nr, o0, O, out + (size_t)i0 * O);
     }
 }
 
 template <int NB, int C, int DT, bool VEC>
-__global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *__restrict__ x, const void *__restrict__ w,
+__global__ void __launch_bounds__(256) k_matmul(float *__restrict__ out, const float *x, const void *__restrict__ w,
                                                 int n, int K, int O) {
     pdl_start();
     __shared__ float part[8][C * NB];
@@ -242,7 +212,7 @@ __device__ __forceinline__ MmSeg mm_segment(const MmMulti &mm, int g) {
 }
 
 template <int NB, int C, int DT, bool VEC>
-__global__ void __launch_bounds__(256) k_matmul_multi(MmMulti mm, const float *__restrict__ x, int n, int K) {
+__global__ void __launch_bounds__(256) k_matmul_multi(MmMulti mm, const float *x, int n, int K) {
     pdl_start();
     __shared__ float part[8][C * NB];
     const MmSeg sg = mm_segment<C>(mm, blockIdx.x);
@@ -256,7 +226,7 @@ __global__ void __launch_bounds__(256) k_matmul_multi(MmMulti mm, const float *_
  * arithmetic is k_matmul's (the same chunks in the same order, the same trees), so the
  * results are bitwise equal. */
 template <int NB, int C, int DT>
-__global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *__restrict__ x, int n, int K) {
+__global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *x, int n, int K) {
     pdl_start();
     constexpr int M = C * NB;
     __shared__ float part[8][M];

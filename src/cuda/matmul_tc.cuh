@@ -137,12 +137,13 @@ __device__ __forceinline__ void tc_store_swiglu(const MmMulti &mm, int o0, const
     }
 }
 
-/* k_matmul_tc's __launch_bounds__ minimum of resident blocks by NT (0: none given). Without
- * one, ptxas kept the NT 4 / NT 8 instances at 58 / 76 registers with their loads serialised;
- * with 1 / 2 it takes 91 / 125 and keeps the loads in flight (H200: 32 tokens 11.35 -> 8.69
- * ms, 64 tokens 22.7 -> 17.4; docs/bench-cuda.md). For NT <= 2 a minimum gave more registers
- * and a slower step. Registers only: the arithmetic is the same. */
-constexpr int tc_min_blocks(int nt) { return nt >= 8 ? 2 : nt >= 4 ? 1 : 0; }
+/* k_matmul_tc's __launch_bounds__ minimum of resident blocks by MT and NT (0: none given).
+ * Without one, ptxas kept the NT 4 / NT 8 instances at 58 / 76 registers with their loads
+ * serialised; with 1 / 2 it takes 91 / 125 and keeps the loads in flight (H200: 32 tokens
+ * 11.35 -> 8.69 ms, 64 tokens 22.7 -> 17.4; docs/bench-cuda.md). For NT <= 2 a minimum gave
+ * more registers and a slower step. 16 tiles of sums (gate/up paired at 33-64 rows) do not fit
+ * 2 blocks' registers (64 bytes spilled): 1. Registers only: the arithmetic is the same. */
+constexpr int tc_min_blocks(int mt, int nt) { return mt * nt >= 16 ? 1 : nt >= 8 ? 2 : nt >= 4 ? 1 : 0; }
 
 /* NORM (matmul_norm): the product of rmsnorm(x) by mm.norm (BF16), folded in. By linearity
  * W . (nw * x * r) = r * (W . (nw * x)) with r = 1 / sqrt(mean(x^2) + eps) of the row: the
@@ -210,7 +211,7 @@ __global__ void __launch_bounds__(256) k_norm_prep(float *xn, float *r, const fl
 /* one block of 8 warps: MT tiles of 16 output rows (column group blockIdx.x of mm's segments)
  * for NT tiles of 8 rows of x (n <= 8 NT); U k-steps of weights loaded before they are used */
 template <int MT, int NT, int P, int U, bool NORM>
-__global__ void __launch_bounds__(256, tc_min_blocks(NT)) k_matmul_tc(MmMulti mm, const float *__restrict__ x, int n, int K, int pf_bytes) {
+__global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMulti mm, const float *x, int n, int K, int pf_bytes) {
     constexpr int T = MT * NT;
     __shared__ float4 red[TC_WARPS / 2][T][32];
     __shared__ float ss_part[NORM ? TC_WARPS : 1][8 * NT];
