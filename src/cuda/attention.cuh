@@ -19,23 +19,36 @@ __device__ __forceinline__ int att_splits(int len, int chunk) {
     return c < ATT_SPLITS ? c : ATT_SPLITS;
 }
 
+/* the weights that merge nz <= N partial softmaxes (part z: its max m_of(z) and normaliser
+ * l_of(z)), in part order: M = the largest max, f[z] = exp(m_z - M) (0 for a part without
+ * keys); returns L = sum l_z f[z]. The warps' merge in k_attention and the splits' in
+ * att_merge are this one arithmetic. */
+template <int N, typename MOf, typename LOf>
+__device__ __forceinline__ float att_weights(int nz, MOf m_of, LOf l_of, float (&f)[N], float &M) {
+    M = -INFINITY;
+#pragma unroll
+    for (int z = 0; z < N; z++)
+        if (z < nz) M = fmaxf(M, m_of(z));
+    float L = 0.0f;
+#pragma unroll
+    for (int z = 0; z < N; z++) {
+        if (z >= nz) break;
+        const float mz = m_of(z);
+        f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
+        L += l_of(z) * f[z];
+    }
+    return L;
+}
+
 /* out of (head h, token i): the nz splits' partial results merged in split order (read from
  * L2: the fused path reads what other blocks of its own launch wrote) */
 __device__ __forceinline__ void att_merge(float *out, const float *part, int h, int i, int n_heads, int head_dim, int nz, int tid,
                                           int nthreads) {
     const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
-    float M = -INFINITY;
-#pragma unroll
-    for (int z = 0; z < ATT_SPLITS; z++)
-        if (z < nz) M = fmaxf(M, __ldcg(p + z * (head_dim + 2) + head_dim));
-    float L = 0.0f, f[ATT_SPLITS];
-#pragma unroll
-    for (int z = 0; z < ATT_SPLITS; z++) {
-        if (z >= nz) break;
-        const float mz = __ldcg(p + z * (head_dim + 2) + head_dim);
-        f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
-        L += __ldcg(p + z * (head_dim + 2) + head_dim + 1) * f[z];
-    }
+    float M, f[ATT_SPLITS];
+    const float L = att_weights<ATT_SPLITS>(
+        nz, [&](int z) { return __ldcg(p + z * (head_dim + 2) + head_dim); }, [&](int z) { return __ldcg(p + z * (head_dim + 2) + head_dim + 1); },
+        f, M);
     const float inv = 1.0f / L;
     float *oi = out + ((size_t)i * n_heads + h) * head_dim;
     for (int d = tid; d < head_dim; d += nthreads) {
@@ -152,15 +165,8 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     constexpr int tph = 32 * ATT_WARPS / GQ;
     const int g = threadIdx.x / tph, tl = threadIdx.x % tph;
     {
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, sm_m[w * GQ + g]);
-        float L = 0.0f, f[ATT_WARPS];
-#pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) {
-            f[w] = sm_m[w * GQ + g] == -INFINITY ? 0.0f : expf(sm_m[w * GQ + g] - M);
-            L += sm_l[w * GQ + g] * f[w];
-        }
+        float M, f[ATT_WARPS];
+        const float L = att_weights<ATT_WARPS>(ATT_WARPS, [&](int w) { return sm_m[w * GQ + g]; }, [&](int w) { return sm_l[w * GQ + g]; }, f, M);
         float *pz = part + (((size_t)i * n_heads + h0 + g) * ATT_SPLITS + z) * (head_dim + 2);
         for (int d = tl; d < head_dim; d += tph) {
             float o = 0.0f;

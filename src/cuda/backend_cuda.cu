@@ -1004,6 +1004,15 @@ static void cu_destroy(Backend *be) {
 extern "C" const char *backend_cuda_info(const Backend *be) { return ((const CudaImpl *)be->impl)->info; }
 extern "C" void *backend_cuda_stream(const Backend *be) { return (void *)((const CudaImpl *)be->impl)->stream; }
 
+/* a setting by row bucket: "V" for every bucket or "V1,...,Vnb"; v[0..nb) filled, false when
+ * s is NULL or starts with no number (with 2..nb - 1 numbers the first counts for all) */
+static bool env_buckets(const char *s, int nb, int *v) {
+    int t[8], k = s ? sscanf(s, "%d,%d,%d,%d,%d,%d,%d,%d", &t[0], &t[1], &t[2], &t[3], &t[4], &t[5], &t[6], &t[7]) : 0;
+    if (k < 1 || nb > 8) return false;
+    for (int i = 0; i < nb; i++) v[i] = t[k == nb ? i : 0];
+    return true;
+}
+
 /* DSPARK_CUDA_MM_TC: 0 the F32-FMA kernel for BF16 weights too (before/after), 1 or 2 bf16
  * pieces of x (lossy: tests and measurements), default 3; DSPARK_CUDA_TC_MT: "M" or
  * "M1,M8,M16,M32,M64", 16-row tiles per block (1, 2 or 4) by row bucket; DSPARK_CUDA_TC_DEEP=1
@@ -1021,13 +1030,10 @@ static void mm_tc_config(MmCfg *m) {
     if (tc && tc[0] >= '0' && tc[0] <= '3' && !tc[1]) m->tc = m->ref ? 0 : tc[0] - '0';
     const int mt_default[5] = {0, 0, 0, 0, 0}; /* auto (matmul_tc) */
     for (int i = 0; i < 5; i++) m->tc_mt[i] = mt_default[i];
-    if (mt) {
-        int v[5], k = sscanf(mt, "%d,%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3], &v[4]);
-        for (int i = 0; i < 5 && k >= 1; i++) {
-            const int x = v[k == 5 ? i : 0];
-            if (x == 1 || x == 2 || x == 4) m->tc_mt[i] = x;
-        }
-    }
+    int v[5];
+    if (env_buckets(mt, 5, v))
+        for (int i = 0; i < 5; i++)
+            if (v[i] == 1 || v[i] == 2 || v[i] == 4) m->tc_mt[i] = v[i];
 }
 
 extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
@@ -1075,10 +1081,9 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
      * per block except 8 for two rows */
     const bool pers_default[4] = {true, false, false, false};
     for (int i = 0; i < 4; i++) c->mm.persist_b[i] = pers_default[i];
-    if (pers) { /* "P" for every bucket or "P1,P2,P4,P8" (0 or 1) */
-        int v[4], k = sscanf(pers, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
-        for (int i = 0; i < 4 && k >= 1; i++) c->mm.persist_b[i] = v[k == 4 ? i : 0] == 1;
-    }
+    int v[4];
+    if (env_buckets(pers, 4, v)) /* "P" for every bucket or "P1,P2,P4,P8" (0 or 1) */
+        for (int i = 0; i < 4; i++) c->mm.persist_b[i] = v[i] == 1;
     const char *chunk = getenv("DSPARK_CUDA_MM_CHUNK"), *multi = getenv("DSPARK_CUDA_MM_MULTI");
     c->mm.chunk4 = chunk && strcmp(chunk, "4") == 0;
     c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
@@ -1103,13 +1108,9 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     }
     const int cols_default[4] = {4, 8, 4, 4};
     for (int i = 0; i < 4; i++) c->mm.cols[i] = cols_default[i];
-    if (cols) { /* "C" for every bucket or "C1,C2,C4,C8" (2, 4 or 8; benchmarks tune with it) */
-        int v[4], k = sscanf(cols, "%d,%d,%d,%d", &v[0], &v[1], &v[2], &v[3]);
-        for (int i = 0; i < 4 && k >= 1; i++) {
-            const int x = v[k == 4 ? i : 0];
-            if (x == 2 || x == 4 || x == 8) c->mm.cols[i] = x;
-        }
-    }
+    if (env_buckets(cols, 4, v)) /* "C" for every bucket or "C1,C2,C4,C8" (2, 4 or 8; benchmarks tune with it) */
+        for (int i = 0; i < 4; i++)
+            if (v[i] == 2 || v[i] == 4 || v[i] == 8) c->mm.cols[i] = v[i];
     const char *sync = getenv("DSPARK_CUDA_SYNC");
     g_sync_each = sync && strcmp(sync, "1") == 0;
     snprintf(c->info, sizeof c->info, "%.200s (sm_%d%d, %.1f GB, %d SMs), products: own kernel%s", prop.name, prop.major, prop.minor,

@@ -203,8 +203,8 @@ __global__ void __launch_bounds__(256) k_norm_prep(float *xn, float *r, const fl
     ss += __shfl_xor_sync(0xffffffffu, ss, 1);
     ss += __shfl_xor_sync(0xffffffffu, ss, 2);
     if (lane == 0) part[warp] = ss;
+    __syncthreads(); /* every square read before xn is written: xn may be x (lm_head's rows, in place) */
     for (int k = threadIdx.x; k < K; k += 256) oi[k] = bf16_bits(nw[k]) * xi[k];
-    __syncthreads();
     if (threadIdx.x == 0) r[i] = tc_norm_r(part, 1, K, eps);
 }
 

@@ -5,11 +5,12 @@
 /* rows of dim <= 256: one warp per row, 8 rows per block */
 /* One row's RMSNorm by one warp (lane k takes k, k + 32, ...). The separate and the fused
  * kernels below all call this (and rms_row_block, rope_head), so fusing changes no bit. */
+/* 1 / rms of a row from each lane's sum of squares ss (every lane of the warp must call it) */
+__device__ __forceinline__ float rms_warp_scale(float ss, int dim, float eps) { return 1.0f / sqrtf(warp_sum(ss) / (float)dim + eps); }
 __device__ __forceinline__ void rms_row_warp(float *oi, const float *xi, const void *w, int dt, int dim, float eps, int lane) {
     float ss = 0.0f;
     for (int k = lane; k < dim; k += 32) ss = fmaf(xi[k], xi[k], ss);
-    ss = warp_sum(ss) / (float)dim;
-    const float r = 1.0f / sqrtf(ss + eps);
+    const float r = rms_warp_scale(ss, dim, eps);
     for (int k = lane; k < dim; k += 32) oi[k] = weight_at(w, dt, k) * (xi[k] * r);
 }
 
@@ -116,14 +117,16 @@ __global__ void __launch_bounds__(256) k_add_rmsnorm_block(float *x, const float
 }
 
 /* x [n][n_heads][head_dim] rotated in place by pos[i] (rotate-half) */
-/* pair j of one head vector v rotated by position p */
-__device__ __forceinline__ void rope_pair(float *v, float p, const float *inv_freq, int j, int half) {
+/* a rope pair (a, b) rotated by the angle ang */
+__device__ __forceinline__ void rope_rot(float &a, float &b, float ang) {
     float s, c;
-    sincosf(p * inv_freq[j], &s, &c);
-    const float a = v[j], b = v[j + half];
-    v[j] = a * c - b * s;
-    v[j + half] = b * c + a * s;
+    sincosf(ang, &s, &c);
+    const float x = a, y = b;
+    a = x * c - y * s;
+    b = y * c + x * s;
 }
+/* pair j of one head vector v rotated by position p */
+__device__ __forceinline__ void rope_pair(float *v, float p, const float *inv_freq, int j, int half) { rope_rot(v[j], v[j + half], p * inv_freq[j]); }
 
 __global__ void k_rope(float *x, const int32_t *pos, const float *inv_freq, int n_heads, int head_dim) {
     pdl_start();
@@ -170,18 +173,11 @@ __global__ void __launch_bounds__(256) k_qk_norm_rope_kv(float *q, float *k, con
         float ss = 0.0f;
 #pragma unroll
         for (int r = 0; r < R; r++) ss = fmaf(x[r], x[r], ss);
-        ss = warp_sum(ss) / (float)head_dim;
-        const float rs = 1.0f / sqrtf(ss + eps);
+        const float rs = rms_warp_scale(ss, head_dim, eps);
 #pragma unroll
         for (int r = 0; r < R; r++) x[r] = wv[r] * (x[r] * rs);
 #pragma unroll
-        for (int r = 0; r < R / 2; r++) { /* rope_pair of j = lane + 32 r */
-            float sn, cs;
-            sincosf(p * fr[r], &sn, &cs);
-            const float a = x[r], b = x[r + R / 2];
-            x[r] = a * cs - b * sn;
-            x[r + R / 2] = b * cs + a * sn;
-        }
+        for (int r = 0; r < R / 2; r++) rope_rot(x[r], x[r + R / 2], p * fr[r]); /* rope_pair of j = lane + 32 r */
 #pragma unroll
         for (int r = 0; r < R; r++) hv[lane + 32 * r] = x[r];
         if (is_q) return;
