@@ -1,8 +1,8 @@
 /* op_profile.h - per-op wall time of a Backend, for benchmarks: op_profile_wrap replaces the
  * backend's op pointers with timing wrappers around the real ops (optionally synchronising
  * before and after each op, so a GPU's queued work lands on the op that queued it).
- * matmul_multi, matmul_norm and matmul_add are counted as matmul. One wrapped backend at a time; header-only, include it
- * from one benchmark file. */
+ * matmul_multi, matmul_norm and matmul_add are counted as matmul. One wrapped backend at a
+ * time; header-only, include it from one benchmark file. */
 #ifndef DSPARK_BENCH_OP_PROFILE_H
 #define DSPARK_BENCH_OP_PROFILE_H
 

@@ -543,8 +543,7 @@ template <typename... A>
 static bool graph_skip_products(Backend *be, int op, float *const *outs, const Weight *const *ws, int count, const A &...a) {
     CudaImpl *c = impl(be);
     if (c->g_mode == G_OFF) return false;
-    glog_bytes(c, &op, sizeof op);
-    (glog_bytes(c, &a, sizeof a), ...);
+    graph_skip(be, op, a...);
     for (int j = 0; j < count; j++) {
         const void *p[2] = {outs[j], ws[j]->dev};
         const int d[3] = {(int)ws[j]->dtype, ws[j]->rows, ws[j]->cols};

@@ -286,13 +286,12 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
                 const float4 a = xv[u][nt][0], b = xv[u][nt][1];
                 float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
                 if (NORM) {
-                    const uint32_t q[4] = {nv[u].x, nv[u].y, nv[u].z, nv[u].w};
+                    float nw[8];
+                    unpack8<DS_BF16>(nv[u], nw);
 #pragma unroll
-                    for (int e = 0; e < 8; e++) ss[nt] = fmaf(f[e], f[e], ss[nt]);
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        f[2 * e] = __uint_as_float(q[e] << 16) * f[2 * e];
-                        f[2 * e + 1] = __uint_as_float(q[e] & 0xffff0000u) * f[2 * e + 1];
+                    for (int e = 0; e < 8; e++) {
+                        ss[nt] = fmaf(f[e], f[e], ss[nt]);
+                        f[e] = nw[e] * f[e];
                     }
                 }
                 uint32_t p[P][4];

@@ -2,11 +2,11 @@
  * Part of backend_cuda.cu's translation unit (included there once, in order); not a header
  * of its own. */
 
-/* rows of dim <= 256: one warp per row, 8 rows per block */
-/* One row's RMSNorm by one warp (lane k takes k, k + 32, ...). The separate and the fused
- * kernels below all call this (and rms_row_block, rope_head), so fusing changes no bit. */
 /* 1 / rms of a row from each lane's sum of squares ss (every lane of the warp must call it) */
 __device__ __forceinline__ float rms_warp_scale(float ss, int dim, float eps) { return 1.0f / sqrtf(warp_sum(ss) / (float)dim + eps); }
+/* rows of dim <= 256: one warp per row, 8 rows per block */
+/* One row's RMSNorm by one warp (lane k takes k, k + 32, ...). The separate and the fused
+ * kernels below all call this (and rms_row_block, rope_rot), so fusing changes no bit. */
 __device__ __forceinline__ void rms_row_warp(float *oi, const float *xi, const void *w, int dt, int dim, float eps, int lane) {
     float ss = 0.0f;
     for (int k = lane; k < dim; k += 32) ss = fmaf(xi[k], xi[k], ss);
