@@ -22,6 +22,8 @@ typedef struct {
     void *dev;         /* backend copy, NULL when the backend reads host memory directly */
     ds_dtype dtype;
     int rows, cols;    /* a 1-D weight (norm) has rows == 1 */
+    int dev_layout;    /* how the backend laid dev out: 0 as host (row-major); else its own
+                          (the CUDA backend's tiles of 16 rows, backend_cuda.cu) */
 } Weight;
 
 /* KV cache of one model: per layer and sequence slot, max_ctx rows of kv_dim floats.
@@ -156,7 +158,7 @@ Backend *backend_cpu_create(int n_threads);
 ds_status backend_create(const char *device, int n_threads, Backend **out, char *err);
 
 static inline Weight weight_view(const void *host, ds_dtype dtype, int rows, int cols) {
-    Weight w = {host, NULL, dtype, rows, cols};
+    Weight w = {host, NULL, dtype, rows, cols, 0};
     return w;
 }
 

@@ -28,6 +28,10 @@
 #define NSE_F32 1e-7
 
 static Backend *g_cpu, *g_gpu;
+/* CUDA builds: g_rows (DSPARK_CUDA_TILES=0) uploads gpu_weight's weights row-major, as every
+ * product kernel reads them (g_gpu keeps BF16 matrices in tiles, read by k_matmul_tc alone:
+ * gpu_weight_tiled); g_noblas (DSPARK_CUDA_CUBLAS=0) has no cuBLAS for products above 64 rows */
+static Backend *g_rows, *g_noblas;
 static Rng g_rng;
 
 static double nse(const float *got, const float *ref, size_t n) {
@@ -82,12 +86,14 @@ static float *host_from(const void *dev, size_t n) {
     g_gpu->to_host(g_gpu, p, dev, sizeof(float) * n);
     return p;
 }
-static Weight gpu_weight(const Weight *cw) {
+static Weight upload_on(Backend *be, const Weight *cw) {
     char err[DS_ERR_LEN];
     Weight w = *cw;
-    CHECK_OK(g_gpu->upload_weight(g_gpu, &w, err), err);
+    CHECK_OK(be->upload_weight(be, &w, err), err);
     return w;
 }
+static Weight gpu_weight(const Weight *cw) { return upload_on(g_rows ? g_rows : g_gpu, cw); }
+static Weight gpu_weight_tiled(const Weight *cw) { return upload_on(g_gpu, cw); }
 
 /* ---- ops ---- */
 
@@ -111,6 +117,43 @@ static void matmul_case(ds_dtype dt, int K, int O, int n, int x_offset) {
         CHECK_MSG(memcmp(one, got + (size_t)r * O, sizeof(float) * O) == 0, "%s: row %d alone differs from the batch", name, r);
         free(one);
     }
+    /* the same weight in g_gpu's tiles: bitwise the row-major product (the same k_matmul_tc
+     * arithmetic, or the same widened values for cuBLAS), except where x is not 16-byte aligned
+     * (the row-major weight takes the F32-FMA kernel, the tiled one k_matmul_tc after a copy) */
+    Weight gt = gpu_weight_tiled(&cw);
+    if (dt == DS_BF16) {
+        CHECK_MSG(gt.dev_layout != 0 || K % 32 || O < 16, "%s: a BF16 matrix of K %% 32 == 0 not tiled", name);
+        g_gpu->matmul(g_gpu, dout, dx + x_offset, &gt, n);
+        float *tl = host_from(dout, (size_t)n * O);
+        char tn[128];
+        snprintf(tn, sizeof tn, "%s, tiled weight", name);
+        if (x_offset) CHECK_NSE(tn, tl, ref, (size_t)n * O, NSE_F32);
+        else CHECK_MSG(memcmp(tl, got, sizeof(float) * (size_t)n * O) == 0, "%s: not bitwise the row-major weight's product", tn);
+        free(tl);
+    }
+    /* no cuBLAS above 64 rows: the product's own launches of up to 64 rows, each bitwise g_gpu's
+     * product of the same rows (row-major and tiled weights) */
+    if (n > 64 && g_noblas) {
+        const Weight *ws[2] = {&gw, &gt};
+        for (int t = 0; t < 2; t++) {
+            char nb[128];
+            snprintf(nb, sizeof nb, "%s, no cuBLAS%s", name, t ? ", tiled weight" : "");
+            g_noblas->matmul(g_noblas, dout, dx + x_offset, ws[t], n);
+            g_noblas->synchronize(g_noblas); /* (its own stream: host_from waits for g_gpu's) */
+            float *all = host_from(dout, (size_t)n * O);
+            CHECK_NSE(nb, all, ref, (size_t)n * O, NSE_F32);
+            for (int i0 = 0; i0 < n; i0 += 64) {
+                const int nc = n - i0 < 64 ? n - i0 : 64;
+                g_gpu->matmul(g_gpu, dout, dx + x_offset + (size_t)i0 * K, ws[t], nc);
+                float *part = host_from(dout, (size_t)nc * O);
+                CHECK_MSG(memcmp(part, all + (size_t)i0 * O, sizeof(float) * (size_t)nc * O) == 0, "%s: rows %d..%d not bitwise the %d-row product",
+                          nb, i0, i0 + nc - 1, nc);
+                free(part);
+            }
+            free(all);
+        }
+    }
+    g_gpu->release_weight(g_gpu, &gt);
     /* must fail: the same product with the weights rounded to BF16 on the GPU side only */
     if (dt == DS_F32 && n == 17) {
         void *wb = to_dtype(wf, (size_t)O * K, DS_BF16);
@@ -262,7 +305,7 @@ static void test_matmul_tc(void) {
         const bool tc = K % 32 == 0 && off == 0;
         float *wf = rand_f32((size_t)O * K, 1.0f / sqrtf((float)K)), *x = rand_f32((size_t)nmax * K + off, 1.0f);
         void *wh = to_dtype(wf, (size_t)O * K, DS_BF16);
-        Weight cw = weight_view(wh, DS_BF16, O, K), gw = gpu_weight(&cw);
+        Weight cw = weight_view(wh, DS_BF16, O, K), gw = gpu_weight(&cw), gt = gpu_weight_tiled(&cw);
         float *ref = malloc(sizeof(float) * (size_t)nmax * O), *got = malloc(sizeof(float) * (size_t)nmax * O);
         float *all = malloc(sizeof(float) * (size_t)nmax * O);
         g_cpu->matmul(g_cpu, ref, x + off, &cw, nmax);
@@ -291,19 +334,24 @@ static void test_matmul_tc(void) {
         } else {
             CHECK_MSG(e[0] == e[2] && e[0] == e[3], "%s: the fallback should not depend on the kernel settings", name);
         }
-        /* every n, every setting: bitwise the rows of the default's 64-row product */
+        /* every n, every setting, the row-major and (where x is aligned) the tiled weight:
+         * bitwise the rows of the default's 64-row product */
         for (int n = 1; n <= nmax; n++)
-            for (int m = 0; m < NM; m++) {
-                Backend *be = bes[m];
-                be->matmul(be, dout, dx + off, &gw, n);
-                be->synchronize(be);
-                g_gpu->to_host(g_gpu, got, dout, sizeof(float) * (size_t)n * O);
-                cases++;
-                if (memcmp(got, all, sizeof(float) * (size_t)n * O) != 0) {
-                    if (bad_rows++ < 5) CHECK_MSG(0, "%s: n %d (setting '%s') not bitwise the rows of n 64", name, n, settings[m] ? settings[m] : "default");
+            for (int m = 0; m < NM; m++)
+                for (int t = 0; t < (off ? 1 : 2); t++) {
+                    Backend *be = bes[m];
+                    be->matmul(be, dout, dx + off, t ? &gt : &gw, n);
+                    be->synchronize(be);
+                    g_gpu->to_host(g_gpu, got, dout, sizeof(float) * (size_t)n * O);
+                    cases++;
+                    if (memcmp(got, all, sizeof(float) * (size_t)n * O) != 0) {
+                        if (bad_rows++ < 5)
+                            CHECK_MSG(0, "%s: n %d (setting '%s'%s) not bitwise the rows of n 64", name, n, settings[m] ? settings[m] : "default",
+                                      t ? ", tiled weight" : "");
+                    }
                 }
-            }
         g_gpu->release_weight(g_gpu, &gw);
+        g_gpu->release_weight(g_gpu, &gt);
         g_gpu->free(g_gpu, dx);
         g_gpu->free(g_gpu, dout);
         free(wf); free(x); free(wh); free(ref); free(got); free(all);
@@ -735,13 +783,18 @@ static void test_elementwise(void) {
     /* embed from F32 and BF16 tables (bitwise: widening is exact) */
     for (int dt = 0; dt < 2; dt++) {
         void *th = to_dtype(a, 20 * 64, dt ? DS_BF16 : DS_F32);
-        Weight ct = weight_view(th, dt ? DS_BF16 : DS_F32, 20, 64), gt = gpu_weight(&ct);
+        Weight ct = weight_view(th, dt ? DS_BF16 : DS_F32, 20, 64), gt = gpu_weight(&ct), gtt = gpu_weight_tiled(&ct);
         g_cpu->embed(g_cpu, ref, &ct, ids, 5);
-        g_gpu->embed(g_gpu, dz, &gt, dids, 5);
-        got = host_from(dz, 5 * 64);
-        CHECK_MSG(memcmp(got, ref, sizeof(float) * 5 * 64) == 0, "embed %s not bitwise", dt ? "BF16" : "F32");
+        for (int t = 0; t < 2; t++) { /* row-major, then g_gpu's layout (BF16: tiles, the last one padded) */
+            g_gpu->embed(g_gpu, dz, t ? &gtt : &gt, dids, 5);
+            got = host_from(dz, 5 * 64);
+            CHECK_MSG(memcmp(got, ref, sizeof(float) * 5 * 64) == 0, "embed %s%s not bitwise", dt ? "BF16" : "F32", t ? " (g_gpu's upload)" : "");
+            free(got);
+        }
+        CHECK_MSG(gtt.dev_layout == (dt ? 1 : 0), "embed table %s: layout %d", dt ? "BF16" : "F32", gtt.dev_layout);
         g_gpu->release_weight(g_gpu, &gt);
-        free(got); free(th);
+        g_gpu->release_weight(g_gpu, &gtt);
+        free(th);
     }
     void *dev[] = {da, db, dc, dout, dids, dz};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
@@ -966,10 +1019,14 @@ static void test_qk_norm_rope_kv(void) {
 }
 
 /* programmatic dependent launch (every kernel may start before the one before it ends and
- * waits for its inputs) against plain stream order, fused and separate ops */
+ * waits for its inputs) against plain stream order, fused and separate ops; attention's L2
+ * prefetch before its wait against none */
 static void test_pdl(void) {
-    const char *pairs[][2] = {{"DSPARK_CUDA_PDL=1", "DSPARK_CUDA_PDL=0"}, {"DSPARK_CUDA_PDL=1 DSPARK_CUDA_FUSE=0", "DSPARK_CUDA_PDL=0 DSPARK_CUDA_FOLD=0"}};
-    for (int k = 0; k < 2; k++) {
+    const char *pairs[][2] = {{"DSPARK_CUDA_PDL=1", "DSPARK_CUDA_PDL=0"},
+                              {"DSPARK_CUDA_PDL=1 DSPARK_CUDA_FUSE=0", "DSPARK_CUDA_PDL=0 DSPARK_CUDA_FOLD=0"},
+                              {"DSPARK_CUDA_PDL=1", "DSPARK_CUDA_PDL=1 DSPARK_CUDA_ATT_PREFETCH=0"},
+                              {"DSPARK_CUDA_TILES=1", "DSPARK_CUDA_TILES=0"}};
+    for (int k = 0; k < 4; k++) {
         Backend *a = gpu_with_envs(pairs[k][0]), *b = gpu_with_envs(pairs[k][1]);
         if (a && b) {
             char what[96];
@@ -1288,6 +1345,11 @@ int main(void) {
     printf("device: %s\n", backend_cuda_info(g_gpu));
 #endif
     g_cpu = backend_cpu_create(1);
+#ifdef DSPARK_HAVE_CUDA
+    g_rows = gpu_with_envs("DSPARK_CUDA_TILES=0");
+    g_noblas = gpu_with_envs("DSPARK_CUDA_CUBLAS=0");
+    if (!g_rows || !g_noblas) return test_summary();
+#endif
     rng_seed(&g_rng, 2026, 7);
     load_ids();
     RUN_IF(test_matmul);
@@ -1322,6 +1384,8 @@ int main(void) {
     qwen3_free(&g_tc);
     qwen3_free(&g_tg);
     g_cpu->destroy(g_cpu);
+    if (g_rows) g_rows->destroy(g_rows);
+    if (g_noblas) g_noblas->destroy(g_noblas);
     g_gpu->destroy(g_gpu);
     return test_summary();
 }

@@ -60,6 +60,21 @@ __device__ __forceinline__ void att_merge(float *out, const float *part, int h, 
     }
 }
 
+/* the K and V rows (head_dim floats each, 16-byte aligned) of the block's keys into L2, one
+ * bulk prefetch per row: issued before pdl_wait so their memory latency overlaps the kernel
+ * before (a hint that moves no value into the kernel: L2 is coherent, and a row the kernel
+ * before writes, this step's own keys, is refreshed there) */
+__device__ __forceinline__ void att_prefetch(const float *kc, const float *vc, size_t base, int kv_dim, int head_dim, int len, int z,
+                                             int chunk) {
+    for (int c0 = z * chunk; c0 < len; c0 += ATT_SPLITS * chunk) {
+        const int n = chunk < len - c0 ? chunk : len - c0;
+        for (int r = threadIdx.x; r < 2 * n; r += blockDim.x) {
+            const float *row = (r < n ? kc : vc) + base + (size_t)(c0 + (r < n ? r : r - n)) * kv_dim;
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(row), "r"(head_dim * 4) : "memory");
+        }
+    }
+}
+
 /* Partial attention of (GQ query heads h0.. of one KV head, token i, split z): warp w takes
  * keys w, w + 8, ... of the split's chunks with an online softmax per head (a group of KB keys
  * loaded at once, their scores reduced together); the warps are merged in order into part [hd]
@@ -74,14 +89,21 @@ template <int DPL, int GQ>
 __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim, float scale,
-                                                              int chunk, float *out, int *count) {
+                                                              int chunk, bool pf, float *out, int *count) {
     extern __shared__ float sm[]; /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
-    pdl_start();
     const int h0 = blockIdx.x * GQ, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int len = kv_len[i], nz = att_splits(len, chunk);
+    /* kv_len and slot before pdl_wait: the caller writes them at least two kernels earlier (a
+     * copy at the step's start; the PDL note in cuda_common.cuh: once this kernel runs, the
+     * one before the kernel before it has finished); q and the cache after it */
+    const int len = ld_step_int(kv_len + i), nz = att_splits(len, chunk), si = ld_step_int(slot + i);
     chunk = att_chunk_of(len, chunk);
     if (z >= nz) return; /* no keys */
-    const size_t base = ((size_t)layer * n_slots + slot[i]) * max_ctx * kv_dim + (size_t)(h0 / group) * head_dim;
+    const size_t base = ((size_t)layer * n_slots + si) * max_ctx * kv_dim + (size_t)(h0 / group) * head_dim;
+    /* one block per (KV head, split) of a sequence prefetches: the first query head's, of the
+     * first token of a run of the sequence's tokens (its keys are the run's but for the run's
+     * own, which the kernel before has just written through L2) */
+    if (pf && (GQ > 1 || h0 % group == 0) && (i == 0 || ld_step_int(slot + i - 1) != si)) att_prefetch(kc, vc, base, kv_dim, head_dim, len, z, chunk);
+    pdl_start();
     float qv[GQ][DPL], acc[GQ][DPL], m[GQ], l[GQ];
 #pragma unroll
     for (int g = 0; g < GQ; g++) {

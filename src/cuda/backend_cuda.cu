@@ -159,8 +159,10 @@ typedef struct {
     size_t att_count_n;
     bool fuse;         /* fused ops and fusions inside ops (backend_cuda_set_fused) */
     bool fold;         /* matmul_norm and matmul_add (the rmsnorm and the residual add in the products) */
+    bool tiles;        /* BF16 matrices in tiles (cuda_common.cuh's tile_at; DSPARK_CUDA_TILES=0: row-major) */
     float *norm_r;     /* [CUDA_SMALL_N]: k_norm_prep's 1 / rms per row */
     int att_gqa_min;   /* k_attention with a KV head's query heads per block from this many tokens on (DSPARK_CUDA_ATT) */
+    bool att_pf;       /* k_attention prefetches its K/V rows into L2 before pdl_wait (DSPARK_CUDA_ATT_PREFETCH=0: off) */
     int att_chunk;     /* k_attention's keys per chunk (DSPARK_CUDA_ATT_CHUNK; 0: by key count, att_chunk_of) */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
@@ -256,34 +258,51 @@ static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
 }
 static void cu_sync(Backend *be) { graph_outside(be, "synchronize"); CU(cudaStreamSynchronize(stream_of(be))); }
 
+/* Weight.dev_layout: row-major as on the host, or tiles (cuda_common.cuh's tile_at) */
+enum { WL_ROWS = 0, WL_TILES = 1 };
+__global__ void k_tile(uint4 *dst, const uint4 *src, int O, int K, size_t pieces); /* matmul_tc.cuh */
 static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
     graph_outside(be, "upload_weight");
     if (w->dev) return DS_OK;
     if (w->dtype != DS_F32 && w->dtype != DS_BF16 && w->dtype != DS_F16)
         return ds_err(err, DS_EUNSUPPORTED, "cuda: %s weights are not supported (F32, BF16 or F16)", ds_dtype_name(w->dtype));
-    size_t bytes = (size_t)w->rows * w->cols * ds_dtype_size(w->dtype);
-    void *p = NULL;
-    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+    /* a matrix k_matmul_tc will read: in tiles (WL_TILES), the last one padded with zero rows */
+    CudaImpl *c = impl(be);
+    const bool tiles = c->tiles && w->dtype == DS_BF16 && w->cols % 32 == 0 && w->rows >= 16;
+    const size_t bytes = (size_t)w->rows * w->cols * ds_dtype_size(w->dtype);
+    const size_t dev_bytes = tiles ? (size_t)(w->rows + 15) / 16 * 16 * w->cols * 2 : bytes;
+    void *p = NULL, *rows = NULL;
+    if (cudaMalloc(&p, dev_bytes) != cudaSuccess || (tiles && cudaMalloc(&rows, bytes) != cudaSuccess)) {
+        if (p) cudaFree(p);
         cudaGetLastError();
         size_t free_b = 0, total_b = 0;
         cudaMemGetInfo(&free_b, &total_b);
-        return ds_err(err, DS_ENOMEM, "cuda: out of GPU memory for a %dx%d %s weight (%.1f MB; %.1f of %.1f GB free)", w->rows, w->cols,
-                      ds_dtype_name(w->dtype), bytes / 1e6, free_b / 1e9, total_b / 1e9);
+        return ds_err(err, DS_ENOMEM, "cuda: out of GPU memory for a %dx%d %s weight (%.1f MB%s; %.1f of %.1f GB free)", w->rows, w->cols,
+                      ds_dtype_name(w->dtype), dev_bytes / 1e6, tiles ? " and as much again while it is tiled" : "", free_b / 1e9,
+                      total_b / 1e9);
     }
     /* on our stream: a legacy-stream copy from pageable memory may still be in flight when it
      * returns, and our non-blocking stream would not wait for it */
-    cudaError_t e = cudaMemcpyAsync(p, w->host, bytes, cudaMemcpyHostToDevice, stream_of(be));
+    cudaError_t e = cudaMemcpyAsync(tiles ? rows : p, w->host, bytes, cudaMemcpyHostToDevice, stream_of(be));
+    if (e == cudaSuccess && tiles) {
+        const size_t pieces = dev_bytes / 16;
+        k_tile<<<blocks_for(pieces, 256 * 4), 256, 0, stream_of(be)>>>((uint4 *)p, (const uint4 *)rows, w->rows, w->cols, pieces);
+        if ((e = cudaGetLastError()) == cudaSuccess) e = cudaStreamSynchronize(stream_of(be)); /* before rows is freed */
+    }
+    if (rows) cudaFree(rows);
     if (e != cudaSuccess) {
         cudaFree(p);
         return ds_err(err, DS_EDEVICE, "cuda: copying a %dx%d weight to the GPU: %s", w->rows, w->cols, cudaGetErrorString(e));
     }
     w->dev = p;
+    w->dev_layout = tiles ? WL_TILES : WL_ROWS;
     return DS_OK;
 }
 static void cu_release_weight(Backend *be, Weight *w) {
     graph_outside(be, "release_weight");
     if (w->dev) CU(cudaFree(w->dev));
     w->dev = NULL;
+    w->dev_layout = 0;
 }
 
 /* ---- kernels (one file per kind) ---- */
@@ -317,7 +336,7 @@ static bool pdl_of(Backend *be) { return impl(be)->mm.pdl; }
 
 static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t *ids, int n) {
     if (n <= 0 || graph_skip(be, 2, out, table->dev, (int)table->dtype, table->cols, ids, n)) return;
-    launch(stream_of(be), pdl_of(be), k_embed, n, 256, 0, out, table->dev, (int)table->dtype, ids, table->cols);
+    launch(stream_of(be), pdl_of(be), k_embed, n, 256, 0, out, table->dev, (int)table->dtype, table->dev_layout, ids, table->cols);
     LAUNCHED("embed");
 }
 
@@ -433,14 +452,22 @@ static void matmul_tc_nt(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned 
     else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
 }
 static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
-                      const MmMulti *multi) {
+                      const MmMulti *multi, int layout) {
+    if (n > CUDA_SMALL_N) { /* (no cuBLAS) launches of CUDA_SMALL_N rows: a row's values do not depend on n */
+        DS_ASSERT(!multi);
+        for (int i0 = 0; i0 < n; i0 += CUDA_SMALL_N)
+            matmul_tc(st, cfg, out + (size_t)i0 * O, x + (size_t)i0 * K, w, n - i0 < CUDA_SMALL_N ? n - i0 : CUDA_SMALL_N, K, O, NULL, layout);
+        return;
+    }
     MmMulti mm = mm_segments(multi, out, w, O);
+    mm.layout = layout;
     const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
     int rows = 0;
     for (int j = 0; j < mm.count; j++) rows += mm.O[j];
-    /* auto (measured on the H200, docs/bench-cuda.md): 2 tiles per block for lm_head-sized
-     * launches up to 32 rows of x (x split once for 32 weight rows), else 1 (more blocks) */
-    int mt = cfg->tc_mt[b] ? cfg->tc_mt[b] : rows >= 65536 && n <= 32 ? 2 : 1;
+    /* auto (measured on the H200, docs/bench-cuda.md): row-major, 2 tiles per block for
+     * lm_head-sized launches up to 32 rows of x (x split once for 32 weight rows), else 1 (more
+     * blocks); tiled, 1 (2 was 0-8% slower at 1-16 rows) */
+    int mt = cfg->tc_mt[b] ? cfg->tc_mt[b] : rows >= 65536 && n <= 32 && layout == WL_ROWS ? 2 : 1;
     if (cfg->tc < 3) mt = 1;
     if (n > 32 && mt > 2) mt = 2;
     if (mm.norm && mt > 2) mt = 2; /* (NORM instances: 1 and 2 tiles) */
@@ -451,7 +478,9 @@ static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float
     } else
         for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + 16 * mt - 1) / (16 * mt);
     const unsigned grid = (unsigned)G;
-    /* U: k-steps per round (weights and x in flight at once), 4 / max(MT, NT) (deep 1: twice, 2: half) */
+    /* U: k-steps per round (weights and x in flight at once), 4 / max(MT, NT) (deep 1: twice, 2:
+     * half; twice for the grids under 2 blocks per SM alone, o_proj and down_proj, made them 40%
+     * slower: docs/bench-cuda.md) */
     const int deep = cfg->tc_deep, pf = cfg->tc_pf;
     const bool pdl = cfg->pdl;
     if (mm.norm) { /* (cu_matmul_norm: tc == 3, n <= 8) */
@@ -473,7 +502,7 @@ template <int DT>
 static void matmul_small_dt(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
                             const MmMulti *multi) {
     const bool vec = mm_vec(x, w, K);
-    if (mm_tc(cfg, DT, x, w, K)) matmul_tc(st, cfg, out, x, w, n, K, O, multi);
+    if (mm_tc(cfg, DT, x, w, K)) matmul_tc(st, cfg, out, x, w, n, K, O, multi, WL_ROWS);
     else if (cfg->ref && vec) matmul_small_ref<DT, true>(st, out, x, w, n, K, O);
     else if (cfg->ref) matmul_small_ref<DT, false>(st, out, x, w, n, K, O);
     else if (vec) matmul_small<DT, true>(st, cfg, out, x, w, n, K, O, multi);
@@ -502,9 +531,32 @@ static void matmul_cublas(Backend *be, float *out, const float *x, const Weight 
     for (int r0 = 0; r0 < O; r0 += rows_per) {
         const int rc = O - r0 < rows_per ? O - r0 : rows_per;
         const size_t count = (size_t)rc * K;
-        k_widen<<<blocks_for(count, 256 * 8), 256, 0, c->stream>>>(c->wide, w->dev, w->dtype, (size_t)r0 * K, count);
+        k_widen<<<blocks_for(count, 256 * 8), 256, 0, c->stream>>>(c->wide, w->dev, w->dtype, w->dev_layout, K, (size_t)r0, count);
         LAUNCHED("widen");
         blas_check(c->blas.sgemm(c->blas.h, CUBLAS_OP_T, CUBLAS_OP_N, rc, n, K, &one, c->wide, K, x, K, &zero, out + r0, O), "sgemm");
+    }
+}
+
+/* a product of a tiled weight: k_matmul_tc is its only reader, so x that is not 16-byte
+ * aligned (none of the models' calls) is first copied to c->wide, CUDA_SMALL_N rows at a time */
+static void matmul_tiles(CudaImpl *c, float *out, const float *x, const Weight *w, int n, const MmMulti *multi) {
+    const int K = w->cols, O = w->rows;
+    if (((uintptr_t)x & 15) == 0) {
+        matmul_tc(c->stream, &c->mm, out, x, w->dev, n, K, O, multi, WL_TILES);
+        return;
+    }
+    DS_ASSERT((size_t)CUDA_SMALL_N * K <= WIDE_ELEMS && (!multi || n <= CUDA_SMALL_N));
+    if (!c->wide) {
+        if (c->g_mode == G_CAPTURE) { /* (cudaMalloc outside any capture: the bracket runs again eagerly) */
+            g_capture_broken = true;
+            return;
+        }
+        CU(cudaMalloc(&c->wide, sizeof(float) * WIDE_ELEMS));
+    }
+    for (int i0 = 0; i0 < n; i0 += CUDA_SMALL_N) {
+        const int nc = n - i0 < CUDA_SMALL_N ? n - i0 : CUDA_SMALL_N;
+        CU(cudaMemcpyAsync(c->wide, x + (size_t)i0 * K, sizeof(float) * nc * K, cudaMemcpyDeviceToDevice, c->stream));
+        matmul_tc(c->stream, &c->mm, out + (size_t)i0 * O, c->wide, w->dev, nc, K, O, multi, WL_TILES);
     }
 }
 
@@ -518,6 +570,11 @@ static void matmul_run(Backend *be, float *out, const float *x, const Weight *w,
         }
         DS_ASSERT(!multi);
         matmul_cublas(be, out, x, w, n);
+        return;
+    }
+    if (w->dev_layout == WL_TILES) {
+        matmul_tiles(c, out, x, w, n, multi);
+        LAUNCHED("matmul");
         return;
     }
     switch (w->dtype) {
@@ -570,7 +627,7 @@ static void matmul_multi_run(Backend *be, float *const *outs, const float *x, co
     CudaImpl *c = impl(be);
     bool fuse = count <= 3 && n <= CUDA_SMALL_N && !c->mm.ref;
     for (int j = 0; j < count && fuse; j++)
-        fuse = ws[j]->dtype == ws[0]->dtype && ws[j]->cols == ws[0]->cols && mm_vec(x, ws[j]->dev, ws[j]->cols) == mm_vec(x, ws[0]->dev, ws[0]->cols) &&
+        fuse = ws[j]->dtype == ws[0]->dtype && ws[j]->cols == ws[0]->cols && ws[j]->dev_layout == ws[0]->dev_layout && mm_vec(x, ws[j]->dev, ws[j]->cols) == mm_vec(x, ws[0]->dev, ws[0]->cols) &&
                mm_tc(&c->mm, ws[j]->dtype, x, ws[j]->dev, ws[j]->cols) == mm_tc(&c->mm, ws[0]->dtype, x, ws[0]->dev, ws[0]->cols);
     if (fuse) {
         MmMulti mm = mm_products(outs, ws, count);
@@ -602,7 +659,8 @@ static void add_run(Backend *be, float *x, const float *y, size_t n);
 static bool mm_fold(CudaImpl *c, const float *x, const Weight *const *ws, int count, int n) {
     if (!c->fold || n > CUDA_SMALL_N || c->mm.tc != 3 || count > 3) return false;
     for (int j = 0; j < count; j++)
-        if (ws[j]->cols != ws[0]->cols || !mm_tc(&c->mm, ws[j]->dtype, x, ws[j]->dev, ws[j]->cols)) return false;
+        if (ws[j]->cols != ws[0]->cols || ws[j]->dev_layout != ws[0]->dev_layout || !mm_tc(&c->mm, ws[j]->dtype, x, ws[j]->dev, ws[j]->cols))
+            return false;
     return true;
 }
 
@@ -756,11 +814,11 @@ void backend_cuda_set_fused(Backend *be, bool on, bool fold) {
 /* k_attention's instances: GQ > 1 only where GQ * DPL <= 32 (the caller checks) */
 template <int DPL, int GQ>
 static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float *part, const float *q, const KvCache *kv, const int32_t *slot,
-                       const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, int chunk, float *out,
-                       int *count) {
+                       const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, int chunk, bool pf,
+                       float *out, int *count) {
     if constexpr (GQ == 1 || DPL * GQ <= 32)
         launch(st, pdl, k_attention<DPL, GQ>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len,
-               layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, out, count);
+               layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, pf, out, count);
 }
 
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
@@ -801,8 +859,10 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     const size_t smem = sizeof(float) * ATT_WARPS * (size_t)gq * ((size_t)head_dim + 2);
     cudaStream_t st = c->stream;
     float *part = c->att_part;
+    const bool pf = c->att_pf && head_dim % 4 == 0; /* (bulk prefetch: 16-byte rows) */
 #define ATT(D, G) \
-    att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale, c->att_chunk, out, count)
+    att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale, c->att_chunk, pf, out, \
+                     count)
 #define ATT_D(G) \
     do { \
         if (dpl == 1) ATT(1, G); \
@@ -1088,6 +1148,10 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
     c->mm.nsm = prop.multiProcessorCount;
     mm_tc_config(&c->mm);
+    /* BF16 matrices in tiles (read by k_matmul_tc alone: so only with it; DSPARK_CUDA_TILES=0:
+     * row-major, as the F32-FMA and reference kernels read them) */
+    const char *tiles = getenv("DSPARK_CUDA_TILES");
+    c->tiles = c->mm.tc && !c->mm.ref && !(tiles && strcmp(tiles, "0") == 0);
     /* DSPARK_CUDA_PDL=0: kernels launched in plain stream order (default: with programmatic
      * stream serialization, pdl_wait; H200: 4.17 -> 4.09 ms per decode step, 5.34 -> 5.24 at
      * 8 tokens) */
@@ -1117,7 +1181,8 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     if (c->mm.ref) strncat(c->info, ", reference product kernel", sizeof c->info - strlen(c->info) - 1);
     else if (c->mm.tc) {
         char t[160];
-        snprintf(t, sizeof t, ", BF16 <= 64 rows: tensor cores, x in %d bf16 piece%s", c->mm.tc, c->mm.tc > 1 ? "s" : "");
+        snprintf(t, sizeof t, ", BF16 <= 64 rows: tensor cores, x in %d bf16 piece%s%s", c->mm.tc, c->mm.tc > 1 ? "s" : "",
+                 c->tiles ? ", weights in tiles" : "");
         strncat(c->info, t, sizeof c->info - strlen(c->info) - 1);
     }
     if (c->mm.pdl) strncat(c->info, ", programmatic dependent launch", sizeof c->info - strlen(c->info) - 1);
@@ -1155,6 +1220,8 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     const char *att_chunk = getenv("DSPARK_CUDA_ATT_CHUNK");
     const int ch = att_chunk ? atoi(att_chunk) : 0;
     c->att_chunk = ch >= 8 && ch <= 1024 && ch % 8 == 0 ? ch : 0;
+    const char *att_pf = getenv("DSPARK_CUDA_ATT_PREFETCH");
+    c->att_pf = !(att_pf && !strcmp(att_pf, "0"));
     be->swiglu = cu_swiglu;
     be->add = cu_add;
     be->gather_rows = cu_gather_rows;

@@ -25,10 +25,14 @@
  * float32 rounding), 1 or 2 (x in 1 or 2 bf16 pieces: lossy, for tests and measurements);
  * launch settings that change no value: DSPARK_CUDA_TC_MT ("M" or "M1,M8,M16,M32,M64": 16-row
  * tiles per block by row bucket, 1, 2 or 4), DSPARK_CUDA_TC_DEEP=1/2 (twice/half the k-steps
- * per round), DSPARK_CUDA_TC_PREFETCH=KB (L2 prefetch of each weight row; off). Neither do
+ * per round), DSPARK_CUDA_TC_PREFETCH=KB (L2 prefetch of each weight row; off), DSPARK_CUDA_TILES=0
+ * (BF16 matrices row-major on the GPU, not in k_matmul_tc's tiles; it is also what
+ * DSPARK_CUDA_MM_TC=0 and DSPARK_CUDA_MATMUL_REF=1 imply). Neither do
  * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
  * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head).
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);
+ * DSPARK_CUDA_ATT_PREFETCH=0: attention does not prefetch its K/V rows into L2 before it waits
+ * for the kernel before (the same values);
  * DSPARK_CUDA_FUSE=0 runs the fused ops apart (bitwise the same); DSPARK_CUDA_FOLD=0 keeps
  * the rmsnorms and residual adds out of the products (matmul_norm / matmul_add: the folded
  * norm changes values within rounding). */

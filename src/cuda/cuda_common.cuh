@@ -12,6 +12,22 @@ __device__ __forceinline__ float weight_at(const void *w, int dt, size_t i) {
     return ((const float *)w)[i];
 }
 
+/* BF16 matrices of K % 32 == 0 and at least 16 rows are kept in tiles on the GPU
+ * (Weight.dev_layout WL_TILES; cu_upload_weight): tile T, rows 16 T .. 16 T + 15, is 16 K
+ * contiguous values; in it k-step j (k = 32 j ..) is 512, half h (rows + 8 h ..) 256 and lane
+ * (g, t) = (row % 8, k % 32 / 8) 8: exactly what lane 4 g + t of a k_matmul_tc warp loads for
+ * that tile and k-step, so a warp's load is 512 contiguous bytes and a block streams its
+ * tiles end to end (row-major, it touched 8 rows x 64 bytes 2 K bytes apart: a step's
+ * products 1.6x as fast as a read in bench/bench_weight_read.cu). The last tile is padded
+ * with zero rows. Offset of row r, column k: */
+__host__ __device__ __forceinline__ size_t tile_at(size_t r, size_t k, size_t K) {
+    return (r >> 4) * 16 * K + (k >> 5) * 512 + ((r >> 3) & 1) * 256 + ((r & 7) * 4 + ((k >> 3) & 3)) * 8 + (k & 7);
+}
+/* element (r, k) of a [rows][K] weight of dtype dt laid out as layout */
+__device__ __forceinline__ float weight_rc(const void *w, int dt, int layout, size_t r, size_t k, size_t K) {
+    return weight_at(w, dt, layout == WL_TILES ? tile_at(r, k, K) : r * K + k);
+}
+
 /* 8 weights of a 16-bit dtype from one 16-byte load, widened to F32 */
 template <int DT>
 __device__ __forceinline__ void unpack8(uint4 u, float *o) {
@@ -64,9 +80,12 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return (g / (1.0f 
  * start while the kernel before it in the stream is still running. pdl_wait() returns once that
  * kernel has finished and its writes are visible (and so, since it waited too, everything
  * before it); pdl_trigger() lets the next kernel launch. Every kernel in this file calls
- * pdl_wait() before it reads or writes anything an earlier kernel touches (the products load
- * only their constant weights before it), so a launch with or without PDL computes the same
- * bits. Both are no-ops in a kernel launched without it. */
+ * pdl_wait() before it reads or writes anything the kernel before it may touch, and triggers
+ * only after its own wait, so once a kernel runs every kernel two or more before it has
+ * finished. Before their wait the products load only their constant weights, and attention
+ * reads kv_len and slot (copied in at the step's start) and prefetches its K/V rows into L2
+ * (a hint: no value moves). So a launch with or without PDL computes the same bits. Both are
+ * no-ops in a kernel launched without it. */
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
 /* 4 floats of an activation (an input written by an earlier kernel), read after pdl_wait: a
@@ -77,6 +96,13 @@ __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.lau
 __device__ __forceinline__ float4 ld_act4(const float4 *p) {
     float4 v;
     asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
+    return v;
+}
+/* an int of the step's inputs that a copy wrote before the step's kernels (attention's kv_len
+ * and slot), read before pdl_wait: ld.global.cv, which tests/pdl_ptx_check.sh allows there */
+__device__ __forceinline__ int ld_step_int(const int32_t *p) {
+    int v;
+    asm volatile("ld.global.cv.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
 /* the start of a kernel with nothing to do before its inputs are ready */

@@ -192,6 +192,7 @@ typedef struct {
     float eps;
     const float *rscale; /* [n]: the sums of x row i scaled by rscale[i] (matmul_norm above 8 rows: k_norm_prep) */
     int add;          /* out += the product (matmul_add) */
+    int layout;       /* the weights' layout, the same for every segment (WL_ROWS or WL_TILES) */
 } MmMulti;
 
 /* the segment of column group g (selects, not an index: the parameters stay in registers) */
@@ -273,8 +274,8 @@ __global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *x, i
     }
 }
 
-__global__ void k_widen(float *dst, const void *w, int dt, size_t off, size_t count) {
+__global__ void k_widen(float *dst, const void *w, int dt, int layout, int K, size_t r0, size_t count) {
     pdl_start();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = weight_at(w, dt, off + i);
+        dst[i] = weight_rc(w, dt, layout, r0 + i / K, i % K, K);
 }

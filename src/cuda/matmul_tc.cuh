@@ -9,7 +9,10 @@
  * (g = lane / 4, t = lane % 4) loads 16 bytes of weight rows g and g + 8 at k = 32 j + 8 t
  * (one k-step j covers 32 k: 4 lanes x 8 per row, two mma) and x row g's 8 floats at the same
  * k; the k slots of the two mma are a permutation of those 32 k, the same for A and B, so the
- * fragments come straight from the loads (no shuffles, no shared memory).
+ * fragments come straight from the loads (no shuffles, no shared memory). The weights are
+ * row-major or, as uploaded by default, in tiles laid out in exactly this load order
+ * (cuda_common.cuh's tile_at: a warp's load is then 512 contiguous bytes); only the addresses
+ * differ, never a value.
  * x is F32: each value is split into P bf16 pieces x = h + m + l (h = bf16(x), m = bf16(x - h),
  * l = bf16(x - h - m); both differences are exact in F32), and each piece's products w * piece
  * are exact in the mma's F32 accumulation, so 3 pieces carry x's whole 24-bit significand
@@ -137,6 +140,19 @@ __device__ __forceinline__ void tc_store_swiglu(const MmMulti &mm, int o0, const
     }
 }
 
+/* a row-major [O][K] BF16 matrix (src) into tiles (dst, (O + 15) / 16 tiles; tile_at), one
+ * 16-byte piece per thread: piece q of tile T is lane q % 32 of half q / 32 % 2 of k-step
+ * q / 64; rows past O are zeros */
+__global__ void k_tile(uint4 *dst, const uint4 *src, int O, int K, size_t pieces) {
+    pdl_start(); /* (launched without PDL; pdl_ptx_check wants every kernel to wait) */
+    for (size_t q = blockIdx.x * (size_t)blockDim.x + threadIdx.x; q < pieces; q += (size_t)gridDim.x * blockDim.x) {
+        const size_t tile = q / (2 * (size_t)K), rem = q % (2 * (size_t)K);
+        const int lane = (int)(rem % 32), h = (int)(rem / 32 % 2), j = (int)(rem / 64);
+        const size_t r = 16 * tile + 8 * h + lane / 4;
+        dst[q] = r < (size_t)O ? src[(r * K + 32 * j + 8 * (lane % 4)) / 8] : make_uint4(0, 0, 0, 0);
+    }
+}
+
 /* k_matmul_tc's __launch_bounds__ minimum of resident blocks by MT and NT (0: none given).
  * Without one, ptxas kept the NT 4 / NT 8 instances at 58 / 76 registers with their loads
  * serialised; with 1 / 2 it takes 91 / 125 and keeps the loads in flight (H200: 32 tokens
@@ -226,14 +242,19 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
         const uint32_t bytes = (uint32_t)(2 * K < pf_bytes ? 2 * K : pf_bytes);
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)(sg.o0 + threadIdx.x) * K), "r"(bytes) : "memory");
     }
+    /* the lane's 16 bytes of rows g, g + 8 of each tile at k-step 0, and the step to the next
+     * k-step (in uint4): row-major 4 (the next 32 k of the row), tiled 64 (the next 1024 bytes) */
     const uint4 *wr[MT][2];
+    const bool tiled = mm.layout == WL_TILES;
+    const int kstep = tiled ? 64 : 4;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const int r = sg.o0 + (sw ? 0 : 16 * mt) + 8 * h + g;
+            const int r0 = sg.o0 + (sw ? 0 : 16 * mt), r = r0 + 8 * h + g, last_tile = (sg.O - 1) >> 4;
             const uint16_t *wm = sw && mt == 1 ? (const uint16_t *)mm.w[1] : w;
-            wr[mt][h] = (const uint4 *)(wm + (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t);
+            wr[mt][h] = tiled ? (const uint4 *)(wm + (size_t)((r0 >> 4) < last_tile ? r0 >> 4 : last_tile) * 16 * K) + 32 * h + lane
+                              : (const uint4 *)(wm + (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t);
         }
     const float *xr[NT];
     bool xok[NT];
@@ -260,8 +281,8 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
             if (j < KS)
 #pragma unroll
                 for (int mt = 0; mt < MT; mt++) {
-                    wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * 4);
-                    wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * 4);
+                    wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * kstep);
+                    wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * kstep);
                 }
         }
         if (j0 == warp) pdl_start();
