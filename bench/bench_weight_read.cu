@@ -19,11 +19,16 @@
  * the shape (L distinct matrices: more bytes than L2 holds), and the whole step's products (L
  * layers of q/k/v, o, gate/up, down, then lm_head) as one graph, against the memory floor
  * (bytes / device-to-device copy bandwidth, read + written, measured here). */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "base.h"
+#include "cuda/cuda_common.cuh" /* the backend's ld_stream, pdl_start and tile_at: the same loads and layout */
 
 #define CK(x)                                                                                         \
     do {                                                                                              \
@@ -34,16 +39,7 @@
         }                                                                                             \
     } while (0)
 
-__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
 __device__ __forceinline__ uint32_t fold(uint32_t a, uint4 v) { return (a ^ v.x) + (v.y ^ v.z) + v.w; }
-__device__ __forceinline__ void pdl_start() {
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-}
 
 template <int MT, int U, bool TILED>
 __global__ void __launch_bounds__(256) k_read(const uint16_t *w, int K, uint32_t *sink) {
@@ -54,8 +50,8 @@ __global__ void __launch_bounds__(256) k_read(const uint16_t *w, int K, uint32_t
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const size_t tile = (size_t)blockIdx.x * MT + mt;
-            p[mt][h] = TILED ? (const uint4 *)(w + tile * 16 * K) + 32 * h + lane : (const uint4 *)(w + (16 * tile + 8 * h + g) * K) + t;
+            const size_t r = 16 * ((size_t)blockIdx.x * MT + mt) + 8 * h + g;
+            p[mt][h] = (const uint4 *)(w + (TILED ? tile_at(r, 8 * t, K) : r * K + 8 * t));
         }
     uint32_t a = 0;
     for (int j0 = warp; j0 < KS; j0 += 8 * U) {

@@ -260,7 +260,7 @@ static void cu_sync(Backend *be) { graph_outside(be, "synchronize"); CU(cudaStre
 
 /* Weight.dev_layout: row-major as on the host, or tiles (cuda_common.cuh's tile_at) */
 enum { WL_ROWS = 0, WL_TILES = 1 };
-__global__ void k_tile(uint4 *dst, const uint4 *src, int O, int K, size_t pieces); /* matmul_tc.cuh */
+__global__ void k_tile(uint4 *dst, const uint4 *src, int O, int K, int rows); /* matmul_tc.cuh */
 static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
     graph_outside(be, "upload_weight");
     if (w->dev) return DS_OK;
@@ -270,7 +270,7 @@ static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
     CudaImpl *c = impl(be);
     const bool tiles = c->tiles && w->dtype == DS_BF16 && w->cols % 32 == 0 && w->rows >= 16;
     const size_t bytes = (size_t)w->rows * w->cols * ds_dtype_size(w->dtype);
-    const size_t dev_bytes = tiles ? (size_t)(w->rows + 15) / 16 * 16 * w->cols * 2 : bytes;
+    const size_t dev_bytes = tiles ? (size_t)(w->rows + 15) / 16 * 16 * w->cols * 2 : bytes; /* (the last tile padded) */
     void *p = NULL, *rows = NULL;
     if (cudaMalloc(&p, dev_bytes) != cudaSuccess || (tiles && cudaMalloc(&rows, bytes) != cudaSuccess)) {
         if (p) cudaFree(p);
@@ -285,8 +285,8 @@ static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
      * returns, and our non-blocking stream would not wait for it */
     cudaError_t e = cudaMemcpyAsync(tiles ? rows : p, w->host, bytes, cudaMemcpyHostToDevice, stream_of(be));
     if (e == cudaSuccess && tiles) {
-        const size_t pieces = dev_bytes / 16;
-        k_tile<<<blocks_for(pieces, 256 * 4), 256, 0, stream_of(be)>>>((uint4 *)p, (const uint4 *)rows, w->rows, w->cols, pieces);
+        const int padded = (w->rows + 15) / 16 * 16;
+        k_tile<<<blocks_for(dev_bytes / 16, 256 * 4), 256, 0, stream_of(be)>>>((uint4 *)p, (const uint4 *)rows, w->rows, w->cols, padded);
         if ((e = cudaGetLastError()) == cudaSuccess) e = cudaStreamSynchronize(stream_of(be)); /* before rows is freed */
     }
     if (rows) cudaFree(rows);
@@ -336,7 +336,7 @@ static bool pdl_of(Backend *be) { return impl(be)->mm.pdl; }
 
 static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t *ids, int n) {
     if (n <= 0 || graph_skip(be, 2, out, table->dev, (int)table->dtype, table->cols, ids, n)) return;
-    launch(stream_of(be), pdl_of(be), k_embed, n, 256, 0, out, table->dev, (int)table->dtype, table->dev_layout, ids, table->cols);
+    launch(stream_of(be), pdl_of(be), k_embed, n, 256, 0, out, table->dev, (int)table->dtype, table->dev_layout == WL_TILES, ids, table->cols);
     LAUNCHED("embed");
 }
 
@@ -531,7 +531,7 @@ static void matmul_cublas(Backend *be, float *out, const float *x, const Weight 
     for (int r0 = 0; r0 < O; r0 += rows_per) {
         const int rc = O - r0 < rows_per ? O - r0 : rows_per;
         const size_t count = (size_t)rc * K;
-        k_widen<<<blocks_for(count, 256 * 8), 256, 0, c->stream>>>(c->wide, w->dev, w->dtype, w->dev_layout, K, (size_t)r0, count);
+        k_widen<<<blocks_for(count, 256 * 8), 256, 0, c->stream>>>(c->wide, w->dev, w->dtype, w->dev_layout == WL_TILES, K, (size_t)r0, count);
         LAUNCHED("widen");
         blas_check(c->blas.sgemm(c->blas.h, CUBLAS_OP_T, CUBLAS_OP_N, rc, n, K, &one, c->wide, K, x, K, &zero, out + r0, O), "sgemm");
     }

@@ -23,9 +23,15 @@ __device__ __forceinline__ float weight_at(const void *w, int dt, size_t i) {
 __host__ __device__ __forceinline__ size_t tile_at(size_t r, size_t k, size_t K) {
     return (r >> 4) * 16 * K + (k >> 5) * 512 + ((r >> 3) & 1) * 256 + ((r & 7) * 4 + ((k >> 3) & 3)) * 8 + (k & 7);
 }
-/* element (r, k) of a [rows][K] weight of dtype dt laid out as layout */
-__device__ __forceinline__ float weight_rc(const void *w, int dt, int layout, size_t r, size_t k, size_t K) {
-    return weight_at(w, dt, layout == WL_TILES ? tile_at(r, k, K) : r * K + k);
+/* element (r, k) of a [rows][K] weight of dtype dt, in tiles or row-major */
+__device__ __forceinline__ float weight_rc(const void *w, int dt, bool tiles, size_t r, size_t k, size_t K) {
+    return weight_at(w, dt, tiles ? tile_at(r, k, K) : r * K + k);
+}
+/* weights are read once: past L1 (x stays there) */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
 }
 
 /* 8 weights of a 16-bit dtype from one 16-byte load, widened to F32 */

@@ -3,11 +3,11 @@
  * Part of backend_cuda.cu's translation unit (included there once, in order); not a header
  * of its own. */
 
-__global__ void k_embed(float *out, const void *table, int dt, int layout, const int32_t *ids, int cols) {
+__global__ void k_embed(float *out, const void *table, int dt, bool tiles, const int32_t *ids, int cols) {
     pdl_start();
     const int i = blockIdx.x;
     const size_t row = (size_t)ids[i];
-    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)i * cols + c] = weight_rc(table, dt, layout, row, c, cols);
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)i * cols + c] = weight_rc(table, dt, tiles, row, c, cols);
 }
 
 __global__ void k_swiglu(float *out, const float *gate, const float *up, size_t n) {

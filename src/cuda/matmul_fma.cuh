@@ -274,8 +274,8 @@ __global__ void __launch_bounds__(256) k_matmul_pf(MmMulti mm, const float *x, i
     }
 }
 
-__global__ void k_widen(float *dst, const void *w, int dt, int layout, int K, size_t r0, size_t count) {
+__global__ void k_widen(float *dst, const void *w, int dt, bool tiles, int K, size_t r0, size_t count) {
     pdl_start();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = weight_rc(w, dt, layout, r0 + i / K, i % K, K);
+        dst[i] = weight_rc(w, dt, tiles, r0 + i / K, i % K, K);
 }

@@ -50,12 +50,6 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-/* weights are read once: past L1 (x stays there) */
-__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
 
 /* one k-step of one 16-row tile: rows g, g + 8 (lo, hi) times x's 8 values f (split into P
  * pieces), the 32 k into a fresh accumulator, then one F32 add into the sum s: the mma's own
@@ -140,16 +134,14 @@ __device__ __forceinline__ void tc_store_swiglu(const MmMulti &mm, int o0, const
     }
 }
 
-/* a row-major [O][K] BF16 matrix (src) into tiles (dst, (O + 15) / 16 tiles; tile_at), one
- * 16-byte piece per thread: piece q of tile T is lane q % 32 of half q / 32 % 2 of k-step
- * q / 64; rows past O are zeros */
-__global__ void k_tile(uint4 *dst, const uint4 *src, int O, int K, size_t pieces) {
+/* a row-major [O][K] BF16 matrix (src) into tiles (dst: rows = O rounded up to 16; tile_at),
+ * one 16-byte piece (8 k of a row) per thread; rows past O are zeros */
+__global__ void k_tile(uint4 *dst, const uint4 *src, int O, int K, int rows) {
     pdl_start(); /* (launched without PDL; pdl_ptx_check wants every kernel to wait) */
+    const size_t per_row = (size_t)K / 8, pieces = (size_t)rows * per_row;
     for (size_t q = blockIdx.x * (size_t)blockDim.x + threadIdx.x; q < pieces; q += (size_t)gridDim.x * blockDim.x) {
-        const size_t tile = q / (2 * (size_t)K), rem = q % (2 * (size_t)K);
-        const int lane = (int)(rem % 32), h = (int)(rem / 32 % 2), j = (int)(rem / 64);
-        const size_t r = 16 * tile + 8 * h + lane / 4;
-        dst[q] = r < (size_t)O ? src[(r * K + 32 * j + 8 * (lane % 4)) / 8] : make_uint4(0, 0, 0, 0);
+        const size_t r = q / per_row, k = 8 * (q % per_row);
+        dst[tile_at(r, k, K) / 8] = r < (size_t)O ? src[q] : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -252,9 +244,9 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int r0 = sg.o0 + (sw ? 0 : 16 * mt), r = r0 + 8 * h + g, last_tile = (sg.O - 1) >> 4;
+            const int tile = (r0 >> 4) < last_tile ? r0 >> 4 : last_tile; /* (rows past O: the padded tile or a clamped row) */
             const uint16_t *wm = sw && mt == 1 ? (const uint16_t *)mm.w[1] : w;
-            wr[mt][h] = tiled ? (const uint4 *)(wm + (size_t)((r0 >> 4) < last_tile ? r0 >> 4 : last_tile) * 16 * K) + 32 * h + lane
-                              : (const uint4 *)(wm + (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t);
+            wr[mt][h] = (const uint4 *)(wm + (tiled ? tile_at((size_t)16 * tile + 8 * h + g, 8 * t, K) : (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t));
         }
     const float *xr[NT];
     bool xok[NT];
