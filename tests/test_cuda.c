@@ -282,8 +282,10 @@ static void test_matmul_vs_reference(void) {
  *     _DEEP, _PREFETCH, PDL off);
  *   - K not a multiple of 32 and unaligned x fall back to the F32-FMA kernel (checked bitwise). */
 static void test_matmul_tc(void) {
-    static const char *const settings[] = {NULL, "DSPARK_CUDA_TC_MT=2 DSPARK_CUDA_TC_DEEP=1 DSPARK_CUDA_PDL=0",
-                                           "DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4", "DSPARK_CUDA_TC_MT=1,4,2,4,2 DSPARK_CUDA_TC_DEEP=2"};
+    /* (k_matmul_tc's settings for the products it still makes, k_matmul_col's for the plain ones) */
+    static const char *const settings[] = {NULL, "DSPARK_CUDA_TC_MT=2 DSPARK_CUDA_TC_DEEP=1 DSPARK_CUDA_PDL=0 DSPARK_CUDA_COL_MT=2 DSPARK_CUDA_COL_U=4,2,4,2",
+                                           "DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4 DSPARK_CUDA_COL_MT=1",
+                                           "DSPARK_CUDA_TC_MT=1,4,2,4,2 DSPARK_CUDA_TC_DEEP=2 DSPARK_CUDA_COL_MT=2,2,1,1 DSPARK_CUDA_COL_U=4,2,4,1"};
     enum { NM = 4 };
     Backend *bes[NM];
     for (int m = 0; m < NM; m++) {
@@ -576,6 +578,73 @@ static void test_matmul_fold(void) {
     }
 }
 
+#ifdef DSPARK_HAVE_CUDA
+/* x's pieces from the paired swiglu store (matmul_norm of gate/up with act 1): down_proj's
+ * product reading them is bitwise the product of a copy of gate (no pieces), at every n of the
+ * column product's instances (1-2, 3-5, 6-8, 9-16 rows, chunks of 16 above); and the column
+ * product (the default) within NSE_F32 of the CPU and of k_matmul_tc's (DSPARK_CUDA_COL=0) */
+static void test_matmul_pieces(void) {
+    if (!g_gpu->matmul_norm) return;
+    Backend *old = gpu_with_env("DSPARK_CUDA_COL", "0", NULL, NULL);
+    if (!old) return;
+    const int K = 2560, F = 1056, ns[] = {1, 2, 3, 5, 6, 8, 9, 16, 17, 40, 64};
+    const float eps = 1e-6f;
+    Weight cw[3], gw[3];
+    void *wh[3];
+    const int rows[3] = {F, F, K}, cols[3] = {K, K, F};
+    for (int j = 0; j < 3; j++) {
+        float *wf = rand_f32((size_t)rows[j] * cols[j], 1.0f / sqrtf((float)cols[j]));
+        wh[j] = to_dtype(wf, (size_t)rows[j] * cols[j], DS_BF16);
+        cw[j] = weight_view(wh[j], DS_BF16, rows[j], cols[j]);
+        gw[j] = gpu_weight_tiled(&cw[j]);
+        free(wf);
+    }
+    float *nf = rand_f32((size_t)K, 1.0f);
+    void *nh = to_dtype(nf, (size_t)K, DS_BF16);
+    Weight cn = weight_view(nh, DS_BF16, 1, K), gn = gpu_weight_tiled(&cn);
+    float *x = rand_f32((size_t)64 * K, 1.0f), *dx = dev_from(x, sizeof(float) * 64 * K);
+    float *dg = g_gpu->alloc(g_gpu, sizeof(float) * 64 * F), *du = g_gpu->alloc(g_gpu, sizeof(float) * 64 * F);
+    float *dc = g_gpu->alloc(g_gpu, sizeof(float) * 64 * F), *dy = g_gpu->alloc(g_gpu, sizeof(float) * 64 * K);
+    float *tmp = g_gpu->alloc(g_gpu, sizeof(float) * 64 * K);
+    int bad = 0, cases = 0;
+    double worst_cpu = 0, worst_old = 0;
+    for (size_t i = 0; i < sizeof ns / sizeof ns[0]; i++) {
+        const int n = ns[i];
+        float *outs[2] = {dg, du};
+        const Weight *ws[2] = {&gw[0], &gw[1]};
+        g_gpu->matmul_norm(g_gpu, outs, dx, &gn, eps, ws, 2, n, 1, tmp);
+        g_gpu->matmul(g_gpu, dy, dg, &gw[2], n); /* the swiglu store's pieces */
+        float *with = host_from(dy, (size_t)n * K), *gate = host_from(dg, (size_t)n * F);
+        g_gpu->copy(g_gpu, dc, dg, sizeof(float) * n * F);
+        g_gpu->matmul(g_gpu, dy, dc, &gw[2], n); /* none: a lane's own split or k_split_x */
+        float *without = host_from(dy, (size_t)n * K);
+        old->matmul(old, dy, dc, &gw[2], n);
+        old->synchronize(old);
+        float *tc = host_from(dy, (size_t)n * K), *ref = malloc(sizeof(float) * n * K);
+        g_cpu->matmul(g_cpu, ref, gate, &cw[2], n);
+        cases++;
+        if (memcmp(with, without, sizeof(float) * n * K) != 0 && bad++ < 3) CHECK_MSG(0, "down_proj at n %d: with the pieces not bitwise without", n);
+        const double e = nse(with, ref, (size_t)n * K), eo = nse(with, tc, (size_t)n * K);
+        worst_cpu = e > worst_cpu ? e : worst_cpu;
+        worst_old = eo > worst_old ? eo : worst_old;
+        free(with); free(gate); free(without); free(tc); free(ref);
+    }
+    CHECK_MSG(bad == 0, "column product: %d of %d products with the swiglu store's pieces not bitwise without them", bad, cases);
+    CHECK_MSG(worst_cpu <= NSE_F32 && worst_old <= NSE_F32, "column product: nse %.3g against the CPU, %.3g against k_matmul_tc", worst_cpu, worst_old);
+    printf("  column product (down_proj after the paired swiglu store): %d of %d bitwise with and without the pieces; worst nse "
+           "%.3g against the CPU, %.3g against k_matmul_tc\n", cases - bad, cases, worst_cpu, worst_old);
+    for (int j = 0; j < 3; j++) {
+        g_gpu->release_weight(g_gpu, &gw[j]);
+        free(wh[j]);
+    }
+    g_gpu->release_weight(g_gpu, &gn);
+    void *dev[] = {dx, dg, du, dc, dy, tmp};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
+    free(nf); free(nh); free(x);
+    old->destroy(old);
+}
+#endif
+
 static void test_rmsnorm(void) {
     const int dims[][2] = {{12, 16}, {5, 64}, {3, 300}, {2, 2560}, {40, 128}, {2, 5120}, {2, 6000}}; /* 6000: not in registers */
     for (int dt = 0; dt < 2; dt++)
@@ -624,6 +693,43 @@ static void test_rope(void) {
 }
 
 /* kv_write then attention over a flattened batch: each token its own slot and kv_len */
+#ifdef DSPARK_HAVE_CUDA
+/* x's pieces (k_matmul_col): a product of attention's output, reading the pieces the attention
+ * merge stored, is bitwise the product of a copy of it (no pieces: the product makes them), for
+ * the n tokens and for token 5 alone (its row of the batch), and within NSE_F32 of the CPU's
+ * product of got (the attention's output on the host) */
+static void att_then_product(const char *name, const KvCache *gk, const float *dq, const int32_t *dslot, const int32_t *dlen, int n, int H,
+                             int KV, int hd, const float *got) {
+    const int K = H * hd, O = 40;
+    float *wf = rand_f32((size_t)O * K, 1.0f / sqrtf((float)K));
+    void *wh = to_dtype(wf, (size_t)O * K, DS_BF16);
+    Weight cw = weight_view(wh, DS_BF16, O, K), gw = gpu_weight_tiled(&cw);
+    float *datt = g_gpu->alloc(g_gpu, sizeof(float) * n * K), *dcopy = g_gpu->alloc(g_gpu, sizeof(float) * n * K);
+    float *dy = g_gpu->alloc(g_gpu, sizeof(float) * n * O);
+    float *ref = malloc(sizeof(float) * n * O);
+    g_cpu->matmul(g_cpu, ref, got, &cw, n);
+    g_gpu->attention(g_gpu, datt, dq, gk, 1, dslot, dlen, n, H, KV, hd);
+    g_gpu->matmul(g_gpu, dy, datt, &gw, n); /* the merge's pieces */
+    float *with = host_from(dy, (size_t)n * O);
+    g_gpu->copy(g_gpu, dcopy, datt, sizeof(float) * n * K);
+    g_gpu->matmul(g_gpu, dy, dcopy, &gw, n); /* k_split_x's */
+    float *without = host_from(dy, (size_t)n * O);
+    g_gpu->attention(g_gpu, datt, dq + (size_t)5 * K, gk, 1, dslot + 5, dlen + 5, 1, H, KV, hd);
+    g_gpu->matmul(g_gpu, dy, datt, &gw, 1);
+    float *one = host_from(dy, (size_t)O);
+    char pn[96];
+    snprintf(pn, sizeof pn, "%s, then a product", name);
+    CHECK_NSE(pn, with, ref, (size_t)n * O, NSE_F32);
+    CHECK_MSG(memcmp(with, without, sizeof(float) * n * O) == 0, "%s: with the merge's pieces not bitwise without", pn);
+    CHECK_MSG(memcmp(one, with + (size_t)5 * O, sizeof(float) * O) == 0, "%s: token 5 alone not bitwise its row", pn);
+    g_gpu->release_weight(g_gpu, &gw);
+    g_gpu->free(g_gpu, datt);
+    g_gpu->free(g_gpu, dcopy);
+    g_gpu->free(g_gpu, dy);
+    free(wf); free(wh); free(ref); free(with); free(without); free(one);
+}
+#endif
+
 static void test_attention(void) {
     /* heads, kv heads, hd, context: a KV head's query heads per block for groups 2, 4, 8 with
      * group * ceil(hd / 32) <= 32, else one head per block (group 1 and 3; group 8 at hd 256) */
@@ -678,6 +784,9 @@ static void test_attention(void) {
         char name[64];
         snprintf(name, sizeof name, "attention H %d KV %d hd %d", H, KV, hd);
         CHECK_NSE(name, got, ref, (size_t)n * H * hd, NSE_F32);
+#ifdef DSPARK_HAVE_CUDA
+        if ((H * hd) % 32 == 0) att_then_product(name, &gk, dq, dslot, dlen, n, H, KV, hd, got);
+#endif
         /* token 5 alone: bitwise its row of the batch */
         g_gpu->attention(g_gpu, dout, dq + (size_t)5 * H * hd, &gk, 1, dslot + 5, dlen + 5, 1, H, KV, hd);
         float *one = host_from(dout, (size_t)H * hd);
@@ -1359,6 +1468,9 @@ int main(void) {
 #endif
     RUN_IF(test_matmul_multi);
     RUN_IF(test_matmul_fold);
+#ifdef DSPARK_HAVE_CUDA
+    RUN_IF(test_matmul_pieces);
+#endif
     RUN_IF(test_rmsnorm);
     RUN_IF(test_rope);
     RUN_IF(test_attention);

@@ -42,8 +42,8 @@ __device__ __forceinline__ float att_weights(int nz, MOf m_of, LOf l_of, float (
 
 /* out of (head h, token i): the nz splits' partial results merged in split order (read from
  * L2: the fused path reads what other blocks of its own launch wrote) */
-__device__ __forceinline__ void att_merge(float *out, const float *part, int h, int i, int n_heads, int head_dim, int nz, int tid,
-                                          int nthreads) {
+__device__ __forceinline__ void att_merge(float *out, uint16_t *xp, const float *part, int h, int i, int n_heads, int head_dim, int nz,
+                                          int tid, int nthreads) {
     const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
     float M, f[ATT_SPLITS];
     const float L = att_weights<ATT_SPLITS>(
@@ -57,6 +57,7 @@ __device__ __forceinline__ void att_merge(float *out, const float *part, int h, 
         for (int z = 0; z < ATT_SPLITS; z++)
             if (z < nz) o += __ldcg(p + z * (head_dim + 2) + d) * f[z];
         oi[d] = o * inv;
+        if (xp) xp_store(xp, i, (size_t)h * head_dim + d, (size_t)n_heads * head_dim, o * inv); /* o_proj's pieces */
     }
 }
 
@@ -89,7 +90,7 @@ template <int DPL, int GQ>
 __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim, float scale,
-                                                              int chunk, bool pf, float *out, int *count) {
+                                                              int chunk, bool pf, float *out, uint16_t *xp, int *count) {
     extern __shared__ float sm[]; /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
     const int h0 = blockIdx.x * GQ, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     /* kv_len and slot before pdl_wait: the caller writes them at least two kernels earlier (a
@@ -211,10 +212,10 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     __syncthreads();
     if (!last) return;
     __threadfence();
-    att_merge(out, part, h0 + g, i, n_heads, head_dim, nz, tl, tph);
+    att_merge(out, xp, part, h0 + g, i, n_heads, head_dim, nz, tl, tph);
 }
 
-__global__ void k_attention_merge(float *out, const float *part, const int32_t *kv_len, int n_heads, int head_dim, int chunk) {
+__global__ void k_attention_merge(float *out, uint16_t *xp, const float *part, const int32_t *kv_len, int n_heads, int head_dim, int chunk) {
     pdl_start();
-    att_merge(out, part, blockIdx.x, blockIdx.y, n_heads, head_dim, att_splits(kv_len[blockIdx.y], chunk), threadIdx.x, blockDim.x);
+    att_merge(out, xp, part, blockIdx.x, blockIdx.y, n_heads, head_dim, att_splits(kv_len[blockIdx.y], chunk), threadIdx.x, blockDim.x);
 }

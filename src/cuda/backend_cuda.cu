@@ -134,6 +134,11 @@ typedef struct {
     int tc_deep;   /* k-steps per round: 1 twice, 2 half the default (DSPARK_CUDA_TC_DEEP) */
     int tc_pf;     /* bytes of each weight row prefetched into L2 at block start (DSPARK_CUDA_TC_PREFETCH, KB; 0 off) */
     bool pdl;      /* kernels launched with programmatic stream serialization (DSPARK_CUDA_PDL=0: off) */
+    bool col;      /* plain BF16 products on k_matmul_col (DSPARK_CUDA_COL=0: k_matmul_tc) */
+    int col_mt[4], col_u[4]; /* its 16-row tiles per block and k-steps per round by row bucket 1-2, 3-5, 6-8, 9-64 (DSPARK_CUDA_COL_MT, _U) */
+    uint4 *xp_buf[2]; /* x's pieces for k_matmul_col: what an op made (CudaImpl's xp_p) or k_split_x writes; two,
+                       * so that a product reading one can store its output's in the other */
+    size_t xp_cap;    /* 16-bit elements in each */
     int nsm;
 } MmCfg;
 
@@ -161,6 +166,13 @@ typedef struct {
     bool fold;         /* matmul_norm and matmul_add (the rmsnorm and the residual add in the products) */
     bool tiles;        /* BF16 matrices in tiles (cuda_common.cuh's tile_at; DSPARK_CUDA_TILES=0: row-major) */
     float *norm_r;     /* [CUDA_SMALL_N]: k_norm_prep's 1 / rms per row */
+    /* the pieces at xp_p (one of mm.xp_buf) are those of xp_x [xp_n][xp_K], made by the op that
+     * wrote it, while g_writes is still xp_seq (no kernel or copy since): the next product of
+     * xp_x reads them. xp_next: the buffer the next op making pieces stores them in */
+    const float *xp_x;
+    const uint4 *xp_p;
+    int xp_n, xp_K, xp_next;
+    uint64_t xp_seq;
     int att_gqa_min;   /* k_attention with a KV head's query heads per block from this many tokens on (DSPARK_CUDA_ATT) */
     bool att_pf;       /* k_attention prefetches its K/V rows into L2 before pdl_wait (DSPARK_CUDA_ATT_PREFETCH=0: off) */
     int att_chunk;     /* k_attention's keys per chunk (DSPARK_CUDA_ATT_CHUNK; 0: by key count, att_chunk_of) */
@@ -227,6 +239,47 @@ static inline unsigned blocks_for(size_t n, unsigned per) {
 
 /* ---- memory ---- */
 
+/* kernels launched and device writes issued so far (the pieces' validity, CudaImpl's xp_seq) */
+static uint64_t g_writes;
+
+/* x's pieces (k_matmul_col): the buffer an op writing x [n][K] stores them in, or NULL (then the
+ * product makes them itself); xp_made after its launches; xp_of: the pieces of x, if they are
+ * still those in the buffer */
+static uint16_t *xp_buffer(CudaImpl *c, int n, int K) {
+    const bool fits = c->mm.col && c->mm.tc == 3 && n <= CUDA_SMALL_N && K % 32 == 0 && (size_t)n * K * 3 <= c->mm.xp_cap;
+    return fits ? (uint16_t *)c->mm.xp_buf[c->xp_next] : NULL; /* (not the registered pieces: the op may be reading them) */
+}
+static void xp_made(CudaImpl *c, const float *x, const uint16_t *buf, int n, int K) {
+    c->xp_x = x;
+    c->xp_p = (const uint4 *)buf;
+    c->xp_n = n;
+    c->xp_K = K;
+    c->xp_seq = g_writes;
+    c->xp_next = buf == (const uint16_t *)c->mm.xp_buf[0];
+}
+static const uint4 *xp_of(const CudaImpl *c, const float *x, int n, int K) {
+    return c->xp_x == x && c->xp_n == n && c->xp_K == K && c->xp_seq == g_writes ? c->xp_p : NULL;
+}
+/* room for the pieces of CUDA_SMALL_N rows of K (at each weight's upload, outside any graph; a
+ * graph recorded with the old buffer is not replayed) */
+static void xp_reserve(CudaImpl *c, int K) {
+    const size_t need = (size_t)CUDA_SMALL_N * K * 3;
+    if (need <= c->mm.xp_cap) return;
+    uint4 *p[2] = {NULL, NULL};
+    if (cudaMalloc(&p[0], need * sizeof(uint16_t)) != cudaSuccess || cudaMalloc(&p[1], need * sizeof(uint16_t)) != cudaSuccess) {
+        cudaGetLastError(); /* (then the products split x themselves) */
+        if (p[0]) cudaFree(p[0]);
+        return;
+    }
+    if (c->mm.xp_buf[0]) graphs_new_epoch(c);
+    for (int b = 0; b < 2; b++) {
+        if (c->mm.xp_buf[b]) CU(cudaFree(c->mm.xp_buf[b]));
+        c->mm.xp_buf[b] = p[b];
+    }
+    c->mm.xp_cap = need;
+    c->xp_x = NULL;
+}
+
 static void *cu_alloc(Backend *be, size_t bytes) {
     graph_outside(be, "alloc");
     void *p = NULL;
@@ -235,6 +288,7 @@ static void *cu_alloc(Backend *be, size_t bytes) {
         return NULL;
     }
     CU(cudaMemsetAsync(p, 0, bytes, stream_of(be)));
+    g_writes++;
     return p;
 }
 static void cu_free(Backend *be, void *p) {
@@ -246,6 +300,7 @@ static void cu_free(Backend *be, void *p) {
 static void cu_to_device(Backend *be, void *dst, const void *src, size_t bytes) {
     graph_outside(be, "to_device");
     if (bytes) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(be)));
+    g_writes++;
 }
 static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
     graph_outside(be, "to_host");
@@ -255,6 +310,7 @@ static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     if (graph_skip(be, 1, dst, src, bytes)) return;
     if (bytes && dst != src) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(be)));
+    g_writes++;
 }
 static void cu_sync(Backend *be) { graph_outside(be, "synchronize"); CU(cudaStreamSynchronize(stream_of(be))); }
 
@@ -296,6 +352,7 @@ static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
     }
     w->dev = p;
     w->dev_layout = tiles ? WL_TILES : WL_ROWS;
+    if (w->dtype == DS_BF16 && w->cols % 32 == 0) xp_reserve(c, w->cols);
     return DS_OK;
 }
 static void cu_release_weight(Backend *be, Weight *w) {
@@ -331,6 +388,7 @@ static void launch(cudaStream_t st, bool pdl, void (*kernel)(KArgs...), dim3 gri
     lc.attrs = at;
     lc.numAttrs = pdl ? 1 : 0;
     cudaLaunchKernelEx(&lc, kernel, args...);
+    g_writes++;
 }
 static bool pdl_of(Backend *be) { return impl(be)->mm.pdl; }
 
@@ -451,16 +509,56 @@ static void matmul_tc_nt(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned 
     else if (n <= 32) matmul_tc_u<MT, 4, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
     else if constexpr (MT <= 2) matmul_tc_u<MT, 8, P, false>(st, pdl, mm, grid, x, n, K, deep, pf);
 }
+/* the column product (k_matmul_col) of mm's plain segments: xp, x's pieces, or NULL */
+static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const float *x, const uint4 *xp, int n, int K) {
+    const int nr = n < 16 ? n : 16, chunks = (n + 15) / 16, b = nr <= 2 ? 0 : nr <= 5 ? 1 : nr <= 8 ? 2 : 3;
+    const int mt = mm.act ? 2 : cfg->col_mt[b], u = cfg->col_u[b];
+    int G = 0;
+    if (mm.act) G = (mm.O[0] + 15) / 16; /* gate and up paired: a block per 16 rows of both */
+    else
+        for (int j = 0; j < mm.count; j++) mm.g_end[j] = G += (mm.O[j] + 16 * mt - 1) / (16 * mt);
+    /* 3 rows or more without pieces: k_split_x makes them (each lane splitting its own would
+     * split each row 3 times over at 3-8 rows), in the buffer the product does not store in */
+    if (!xp && nr >= 3 && cfg->xp_buf[0] && (size_t)n * K * 3 <= cfg->xp_cap) {
+        uint4 *to = mm.xp_out == (const uint16_t *)cfg->xp_buf[0] ? cfg->xp_buf[1] : cfg->xp_buf[0];
+        launch(st, cfg->pdl, k_split_x, blocks_for((size_t)n * K / 8, 256), 256, 0, to, x, n, K);
+        xp = to;
+    }
+    const unsigned grid = (unsigned)(G * chunks);
+#define COL_MT(NC, U, MT) \
+    do { \
+        if (xp) launch(st, cfg->pdl, k_matmul_col<NC, U, true, MT>, grid, 256, 0, mm, x, xp, n, K); \
+        else launch(st, cfg->pdl, k_matmul_col<NC, U, false, MT>, grid, 256, 0, mm, x, xp, n, K); \
+    } while (0)
+#define COL(NC, U) \
+    do { \
+        if (mt == 2) COL_MT(NC, U, 2); \
+        else COL_MT(NC, U, 1); \
+    } while (0)
+    if (b == 0) COL(1, 4); /* (the instances of U measured) */
+    else if (b == 1) COL(2, 2);
+    else if (b == 2 && u == 4) COL(3, 4);
+    else if (b == 2) COL(3, 2);
+    else if (u == 2) COL(6, 2);
+    else COL(6, 1);
+#undef COL
+#undef COL_MT
+}
+
 static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
-                      const MmMulti *multi, int layout) {
+                      const MmMulti *multi, int layout, const uint4 *xp) {
     if (n > CUDA_SMALL_N) { /* (no cuBLAS) launches of CUDA_SMALL_N rows: a row's values do not depend on n */
         DS_ASSERT(!multi);
         for (int i0 = 0; i0 < n; i0 += CUDA_SMALL_N)
-            matmul_tc(st, cfg, out + (size_t)i0 * O, x + (size_t)i0 * K, w, n - i0 < CUDA_SMALL_N ? n - i0 : CUDA_SMALL_N, K, O, NULL, layout);
+            matmul_tc(st, cfg, out + (size_t)i0 * O, x + (size_t)i0 * K, w, n - i0 < CUDA_SMALL_N ? n - i0 : CUDA_SMALL_N, K, O, NULL, layout, NULL);
         return;
     }
     MmMulti mm = mm_segments(multi, out, w, O);
     mm.layout = layout;
+    if (cfg->col && cfg->tc == 3 && !mm.norm && !mm.rscale) {
+        matmul_col(st, cfg, mm, x, xp, n, K);
+        return;
+    }
     const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
     int rows = 0;
     for (int j = 0; j < mm.count; j++) rows += mm.O[j];
@@ -500,9 +598,9 @@ static bool mm_vec(const float *x, const void *w, int K) { return K % 8 == 0 && 
 
 template <int DT>
 static void matmul_small_dt(cudaStream_t st, const MmCfg *cfg, float *out, const float *x, const void *w, int n, int K, int O,
-                            const MmMulti *multi) {
+                            const MmMulti *multi, const uint4 *xp) {
     const bool vec = mm_vec(x, w, K);
-    if (mm_tc(cfg, DT, x, w, K)) matmul_tc(st, cfg, out, x, w, n, K, O, multi, WL_ROWS);
+    if (mm_tc(cfg, DT, x, w, K)) matmul_tc(st, cfg, out, x, w, n, K, O, multi, WL_ROWS, xp);
     else if (cfg->ref && vec) matmul_small_ref<DT, true>(st, out, x, w, n, K, O);
     else if (cfg->ref) matmul_small_ref<DT, false>(st, out, x, w, n, K, O);
     else if (vec) matmul_small<DT, true>(st, cfg, out, x, w, n, K, O, multi);
@@ -539,10 +637,10 @@ static void matmul_cublas(Backend *be, float *out, const float *x, const Weight 
 
 /* a product of a tiled weight: k_matmul_tc is its only reader, so x that is not 16-byte
  * aligned (none of the models' calls) is first copied to c->wide, CUDA_SMALL_N rows at a time */
-static void matmul_tiles(CudaImpl *c, float *out, const float *x, const Weight *w, int n, const MmMulti *multi) {
+static void matmul_tiles(CudaImpl *c, float *out, const float *x, const Weight *w, int n, const MmMulti *multi, const uint4 *xp) {
     const int K = w->cols, O = w->rows;
     if (((uintptr_t)x & 15) == 0) {
-        matmul_tc(c->stream, &c->mm, out, x, w->dev, n, K, O, multi, WL_TILES);
+        matmul_tc(c->stream, &c->mm, out, x, w->dev, n, K, O, multi, WL_TILES, xp);
         return;
     }
     DS_ASSERT((size_t)CUDA_SMALL_N * K <= WIDE_ELEMS && (!multi || n <= CUDA_SMALL_N));
@@ -556,7 +654,7 @@ static void matmul_tiles(CudaImpl *c, float *out, const float *x, const Weight *
     for (int i0 = 0; i0 < n; i0 += CUDA_SMALL_N) {
         const int nc = n - i0 < CUDA_SMALL_N ? n - i0 : CUDA_SMALL_N;
         CU(cudaMemcpyAsync(c->wide, x + (size_t)i0 * K, sizeof(float) * nc * K, cudaMemcpyDeviceToDevice, c->stream));
-        matmul_tc(c->stream, &c->mm, out + (size_t)i0 * O, c->wide, w->dev, nc, K, O, multi, WL_TILES);
+        matmul_tc(c->stream, &c->mm, out + (size_t)i0 * O, c->wide, w->dev, nc, K, O, multi, WL_TILES, i0 == 0 && nc == n ? xp : NULL);
     }
 }
 
@@ -572,15 +670,16 @@ static void matmul_run(Backend *be, float *out, const float *x, const Weight *w,
         matmul_cublas(be, out, x, w, n);
         return;
     }
+    const uint4 *xp = xp_of(c, x, n, w->cols); /* (before the staging copy below bumps g_writes) */
     if (w->dev_layout == WL_TILES) {
-        matmul_tiles(c, out, x, w, n, multi);
+        matmul_tiles(c, out, x, w, n, multi, xp);
         LAUNCHED("matmul");
         return;
     }
     switch (w->dtype) {
-    case DS_BF16: matmul_small_dt<DS_BF16>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi); break;
-    case DS_F16: matmul_small_dt<DS_F16>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi); break;
-    default: matmul_small_dt<DS_F32>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi); break;
+    case DS_BF16: matmul_small_dt<DS_BF16>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi, xp); break;
+    case DS_F16: matmul_small_dt<DS_F16>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi, NULL); break;
+    default: matmul_small_dt<DS_F32>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi, NULL); break;
     }
     LAUNCHED("matmul");
 }
@@ -634,8 +733,12 @@ static void matmul_multi_run(Backend *be, float *const *outs, const float *x, co
         /* swiglu in k_matmul_tc's store (a launch less per layer; bitwise k_swiglu's values) */
         mm.act = act == 1 && c->fuse && count == 2 && ws[0]->rows == ws[1]->rows && c->mm.tc == 3 &&
                  mm_tc(&c->mm, ws[0]->dtype, x, ws[0]->dev, ws[0]->cols);
+        if (mm.act) mm.xp_out = xp_buffer(c, n, ws[0]->rows); /* the pieces of out[0] for down_proj */
         matmul_run(be, outs[0], x, ws[0], n, &mm);
-        if (mm.act) return;
+        if (mm.act) {
+            if (mm.xp_out) xp_made(c, outs[0], mm.xp_out, n, ws[0]->rows);
+            return;
+        }
     } else {
         for (int j = 0; j < count; j++) matmul_run(be, outs[j], x, ws[j], n, NULL);
     }
@@ -681,10 +784,12 @@ static void cu_matmul_norm(Backend *be, float *const *outs, const float *x, cons
     }
     MmMulti mm = mm_products(outs, ws, count);
     mm.act = act == 1;
+    if (mm.act) mm.xp_out = xp_buffer(c, n, ws[0]->rows); /* the pieces of out[0] for down_proj */
     if (n <= 8) { /* NORM: one launch */
         mm.norm = norm->dev;
         mm.eps = eps;
         matmul_run(be, outs[0], x, ws[0], n, &mm);
+        if (mm.xp_out) xp_made(c, outs[0], mm.xp_out, n, ws[0]->rows);
         return;
     }
     /* above 8 rows NORM's registers (nw and the squares of each x tile) cost its instances a
@@ -694,6 +799,7 @@ static void cu_matmul_norm(Backend *be, float *const *outs, const float *x, cons
     LAUNCHED("norm_prep");
     mm.rscale = c->norm_r;
     matmul_run(be, outs[0], tmp, ws[0], n, &mm);
+    if (mm.xp_out) xp_made(c, outs[0], mm.xp_out, n, ws[0]->rows);
 }
 
 /* backend.h's matmul_add: the residual add in k_matmul_tc's store, or the product into tmp
@@ -815,10 +921,10 @@ void backend_cuda_set_fused(Backend *be, bool on, bool fold) {
 template <int DPL, int GQ>
 static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float *part, const float *q, const KvCache *kv, const int32_t *slot,
                        const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, int chunk, bool pf,
-                       float *out, int *count) {
+                       float *out, uint16_t *xp, int *count) {
     if constexpr (GQ == 1 || DPL * GQ <= 32)
         launch(st, pdl, k_attention<DPL, GQ>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len,
-               layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, pf, out, count);
+               layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, pf, out, xp, count);
 }
 
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
@@ -860,9 +966,10 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     cudaStream_t st = c->stream;
     float *part = c->att_part;
     const bool pf = c->att_pf && head_dim % 4 == 0; /* (bulk prefetch: 16-byte rows) */
+    uint16_t *xp = xp_buffer(c, n, n_heads * head_dim); /* the pieces of out for o_proj */
 #define ATT(D, G) \
     att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale, c->att_chunk, pf, out, \
-                     count)
+                     xp, count)
 #define ATT_D(G) \
     do { \
         if (dpl == 1) ATT(1, G); \
@@ -879,10 +986,11 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
 #undef ATT
     LAUNCHED("attention");
     if (!count) {
-        launch(st, c->mm.pdl, k_attention_merge, dim3((unsigned)n_heads, (unsigned)n), 128, 0, out, (const float *)part, kv_len, n_heads,
+        launch(st, c->mm.pdl, k_attention_merge, dim3((unsigned)n_heads, (unsigned)n), 128, 0, out, xp, (const float *)part, kv_len, n_heads,
                head_dim, c->att_chunk);
         LAUNCHED("attention merge");
     }
+    if (xp) xp_made(c, out, xp, n, n_heads * head_dim);
 }
 
 static void swiglu_run(cudaStream_t st, bool pdl, float *out, const float *gate, const float *up, size_t n) {
@@ -1050,6 +1158,8 @@ static void cu_destroy(Backend *be) {
         if (c->att_part) cudaFree(c->att_part);
         if (c->att_count) cudaFree(c->att_count);
         if (c->norm_r) cudaFree(c->norm_r);
+        for (int b = 0; b < 2; b++)
+            if (c->mm.xp_buf[b]) cudaFree(c->mm.xp_buf[b]);
         if (c->have_blas) {
             c->blas.destroy(c->blas.h);
             dlclose(c->blas.lib);
@@ -1076,7 +1186,11 @@ static bool env_buckets(const char *s, int nb, int *v) {
  * pieces of x (lossy: tests and measurements), default 3; DSPARK_CUDA_TC_MT: "M" or
  * "M1,M8,M16,M32,M64", 16-row tiles per block (1, 2 or 4) by row bucket; DSPARK_CUDA_TC_DEEP=1
  * or 2: twice or half the k-steps per round; DSPARK_CUDA_TC_PREFETCH=KB: L2 prefetch of each
- * weight row at block start, up to KB (default 0, off). None of these changes a value. */
+ * weight row at block start, up to KB (default 0, off). None of these changes a value.
+ * DSPARK_CUDA_COL=0: the plain products on k_matmul_tc too, not k_matmul_col (other bits:
+ * before/after); DSPARK_CUDA_COL_MT, DSPARK_CUDA_COL_U: "V" or "V1,V3,V6,V9", k_matmul_col's
+ * 16-row tiles per block (1, 2) and k-steps per round (1, 2, 4) by row bucket 1-2, 3-5, 6-8,
+ * 9-64 (no value changes). */
 static void mm_tc_config(MmCfg *m) {
     const char *tc = getenv("DSPARK_CUDA_MM_TC"), *mt = getenv("DSPARK_CUDA_TC_MT"), *deep = getenv("DSPARK_CUDA_TC_DEEP");
     m->tc_deep = deep && (deep[0] == '1' || deep[0] == '2') && !deep[1] ? deep[0] - '0' : 0;
@@ -1086,6 +1200,22 @@ static void mm_tc_config(MmCfg *m) {
      * decode step of the 36-layer model (docs/bench-cuda.md) */
     m->tc_pf = pf_kb <= 0 ? 0 : pf_kb > 1 << 20 ? 1 << 30 : pf_kb * 1024;
     m->tc = m->ref ? 0 : 3;
+    const char *col = getenv("DSPARK_CUDA_COL"), *col_mt = getenv("DSPARK_CUDA_COL_MT"), *col_u = getenv("DSPARK_CUDA_COL_U");
+    m->col = !(col && !strcmp(col, "0"));
+    /* (H200, graphed steps at 1..64 tokens, docs/bench-cuda.md: 2 tiles above 8 rows cut the
+     * 16-64-token steps by 1-2 ms; 2 tiles at 1-8 rows were slower) */
+    const int cmt[4] = {1, 1, 1, 2}, cu[4] = {4, 2, 4, 2};
+    int v4[4];
+    for (int i = 0; i < 4; i++) {
+        m->col_mt[i] = cmt[i];
+        m->col_u[i] = cu[i];
+    }
+    if (env_buckets(col_mt, 4, v4))
+        for (int i = 0; i < 4; i++)
+            if (v4[i] == 1 || v4[i] == 2) m->col_mt[i] = v4[i];
+    if (env_buckets(col_u, 4, v4))
+        for (int i = 0; i < 4; i++)
+            if (v4[i] == 1 || v4[i] == 2 || v4[i] == 4) m->col_u[i] = v4[i];
     if (tc && tc[0] >= '0' && tc[0] <= '3' && !tc[1]) m->tc = m->ref ? 0 : tc[0] - '0';
     const int mt_default[5] = {0, 0, 0, 0, 0}; /* auto (matmul_tc) */
     for (int i = 0; i < 5; i++) m->tc_mt[i] = mt_default[i];

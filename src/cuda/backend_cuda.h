@@ -27,7 +27,11 @@
  * tiles per block by row bucket, 1, 2 or 4), DSPARK_CUDA_TC_DEEP=1/2 (twice/half the k-steps
  * per round), DSPARK_CUDA_TC_PREFETCH=KB (L2 prefetch of each weight row; off), DSPARK_CUDA_TILES=0
  * (BF16 matrices row-major on the GPU, not in k_matmul_tc's tiles; it is also what
- * DSPARK_CUDA_MM_TC=0 and DSPARK_CUDA_MATMUL_REF=1 imply). Neither do
+ * DSPARK_CUDA_MM_TC=0 and DSPARK_CUDA_MATMUL_REF=1 imply). The plain BF16 products (no folded
+ * norm) run on k_matmul_col, x's pieces as columns: DSPARK_CUDA_COL=0 puts them on k_matmul_tc
+ * (values change within float32 rounding), DSPARK_CUDA_COL_MT / DSPARK_CUDA_COL_U ("V" or
+ * "V1,V3,V6,V9" by row bucket) set its 16-row tiles per block (1, 2) and k-steps per round
+ * (1, 2, 4), no value. Neither do
  * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
  * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head).
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);

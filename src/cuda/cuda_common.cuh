@@ -104,6 +104,31 @@ __device__ __forceinline__ float4 ld_act4(const float4 *p) {
     asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
     return v;
 }
+/* 16-byte group of pieces, read after pdl_wait (an activation: ld_act4's load) */
+__device__ __forceinline__ uint4 ld_act16(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half: the smaller k */
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+/* x's pieces for the column product (matmul_tc.cuh's k_matmul_col): x = h + m + l, h = bf16(x),
+ * m = bf16(x - h), l = bf16(x - h - m) (tc_split's). In memory for x [n][K]: 16-byte group
+ * (i K / 8 + k / 8) 3 + q holds piece q of x[i][k .. k + 7] (8 bf16, the smaller k in the low
+ * half); xp_at is the uint16 index of element (i, k) of piece q */
+__host__ __device__ __forceinline__ size_t xp_at(size_t i, size_t k, int q, size_t K) { return ((i * (K / 8) + k / 8) * 3 + q) * 8 + (k & 7); }
+/* the 3 pieces of one value of x, stored by the op that writes x (the same bits as tc_split) */
+__device__ __forceinline__ void xp_store(uint16_t *xp, size_t i, size_t k, size_t K, float v) {
+#pragma unroll
+    for (int q = 0; q < 3; q++) {
+        const uint32_t u = bf16x2_rn(v, 0.0f) & 0xffffu;
+        xp[xp_at(i, k, q, K)] = (uint16_t)u;
+        v = v - __uint_as_float(u << 16);
+    }
+}
 /* an int of the step's inputs that a copy wrote before the step's kernels (attention's kv_len
  * and slot), read before pdl_wait: ld.global.cv, which tests/pdl_ptx_check.sh allows there */
 __device__ __forceinline__ int ld_step_int(const int32_t *p) {

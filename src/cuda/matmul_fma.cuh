@@ -193,6 +193,7 @@ typedef struct {
     const float *rscale; /* [n]: the sums of x row i scaled by rscale[i] (matmul_norm above 8 rows: k_norm_prep) */
     int add;          /* out += the product (matmul_add) */
     int layout;       /* the weights' layout, the same for every segment (WL_ROWS or WL_TILES) */
+    uint16_t *xp_out; /* act: the pieces of out[0] (cuda_common.cuh's xp_at), for the product that reads it */
 } MmMulti;
 
 /* the segment of column group g (selects, not an index: the parameters stay in registers) */

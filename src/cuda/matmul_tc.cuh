@@ -26,10 +26,6 @@
  * Needs K % 32 == 0 and 16-byte aligned x and w (else the F32-FMA kernel above). */
 #define TC_WARPS 8
 
-__device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half: the smaller k */
-    return *reinterpret_cast<const uint32_t *>(&v);
-}
 /* 8 floats -> P bf16 pieces, each as 4 packed pairs (pair j: k 2j, 2j + 1) */
 template <int P>
 __device__ __forceinline__ void tc_split(float (&r)[8], uint32_t (&p)[P][4]) {
@@ -62,6 +58,13 @@ __device__ __forceinline__ void tc_kstep(float *s, uint4 lo, uint4 hi, const uin
 #pragma unroll
     for (int q = 0; q < P; q++) mma_bf16(c, lo.z, hi.z, lo.w, hi.w, p[q][2], p[q][3]);
     s[0] = s[0] + c[0]; s[1] = s[1] + c[1]; s[2] = s[2] + c[2]; s[3] = s[3] + c[3];
+}
+/* lane (g, t)'s 16 bytes at k-step 0 of row 8 h + g of the 16-row tile from row r0 of w [O][K]:
+ * tiled, the next k-step is 64 uint4 on, row-major 4 (rows past O: the padded last tile, or the
+ * last row, whose sums are not stored) */
+__device__ __forceinline__ const uint4 *tc_lane_w(const void *w, bool tiled, int r0, int h, int g, int t, int O, int K) {
+    const int r = r0 + 8 * h + g, last_tile = (O - 1) >> 4, tile = (r0 >> 4) < last_tile ? r0 >> 4 : last_tile;
+    return (const uint4 *)((const uint16_t *)w + (tiled ? tile_at((size_t)16 * tile + 8 * h + g, 8 * t, K) : (size_t)(r < O ? r : O - 1) * K + 8 * t));
 }
 /* the 8 warps' sums in the fixed tree: 4..7 onto 0..3, 2..3 onto 0..1, 1 onto 0 (warp 0 holds
  * the result; every thread of the block must call it) */
@@ -128,7 +131,9 @@ __device__ __forceinline__ void tc_store_swiglu(const MmMulti &mm, int o0, const
             if (ii < n && r < O) {
                 const size_t at = (size_t)ii * O + r;
                 up[at] = cu[e];
-                gate[at] = silu_mul(cg[e], cu[e]);
+                const float y = silu_mul(cg[e], cu[e]);
+                gate[at] = y;
+                if (mm.xp_out) xp_store(mm.xp_out, ii, r, O, y); /* down_proj's pieces */
             }
         }
     }
@@ -242,12 +247,7 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r0 = sg.o0 + (sw ? 0 : 16 * mt), r = r0 + 8 * h + g, last_tile = (sg.O - 1) >> 4;
-            const int tile = (r0 >> 4) < last_tile ? r0 >> 4 : last_tile; /* (rows past O: the padded tile or a clamped row) */
-            const uint16_t *wm = sw && mt == 1 ? (const uint16_t *)mm.w[1] : w;
-            wr[mt][h] = (const uint4 *)(wm + (tiled ? tile_at((size_t)16 * tile + 8 * h + g, 8 * t, K) : (size_t)(r < sg.O ? r : sg.O - 1) * K + 8 * t));
-        }
+        for (int h = 0; h < 2; h++) wr[mt][h] = tc_lane_w(sw && mt == 1 ? mm.w[1] : w, tiled, sg.o0 + (sw ? 0 : 16 * mt), h, g, t, sg.O, K);
     const float *xr[NT];
     bool xok[NT];
 #pragma unroll
@@ -342,4 +342,167 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
             return;
         }
     tc_store<MT, NT>(sg, acc, n, g, t, mm.add != 0);
+}
+
+/* ---- the column product (k_matmul_col): the plain BF16 products (no norm, no paired store) ----
+ * k_matmul_tc's B holds 8 rows of x and each piece of x costs an mma (6 a k-step, at any n);
+ * here B's column 3 i + q holds piece q of x row i, so a row takes 3 columns instead: at 1 or 2
+ * rows 2 mma a k-step, and the pieces come ready from memory (x_pieces: made once by the op
+ * that wrote x, the attention merge or the paired swiglu store, or k_split_x), one 16-byte load
+ * per lane where k_matmul_tc loads 32 bytes and splits them (H200, a step's products at one
+ * row: 2.71 -> 2.11 ms, the bare weight read 2.08). Without pieces (XP false) each lane splits
+ * the 8 values of its column's row and keeps its own piece: the same pieces, so the same bits.
+ * Arithmetic of one output, fixed by K alone: for each of the row's 3 columns, warp j % 8 runs
+ * its k-steps j ascending, each 2 mma (first, second 16 k) into a fresh accumulator then one
+ * F32 add into the column's sum; the 8 warps' sums in tc_warp_tree's order; the row's value is
+ * (s_h + s_m) + s_l (then out + it for add). A column's mma reads only its own B column, so
+ * nothing depends on n, the other rows or where the pieces came from. Rows in chunks of 16 (a
+ * block: one 16-row weight tile, one chunk; the chunks of a tile are adjacent blocks, so its
+ * weights come from L2 after the first). Needs K % 32 == 0 and 16-byte aligned x, w, pieces. */
+
+/* x's pieces when no op made them (3 or more rows): a thread per 8 values */
+__global__ void k_split_x(uint4 *xp, const float *x, int n, int K) {
+    pdl_start();
+    const size_t groups = (size_t)n * (K / 8);
+    for (size_t gi = blockIdx.x * (size_t)blockDim.x + threadIdx.x; gi < groups; gi += (size_t)gridDim.x * blockDim.x) {
+        const float4 a = ld_act4((const float4 *)x + 2 * gi), b = ld_act4((const float4 *)x + 2 * gi + 1);
+        float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        uint32_t p[3][4];
+        tc_split<3>(f, p);
+#pragma unroll
+        for (int q = 0; q < 3; q++) xp[3 * gi + q] = make_uint4(p[q][0], p[q][1], p[q][2], p[q][3]);
+    }
+}
+
+/* NC tiles of 8 columns (a chunk of up to 8 NC / 3 rows), U k-steps in flight per warp, MT
+ * 16-row weight tiles per block (2: x's loads serve twice the weights). With mm.act (MT 2) the
+ * two tiles are the same 16 rows of gate (w[0]) and up (w[1]), stored as tc_store_swiglu does
+ * (out[1] = up, out[0] = silu(gate) * up). A tile's values are those of its product alone. */
+template <int NC, int U, bool XP, int MT>
+__global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, const uint4 *xp, int n, int K) {
+    __shared__ float sums[TC_WARPS][16][8 * NC + 1]; /* (+1: the lanes' stores spread over banks) */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int chunks = (n + 15) / 16, i0 = 16 * (int)(blockIdx.x % chunks), nr = n - i0 < 16 ? n - i0 : 16;
+    const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
+    const MmSeg sg = sw ? MmSeg{mm.out[0], mm.w[0], mm.O[0], 16 * (int)(blockIdx.x / chunks)} : mm_segment<16 * MT>(mm, blockIdx.x / chunks);
+    const bool tiled = mm.layout == WL_TILES;
+    const int kstep = tiled ? 64 : 4, KS = K / 32;
+    const uint4 *wr[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) wr[mt][h] = tc_lane_w(sw && mt ? mm.w[1] : sg.w, tiled, sg.o0 + (sw ? 0 : 16 * mt), h, g, t, sg.O, K);
+    /* the lane's column in tile c: 8 c + g, piece q of row i0 + (8 c + g) / 3 */
+    int row[NC], q[NC];
+    bool ok[NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const int col = 8 * c + g;
+        ok[c] = col < 3 * nr;
+        row[c] = i0 + (ok[c] ? col / 3 : 0);
+        q[c] = col % 3;
+    }
+    float acc[MT][NC][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[mt][c][0] = acc[mt][c][1] = acc[mt][c][2] = acc[mt][c][3] = 0.0f;
+    for (int j0 = warp; j0 < KS; j0 += TC_WARPS * U) {
+        uint4 wv[U][MT][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + TC_WARPS * u;
+            if (j < KS)
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * kstep);
+                    wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * kstep);
+                }
+        }
+        if (j0 == warp) pdl_start();
+        uint4 pv[U][NC];
+        float4 xv[XP ? 1 : U][XP ? 1 : NC][2];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + TC_WARPS * u;
+            if (j < KS)
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    if constexpr (XP) {
+                        pv[u][c] = ok[c] ? ld_act16(xp + ((size_t)row[c] * (K / 8) + 4 * j + t) * 3 + q[c]) : make_uint4(0, 0, 0, 0);
+                    } else {
+                        const float4 *p = (const float4 *)(x + (size_t)row[c] * K + 32 * j + 8 * t);
+                        xv[u][c][0] = ok[c] ? ld_act4(p) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                        xv[u][c][1] = ok[c] ? ld_act4(p + 1) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    }
+                }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (j0 + TC_WARPS * u >= KS) break;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                if constexpr (!XP) { /* the lane's own piece of its 8 values */
+                    float f[8] = {xv[u][c][0].x, xv[u][c][0].y, xv[u][c][0].z, xv[u][c][0].w, xv[u][c][1].x, xv[u][c][1].y, xv[u][c][1].z, xv[u][c][1].w};
+                    uint32_t p[3][4];
+                    tc_split<3>(f, p);
+                    pv[u][c] = q[c] == 0 ? make_uint4(p[0][0], p[0][1], p[0][2], p[0][3])
+                               : q[c] == 1 ? make_uint4(p[1][0], p[1][1], p[1][2], p[1][3])
+                                           : make_uint4(p[2][0], p[2][1], p[2][2], p[2][3]);
+                }
+                const uint4 b = pv[u][c];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    const uint4 lo = wv[u][mt][0], hi = wv[u][mt][1];
+                    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    mma_bf16(s, lo.x, hi.x, lo.y, hi.y, b.x, b.y);
+                    mma_bf16(s, lo.z, hi.z, lo.w, hi.w, b.z, b.w);
+                    float *a = acc[mt][c];
+                    a[0] = a[0] + s[0]; a[1] = a[1] + s[1]; a[2] = a[2] + s[2]; a[3] = a[3] + s[3];
+                }
+            }
+        }
+    }
+    if (warp >= KS) pdl_start(); /* a warp without k-steps */
+    /* thread (o, i) = (tid % 16, tid / 16): output row o of the tile, x row i of the chunk */
+    const int o = threadIdx.x & 15, i = threadIdx.x >> 4, r = sg.o0 + o;
+    float y[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        if (mt) __syncthreads(); /* (sums reused) */
+        /* C fragment: acc[mt][c][e] is output g (+ 8 for e = 2, 3) of column 8 c + 2 t (+ 1 for odd e) */
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sums[warp][g + (e & 2 ? 8 : 0)][8 * c + 2 * t + (e & 1)] = acc[mt][c][e];
+        __syncthreads();
+        float v[3] = {0.0f, 0.0f, 0.0f};
+        if (i < nr)
+#pragma unroll
+            for (int p = 0; p < 3; p++) {
+                const int col = 3 * i + p;
+                auto w = [&](int ww) { return sums[ww][o][col]; };
+                v[p] = ((w(0) + w(4)) + (w(2) + w(6))) + ((w(1) + w(5)) + (w(3) + w(7)));
+            }
+        y[mt] = (v[0] + v[1]) + v[2];
+    }
+    if (i >= nr) return;
+    if (sw) {
+        if (r >= sg.O) return;
+        const size_t off = (size_t)(i0 + i) * sg.O + r;
+        const float a = silu_mul(y[0], y[MT - 1]);
+        mm.out[1][off] = y[MT - 1];
+        mm.out[0][off] = a;
+        if (mm.xp_out) xp_store(mm.xp_out, i0 + i, r, sg.O, a); /* down_proj's pieces */
+        return;
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        const int rm = r + 16 * mt;
+        if (rm >= sg.O) break;
+        const size_t off = (size_t)(i0 + i) * sg.O + rm;
+        float v = y[mt];
+        if (mm.add) v = sg.out[off] + v;
+        sg.out[off] = v;
+    }
 }
