@@ -616,6 +616,7 @@ static void blas_check(cublasStatus_t s, const char *what) {
     abort();
 }
 static void matmul_cublas(Backend *be, float *out, const float *x, const Weight *w, int n) {
+    g_writes++; /* (its own launches) */
     CudaImpl *c = impl(be);
     const int K = w->cols, O = w->rows;
     const float one = 1.0f, zero = 0.0f;
@@ -1057,6 +1058,7 @@ static void cu_graph_begin(Backend *be, int key) {
     c->g_len = 0;
     c->g_key = key;
     g_capture_broken = false;
+    g_writes++; /* no pieces cross a bracket: a graph reads only those its own ops made */
     const int ki = graph_key_index(key);
     int mode;
     if (ki < 0) mode = G_EAGER;
@@ -1097,6 +1099,7 @@ static bool cu_graph_end(Backend *be) {
     CudaImpl *c = impl(be);
     const int mode = c->g_mode;
     c->g_mode = G_OFF;
+    g_writes++;
     if (mode == G_EAGER) return true;
     if (mode == G_CHECK) {
         GraphRec *r = graph_find(c, true);
@@ -1107,6 +1110,7 @@ static bool cu_graph_end(Backend *be) {
         }
         r->used = ++c->g_clock;
         CU(cudaGraphLaunch(r->exec, c->stream));
+        g_writes++; /* (its kernels wrote: no pieces outlive a replay) */
         c->g_replays++;
         return true;
     }
@@ -1132,6 +1136,7 @@ static bool cu_graph_end(Backend *be) {
     r->exec = ex;
     r->used = ++c->g_clock;
     CU(cudaGraphLaunch(ex, c->stream));
+    g_writes++;
     c->g_captures++;
     return true;
 }
