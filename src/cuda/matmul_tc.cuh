@@ -66,6 +66,21 @@ __device__ __forceinline__ const uint4 *tc_lane_w(const void *w, bool tiled, int
     const int r = r0 + 8 * h + g, last_tile = (O - 1) >> 4, tile = (r0 >> 4) < last_tile ? r0 >> 4 : last_tile;
     return (const uint4 *)((const uint16_t *)w + (tiled ? tile_at((size_t)16 * tile + 8 * h + g, 8 * t, K) : (size_t)(r < O ? r : O - 1) * K + 8 * t));
 }
+/* a round's weights: k-steps j0 + 8 u (u < U, those below KS) of the MT tiles' lanes (wr:
+ * k-step 0; kstep uint4 to the next), all requested before any is used */
+template <int U, int MT>
+__device__ __forceinline__ void tc_load_round(uint4 (&wv)[U][MT][2], const uint4 *const (&wr)[MT][2], int j0, int KS, int kstep) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int j = j0 + TC_WARPS * u;
+        if (j < KS)
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * kstep);
+                wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * kstep);
+            }
+    }
+}
 /* the 8 warps' sums in the fixed tree: 4..7 onto 0..3, 2..3 onto 0..1, 1 onto 0 (warp 0 holds
  * the result; every thread of the block must call it) */
 template <int T>
@@ -267,16 +282,7 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
     for (int j0 = warp; j0 < KS; j0 += TC_WARPS * U) {
         uint4 wv[U][MT][2], nv[U];
         float4 xv[U][NT][2];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int j = j0 + TC_WARPS * u;
-            if (j < KS)
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * kstep);
-                    wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * kstep);
-                }
-        }
+        tc_load_round<U, MT>(wv, wr, j0, KS, kstep);
         if (j0 == warp) pdl_start();
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -409,16 +415,7 @@ __global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, 
         for (int c = 0; c < NC; c++) acc[mt][c][0] = acc[mt][c][1] = acc[mt][c][2] = acc[mt][c][3] = 0.0f;
     for (int j0 = warp; j0 < KS; j0 += TC_WARPS * U) {
         uint4 wv[U][MT][2];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int j = j0 + TC_WARPS * u;
-            if (j < KS)
-#pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    wv[u][mt][0] = ld_stream(wr[mt][0] + (size_t)j * kstep);
-                    wv[u][mt][1] = ld_stream(wr[mt][1] + (size_t)j * kstep);
-                }
-        }
+        tc_load_round<U, MT>(wv, wr, j0, KS, kstep);
         if (j0 == warp) pdl_start();
         uint4 pv[U][NC];
         float4 xv[XP ? 1 : U][XP ? 1 : NC][2];
