@@ -284,7 +284,7 @@ static void test_matmul_vs_reference(void) {
 static void test_matmul_tc(void) {
     /* (k_matmul_tc's settings for the products it still makes, k_matmul_col's for the plain ones) */
     static const char *const settings[] = {NULL, "DSPARK_CUDA_TC_MT=2 DSPARK_CUDA_TC_DEEP=1 DSPARK_CUDA_PDL=0 DSPARK_CUDA_COL_MT=2 DSPARK_CUDA_COL_U=4,2,4,2",
-                                           "DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4 DSPARK_CUDA_COL_MT=1",
+                                           "DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4 DSPARK_CUDA_COL_MT=1 DSPARK_CUDA_COL_CHUNK=16,3,4,8",
                                            "DSPARK_CUDA_TC_MT=1,4,2,4,2 DSPARK_CUDA_TC_DEEP=2 DSPARK_CUDA_COL_MT=2,2,1,1 DSPARK_CUDA_COL_U=4,2,4,1"};
     enum { NM = 4 };
     Backend *bes[NM];

@@ -136,6 +136,7 @@ typedef struct {
     bool pdl;      /* kernels launched with programmatic stream serialization (DSPARK_CUDA_PDL=0: off) */
     bool col;      /* plain BF16 products on k_matmul_col (DSPARK_CUDA_COL=0: k_matmul_tc) */
     int col_mt[4], col_u[4]; /* its 16-row tiles per block and k-steps per round by row bucket 1-2, 3-5, 6-8, 9-64 (DSPARK_CUDA_COL_MT, _U) */
+    int col_chunk[4];        /* its rows of x per block by the same buckets of min(n, 16) (DSPARK_CUDA_COL_CHUNK; 2..16) */
     uint4 *xp_buf[2]; /* x's pieces for k_matmul_col: what an op made (CudaImpl's xp_p) or k_split_x writes; two,
                        * so that a product reading one can store its output's in the other */
     size_t xp_cap;    /* 16-bit elements in each */
@@ -511,7 +512,8 @@ static void matmul_tc_nt(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned 
 }
 /* the column product (k_matmul_col) of mm's plain segments: xp, x's pieces, or NULL */
 static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const float *x, const uint4 *xp, int n, int K) {
-    const int nr = n < 16 ? n : 16, chunks = (n + 15) / 16, b = nr <= 2 ? 0 : nr <= 5 ? 1 : nr <= 8 ? 2 : 3;
+    auto bucket = [](int r) { return r <= 2 ? 0 : r <= 5 ? 1 : r <= 8 ? 2 : 3; };
+    const int cr = cfg->col_chunk[bucket(n < 16 ? n : 16)], nr = n < cr ? n : cr, chunks = (n + cr - 1) / cr, b = bucket(nr);
     const int mt = mm.act ? 2 : cfg->col_mt[b], u = cfg->col_u[b];
     int G = 0;
     if (mm.act) G = (mm.O[0] + 15) / 16; /* gate and up paired: a block per 16 rows of both */
@@ -527,8 +529,8 @@ static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const flo
     const unsigned grid = (unsigned)(G * chunks);
 #define COL_MT(NC, U, MT) \
     do { \
-        if (xp) launch(st, cfg->pdl, k_matmul_col<NC, U, true, MT>, grid, 256, 0, mm, x, xp, n, K); \
-        else launch(st, cfg->pdl, k_matmul_col<NC, U, false, MT>, grid, 256, 0, mm, x, xp, n, K); \
+        if (xp) launch(st, cfg->pdl, k_matmul_col<NC, U, true, MT>, grid, 256, 0, mm, x, xp, n, K, cr); \
+        else launch(st, cfg->pdl, k_matmul_col<NC, U, false, MT>, grid, 256, 0, mm, x, xp, n, K, cr); \
     } while (0)
 #define COL(NC, U) \
     do { \
@@ -1195,7 +1197,8 @@ static bool env_buckets(const char *s, int nb, int *v) {
  * DSPARK_CUDA_COL=0: the plain products on k_matmul_tc too, not k_matmul_col (other bits:
  * before/after); DSPARK_CUDA_COL_MT, DSPARK_CUDA_COL_U: "V" or "V1,V3,V6,V9", k_matmul_col's
  * 16-row tiles per block (1, 2) and k-steps per round (1, 2, 4) by row bucket 1-2, 3-5, 6-8,
- * 9-64 (no value changes). */
+ * 9-64; DSPARK_CUDA_COL_CHUNK: rows of x per block (2..16) by the bucket of min(n, 16) (no
+ * value changes). */
 static void mm_tc_config(MmCfg *m) {
     const char *tc = getenv("DSPARK_CUDA_MM_TC"), *mt = getenv("DSPARK_CUDA_TC_MT"), *deep = getenv("DSPARK_CUDA_TC_DEEP");
     m->tc_deep = deep && (deep[0] == '1' || deep[0] == '2') && !deep[1] ? deep[0] - '0' : 0;
@@ -1206,6 +1209,7 @@ static void mm_tc_config(MmCfg *m) {
     m->tc_pf = pf_kb <= 0 ? 0 : pf_kb > 1 << 20 ? 1 << 30 : pf_kb * 1024;
     m->tc = m->ref ? 0 : 3;
     const char *col = getenv("DSPARK_CUDA_COL"), *col_mt = getenv("DSPARK_CUDA_COL_MT"), *col_u = getenv("DSPARK_CUDA_COL_U");
+    const char *col_chunk = getenv("DSPARK_CUDA_COL_CHUNK");
     m->col = !(col && !strcmp(col, "0"));
     /* (H200, graphed steps at 1..64 tokens, docs/bench-cuda.md: 2 tiles above 8 rows cut the
      * 16-64-token steps by 1-2 ms; 2 tiles at 1-8 rows were slower) */
@@ -1214,7 +1218,11 @@ static void mm_tc_config(MmCfg *m) {
     for (int i = 0; i < 4; i++) {
         m->col_mt[i] = cmt[i];
         m->col_u[i] = cu[i];
+        m->col_chunk[i] = i == 2 ? 4 : 16; /* (6-8 rows as 2 blocks of 4 per tile: the 8-token step 0.05-0.09 ms faster) */
     }
+    if (env_buckets(col_chunk, 4, v4))
+        for (int i = 0; i < 4; i++)
+            if (v4[i] >= 2 && v4[i] <= 16) m->col_chunk[i] = v4[i];
     if (env_buckets(col_mt, 4, v4))
         for (int i = 0; i < 4; i++)
             if (v4[i] == 1 || v4[i] == 2) m->col_mt[i] = v4[i];

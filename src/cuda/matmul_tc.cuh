@@ -362,7 +362,7 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
  * its k-steps j ascending, each 2 mma (first, second 16 k) into a fresh accumulator then one
  * F32 add into the column's sum; the 8 warps' sums in tc_warp_tree's order; the row's value is
  * (s_h + s_m) + s_l (then out + it for add). A column's mma reads only its own B column, so
- * nothing depends on n, the other rows or where the pieces came from. Rows in chunks of 16 (a
+ * nothing depends on n, the other rows or where the pieces came from. Rows in chunks of cr <= 16 (a
  * block: one 16-row weight tile, one chunk; the chunks of a tile are adjacent blocks, so its
  * weights come from L2 after the first). Needs K % 32 == 0 and 16-byte aligned x, w, pieces. */
 
@@ -385,10 +385,10 @@ __global__ void k_split_x(uint4 *xp, const float *x, int n, int K) {
  * two tiles are the same 16 rows of gate (w[0]) and up (w[1]), stored as tc_store_swiglu does
  * (out[1] = up, out[0] = silu(gate) * up). A tile's values are those of its product alone. */
 template <int NC, int U, bool XP, int MT>
-__global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, const uint4 *xp, int n, int K) {
+__global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, const uint4 *xp, int n, int K, int cr) {
     __shared__ float sums[TC_WARPS][16][8 * NC + 1]; /* (+1: the lanes' stores spread over banks) */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int chunks = (n + 15) / 16, i0 = 16 * (int)(blockIdx.x % chunks), nr = n - i0 < 16 ? n - i0 : 16;
+    const int chunks = (n + cr - 1) / cr, i0 = cr * (int)(blockIdx.x % chunks), nr = n - i0 < cr ? n - i0 : cr; /* (cr <= 16) */
     const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
     const MmSeg sg = sw ? MmSeg{mm.out[0], mm.w[0], mm.O[0], 16 * (int)(blockIdx.x / chunks)} : mm_segment<16 * MT>(mm, blockIdx.x / chunks);
     const bool tiled = mm.layout == WL_TILES;
