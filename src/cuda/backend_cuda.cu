@@ -661,7 +661,10 @@ static void matmul_tiles(CudaImpl *c, float *out, const float *x, const Weight *
     }
 }
 
-/* a product, launched (no graph logging: cu_matmul and cu_matmul_multi log their own calls) */
+static void matmul_launch_any(CudaImpl *c, float *out, const float *x, const Weight *w, int n, const MmMulti *multi, const uint4 *xp);
+
+/* a product, launched (no graph logging: cu_matmul and cu_matmul_multi log their own calls);
+ * the paired gate/up store (multi->act) also stores the pieces of out[0] for down_proj */
 static void matmul_run(Backend *be, float *out, const float *x, const Weight *w, int n, const MmMulti *multi) {
     CudaImpl *c = impl(be);
     if (n > CUDA_SMALL_N && c->have_blas) {
@@ -673,10 +676,20 @@ static void matmul_run(Backend *be, float *out, const float *x, const Weight *w,
         matmul_cublas(be, out, x, w, n);
         return;
     }
-    const uint4 *xp = xp_of(c, x, n, w->cols); /* (before the staging copy below bumps g_writes) */
+    const uint4 *xp = xp_of(c, x, n, w->cols); /* (before the staging copy in matmul_tiles bumps g_writes) */
+    MmMulti paired;
+    if (multi && multi->act) {
+        paired = *multi;
+        paired.xp_out = xp_buffer(c, n, w->rows);
+        multi = &paired;
+    }
+    matmul_launch_any(c, out, x, w, n, multi, xp);
+    LAUNCHED("matmul");
+    if (multi && multi->xp_out) xp_made(c, multi->out[0], multi->xp_out, n, w->rows);
+}
+static void matmul_launch_any(CudaImpl *c, float *out, const float *x, const Weight *w, int n, const MmMulti *multi, const uint4 *xp) {
     if (w->dev_layout == WL_TILES) {
         matmul_tiles(c, out, x, w, n, multi, xp);
-        LAUNCHED("matmul");
         return;
     }
     switch (w->dtype) {
@@ -684,7 +697,6 @@ static void matmul_run(Backend *be, float *out, const float *x, const Weight *w,
     case DS_F16: matmul_small_dt<DS_F16>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi, NULL); break;
     default: matmul_small_dt<DS_F32>(c->stream, &c->mm, out, x, w->dev, n, w->cols, w->rows, multi, NULL); break;
     }
-    LAUNCHED("matmul");
 }
 
 static void cu_matmul(Backend *be, float *out, const float *x, const Weight *w, int n) {
@@ -736,12 +748,8 @@ static void matmul_multi_run(Backend *be, float *const *outs, const float *x, co
         /* swiglu in k_matmul_tc's store (a launch less per layer; bitwise k_swiglu's values) */
         mm.act = act == 1 && c->fuse && count == 2 && ws[0]->rows == ws[1]->rows && c->mm.tc == 3 &&
                  mm_tc(&c->mm, ws[0]->dtype, x, ws[0]->dev, ws[0]->cols);
-        if (mm.act) mm.xp_out = xp_buffer(c, n, ws[0]->rows); /* the pieces of out[0] for down_proj */
         matmul_run(be, outs[0], x, ws[0], n, &mm);
-        if (mm.act) {
-            if (mm.xp_out) xp_made(c, outs[0], mm.xp_out, n, ws[0]->rows);
-            return;
-        }
+        if (mm.act) return;
     } else {
         for (int j = 0; j < count; j++) matmul_run(be, outs[j], x, ws[j], n, NULL);
     }
@@ -787,12 +795,10 @@ static void cu_matmul_norm(Backend *be, float *const *outs, const float *x, cons
     }
     MmMulti mm = mm_products(outs, ws, count);
     mm.act = act == 1;
-    if (mm.act) mm.xp_out = xp_buffer(c, n, ws[0]->rows); /* the pieces of out[0] for down_proj */
     if (n <= 8) { /* NORM: one launch */
         mm.norm = norm->dev;
         mm.eps = eps;
         matmul_run(be, outs[0], x, ws[0], n, &mm);
-        if (mm.xp_out) xp_made(c, outs[0], mm.xp_out, n, ws[0]->rows);
         return;
     }
     /* above 8 rows NORM's registers (nw and the squares of each x tile) cost its instances a
@@ -802,7 +808,6 @@ static void cu_matmul_norm(Backend *be, float *const *outs, const float *x, cons
     LAUNCHED("norm_prep");
     mm.rscale = c->norm_r;
     matmul_run(be, outs[0], tmp, ws[0], n, &mm);
-    if (mm.xp_out) xp_made(c, outs[0], mm.xp_out, n, ws[0]->rows);
 }
 
 /* backend.h's matmul_add: the residual add in k_matmul_tc's store, or the product into tmp

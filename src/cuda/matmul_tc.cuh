@@ -59,6 +59,12 @@ __device__ __forceinline__ void tc_kstep(float *s, uint4 lo, uint4 hi, const uin
     for (int q = 0; q < P; q++) mma_bf16(c, lo.z, hi.z, lo.w, hi.w, p[q][2], p[q][3]);
     s[0] = s[0] + c[0]; s[1] = s[1] + c[1]; s[2] = s[2] + c[2]; s[3] = s[3] + c[3];
 }
+/* the block's rows: with sw (mm.act) tile group g of gate (up is the same rows of w[1]), else
+ * matmul_multi's segment of group g of 16 MT rows */
+template <int MT>
+__device__ __forceinline__ MmSeg tc_segment(const MmMulti &mm, bool sw, int g) {
+    return sw ? MmSeg{mm.out[0], mm.w[0], mm.O[0], 16 * g} : mm_segment<16 * MT>(mm, g);
+}
 /* lane (g, t)'s 16 bytes at k-step 0 of row 8 h + g of the 16-row tile from row r0 of w [O][K]:
  * tiled, the next k-step is 64 uint4 on, row-major 4 (rows past O: the padded last tile, or the
  * last row, whose sums are not stored) */
@@ -245,7 +251,7 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
     __shared__ float ss_part[NORM ? TC_WARPS : 1][8 * NT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
-    const MmSeg sg = sw ? MmSeg{mm.out[0], mm.w[0], mm.O[0], 16 * (int)blockIdx.x} : mm_segment<16 * MT>(mm, blockIdx.x);
+    const MmSeg sg = tc_segment<MT>(mm, sw, blockIdx.x);
     const uint16_t *w = (const uint16_t *)sg.w;
     /* the block's weight rows into L2 at once (a bulk prefetch per row, up to pf_bytes of each):
      * the whole product's bytes are requested from memory at the start, not only what the
@@ -350,7 +356,8 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
     tc_store<MT, NT>(sg, acc, n, g, t, mm.add != 0);
 }
 
-/* ---- the column product (k_matmul_col): the plain BF16 products (no norm, no paired store) ----
+/* ---- the column product (k_matmul_col): the BF16 products without a folded norm (plain,
+ * matmul_multi, matmul_add's store, the paired gate/up store) ----
  * k_matmul_tc's B holds 8 rows of x and each piece of x costs an mma (6 a k-step, at any n);
  * here B's column 3 i + q holds piece q of x row i, so a row takes 3 columns instead: at 1 or 2
  * rows 2 mma a k-step, and the pieces come ready from memory (x_pieces: made once by the op
@@ -390,7 +397,7 @@ __global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int chunks = (n + cr - 1) / cr, i0 = cr * (int)(blockIdx.x % chunks), nr = n - i0 < cr ? n - i0 : cr; /* (cr <= 16) */
     const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
-    const MmSeg sg = sw ? MmSeg{mm.out[0], mm.w[0], mm.O[0], 16 * (int)(blockIdx.x / chunks)} : mm_segment<16 * MT>(mm, blockIdx.x / chunks);
+    const MmSeg sg = tc_segment<MT>(mm, sw, blockIdx.x / chunks);
     const bool tiled = mm.layout == WL_TILES;
     const int kstep = tiled ? 64 : 4, KS = K / 32;
     const uint4 *wr[MT][2];
