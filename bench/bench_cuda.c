@@ -537,14 +537,15 @@ int main(int argc, char **argv) {
     if (mm_only) { /* --mm: each product of a layer (as the model calls them) and lm_head at 1..64 rows */
         float *x = be->alloc(be, sizeof(float) * 64 * ff), *o = be->alloc(be, sizeof(float) * 64 * (size_t)V),
               *o2 = be->alloc(be, sizeof(float) * 64 * (size_t)ff), *o3 = be->alloc(be, sizeof(float) * 64 * (size_t)ff);
-        const char *pn[5] = {"q/k/v (multi)", "o_proj", "gate/up (multi)", "down_proj", "lm_head"};
-        const double pb[5] = {2.0 * d * (H + 2 * KV) * hd, 2.0 * H * hd * d, 4.0 * d * ff, 2.0 * ff * d, 2.0 * V * d};
+        /* and the matmul_norm calls (the norm folded in, pieces made by the call), as the model makes them */
+        const char *pn[8] = {"q/k/v (multi)", "o_proj", "gate/up (multi)", "down_proj", "lm_head", "q/k/v (norm)", "gate/up (norm+act)", "lm_head (norm)"};
+        const double pb[8] = {2.0 * d * (H + 2 * KV) * hd, 2.0 * H * hd * d, 4.0 * d * ff, 2.0 * ff * d, 2.0 * V * d, 2.0 * d * (H + 2 * KV) * hd, 4.0 * d * ff, 2.0 * V * d};
         const int rows[7] = {1, 2, 4, 8, 16, 32, 64};
         printf("\nproducts, us per call (20 back to back, layer i %% %d), and the share of the copy bandwidth:\n%-18s", L, "rows");
         for (int r = 0; r < 7; r++) printf(" %14d", rows[r]);
         printf("\n");
         double tot[7] = {0};
-        for (int k = 0; k < 5 && x && o && o2 && o3; k++) {
+        for (int k = 0; k < (be->matmul_norm ? 8 : 5) && x && o && o2 && o3; k++) {
             printf("%-18s", pn[k]);
             for (int r = 0; r < 7; r++) {
                 const int n = rows[r];
@@ -555,7 +556,12 @@ int main(int argc, char **argv) {
                     for (int it = 0; it < 20; it++) {
                         /* each call another layer's weights (as in a step; L2 holds a whole small product) */
                         const Qwen3Layer *y = &m.layers[it % L];
-                        if (k == 0 && be->matmul_multi) {
+                        if (k >= 5) {
+                            float *outs[3] = {k == 6 ? o2 : o, k == 6 ? o3 : o2, o3};
+                            const Weight *wq[3] = {&y->q_proj, &y->k_proj, &y->v_proj}, *wg[2] = {&y->gate_proj, &y->up_proj}, *wl[1] = {&m.embed};
+                            be->matmul_norm(be, outs, x, &y->input_norm, 1e-6f, k == 5 ? wq : k == 6 ? wg : wl, k == 5 ? 3 : k == 6 ? 2 : 1, n,
+                                            k == 6, x);
+                        } else if (k == 0 && be->matmul_multi) {
                             float *outs[3] = {o, o2, o3};
                             const Weight *ws[3] = {&y->q_proj, &y->k_proj, &y->v_proj};
                             be->matmul_multi(be, outs, x, ws, 3, n, 0);
@@ -573,12 +579,12 @@ int main(int argc, char **argv) {
                     const double tt = (ds_now() - c0) / 20;
                     best = tt < best ? tt : best;
                 }
-                tot[r] += k == 4 ? best : best * L;
+                if (k < 5) tot[r] += k == 4 ? best : best * L;
                 printf(" %7.1f (%.2f)", best * 1e6, pb[k] / best / bw);
             }
             printf("\n");
         }
-        printf("%-18s", "sum of a step, ms");
+        printf("%-18s", "sum of a step, ms"); /* (the plain products) */
         for (int r = 0; r < 7; r++) printf(" %14.3f", tot[r] * 1e3);
         printf("\n");
         return 0;

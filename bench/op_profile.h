@@ -33,8 +33,8 @@ static inline void op_w_mnorm(Backend *be, float *const *o, const float *x, cons
                               float *t) {
     OP_TIMED(OP_MATMUL, op_inner.matmul_norm(be, o, x, nw, e, w, c, n, a, t));
 }
-static inline void op_w_madd(Backend *be, float *o, const float *x, const Weight *w, int n, float *t) {
-    OP_TIMED(OP_MATMUL, op_inner.matmul_add(be, o, x, w, n, t));
+static inline void op_w_madd(Backend *be, float *o, const float *x, const Weight *w, int n, float *t, const Weight *nn) {
+    OP_TIMED(OP_MATMUL, op_inner.matmul_add(be, o, x, w, n, t, nn));
 }
 static inline void op_w_rmsnorm(Backend *be, float *o, const float *x, const Weight *w, int n, int d, float e) { OP_TIMED(OP_RMSNORM, op_inner.rmsnorm(be, o, x, w, n, d, e)); }
 static inline void op_w_rope(Backend *be, float *x, const int32_t *p, int n, int h, int hd, float th) { OP_TIMED(OP_ROPE, op_inner.rope(be, x, p, n, h, hd, th)); }
@@ -88,10 +88,10 @@ static inline void ab_mnorm(Backend *be, float *const *o, const float *x, const 
     if (ab_mask & AB_NORM) op_inner.matmul_multi(be, o, x, w, c, n, ab_mask & AB_SWIGLU ? 0 : a);
     else op_inner.matmul_norm(be, o, x, nw, e, w, c, n, ab_mask & AB_SWIGLU ? 0 : a, t);
 }
-static inline void ab_madd(Backend *be, float *o, const float *x, const Weight *w, int n, float *t) {
+static inline void ab_madd(Backend *be, float *o, const float *x, const Weight *w, int n, float *t, const Weight *nn) {
     if (ab_mask & AB_MATMUL) return;
     if (ab_mask & AB_NORM) op_inner.matmul(be, o, x, w, n);
-    else op_inner.matmul_add(be, o, x, w, n, t);
+    else op_inner.matmul_add(be, o, x, w, n, t, nn);
 }
 static inline void ab_att(Backend *be, float *o, const float *q, const KvCache *kv, int l, const int32_t *s, const int32_t *kl, int n, int h,
                           int kvh, int hd) {

@@ -96,10 +96,12 @@ struct Backend {
      * its values may differ from rmsnorm then matmul_multi within rounding (the GPU scales the
      * sums by 1/rms instead of the inputs). tmp ([n][K]; may be x, then x is lost) is scratch
      * for a path that normalises apart.
-     * matmul_add: out += x . w^T, bitwise matmul then add; tmp ([n][w->rows]) scratch alike. */
+     * matmul_add: out += x . w^T, bitwise matmul then add; tmp ([n][w->rows]) scratch alike.
+     * next_norm (or NULL): a hint that the next op reading out is matmul_norm by next_norm,
+     * which the backend may prepare for in this op's launch; it changes no value. */
     void (*matmul_norm)(Backend *be, float *const *outs, const float *x, const Weight *norm, float eps, const Weight *const *ws, int count,
                         int n, int act, float *tmp);
-    void (*matmul_add)(Backend *be, float *out, const float *x, const Weight *w, int n, float *tmp);
+    void (*matmul_add)(Backend *be, float *out, const float *x, const Weight *w, int n, float *tmp, const Weight *next_norm);
     /* out = silu(gate) * up, n elements. out may be gate. */
     void (*swiglu)(Backend *be, float *out, const float *gate, const float *up, size_t n);
     /* x += y, n elements */

@@ -324,9 +324,9 @@ static void forward_layers_folded(Qwen3Model *m, Qwen3State *s, const Qwen3Batch
         const Weight *wqkv[3] = {&L->q_proj, &L->k_proj, &L->v_proj}, *wgu[2] = {&L->gate_proj, &L->up_proj};
         be->matmul_norm(be, qkv, s->x, &L->input_norm, eps, wqkv, 3, n, 0, s->h);
         attention_block(m, s, l, n);
-        be->matmul_add(be, s->x, s->att, &L->o_proj, n, s->h);
+        be->matmul_add(be, s->x, s->att, &L->o_proj, n, s->h, &L->post_norm);
         be->matmul_norm(be, gu, s->x, &L->post_norm, eps, wgu, 2, n, 1, s->h); /* + swiglu into gate */
-        be->matmul_add(be, s->x, s->gate, &L->down_proj, n, s->h);
+        be->matmul_add(be, s->x, s->gate, &L->down_proj, n, s->h, l + 1 < c->n_layers ? &m->layers[l + 1].input_norm : NULL);
         keep_feature(be, s, b, s->x, l, d);
     }
     forward_head(m, s, b);

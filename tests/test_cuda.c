@@ -524,7 +524,7 @@ static void test_matmul_fold(void) {
             /* matmul_add == matmul then add */
             float *y = rand_f32((size_t)n * Os[1], 1.0f), *dy = dev_from(y, sizeof(float) * (size_t)n * Os[1]);
             float *dy2 = dev_from(y, sizeof(float) * (size_t)n * Os[1]);
-            g_gpu->matmul_add(g_gpu, dy, dx + off, &gw[1], n, dtmp);
+            g_gpu->matmul_add(g_gpu, dy, dx + off, &gw[1], n, dtmp, NULL);
             g_gpu->matmul(g_gpu, dtmp, dx + off, &gw[1], n);
             g_gpu->add(g_gpu, dy2, dtmp, (size_t)n * Os[1]);
             float *a = host_from(dy, (size_t)n * Os[1]), *b = host_from(dy2, (size_t)n * Os[1]);
@@ -642,6 +642,115 @@ static void test_matmul_pieces(void) {
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
     free(nf); free(nh); free(x);
     old->destroy(old);
+}
+#endif
+
+#ifdef DSPARK_HAVE_CUDA
+/* norm pieces (matmul_tc.cuh): matmul_add with next_norm, then matmul_norm by it (two products,
+ * and gate/up with swiglu), bitwise the same matmul_norm of a copy of the residual (pieces made
+ * by k_norm_pieces) at every n of the column product's instances, and within NSE_F32 of the
+ * CPU's add, rmsnorm then matmul. A hint by another norm, or an op between, must not be taken
+ * for the norm read (the results stay the CPU's). */
+static void norm_pieces_on(Backend *be, const char *what) {
+    Backend *old = gpu_with_env("DSPARK_CUDA_NORM_PIECES", "0", NULL, NULL); /* k_matmul_tc's NORM */
+    if (!old) return;
+    const int K = 2560, F = 1056, ns[] = {1, 2, 3, 5, 6, 8, 9, 16, 17, 40, 64};
+    const float eps = 1e-6f;
+    Weight cw[3], gw[3];
+    void *wh[3];
+    const int rows[3] = {K, F, F}, cols[3] = {F, K, K}; /* o_proj-like, then two products of the residual */
+    for (int j = 0; j < 3; j++) {
+        float *wf = rand_f32((size_t)rows[j] * cols[j], 1.0f / sqrtf((float)cols[j]));
+        wh[j] = to_dtype(wf, (size_t)rows[j] * cols[j], DS_BF16);
+        cw[j] = weight_view(wh[j], DS_BF16, rows[j], cols[j]);
+        gw[j] = upload_on(be, &cw[j]); /* (through be: its pieces' buffers are sized at upload) */
+        free(wf);
+    }
+    Weight cn[2], gn[2];
+    void *nh[2];
+    for (int j = 0; j < 2; j++) {
+        float *nf = rand_f32((size_t)K, 1.0f);
+        nh[j] = to_dtype(nf, (size_t)K, DS_BF16);
+        cn[j] = weight_view(nh[j], DS_BF16, 1, K);
+        gn[j] = upload_on(be, &cn[j]);
+        free(nf);
+    }
+    float *a = rand_f32((size_t)64 * F, 1.0f), *res = rand_f32((size_t)64 * K, 1.0f);
+    float *da = dev_from(a, sizeof(float) * 64 * F), *dres = g_gpu->alloc(g_gpu, sizeof(float) * 64 * K);
+    float *dcopy = g_gpu->alloc(g_gpu, sizeof(float) * 64 * K), *tmp = g_gpu->alloc(g_gpu, sizeof(float) * 64 * K);
+    float *d1 = g_gpu->alloc(g_gpu, sizeof(float) * 64 * F), *d2 = g_gpu->alloc(g_gpu, sizeof(float) * 64 * F);
+    float *h = malloc(sizeof(float) * 64 * K), *ref1 = malloc(sizeof(float) * 64 * F), *ref2 = malloc(sizeof(float) * 64 * F);
+    float *refsw = malloc(sizeof(float) * 64 * F);
+    int bad = 0, cases = 0;
+    double worst = 0, worst_old = 0;
+    for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++) {
+        const int n = ns[c];
+        /* the CPU: res + a . Wo^T, rmsnorm by norm 0, the two products */
+        float *x = malloc(sizeof(float) * n * K);
+        g_cpu->matmul(g_cpu, x, a, &cw[0], n);
+        for (size_t i = 0; i < (size_t)n * K; i++) x[i] = res[i] + x[i];
+        g_cpu->rmsnorm(g_cpu, h, x, &cn[0], n, K, eps);
+        g_cpu->matmul(g_cpu, ref1, h, &cw[1], n);
+        g_cpu->matmul(g_cpu, ref2, h, &cw[2], n);
+        for (size_t i = 0; i < (size_t)n * F; i++) refsw[i] = ref1[i] / (1.0f + expf(-ref1[i])) * ref2[i];
+        for (int act = 0; act < 2; act++)
+            for (int hint = 0; hint < 4; hint++) { /* by norm 0, none, by norm 1 (not the one read), by norm 0 then an op between */
+                be->to_device(be, dres, res, sizeof(float) * n * K);
+                be->matmul_add(be, dres, da, &gw[0], n, tmp, hint == 1 ? NULL : hint == 2 ? &gn[1] : &gn[0]);
+                if (hint == 3) be->add(be, d2, d1, 1);
+                float *outs[2] = {d1, d2};
+                const Weight *ws[2] = {&gw[1], &gw[2]};
+                be->matmul_norm(be, outs, dres, &gn[0], eps, ws, 2, n, act, tmp);
+                be->synchronize(be);
+                float *o1 = host_from(d1, (size_t)n * F), *o2 = host_from(d2, (size_t)n * F);
+                be->copy(be, dcopy, dres, sizeof(float) * n * K); /* (no pieces for the copy) */
+                be->matmul_norm(be, outs, dcopy, &gn[0], eps, ws, 2, n, act, tmp);
+                be->synchronize(be);
+                float *p1 = host_from(d1, (size_t)n * F), *p2 = host_from(d2, (size_t)n * F);
+                cases++;
+                if ((memcmp(o1, p1, sizeof(float) * n * F) || memcmp(o2, p2, sizeof(float) * n * F)) && bad++ < 3)
+                    CHECK_MSG(0, "norm pieces n %d act %d hint %d: not bitwise the copy's", n, act, hint);
+                const double e1 = nse(o1, act ? refsw : ref1, (size_t)n * F), e2 = nse(o2, ref2, (size_t)n * F); /* (act: out[1] is up) */
+                const double e = e1 > e2 ? e1 : e2;
+                worst = e > worst ? e : worst;
+                if (hint == 0) { /* against k_matmul_tc's NORM */
+                    old->matmul_norm(old, outs, dcopy, &gn[0], eps, ws, 2, n, act, tmp);
+                    old->synchronize(old);
+                    float *t1 = host_from(d1, (size_t)n * F), *t2 = host_from(d2, (size_t)n * F);
+                    const double f1 = nse(o1, t1, (size_t)n * F), f2 = nse(o2, t2, (size_t)n * F);
+                    worst_old = f1 > worst_old ? f1 : worst_old;
+                    worst_old = f2 > worst_old ? f2 : worst_old;
+                    free(t1); free(t2);
+                }
+                free(o1); free(o2); free(p1); free(p2);
+            }
+        free(x);
+    }
+    CHECK_MSG(bad == 0, "norm pieces (%s): %d of %d not bitwise the copy's", what, bad, cases);
+    CHECK_MSG(worst <= NSE_F32 && worst_old <= NSE_F32, "norm pieces (%s): worst nse %.3g against the CPU, %.3g against k_matmul_tc's NORM", what,
+              worst, worst_old);
+    printf("  norm pieces (%s; matmul_add's hint, then matmul_norm): %d of %d bitwise without them; worst nse %.3g against the CPU, "
+           "%.3g against k_matmul_tc's NORM\n", what, cases - bad, cases, worst, worst_old);
+    for (int j = 0; j < 3; j++) {
+        be->release_weight(be, &gw[j]);
+        free(wh[j]);
+    }
+    for (int j = 0; j < 2; j++) {
+        be->release_weight(be, &gn[j]);
+        free(nh[j]);
+    }
+    void *dev[] = {da, dres, dcopy, tmp, d1, d2};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
+    free(a); free(res); free(h); free(ref1); free(ref2); free(refsw);
+    old->destroy(old);
+}
+static void test_norm_pieces(void) {
+    if (!g_gpu->matmul_norm || !g_gpu->matmul_add) return;
+    norm_pieces_on(g_gpu, "default");
+    Backend *all = gpu_with_env("DSPARK_CUDA_NORM_PIECES", "1", NULL, NULL); /* the paired gate/up store too */
+    if (!all) return;
+    norm_pieces_on(all, "DSPARK_CUDA_NORM_PIECES=1");
+    all->destroy(all);
 }
 #endif
 
@@ -1470,6 +1579,7 @@ int main(void) {
     RUN_IF(test_matmul_fold);
 #ifdef DSPARK_HAVE_CUDA
     RUN_IF(test_matmul_pieces);
+    RUN_IF(test_norm_pieces);
 #endif
     RUN_IF(test_rmsnorm);
     RUN_IF(test_rope);

@@ -121,43 +121,47 @@ static int32_t dev_draw(const float *dprobs, int V, double u, int32_t *dout) {
 }
 
 static void test_draw(void) {
-    const int V = 1000;
-    float *p = malloc(sizeof(float) * V);
-    float *dp = dev_alloc(sizeof(float) * V);
-    int32_t *dout = dev_alloc(sizeof(int32_t) * 4);
+    const int Vs[3] = {1000, 20000, 151936}; /* one block; and chunks of the multi-block draw (8192 values each) */
     int same = 0, cases = 0;
-    for (int rep = 0; rep < 20; rep++) {
-        double sum = 0;
-        for (int i = 0; i < V; i++) { /* a third of the entries zero; mass 1, or 0.9 (u past the mass) */
-            p[i] = rng_uniform(&g_rng) < 0.33 ? 0.0f : (float)rng_uniform(&g_rng);
-            sum += p[i];
+    for (int vi = 0; vi < 3; vi++) {
+        const int V = Vs[vi];
+        float *p = malloc(sizeof(float) * V);
+        float *dp = dev_alloc(sizeof(float) * V);
+        int32_t *dout = dev_alloc(sizeof(int32_t) * 4);
+        for (int rep = 0; rep < (vi ? 8 : 20); rep++) {
+            double sum = 0;
+            for (int i = 0; i < V; i++) { /* a third of the entries zero; mass 1, or 0.9 (u past the mass) */
+                p[i] = rng_uniform(&g_rng) < 0.33 ? 0.0f : (float)rng_uniform(&g_rng);
+                sum += p[i];
+            }
+            float scale = (float)((rep % 4 == 3 ? 0.9 : 1.0) / sum);
+            for (int i = 0; i < V; i++) p[i] *= scale;
+            if (rep == 5) { memset(p, 0, sizeof(float) * V); p[V - 1] = 1.0f; } /* a one-hot at the end */
+            if (rep == 6) { memset(p, 0, sizeof(float) * V); p[V / 2] = 0.5f; p[V / 2 + 1] = 0.5f; } /* mass inside one chunk */
+            g_be->to_device(g_be, dp, p, sizeof(float) * V);
+            /* u: random, 0, close below 1, and just either side of cumulative boundaries (spread over the row) */
+            double us[40];
+            int nu = 0;
+            us[nu++] = 0.0;
+            us[nu++] = 1.0 - 1e-12;
+            for (int k = 0; k < 18; k++) us[nu++] = rng_uniform(&g_rng);
+            double cum = 0;
+            for (int i = 0; i < V && nu < 40; i++) {
+                cum += p[i];
+                if (p[i] > 0 && rng_uniform(&g_rng) < 20.0 / V) { us[nu++] = cum * (1 - 1e-9); us[nu++] = cum * (1 + 1e-9); }
+            }
+            for (int k = 0; k < nu; k++) {
+                int32_t want = sample_from(p, V, us[k]), got = dev_draw(dp, V, us[k], dout);
+                cases++;
+                same += want == got;
+                CHECK_MSG(want == got && p[got] > 0, "draw V %d rep %d u %.17g: gpu %d, sample_from %d", V, rep, us[k], got, want);
+            }
         }
-        float scale = (float)((rep % 4 == 3 ? 0.9 : 1.0) / sum);
-        for (int i = 0; i < V; i++) p[i] *= scale;
-        if (rep == 5) { memset(p, 0, sizeof(float) * V); p[V - 1] = 1.0f; } /* a one-hot at the end */
-        g_be->to_device(g_be, dp, p, sizeof(float) * V);
-        /* u: random, 0, close below 1, and just either side of cumulative boundaries */
-        double us[40];
-        int nu = 0;
-        us[nu++] = 0.0;
-        us[nu++] = 1.0 - 1e-12;
-        for (int k = 0; k < 18; k++) us[nu++] = rng_uniform(&g_rng);
-        double cum = 0;
-        for (int i = 0; i < V && nu < 40; i++) {
-            cum += p[i];
-            if (p[i] > 0 && rng_uniform(&g_rng) < 0.02) { us[nu++] = cum * (1 - 1e-9); us[nu++] = cum * (1 + 1e-9); }
-        }
-        for (int k = 0; k < nu; k++) {
-            int32_t want = sample_from(p, V, us[k]), got = dev_draw(dp, V, us[k], dout);
-            cases++;
-            same += want == got;
-            CHECK_MSG(want == got && p[got] > 0, "draw rep %d u %.17g: gpu %d, sample_from %d", rep, us[k], got, want);
-        }
+        g_be->free(g_be, dp);
+        g_be->free(g_be, dout);
+        free(p);
     }
-    printf("  draw: %d/%d uniforms give sample_from's token\n", same, cases);
-    g_be->free(g_be, dp);
-    g_be->free(g_be, dout);
-    free(p);
+    printf("  draw (V 1000, 20000, 151936): %d/%d uniforms give sample_from's token\n", same, cases);
 }
 
 typedef struct {

@@ -135,11 +135,15 @@ typedef struct {
     int tc_pf;     /* bytes of each weight row prefetched into L2 at block start (DSPARK_CUDA_TC_PREFETCH, KB; 0 off) */
     bool pdl;      /* kernels launched with programmatic stream serialization (DSPARK_CUDA_PDL=0: off) */
     bool col;      /* plain BF16 products on k_matmul_col (DSPARK_CUDA_COL=0: k_matmul_tc) */
+    bool np;       /* matmul_norm on k_matmul_col from norm pieces (DSPARK_CUDA_NORM_PIECES=0: k_matmul_tc's NORM) */
+    bool np_act;   /* and the paired gate/up + swiglu store too (DSPARK_CUDA_NORM_PIECES=1; off by default) */
     int col_mt[4], col_u[4]; /* its 16-row tiles per block and k-steps per round by row bucket 1-2, 3-5, 6-8, 9-64 (DSPARK_CUDA_COL_MT, _U) */
-    int col_chunk[4];        /* its rows of x per block by the same buckets of min(n, 16) (DSPARK_CUDA_COL_CHUNK; 2..16) */
+    int col_chunk[5];        /* its rows of x per block by the same buckets of min(n, 16), and [4]: 6-8 rows of a narrow
+                              * product (< 4096 weight rows in all) (DSPARK_CUDA_COL_CHUNK; 2..16) */
     uint4 *xp_buf[2]; /* x's pieces for k_matmul_col: what an op made (CudaImpl's xp_p) or k_split_x writes; two,
                        * so that a product reading one can store its output's in the other */
     size_t xp_cap;    /* 16-bit elements in each */
+    float *ss_buf[2]; /* the tile squares of norm pieces in xp_buf[b] (matmul_tc.cuh): CUDA_SMALL_N rows of K / 16 */
     int nsm;
 } MmCfg;
 
@@ -167,11 +171,14 @@ typedef struct {
     bool fold;         /* matmul_norm and matmul_add (the rmsnorm and the residual add in the products) */
     bool tiles;        /* BF16 matrices in tiles (cuda_common.cuh's tile_at; DSPARK_CUDA_TILES=0: row-major) */
     float *norm_r;     /* [CUDA_SMALL_N]: k_norm_prep's 1 / rms per row */
+    void *draw_scratch; /* [DRAW_SCRATCH bytes]: sample_cuda.cu's draw (its chunks' sums) */
     /* the pieces at xp_p (one of mm.xp_buf) are those of xp_x [xp_n][xp_K], made by the op that
      * wrote it, while g_writes is still xp_seq (no kernel or copy since): the next product of
      * xp_x reads them. xp_next: the buffer the next op making pieces stores them in */
     const float *xp_x;
     const uint4 *xp_p;
+    const void *xp_norm; /* non-NULL: norm pieces, those of xp_norm * xp_x, with tile squares xp_ss */
+    const float *xp_ss;
     int xp_n, xp_K, xp_next;
     uint64_t xp_seq;
     int att_gqa_min;   /* k_attention with a KV head's query heads per block from this many tokens on (DSPARK_CUDA_ATT) */
@@ -253,13 +260,27 @@ static uint16_t *xp_buffer(CudaImpl *c, int n, int K) {
 static void xp_made(CudaImpl *c, const float *x, const uint16_t *buf, int n, int K) {
     c->xp_x = x;
     c->xp_p = (const uint4 *)buf;
+    c->xp_norm = NULL;
+    c->xp_ss = NULL;
     c->xp_n = n;
     c->xp_K = K;
     c->xp_seq = g_writes;
     c->xp_next = buf == (const uint16_t *)c->mm.xp_buf[0];
 }
 static const uint4 *xp_of(const CudaImpl *c, const float *x, int n, int K) {
-    return c->xp_x == x && c->xp_n == n && c->xp_K == K && c->xp_seq == g_writes ? c->xp_p : NULL;
+    return c->xp_x == x && !c->xp_norm && c->xp_n == n && c->xp_K == K && c->xp_seq == g_writes ? c->xp_p : NULL;
+}
+/* norm pieces (matmul_tc.cuh): the tile squares' buffer beside xp_buffer's; made, and found */
+static float *np_squares(CudaImpl *c) { return c->mm.ss_buf[c->xp_next]; }
+static void np_made(CudaImpl *c, const float *x, const void *norm, const uint16_t *buf, const float *ss, int n, int K) {
+    xp_made(c, x, buf, n, K);
+    c->xp_norm = norm;
+    c->xp_ss = ss;
+}
+static const uint4 *np_of(const CudaImpl *c, const float *x, const void *norm, int n, int K, const float **ss) {
+    const bool ok = c->xp_x == x && c->xp_norm == norm && c->xp_n == n && c->xp_K == K && c->xp_seq == g_writes;
+    *ss = ok ? c->xp_ss : NULL;
+    return ok ? c->xp_p : NULL;
 }
 /* room for the pieces of CUDA_SMALL_N rows of K (at each weight's upload, outside any graph; a
  * graph recorded with the old buffer is not replayed) */
@@ -267,15 +288,23 @@ static void xp_reserve(CudaImpl *c, int K) {
     const size_t need = (size_t)CUDA_SMALL_N * K * 3;
     if (need <= c->mm.xp_cap) return;
     uint4 *p[2] = {NULL, NULL};
-    if (cudaMalloc(&p[0], need * sizeof(uint16_t)) != cudaSuccess || cudaMalloc(&p[1], need * sizeof(uint16_t)) != cudaSuccess) {
+    float *q[2] = {NULL, NULL};
+    const size_t ss_bytes = sizeof(float) * CUDA_SMALL_N * (K / 16);
+    if (cudaMalloc(&p[0], need * sizeof(uint16_t)) != cudaSuccess || cudaMalloc(&p[1], need * sizeof(uint16_t)) != cudaSuccess ||
+        cudaMalloc(&q[0], ss_bytes) != cudaSuccess || cudaMalloc(&q[1], ss_bytes) != cudaSuccess) {
         cudaGetLastError(); /* (then the products split x themselves) */
-        if (p[0]) cudaFree(p[0]);
+        for (int b = 0; b < 2; b++) {
+            if (p[b]) cudaFree(p[b]);
+            if (q[b]) cudaFree(q[b]);
+        }
         return;
     }
     if (c->mm.xp_buf[0]) graphs_new_epoch(c);
     for (int b = 0; b < 2; b++) {
         if (c->mm.xp_buf[b]) CU(cudaFree(c->mm.xp_buf[b]));
+        if (c->mm.ss_buf[b]) CU(cudaFree(c->mm.ss_buf[b]));
         c->mm.xp_buf[b] = p[b];
+        c->mm.ss_buf[b] = q[b];
     }
     c->mm.xp_cap = need;
     c->xp_x = NULL;
@@ -513,8 +542,12 @@ static void matmul_tc_nt(cudaStream_t st, bool pdl, const MmMulti &mm, unsigned 
 /* the column product (k_matmul_col) of mm's plain segments: xp, x's pieces, or NULL */
 static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const float *x, const uint4 *xp, int n, int K) {
     auto bucket = [](int r) { return r <= 2 ? 0 : r <= 5 ? 1 : r <= 8 ? 2 : 3; };
-    const int cr = cfg->col_chunk[bucket(n < 16 ? n : 16)], nr = n < cr ? n : cr, chunks = (n + cr - 1) / cr, b = bucket(nr);
+    int rows = mm.act ? 2 * mm.O[0] : 0;
+    for (int j = 0; j < mm.count && !mm.act; j++) rows += mm.O[j];
+    const int bn = bucket(n < 16 ? n : 16), cr = bn == 2 && rows < 4096 ? cfg->col_chunk[4] : cfg->col_chunk[bn];
+    const int nr = n < cr ? n : cr, chunks = (n + cr - 1) / cr, b = bucket(nr);
     const int mt = mm.act ? 2 : cfg->col_mt[b], u = cfg->col_u[b];
+    DS_ASSERT(!mm.ss_in || xp); /* (norm pieces: x itself is not what the product multiplies) */
     int G = 0;
     if (mm.act) G = (mm.O[0] + 15) / 16; /* gate and up paired: a block per 16 rows of both */
     else
@@ -522,7 +555,8 @@ static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const flo
     /* 3 rows or more without pieces: k_split_x makes them (each lane splitting its own would
      * split each row 3 times over at 3-8 rows), in the buffer the product does not store in */
     if (!xp && nr >= 3 && cfg->xp_buf[0] && (size_t)n * K * 3 <= cfg->xp_cap) {
-        uint4 *to = mm.xp_out == (const uint16_t *)cfg->xp_buf[0] ? cfg->xp_buf[1] : cfg->xp_buf[0];
+        const uint16_t *stores = mm.xp_out ? mm.xp_out : mm.np_out; /* (at most one of them) */
+        uint4 *to = stores == (const uint16_t *)cfg->xp_buf[0] ? cfg->xp_buf[1] : cfg->xp_buf[0];
         launch(st, cfg->pdl, k_split_x, blocks_for((size_t)n * K / 8, 256), 256, 0, to, x, n, K);
         xp = to;
     }
@@ -561,6 +595,7 @@ static void matmul_tc(cudaStream_t st, const MmCfg *cfg, float *out, const float
         matmul_col(st, cfg, mm, x, xp, n, K);
         return;
     }
+    DS_ASSERT(!mm.ss_in && !mm.np_out); /* (norm pieces: k_matmul_col's alone) */
     const int b = n <= 1 ? 0 : n <= 8 ? 1 : n <= 16 ? 2 : n <= 32 ? 3 : 4;
     int rows = 0;
     for (int j = 0; j < mm.count; j++) rows += mm.O[j];
@@ -665,7 +700,7 @@ static void matmul_launch_any(CudaImpl *c, float *out, const float *x, const Wei
 
 /* a product, launched (no graph logging: cu_matmul and cu_matmul_multi log their own calls);
  * the paired gate/up store (multi->act) also stores the pieces of out[0] for down_proj */
-static void matmul_run(Backend *be, float *out, const float *x, const Weight *w, int n, const MmMulti *multi) {
+static void matmul_run(Backend *be, float *out, const float *x, const Weight *w, int n, const MmMulti *multi, const uint4 *xp_given = NULL) {
     CudaImpl *c = impl(be);
     if (n > CUDA_SMALL_N && c->have_blas) {
         if (c->g_mode == G_CAPTURE) { /* cuBLAS (and its widening buffer) stay out of graphs */
@@ -676,7 +711,8 @@ static void matmul_run(Backend *be, float *out, const float *x, const Weight *w,
         matmul_cublas(be, out, x, w, n);
         return;
     }
-    const uint4 *xp = xp_of(c, x, n, w->cols); /* (before the staging copy in matmul_tiles bumps g_writes) */
+    /* (before the staging copy in matmul_tiles bumps g_writes); given: norm pieces */
+    const uint4 *xp = xp_given ? xp_given : xp_of(c, x, n, w->cols);
     MmMulti paired;
     if (multi && multi->act) {
         paired = *multi;
@@ -795,6 +831,25 @@ static void cu_matmul_norm(Backend *be, float *const *outs, const float *x, cons
     }
     MmMulti mm = mm_products(outs, ws, count);
     mm.act = act == 1;
+    if (c->mm.np && (act != 1 || c->mm.np_act) && ((uintptr_t)x & 15) == 0 && K % 16 == 0) { /* norm pieces (matmul_tc.cuh), made here unless the op writing x made them */
+        const float *ss;
+        const uint4 *xp = np_of(c, x, norm->dev, n, K, &ss);
+        uint16_t *buf = xp ? NULL : xp_buffer(c, n, K);
+        if (buf) {
+            float *sq = np_squares(c);
+            launch(c->stream, c->mm.pdl, k_norm_pieces, dim3((unsigned)(K / 16 + 15) / 16, (unsigned)n), 256, 0, buf, sq, x, (const uint16_t *)norm->dev, K);
+            LAUNCHED("norm_pieces");
+            np_made(c, x, norm->dev, buf, sq, n, K);
+            xp = (const uint4 *)buf;
+            ss = sq;
+        }
+        if (xp) {
+            mm.ss_in = ss;
+            mm.eps = eps;
+            matmul_run(be, outs[0], x, ws[0], n, &mm, xp);
+            return;
+        }
+    }
     if (n <= 8) { /* NORM: one launch */
         mm.norm = norm->dev;
         mm.eps = eps;
@@ -811,17 +866,26 @@ static void cu_matmul_norm(Backend *be, float *const *outs, const float *x, cons
 }
 
 /* backend.h's matmul_add: the residual add in k_matmul_tc's store, or the product into tmp
- * and then add (the same bits) */
-static void cu_matmul_add(Backend *be, float *out, const float *x, const Weight *w, int n, float *tmp) {
-    if (n <= 0 || graph_skip(be, 16, out, x, w->dev, (int)w->dtype, w->rows, w->cols, n, tmp)) return;
-    if (!mm_fold(impl(be), x, &w, 1, n)) {
+ * and then add (the same bits); with next_norm, on the column product, the store also makes
+ * the norm pieces of out for the matmul_norm by next_norm that reads it (matmul_tc.cuh) */
+static void cu_matmul_add(Backend *be, float *out, const float *x, const Weight *w, int n, float *tmp, const Weight *next_norm) {
+    if (n <= 0 || graph_skip(be, 16, out, x, w->dev, (int)w->dtype, w->rows, w->cols, n, tmp, next_norm ? next_norm->dev : NULL)) return;
+    CudaImpl *c = impl(be);
+    if (!mm_fold(c, x, &w, 1, n)) {
         matmul_run(be, tmp, x, w, n, NULL);
         add_run(be, out, tmp, (size_t)n * w->rows);
         return;
     }
     MmMulti mm = mm_segments(NULL, out, w->dev, w->rows);
     mm.add = 1;
+    const int O = w->rows;
+    if (next_norm && c->mm.np && next_norm->dtype == DS_BF16 && (size_t)next_norm->rows * next_norm->cols == (size_t)O && O % 16 == 0 &&
+        ((uintptr_t)out & 15) == 0 && (mm.np_out = xp_buffer(c, n, O)) != NULL) {
+        mm.np_norm = next_norm->dev;
+        mm.ss_out = np_squares(c);
+    }
     matmul_run(be, out, x, w, n, &mm);
+    if (mm.np_out) np_made(c, out, next_norm->dev, mm.np_out, mm.ss_out, n, O);
 }
 
 static void cu_rmsnorm(Backend *be, float *out, const float *x, const Weight *w, int n, int dim, float eps) {
@@ -1170,8 +1234,11 @@ static void cu_destroy(Backend *be) {
         if (c->att_part) cudaFree(c->att_part);
         if (c->att_count) cudaFree(c->att_count);
         if (c->norm_r) cudaFree(c->norm_r);
-        for (int b = 0; b < 2; b++)
+        if (c->draw_scratch) cudaFree(c->draw_scratch);
+        for (int b = 0; b < 2; b++) {
             if (c->mm.xp_buf[b]) cudaFree(c->mm.xp_buf[b]);
+            if (c->mm.ss_buf[b]) cudaFree(c->mm.ss_buf[b]);
+        }
         if (c->have_blas) {
             c->blas.destroy(c->blas.h);
             dlclose(c->blas.lib);
@@ -1184,6 +1251,10 @@ static void cu_destroy(Backend *be) {
 
 extern "C" const char *backend_cuda_info(const Backend *be) { return ((const CudaImpl *)be->impl)->info; }
 extern "C" void *backend_cuda_stream(const Backend *be) { return (void *)((const CudaImpl *)be->impl)->stream; }
+#define DRAW_SCRATCH 16384
+extern "C" void *backend_cuda_draw_scratch(const Backend *be, size_t bytes) {
+    return bytes <= DRAW_SCRATCH ? ((const CudaImpl *)be->impl)->draw_scratch : NULL;
+}
 
 /* a setting by row bucket: "V" for every bucket or "V1,...,Vnb"; v[0..nb) filled, false when
  * s is NULL or starts with no number (with 2..nb - 1 numbers the first counts for all) */
@@ -1202,8 +1273,11 @@ static bool env_buckets(const char *s, int nb, int *v) {
  * DSPARK_CUDA_COL=0: the plain products on k_matmul_tc too, not k_matmul_col (other bits:
  * before/after); DSPARK_CUDA_COL_MT, DSPARK_CUDA_COL_U: "V" or "V1,V3,V6,V9", k_matmul_col's
  * 16-row tiles per block (1, 2) and k-steps per round (1, 2, 4) by row bucket 1-2, 3-5, 6-8,
- * 9-64; DSPARK_CUDA_COL_CHUNK: rows of x per block (2..16) by the bucket of min(n, 16) (no
- * value changes). */
+ * 9-64; DSPARK_CUDA_COL_CHUNK: rows of x per block (2..16) by the bucket of min(n, 16), and a
+ * fifth value for 6-8 rows of a narrow product (< 4096 weight rows; 4 values: as the others) (no
+ * value changes). DSPARK_CUDA_NORM_PIECES=0: matmul_norm on k_matmul_tc's NORM (and
+ * k_norm_prep), not k_matmul_col from norm pieces (other bits: before/after); =1: the paired
+ * gate/up + swiglu too (by default it stays on NORM; other bits). */
 static void mm_tc_config(MmCfg *m) {
     const char *tc = getenv("DSPARK_CUDA_MM_TC"), *mt = getenv("DSPARK_CUDA_TC_MT"), *deep = getenv("DSPARK_CUDA_TC_DEEP");
     m->tc_deep = deep && (deep[0] == '1' || deep[0] == '2') && !deep[1] ? deep[0] - '0' : 0;
@@ -1216,18 +1290,32 @@ static void mm_tc_config(MmCfg *m) {
     const char *col = getenv("DSPARK_CUDA_COL"), *col_mt = getenv("DSPARK_CUDA_COL_MT"), *col_u = getenv("DSPARK_CUDA_COL_U");
     const char *col_chunk = getenv("DSPARK_CUDA_COL_CHUNK");
     m->col = !(col && !strcmp(col, "0"));
-    /* (H200, graphed steps at 1..64 tokens, docs/bench-cuda.md: 2 tiles above 8 rows cut the
-     * 16-64-token steps by 1-2 ms; 2 tiles at 1-8 rows were slower) */
-    const int cmt[4] = {1, 1, 1, 2}, cu[4] = {4, 2, 4, 2};
-    int v4[4];
-    for (int i = 0; i < 4; i++) {
-        m->col_mt[i] = cmt[i];
-        m->col_u[i] = cu[i];
-        m->col_chunk[i] = i == 2 ? 4 : 16; /* (6-8 rows as 2 blocks of 4 per tile: the 8-token step 0.05-0.09 ms faster) */
+    const char *np = getenv("DSPARK_CUDA_NORM_PIECES");
+    m->np = m->col && !(np && !strcmp(np, "0"));
+    /* the paired gate/up store stays on k_matmul_tc's NORM by default: on the column product it
+     * was 0.2 ms faster a decode step but 0.8-1.2 ms slower at 32-64 rows (H200,
+     * docs/bench-cuda.md "Norm pieces"), where its separate sums per piece cost 3 times the
+     * registers and the 8-row chunks re-read the weights */
+    m->np_act = m->np && np && !strcmp(np, "1");
+    /* (H200, bench_cuda --mm, docs/bench-cuda.md "Norm pieces": from 6 rows on, chunks of 8 rows
+     * with 2 tiles and 2 k-steps per round beat 16-row chunks at every product and row count;
+     * the narrow products at 6-8 rows (o_proj, down_proj: 2560 rows, 80 blocks of 2 tiles) are
+     * faster as 2 chunks of 4 rows on 1 tile each) */
+    const int cmt[4] = {1, 1, 2, 2}, cu[4] = {4, 2, 2, 2}, cch[5] = {16, 16, 8, 8, 4};
+    int v4[5];
+    for (int i = 0; i < 5; i++) {
+        if (i < 4) m->col_mt[i] = cmt[i];
+        if (i < 4) m->col_u[i] = cu[i];
+        m->col_chunk[i] = cch[i];
     }
-    if (env_buckets(col_chunk, 4, v4))
-        for (int i = 0; i < 4; i++)
+    int commas = 0;
+    for (const char *p = col_chunk; p && *p; p++) commas += *p == ',';
+    const bool five = commas == 4;
+    if (env_buckets(col_chunk, five ? 5 : 4, v4)) {
+        if (!five) v4[4] = v4[2]; /* (4 values: the narrow products as the others) */
+        for (int i = 0; i < 5; i++)
             if (v4[i] >= 2 && v4[i] <= 16) m->col_chunk[i] = v4[i];
+    }
     if (env_buckets(col_mt, 4, v4))
         for (int i = 0; i < 4; i++)
             if (v4[i] == 1 || v4[i] == 2) m->col_mt[i] = v4[i];
@@ -1305,8 +1393,9 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
      * 8 tokens) */
     const char *pdl = getenv("DSPARK_CUDA_PDL");
     c->mm.pdl = !(pdl && strcmp(pdl, "0") == 0);
-    if (cudaMalloc(&c->norm_r, sizeof(float) * CUDA_SMALL_N) != cudaSuccess) {
+    if (cudaMalloc(&c->norm_r, sizeof(float) * CUDA_SMALL_N) != cudaSuccess || cudaMalloc(&c->draw_scratch, DRAW_SCRATCH) != cudaSuccess) {
         cudaGetLastError();
+        if (c->norm_r) cudaFree(c->norm_r);
         cudaStreamDestroy(c->stream);
         if (c->have_blas) {
             c->blas.destroy(c->blas.h);

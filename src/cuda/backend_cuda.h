@@ -31,7 +31,11 @@
  * norm) run on k_matmul_col, x's pieces as columns: DSPARK_CUDA_COL=0 puts them on k_matmul_tc
  * (values change within float32 rounding), DSPARK_CUDA_COL_MT / DSPARK_CUDA_COL_U ("V" or
  * "V1,V3,V6,V9" by row bucket) set its 16-row tiles per block (1, 2) and k-steps per round
- * (1, 2, 4), DSPARK_CUDA_COL_CHUNK its rows of x per block (2..16), no value. Neither do
+ * (1, 2, 4), DSPARK_CUDA_COL_CHUNK its rows of x per block (2..16; a fifth value: 6-8 rows of the narrow products), no value. matmul_norm
+ * runs there too, from the pieces of norm * x (made by the matmul_add before it or by
+ * k_norm_pieces), except the paired gate/up + swiglu: DSPARK_CUDA_NORM_PIECES=0 puts all of it
+ * back on k_matmul_tc's folded norm, =1 moves the paired one too (values change within float32
+ * rounding). Neither do
  * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
  * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head).
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);

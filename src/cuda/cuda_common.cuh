@@ -104,6 +104,12 @@ __device__ __forceinline__ float4 ld_act4(const float4 *p) {
     asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
     return v;
 }
+/* one float of an activation, read after pdl_wait (ld_act4's load) */
+__device__ __forceinline__ float ld_act(const float *p) {
+    float v;
+    asm volatile("ld.global.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+    return v;
+}
 /* 16-byte group of pieces, read after pdl_wait (an activation: ld_act4's load) */
 __device__ __forceinline__ uint4 ld_act16(const uint4 *p) {
     uint4 v;

@@ -194,6 +194,13 @@ typedef struct {
     int add;          /* out += the product (matmul_add) */
     int layout;       /* the weights' layout, the same for every segment (WL_ROWS or WL_TILES) */
     uint16_t *xp_out; /* act: the pieces of out[0] (cuda_common.cuh's xp_at), for the product that reads it */
+    /* k_matmul_col only, the rmsnorm of matmul_norm from pieces made ahead (matmul_tc.cuh's
+     * "norm pieces"): */
+    const float *ss_in;  /* [n][K / 16]: x's squares by 16-column tile; x's pieces are those of norm * x,
+                          * and each row's sums are scaled by 1 / rms from these (eps above) */
+    const void *np_norm; /* with add (matmul_add before a matmul_norm by np_norm, BF16 [O]): the pieces of */
+    uint16_t *np_out;    /* np_norm * out (the new out) into np_out and out's squares by tile into */
+    float *ss_out;       /* ss_out [n][O / 16] */
 } MmMulti;
 
 /* the segment of column group g (selects, not an index: the parameters stay in registers) */

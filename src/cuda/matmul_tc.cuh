@@ -356,8 +356,9 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
     tc_store<MT, NT>(sg, acc, n, g, t, mm.add != 0);
 }
 
-/* ---- the column product (k_matmul_col): the BF16 products without a folded norm (plain,
- * matmul_multi, matmul_add's store, the paired gate/up store) ----
+/* ---- the column product (k_matmul_col): the BF16 products of <= 64 rows (plain,
+ * matmul_multi, matmul_add's store, the paired gate/up store, and matmul_norm from norm
+ * pieces, below; k_matmul_tc keeps NORM, rscale and DSPARK_CUDA_COL=0) ----
  * k_matmul_tc's B holds 8 rows of x and each piece of x costs an mma (6 a k-step, at any n);
  * here B's column 3 i + q holds piece q of x row i, so a row takes 3 columns instead: at 1 or 2
  * rows 2 mma a k-step, and the pieces come ready from memory (x_pieces: made once by the op
@@ -385,6 +386,48 @@ __global__ void k_split_x(uint4 *xp, const float *x, int n, int K) {
 #pragma unroll
         for (int q = 0; q < 3; q++) xp[3 * gi + q] = make_uint4(p[q][0], p[q][1], p[q][2], p[q][3]);
     }
+}
+
+/* ---- norm pieces: matmul_norm on the column product ----
+ * rmsnorm(x) . W = r (W . (nw * x)) with r = 1 / sqrt(mean(x^2) + eps) (NORM's linearity,
+ * above), but with the pieces of nw * x made ahead, so the product is k_matmul_col at full
+ * speed: by the matmul_add that wrote x (its store has each new value anyway: the hint in
+ * backend.h) or, where no op made them, by k_norm_pieces. Both make the same bits: piece
+ * values are xp_store(nw * x), and the squares go by 16-column tile (tile T of row i: x[i][16
+ * T + o]^2 over o, added by the half-warp's xor tree 1, 2, 4, 8) into ss [n][K / 16]; the
+ * product adds a row's tiles (lane o of the half-warp: tiles o, o + 16, .. in order, then the
+ * xor tree 8, 4, 2, 1, the same in every lane) into r. A row's bits depend on K alone. */
+__device__ __forceinline__ float np_tile_sum(float s, unsigned half) {
+#pragma unroll
+    for (int m = 1; m < 16; m <<= 1) s = s + __shfl_xor_sync(half, s, m);
+    return s;
+}
+__device__ __forceinline__ float np_rscale(const float *ss, int K, float eps, int o, unsigned half) {
+    float s = 0.0f;
+    for (int t0 = o; t0 < K / 16; t0 += 16 * 8) { /* 8 loads in flight, then added in order */
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) v[u] = t0 + 16 * u < K / 16 ? ld_act(ss + t0 + 16 * u) : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+            if (t0 + 16 * u < K / 16) s = s + v[u];
+    }
+#pragma unroll
+    for (int m = 8; m >= 1; m >>= 1) s = s + __shfl_xor_sync(half, s, m);
+    return 1.0f / sqrtf(s / (float)K + eps);
+}
+/* the pieces of nw * x and x's tile squares (x [n][K], K % 16 == 0): block (b, i) takes
+ * tiles 16 b .. 16 b + 15 of row i, a half-warp each */
+__global__ void __launch_bounds__(256) k_norm_pieces(uint16_t *xp, float *ss, const float *x, const uint16_t *nw, int K) {
+    pdl_start();
+    const int i = blockIdx.y, o = threadIdx.x & 15, tt = 16 * blockIdx.x + (threadIdx.x >> 4);
+    if (tt >= K / 16) return; /* (a whole half-warp) */
+    const unsigned half = 0xffffu << (threadIdx.x & 16);
+    const int k = 16 * tt + o;
+    const float v = ld_act(x + (size_t)i * K + k);
+    xp_store(xp, i, k, K, bf16_bits(nw[k]) * v);
+    const float q = np_tile_sum(v * v, half);
+    if (o == 0) ss[(size_t)i * (K / 16) + tt] = q;
 }
 
 /* NC tiles of 8 columns (a chunk of up to 8 NC / 3 rows), U k-steps in flight per warp, MT
@@ -490,7 +533,13 @@ __global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, 
             }
         y[mt] = (v[0] + v[1]) + v[2];
     }
-    if (i >= nr) return;
+    if (i >= nr) return; /* (a half-warp: one row i) */
+    const unsigned half = 0xffffu << (threadIdx.x & 16);
+    if (mm.ss_in) { /* norm pieces: the sums of nw * x scaled by the row's 1 / rms */
+        const float rs = np_rscale(mm.ss_in + (size_t)(i0 + i) * (K / 16), K, mm.eps, o, half);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) y[mt] = y[mt] * rs;
+    }
     if (sw) {
         if (r >= sg.O) return;
         const size_t off = (size_t)(i0 + i) * sg.O + r;
@@ -508,5 +557,10 @@ __global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, 
         float v = y[mt];
         if (mm.add) v = sg.out[off] + v;
         sg.out[off] = v;
+        if (mm.np_out) { /* the next matmul_norm's pieces and tile squares (O % 16 == 0: the break is the half-warp's) */
+            xp_store(mm.np_out, i0 + i, rm, sg.O, bf16_bits(((const uint16_t *)mm.np_norm)[rm]) * v);
+            const float q = np_tile_sum(v * v, half);
+            if (o == 0) mm.ss_out[(size_t)(i0 + i) * (sg.O / 16) + rm / 16] = q;
+        }
     }
 }

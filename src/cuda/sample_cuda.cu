@@ -15,7 +15,14 @@
  *   draw      inverse CDF in index order: each thread sums a contiguous segment, an exclusive
  *             block scan gives each segment its start, the segment holding u is walked.
  *   verify    verify_block's acceptance loop on one thread (k <= 64 reads), then the residual
- *             max(0, p - q) (its mass a tree sum) or p or pt_k drawn as above. */
+ *             max(0, p - q) (its mass a tree sum) or p or pt_k drawn as above.
+ * A vocabulary above SP_CHUNK values (every real one: 151936) takes one block per chunk of
+ * SP_CHUNK values, not one block per row, where the distribution is greedy's one-hot or the
+ * plain softmax (no top-k / top-p), and in draw: one SM walking 150K values was most of a
+ * drafted slot (H200, docs/bench-cuda.md). The values e_i are the same; the sum is each chunk's tree sum, the
+ * chunks then added in order; draw finds the chunk holding u from the chunks' sums (in
+ * order), then walks it as above: the same token but where u is within rounding of a
+ * cumulative boundary. */
 #include "sample_cuda.h"
 
 #include <cuda_runtime.h>
@@ -29,6 +36,8 @@
 #define NW (NT / 32)
 #define SMEM_SORT 4096     /* candidates sorted in shared memory up to this many, else in ws */
 #define VERIFY_MAX_K 64
+#define SP_CHUNK (8 * NT)  /* values per block of the multi-block softmax and draw */
+#define SP_MAX_CHUNKS NT   /* (a vocabulary of up to 8.4M values) */
 
 static bool g_sync_ops; /* DSPARK_CUDA_SYNC=1: wait after every op, as the backend does */
 
@@ -121,15 +130,19 @@ __device__ int block_draw(F val, int n, double u) {
     return found != INT_MAX ? found : last >= 0 ? last : 0;
 }
 
+/* argmax order: value (order-preserving bits), then the lower index */
+__device__ __forceinline__ unsigned long long argmax_key(float v, int i) {
+    unsigned b = __float_as_uint(v);
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u); /* order-preserving */
+    return ((unsigned long long)b << 32) | (unsigned)~(unsigned)i;
+}
 /* the argmax with the lowest index among equal maxima (argmax_f32); NaNs never win */
 __device__ int block_argmax(const float *x, int n) {
     unsigned long long best = 0;
     for (int i = threadIdx.x; i < n; i += NT) {
         float v = x[i];
         if (v != v) continue;
-        unsigned b = __float_as_uint(v);
-        b = (b & 0x80000000u) ? ~b : (b | 0x80000000u); /* order-preserving */
-        unsigned long long k = ((unsigned long long)b << 32) | (unsigned)~(unsigned)i;
+        const unsigned long long k = argmax_key(v, i);
         best = k > best ? k : best;
     }
     best = block_reduce(best, MaxU());
@@ -282,7 +295,120 @@ __global__ void __launch_bounds__(NT) k_sample_probs(float *probs, const float *
     for (int i = tid; i < keep; i += NT) p[key_idx(a[i])] = key_prob(a[i]) * scale;
 }
 
+/* ---- the multi-block softmax: chunk c = blockIdx.x of row blockIdx.y, nb chunks a row; the
+ * row's partials in ws (its stride in 8-byte words): nb double sums, then nb float maxima ---- */
+__device__ __forceinline__ void sp_range(int V, int &b, int &e) {
+    b = blockIdx.x * SP_CHUNK;
+    e = min(V, b + SP_CHUNK);
+}
+__global__ void __launch_bounds__(NT) k_sp_max(const float *logits, int V, unsigned long long *ws, size_t ws_stride) {
+    int b, e;
+    sp_range(V, b, e);
+    const float *l = logits + (size_t)blockIdx.y * V;
+    float mx = -INFINITY;
+    for (int i = b + threadIdx.x; i < e; i += NT) mx = fmaxf(mx, l[i]);
+    mx = block_reduce(mx, MaxF());
+    if (threadIdx.x == 0) ((float *)(ws + (size_t)blockIdx.y * ws_stride + gridDim.x))[blockIdx.x] = mx;
+}
+__global__ void __launch_bounds__(NT) k_sp_exp(float *probs, const float *logits, int V, float T, unsigned long long *ws, size_t ws_stride) {
+    int b, e;
+    sp_range(V, b, e);
+    unsigned long long *w = ws + (size_t)blockIdx.y * ws_stride;
+    const float *pm = (const float *)(w + gridDim.x);
+    float mx = -INFINITY;
+    for (int c = 0; c < (int)gridDim.x; c++) mx = fmaxf(mx, pm[c]);
+    const float *l = logits + (size_t)blockIdx.y * V;
+    float *p = probs + (size_t)blockIdx.y * V;
+    const float inv_t = 1.0f / T;
+    double sum = 0;
+    for (int i = b + threadIdx.x; i < e; i += NT) {
+        float x = (float)exp((double)((l[i] - mx) * inv_t));
+        p[i] = x;
+        sum += x;
+    }
+    sum = block_reduce(sum, SumD());
+    if (threadIdx.x == 0) ((double *)w)[blockIdx.x] = sum;
+}
+__global__ void __launch_bounds__(NT) k_sp_scale(float *probs, int V, const unsigned long long *ws, size_t ws_stride) {
+    int b, e;
+    sp_range(V, b, e);
+    const double *ps = (const double *)(ws + (size_t)blockIdx.y * ws_stride);
+    double sum = 0;
+    for (int c = 0; c < (int)gridDim.x; c++) sum += ps[c];
+    const float inv = (float)(1.0 / sum);
+    float *p = probs + (size_t)blockIdx.y * V;
+    for (int i = b + threadIdx.x; i < e; i += NT) p[i] *= inv;
+}
+
+/* greedy: the one-hot at the argmax (block_argmax's), the chunks' best keys first */
+__global__ void __launch_bounds__(NT) k_sp_argmax(const float *logits, int V, unsigned long long *ws, size_t ws_stride) {
+    int b, e;
+    sp_range(V, b, e);
+    const float *l = logits + (size_t)blockIdx.y * V;
+    unsigned long long best = 0;
+    for (int i = b + threadIdx.x; i < e; i += NT) {
+        const float v = l[i];
+        if (v == v) best = max(best, argmax_key(v, i)); /* NaNs never win */
+    }
+    best = block_reduce(best, MaxU());
+    if (threadIdx.x == 0) ws[(size_t)blockIdx.y * ws_stride + blockIdx.x] = best;
+}
+__global__ void __launch_bounds__(NT) k_sp_onehot(float *probs, int V, const unsigned long long *ws, size_t ws_stride) {
+    int b, e;
+    sp_range(V, b, e);
+    const unsigned long long *w = ws + (size_t)blockIdx.y * ws_stride;
+    unsigned long long best = 0;
+    for (int c = 0; c < (int)gridDim.x; c++) best = max(best, w[c]);
+    const int bi = best ? (int)~(unsigned)(best & 0xffffffffu) : 0;
+    float *p = probs + (size_t)blockIdx.y * V;
+    for (int i = b + threadIdx.x; i < e; i += NT) p[i] = i == bi ? 1.0f : 0.0f;
+}
+
 /* ---- draw, verify ---- */
+
+/* the multi-block draw: each chunk's sum of its positive values and its last positive index
+ * (k_dr_part, into sc: nb doubles, then nb ints), then one block finds the chunk and walks it */
+__global__ void __launch_bounds__(NT) k_dr_part(const float *probs, int V, void *sc) {
+    int b, e;
+    sp_range(V, b, e);
+    double s = 0;
+    int last = -1;
+    for (int i = b + threadIdx.x; i < e; i += NT) {
+        const float v = probs[i];
+        if (v > 0) { s += v; last = i; }
+    }
+    s = block_reduce(s, SumD());
+    last = block_reduce(last, MaxI());
+    if (threadIdx.x == 0) {
+        ((double *)sc)[blockIdx.x] = s;
+        ((int *)((double *)sc + gridDim.x))[blockIdx.x] = last;
+    }
+}
+__global__ void __launch_bounds__(NT) k_dr_find(int32_t *out, const float *probs, int V, const void *sc, int nb, double u) {
+    __shared__ int s_chunk;
+    __shared__ double s_before;
+    const double *cs = (const double *)sc;
+    const int *cl = (const int *)(cs + nb), t = threadIdx.x;
+    const double mine = t < nb ? cs[t] : 0.0;
+    const double before = block_excl_scan(mine);
+    /* the first chunk with mass whose cumulative sum passes u; else none (u past the mass) */
+    int found = t < nb && mine > 0 && u < before + mine ? t : INT_MAX;
+    found = block_reduce(found, MinI());
+    if (found == INT_MAX) { /* sample_from's fallback: the last positive value */
+        int last = t < nb ? cl[t] : -1;
+        last = block_reduce(last, MaxI());
+        if (t == 0) *out = last >= 0 ? last : 0;
+        return;
+    }
+    if (t == found) {
+        s_chunk = found;
+        s_before = before;
+    }
+    __syncthreads();
+    const int c = s_chunk, b = c * SP_CHUNK, e = min(V, b + SP_CHUNK);
+    const int i = block_draw(ProbVal{probs + b}, e - b, u - s_before);
+    if (t == 0) *out = b + i;
+}
 
 __global__ void __launch_bounds__(NT) k_draw(int32_t *out, const float *probs, int V, double u) {
     const int t = block_draw(ProbVal{probs}, V, u);
@@ -357,12 +483,38 @@ static size_t cs_ws_bytes(Backend *be, int n, int vocab) {
 static void cs_sample_probs(Backend *be, float *probs, const float *logits, int n, int vocab, float temperature, int top_k, float top_p,
                             void *ws) {
     if (n < 1) return;
+    const int nb = (vocab + SP_CHUNK - 1) / SP_CHUNK;
+    const bool greedy = temperature < 1e-5f, plain = !greedy && !(top_k > 0 && top_k < vocab) && !(top_p < 1.0f);
+    const size_t stride = pow2_at_least(vocab); /* (ws: 8 bytes a value a row; the partials take 12 a chunk) */
+    unsigned long long *w = (unsigned long long *)ws;
+    const dim3 grid((unsigned)nb, (unsigned)n);
+    if (greedy && nb > 1 && nb <= SP_MAX_CHUNKS && n <= 65535) { /* the multi-block one-hot */
+        k_sp_argmax<<<grid, NT, 0, stream_of(be)>>>(logits, vocab, w, stride);
+        k_sp_onehot<<<grid, NT, 0, stream_of(be)>>>(probs, vocab, w, stride);
+        sc_check("sample_probs");
+        return;
+    }
+    if (plain && nb > 1 && nb <= SP_MAX_CHUNKS && n <= 65535) { /* the multi-block softmax */
+        k_sp_max<<<grid, NT, 0, stream_of(be)>>>(logits, vocab, w, stride);
+        k_sp_exp<<<grid, NT, 0, stream_of(be)>>>(probs, logits, vocab, temperature, w, stride);
+        k_sp_scale<<<grid, NT, 0, stream_of(be)>>>(probs, vocab, w, stride);
+        sc_check("sample_probs");
+        return;
+    }
     k_sample_probs<<<n, NT, 0, stream_of(be)>>>(probs, logits, vocab, temperature, top_k, top_p, (unsigned long long *)ws,
                                                 pow2_at_least(vocab));
     sc_check("sample_probs");
 }
 
 static void cs_draw(Backend *be, int32_t *out, const float *probs, int vocab, double u) {
+    const int nb = (vocab + SP_CHUNK - 1) / SP_CHUNK;
+    void *sc = backend_cuda_draw_scratch(be, (size_t)SP_MAX_CHUNKS * (sizeof(double) + sizeof(int)));
+    if (nb > 1 && nb <= SP_MAX_CHUNKS && sc) {
+        k_dr_part<<<nb, NT, 0, stream_of(be)>>>(probs, vocab, sc);
+        k_dr_find<<<1, NT, 0, stream_of(be)>>>(out, probs, vocab, sc, nb, u);
+        sc_check("draw");
+        return;
+    }
     k_draw<<<1, NT, 0, stream_of(be)>>>(out, probs, vocab, u);
     sc_check("draw");
 }

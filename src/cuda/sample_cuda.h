@@ -14,6 +14,9 @@ extern "C" {
 void cuda_sample_install(Backend *be);
 /* the backend's stream (a cudaStream_t), defined in backend_cuda.cu */
 void *backend_cuda_stream(const Backend *be);
+/* device scratch of the backend for draw (at least bytes, made with the backend; NULL if it
+ * is smaller), defined in backend_cuda.cu */
+void *backend_cuda_draw_scratch(const Backend *be, size_t bytes);
 
 #ifdef __cplusplus
 }
