@@ -681,7 +681,7 @@ static void norm_pieces_on(Backend *be, const char *what) {
     float *d1 = g_gpu->alloc(g_gpu, sizeof(float) * 64 * F), *d2 = g_gpu->alloc(g_gpu, sizeof(float) * 64 * F);
     float *h = malloc(sizeof(float) * 64 * K), *ref1 = malloc(sizeof(float) * 64 * F), *ref2 = malloc(sizeof(float) * 64 * F);
     float *refsw = malloc(sizeof(float) * 64 * F);
-    int bad = 0, cases = 0;
+    int bad = 0, cases = 0, alone_bad = 0, alone_cases = 0;
     double worst = 0, worst_old = 0;
     for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++) {
         const int n = ns[c];
@@ -710,6 +710,16 @@ static void norm_pieces_on(Backend *be, const char *what) {
                 cases++;
                 if ((memcmp(o1, p1, sizeof(float) * n * F) || memcmp(o2, p2, sizeof(float) * n * F)) && bad++ < 3)
                     CHECK_MSG(0, "norm pieces n %d act %d hint %d: not bitwise the copy's", n, act, hint);
+                if (hint == 1 && n > 1) { /* the last row alone: bitwise its row of the batch (any kernel or chunking a row count picks) */
+                    be->matmul_norm(be, outs, dcopy + (size_t)(n - 1) * K, &gn[0], eps, ws, 2, 1, act, tmp);
+                    be->synchronize(be);
+                    float *a1 = host_from(d1, (size_t)F), *a2 = host_from(d2, (size_t)F);
+                    alone_cases++;
+                    if ((memcmp(a1, o1 + (size_t)(n - 1) * F, sizeof(float) * F) || memcmp(a2, o2 + (size_t)(n - 1) * F, sizeof(float) * F)) &&
+                        alone_bad++ < 3)
+                        CHECK_MSG(0, "norm pieces n %d act %d: the last row alone is not bitwise its row of the batch", n, act);
+                    free(a1); free(a2);
+                }
                 const double e1 = nse(o1, act ? refsw : ref1, (size_t)n * F), e2 = nse(o2, ref2, (size_t)n * F); /* (act: out[1] is up) */
                 const double e = e1 > e2 ? e1 : e2;
                 worst = e > worst ? e : worst;
@@ -727,10 +737,12 @@ static void norm_pieces_on(Backend *be, const char *what) {
         free(x);
     }
     CHECK_MSG(bad == 0, "norm pieces (%s): %d of %d not bitwise the copy's", what, bad, cases);
+    CHECK_MSG(alone_bad == 0, "norm pieces (%s): %d of %d rows alone not bitwise the batch", what, alone_bad, alone_cases);
     CHECK_MSG(worst <= NSE_F32 && worst_old <= NSE_F32, "norm pieces (%s): worst nse %.3g against the CPU, %.3g against k_matmul_tc's NORM", what,
               worst, worst_old);
-    printf("  norm pieces (%s; matmul_add's hint, then matmul_norm): %d of %d bitwise without them; worst nse %.3g against the CPU, "
-           "%.3g against k_matmul_tc's NORM\n", what, cases - bad, cases, worst, worst_old);
+    printf("  norm pieces (%s; matmul_add's hint, then matmul_norm): %d of %d bitwise without them, %d of %d rows alone bitwise the "
+           "batch; worst nse %.3g against the CPU, %.3g against k_matmul_tc's NORM\n", what, cases - bad, cases, alone_cases - alone_bad,
+           alone_cases, worst, worst_old);
     for (int j = 0; j < 3; j++) {
         be->release_weight(be, &gw[j]);
         free(wh[j]);
