@@ -358,8 +358,11 @@ static void head_ops(Drafter *d, DraftState *s, const void *arg) {
             be->ew(be, EW_LERP, s->state, s->state, s->pre + r, s->pre, (size_t)r);
             u = s->pre + 2 * r;
         }
-        be->matmul(be, s->bias, u, &d->w2, 1);
-        be->add(be, s->logits, s->bias, (size_t)V);
+        if (be->matmul_add) be->matmul_add(be, s->logits, u, &d->w2, 1, s->bias, NULL); /* (the add in the product's store) */
+        else {
+            be->matmul(be, s->bias, u, &d->w2, 1);
+            be->add(be, s->logits, s->bias, (size_t)V);
+        }
     }
     if (a->conf && c->enable_confidence_head) {
         int in = d->conf_w.cols;
