@@ -284,8 +284,8 @@ static void test_matmul_vs_reference(void) {
 static void test_matmul_tc(void) {
     /* (k_matmul_tc's settings for the products it still makes, k_matmul_col's for the plain ones) */
     static const char *const settings[] = {NULL, "DSPARK_CUDA_TC_MT=2 DSPARK_CUDA_TC_DEEP=1 DSPARK_CUDA_PDL=0 DSPARK_CUDA_COL_MT=2 DSPARK_CUDA_COL_U=4,2,4,2",
-                                           "DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4 DSPARK_CUDA_COL_MT=1 DSPARK_CUDA_COL_CHUNK=16,3,4,8",
-                                           "DSPARK_CUDA_TC_MT=1,4,2,4,2 DSPARK_CUDA_TC_DEEP=2 DSPARK_CUDA_COL_MT=2,2,1,1 DSPARK_CUDA_COL_U=4,2,4,1"};
+                                           "DSPARK_CUDA_TC_MT=4 DSPARK_CUDA_TC_PREFETCH=4 DSPARK_CUDA_COL_MT=1 DSPARK_CUDA_COL_CHUNK=16,3,4,8,2",
+                                           "DSPARK_CUDA_TC_MT=1,4,2,4,2 DSPARK_CUDA_TC_DEEP=2 DSPARK_CUDA_COL_MT=2,2,1,1,1 DSPARK_CUDA_COL_U=4,2,4,1"};
     enum { NM = 4 };
     Backend *bes[NM];
     for (int m = 0; m < NM; m++) {
@@ -654,7 +654,7 @@ static void test_matmul_pieces(void) {
 static void norm_pieces_on(Backend *be, const char *what) {
     Backend *old = gpu_with_env("DSPARK_CUDA_NORM_PIECES", "0", NULL, NULL); /* k_matmul_tc's NORM */
     if (!old) return;
-    const int K = 2560, F = 1056, ns[] = {1, 2, 3, 5, 6, 8, 9, 16, 17, 40, 64};
+    const int K = 2560, F = 2080, ns[] = {1, 2, 3, 5, 6, 8, 9, 16, 17, 40, 64}; /* (2 F >= 4096: the wide products' settings) */
     const float eps = 1e-6f;
     Weight cw[3], gw[3];
     void *wh[3];

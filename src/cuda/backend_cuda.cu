@@ -137,7 +137,8 @@ typedef struct {
     bool col;      /* plain BF16 products on k_matmul_col (DSPARK_CUDA_COL=0: k_matmul_tc) */
     bool np;       /* matmul_norm on k_matmul_col from norm pieces (DSPARK_CUDA_NORM_PIECES=0: k_matmul_tc's NORM) */
     bool np_act;   /* and the paired gate/up + swiglu store too (DSPARK_CUDA_NORM_PIECES=1; off by default) */
-    int col_mt[4], col_u[4]; /* its 16-row tiles per block and k-steps per round by row bucket 1-2, 3-5, 6-8, 9-64 (DSPARK_CUDA_COL_MT, _U) */
+    int col_mt[5], col_u[4]; /* its 16-row tiles per block and k-steps per round by row bucket 1-2, 3-5, 6-8, 9-64 (DSPARK_CUDA_COL_MT, _U);
+                              * col_mt[4]: 1-2 rows of a wide product (>= 4096 weight rows) with its pieces from memory */
     int col_chunk[5];        /* its rows of x per block by the same buckets of min(n, 16), and [4]: 6-8 rows of a narrow
                               * product (< 4096 weight rows in all) (DSPARK_CUDA_COL_CHUNK; 2..16) */
     uint4 *xp_buf[2]; /* x's pieces for k_matmul_col: what an op made (CudaImpl's xp_p) or k_split_x writes; two,
@@ -546,7 +547,8 @@ static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const flo
     for (int j = 0; j < mm.count && !mm.act; j++) rows += mm.O[j];
     const int bn = bucket(n < 16 ? n : 16), cr = bn == 2 && rows < 4096 ? cfg->col_chunk[4] : cfg->col_chunk[bn];
     const int nr = n < cr ? n : cr, chunks = (n + cr - 1) / cr, b = bucket(nr);
-    const int mt = mm.act ? 2 : cfg->col_mt[b], u = cfg->col_u[b];
+    /* [4]: 1-2 rows of a wide product reading pieces from memory (q/k/v and lm_head after norm pieces) */
+    const int mt = mm.act ? 2 : b == 0 && rows >= 4096 && xp ? cfg->col_mt[4] : cfg->col_mt[b], u = cfg->col_u[b];
     DS_ASSERT(!mm.ss_in || xp); /* (norm pieces: x itself is not what the product multiplies) */
     int G = 0;
     if (mm.act) G = (mm.O[0] + 15) / 16; /* gate and up paired: a block per 16 rows of both */
@@ -1273,7 +1275,7 @@ static bool env_buckets(const char *s, int nb, int *v) {
  * DSPARK_CUDA_COL=0: the plain products on k_matmul_tc too, not k_matmul_col (other bits:
  * before/after); DSPARK_CUDA_COL_MT, DSPARK_CUDA_COL_U: "V" or "V1,V3,V6,V9", k_matmul_col's
  * 16-row tiles per block (1, 2) and k-steps per round (1, 2, 4) by row bucket 1-2, 3-5, 6-8,
- * 9-64; DSPARK_CUDA_COL_CHUNK: rows of x per block (2..16) by the bucket of min(n, 16), and a
+ * 9-64 (COL_MT: a fifth value for 1-2 rows of a wide product with its pieces from memory); DSPARK_CUDA_COL_CHUNK: rows of x per block (2..16) by the bucket of min(n, 16), and a
  * fifth value for 6-8 rows of a narrow product (< 4096 weight rows; 4 values: as the others) (no
  * value changes). DSPARK_CUDA_NORM_PIECES=0: matmul_norm on k_matmul_tc's NORM (and
  * k_norm_prep), not k_matmul_col from norm pieces (other bits: before/after); =1: the paired
@@ -1301,24 +1303,32 @@ static void mm_tc_config(MmCfg *m) {
      * with 2 tiles and 2 k-steps per round beat 16-row chunks at every product and row count;
      * the narrow products at 6-8 rows (o_proj, down_proj: 2560 rows, 80 blocks of 2 tiles) are
      * faster as 2 chunks of 4 rows on 1 tile each) */
-    const int cmt[4] = {1, 1, 2, 2}, cu[4] = {4, 2, 2, 2}, cch[5] = {16, 16, 8, 8, 4};
+    /* col_mt[4] 2: q/k/v 14.1 -> 12.1 us and lm_head 203 -> 177.5 us at one row from norm pieces
+     * (--mm, two runs each); a lane's own split (no pieces) is slower on 2 tiles, and the narrow
+     * o_proj / down_proj would have 80 blocks */
+    const int cmt[5] = {1, 1, 2, 2, 2}, cu[4] = {4, 2, 2, 2}, cch[5] = {16, 16, 8, 8, 4};
     int v4[5];
     for (int i = 0; i < 5; i++) {
-        if (i < 4) m->col_mt[i] = cmt[i];
+        m->col_mt[i] = cmt[i];
         if (i < 4) m->col_u[i] = cu[i];
         m->col_chunk[i] = cch[i];
     }
-    int commas = 0;
-    for (const char *p = col_chunk; p && *p; p++) commas += *p == ',';
-    const bool five = commas == 4;
-    if (env_buckets(col_chunk, five ? 5 : 4, v4)) {
-        if (!five) v4[4] = v4[2]; /* (4 values: the narrow products as the others) */
+    /* (a fifth value for the special cases; with 4, each takes its bucket's) */
+    auto values = [](const char *e) {
+        int commas = 0;
+        for (const char *p = e; p && *p; p++) commas += *p == ',';
+        return commas == 4 ? 5 : 4;
+    };
+    if (env_buckets(col_chunk, values(col_chunk), v4)) {
+        if (values(col_chunk) == 4) v4[4] = v4[2]; /* (the narrow products at 6-8 rows as the others) */
         for (int i = 0; i < 5; i++)
             if (v4[i] >= 2 && v4[i] <= 16) m->col_chunk[i] = v4[i];
     }
-    if (env_buckets(col_mt, 4, v4))
-        for (int i = 0; i < 4; i++)
+    if (env_buckets(col_mt, values(col_mt), v4)) {
+        if (values(col_mt) == 4) v4[4] = v4[0]; /* (the wide products at 1-2 rows as the others) */
+        for (int i = 0; i < 5; i++)
             if (v4[i] == 1 || v4[i] == 2) m->col_mt[i] = v4[i];
+    }
     if (env_buckets(col_u, 4, v4))
         for (int i = 0; i < 4; i++)
             if (v4[i] == 1 || v4[i] == 2 || v4[i] == 4) m->col_u[i] = v4[i];

@@ -30,7 +30,8 @@
  * DSPARK_CUDA_MM_TC=0 and DSPARK_CUDA_MATMUL_REF=1 imply). The plain BF16 products (no folded
  * norm) run on k_matmul_col, x's pieces as columns: DSPARK_CUDA_COL=0 puts them on k_matmul_tc
  * (values change within float32 rounding), DSPARK_CUDA_COL_MT / DSPARK_CUDA_COL_U ("V" or
- * "V1,V3,V6,V9" by row bucket) set its 16-row tiles per block (1, 2) and k-steps per round
+ * "V1,V3,V6,V9" by row bucket; COL_MT's fifth value: 1-2 rows of a wide product reading its
+ * pieces from memory) set its 16-row tiles per block (1, 2) and k-steps per round
  * (1, 2, 4), DSPARK_CUDA_COL_CHUNK its rows of x per block (2..16; a fifth value: 6-8 rows of the narrow products), no value. matmul_norm
  * runs there too, from the pieces of norm * x (made by the matmul_add before it or by
  * k_norm_pieces), except the paired gate/up + swiglu: DSPARK_CUDA_NORM_PIECES=0 puts all of it
