@@ -244,23 +244,13 @@ static void block_ops(Drafter *d, DraftState *s, const void *arg) {
     const Qwen3Config *b = &c->base;
     const int B = c->block_size, D = b->hidden_size, H = b->n_heads, KV = b->n_kv_heads, hd = b->head_dim;
     be->embed(be, s->x, &d->embed, s->d_ids, B);
-    /* a backend that folds the norms and residual adds into the products (and fuses the q/k
-     * norms, rope and the KV write) runs the layers as the target's forward_layers_folded does:
-     * 6 ops a layer instead of 17 (the same values within rounding: backend.h) */
-    const bool fold = be->matmul_norm && be->matmul_add && be->qk_norm_rope_kv;
-    for (int l = 0; l < b->n_layers && fold; l++) {
-        const Qwen3Layer *L = &d->layers[l];
-        float *qkv[3] = {s->q, s->kbuf, s->vbuf}, *gu[2] = {s->gate, s->up};
-        const Weight *wqkv[3] = {&L->q_proj, &L->k_proj, &L->v_proj}, *wgu[2] = {&L->gate_proj, &L->up_proj};
-        be->matmul_norm(be, qkv, s->x, &L->input_norm, b->rms_norm_eps, wqkv, 3, B, 0, s->h);
-        /* block K/V past cache_len: attended now, never kept */
-        be->qk_norm_rope_kv(be, s->q, s->kbuf, s->vbuf, &L->q_norm, &L->k_norm, b->rms_norm_eps, &s->kv, l, s->d_slot, s->d_pos, B, H, KV,
-                            hd, b->rope_theta);
-        be->attention(be, s->att, s->q, &s->kv, l, s->d_slot, s->d_kvlen, B, H, KV, hd);
-        be->matmul_add(be, s->x, s->att, &L->o_proj, B, s->h, &L->post_norm);
-        be->matmul_norm(be, gu, s->x, &L->post_norm, b->rms_norm_eps, wgu, 2, B, 1, s->h); /* + swiglu into gate */
-        be->matmul_add(be, s->x, s->gate, &L->down_proj, B, s->h, l + 1 < b->n_layers ? &d->layers[l + 1].input_norm : NULL);
-    }
+    /* a backend that folds the norms and residual adds into the products runs the target's
+     * folded layer (6 ops a layer instead of 17; the same values within rounding: backend.h).
+     * The block's K/V go past cache_len: attended now, never kept. */
+    const bool fold = be->matmul_norm && be->matmul_add;
+    const Qwen3LayerIo io = {s->x, s->h, s->q, s->kbuf, s->vbuf, s->att, s->gate, s->up, &s->kv, s->d_slot, s->d_pos, s->d_kvlen};
+    for (int l = 0; l < b->n_layers && fold; l++)
+        qwen3_layer_folded(be, b, &d->layers[l], l, l + 1 < b->n_layers ? &d->layers[l + 1].input_norm : NULL, &io, B);
     for (int l = 0; l < b->n_layers && !fold; l++) {
         const Qwen3Layer *L = &d->layers[l];
         be->rmsnorm(be, s->h, s->x, &L->input_norm, B, D, b->rms_norm_eps);

@@ -270,22 +270,36 @@ static void keep_feature(Backend *be, Qwen3State *s, const Qwen3Batch *b, const 
 static bool folds(const Backend *be) { return be->matmul_norm && be->matmul_add; }
 
 /* q, k, v of layer l -> att: the q/k norms, rope, the KV write and attention */
-static void attention_block(Qwen3Model *m, Qwen3State *s, int l, int n) {
-    Backend *be = m->be;
-    const Qwen3Config *c = &m->cfg;
-    const Qwen3Layer *L = &m->layers[l];
+static void layer_attention(Backend *be, const Qwen3Config *c, const Qwen3Layer *L, int l, const Qwen3LayerIo *io, int n) {
     const int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
     const float eps = c->rms_norm_eps;
     if (be->qk_norm_rope_kv) {
-        be->qk_norm_rope_kv(be, s->q, s->k, s->v, &L->q_norm, &L->k_norm, eps, &s->kv, l, s->d_slot, s->d_pos, n, H, KV, hd, c->rope_theta);
+        be->qk_norm_rope_kv(be, io->q, io->k, io->v, &L->q_norm, &L->k_norm, eps, io->kv, l, io->slot, io->pos, n, H, KV, hd, c->rope_theta);
     } else {
-        be->rmsnorm(be, s->q, s->q, &L->q_norm, n * H, hd, eps);
-        be->rmsnorm(be, s->k, s->k, &L->k_norm, n * KV, hd, eps);
-        be->rope(be, s->q, s->d_pos, n, H, hd, c->rope_theta);
-        be->rope(be, s->k, s->d_pos, n, KV, hd, c->rope_theta);
-        be->kv_write(be, &s->kv, l, s->k, s->v, s->d_slot, s->d_pos, n);
+        be->rmsnorm(be, io->q, io->q, &L->q_norm, n * H, hd, eps);
+        be->rmsnorm(be, io->k, io->k, &L->k_norm, n * KV, hd, eps);
+        be->rope(be, io->q, io->pos, n, H, hd, c->rope_theta);
+        be->rope(be, io->k, io->pos, n, KV, hd, c->rope_theta);
+        be->kv_write(be, io->kv, l, io->k, io->v, io->slot, io->pos, n);
     }
-    be->attention(be, s->att, s->q, &s->kv, l, s->d_slot, s->d_kv_len, n, H, KV, hd);
+    be->attention(be, io->att, io->q, io->kv, l, io->slot, io->kv_len, n, H, KV, hd);
+}
+static Qwen3LayerIo state_io(Qwen3State *s) {
+    return (Qwen3LayerIo){s->x, s->h, s->q, s->k, s->v, s->att, s->gate, s->up, &s->kv, s->d_slot, s->d_pos, s->d_kv_len};
+}
+
+/* 6 ops; h is only the backend's scratch. The next_norm hints let the residual adds prepare
+ * the next matmul_norm's input (backend.h). */
+void qwen3_layer_folded(Backend *be, const Qwen3Config *c, const Qwen3Layer *L, int layer, const Weight *next_norm, const Qwen3LayerIo *io,
+                        int n) {
+    const float eps = c->rms_norm_eps;
+    float *qkv[3] = {io->q, io->k, io->v}, *gu[2] = {io->gate, io->up};
+    const Weight *wqkv[3] = {&L->q_proj, &L->k_proj, &L->v_proj}, *wgu[2] = {&L->gate_proj, &L->up_proj};
+    be->matmul_norm(be, qkv, io->x, &L->input_norm, eps, wqkv, 3, n, 0, io->h);
+    layer_attention(be, c, L, layer, io, n);
+    be->matmul_add(be, io->x, io->att, &L->o_proj, n, io->h, &L->post_norm);
+    be->matmul_norm(be, gu, io->x, &L->post_norm, eps, wgu, 2, n, 1, io->h); /* + swiglu into gate */
+    be->matmul_add(be, io->x, io->gate, &L->down_proj, n, io->h, next_norm);
 }
 
 /* after the layers: the final norm's features, the logit rows through the final norm and lm_head */
@@ -312,22 +326,13 @@ static void forward_head(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
 }
 
 /* the layers with the norms and residual adds folded into the products (matmul_norm,
- * matmul_add): x stays the residual stream, h is only the backend's scratch; 6 ops a layer */
+ * matmul_add): x stays the residual stream */
 static void forward_layers_folded(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
-    Backend *be = m->be;
     const Qwen3Config *c = &m->cfg;
-    const int n = b->n, d = c->hidden_size;
-    const float eps = c->rms_norm_eps;
+    const Qwen3LayerIo io = state_io(s);
     for (int l = 0; l < c->n_layers; l++) {
-        const Qwen3Layer *L = &m->layers[l];
-        float *qkv[3] = {s->q, s->k, s->v}, *gu[2] = {s->gate, s->up};
-        const Weight *wqkv[3] = {&L->q_proj, &L->k_proj, &L->v_proj}, *wgu[2] = {&L->gate_proj, &L->up_proj};
-        be->matmul_norm(be, qkv, s->x, &L->input_norm, eps, wqkv, 3, n, 0, s->h);
-        attention_block(m, s, l, n);
-        be->matmul_add(be, s->x, s->att, &L->o_proj, n, s->h, &L->post_norm);
-        be->matmul_norm(be, gu, s->x, &L->post_norm, eps, wgu, 2, n, 1, s->h); /* + swiglu into gate */
-        be->matmul_add(be, s->x, s->gate, &L->down_proj, n, s->h, l + 1 < c->n_layers ? &m->layers[l + 1].input_norm : NULL);
-        keep_feature(be, s, b, s->x, l, d);
+        qwen3_layer_folded(m->be, c, &m->layers[l], l, l + 1 < c->n_layers ? &m->layers[l + 1].input_norm : NULL, &io, b->n);
+        keep_feature(m->be, s, b, s->x, l, c->hidden_size);
     }
     forward_head(m, s, b);
 }
@@ -344,6 +349,7 @@ static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
         forward_layers_folded(m, s, b);
         return;
     }
+    const Qwen3LayerIo io = state_io(s);
     for (int l = 0; l < c->n_layers; l++) {
         const Qwen3Layer *L = &m->layers[l];
         /* with add_rmsnorm the previous layer's last add already normalised x into h */
@@ -357,7 +363,7 @@ static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
             be->matmul(be, s->k, s->h, &L->k_proj, n);
             be->matmul(be, s->v, s->h, &L->v_proj, n);
         }
-        attention_block(m, s, l, n);
+        layer_attention(be, c, L, l, &io, n);
         be->matmul(be, s->h, s->att, &L->o_proj, n);
         if (be->add_rmsnorm) {
             be->add_rmsnorm(be, s->x, s->h, s->h, &L->post_norm, n, d, eps);

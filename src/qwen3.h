@@ -43,6 +43,20 @@ typedef struct {
     Weight down_proj;                   /* [hidden][intermediate] */
 } Qwen3Layer;
 
+/* What one decoder layer reads and writes (backend memory): the residual stream x [n][hidden],
+ * scratch h [n][hidden], q/k/v/att/gate/up, and the KV cache at the rows' slots, positions and
+ * key counts. */
+typedef struct {
+    float *x, *h, *q, *k, *v, *att, *gate, *up;
+    KvCache *kv;
+    const int32_t *slot, *pos, *kv_len;
+} Qwen3LayerIo;
+/* Layer `layer` (weights L of config c) over n rows with the rmsnorms and residual adds folded
+ * into the products (backend.h's matmul_norm and matmul_add; be must have both): x += the
+ * layer. next_norm: the norm the next op applies to x (the next layer's input_norm), or NULL. */
+void qwen3_layer_folded(Backend *be, const Qwen3Config *c, const Qwen3Layer *L, int layer, const Weight *next_norm, const Qwen3LayerIo *io,
+                        int n);
+
 /* Claim one decoder layer's tensors named prefix + "self_attn.q_proj.weight" etc. */
 ds_status qwen3_layer_load(Qwen3Layer *l, StModel *st, const Qwen3Config *c, const char *prefix, Backend *be, char *err);
 void qwen3_layer_release(Qwen3Layer *l, Backend *be);

@@ -3,7 +3,8 @@
  * ids[24]) hidden, base logits, teacher-forced logits, confidence logits and the greedy draft;
  * round 2 through the real cache path (round 1, crop to 24, append the features of 24..26,
  * draft at 27). Plus loader errors: a missing tensor, a wrong shape, a mismatched target; and
- * the drafter's step-graph brackets on emulated graph hooks (bitwise the plain CPU backend).
+ * the drafter's step-graph brackets on emulated graph hooks (bitwise the plain CPU backend); the
+ * folded layers (target and drafters) on an emulated folding CPU backend (bitwise the plain path).
  * ctest: labels=unit;ref */
 #include "drafter.h"
 #include "safetensors.h"
@@ -294,6 +295,101 @@ static void test_graph_brackets(void) {
     for (int i = 0; i < 4; i++) graph_case(heads[i]);
 }
 
+/* ---- the folded layers on the CPU ----
+ * A copy of the CPU backend whose matmul_norm and matmul_add are made of its own ops (rmsnorm
+ * into tmp then the products, and swiglu; the product into tmp then add): the target's and the
+ * drafters' folded layers (qwen3_layer_folded, which only the GPU runs otherwise) must give
+ * bitwise the plain path's logits, features, hidden states and slot logits. Must fail: the
+ * fold with a wrong eps. */
+static float g_fold_eps_scale = 1.0f;
+static void fold_matmul_norm(Backend *be, float *const *outs, const float *x, const Weight *norm, float eps, const Weight *const *ws, int count,
+                             int n, int act, float *tmp) {
+    be->rmsnorm(be, tmp, x, norm, n, ws[0]->cols, eps * g_fold_eps_scale);
+    for (int j = 0; j < count; j++) be->matmul(be, outs[j], tmp, ws[j], n);
+    if (act == 1) be->swiglu(be, outs[0], outs[0], outs[1], (size_t)n * ws[0]->rows);
+}
+static void fold_matmul_add(Backend *be, float *out, const float *x, const Weight *w, int n, float *tmp, const Weight *next_norm) {
+    (void)next_norm; /* (a hint) */
+    be->matmul(be, tmp, x, w, n);
+    be->add(be, out, tmp, (size_t)n * w->rows);
+}
+
+/* the target over ids[:P] on be: the last row's logits, then the features of layers 0, 1 and
+ * the final norm (host memory, malloc'd) */
+static float *target_outputs(Backend *be, size_t *count) {
+    char err[DS_ERR_LEN];
+    const int layers[3] = {0, 1, QWEN3_FINAL_NORM}, V = g_target.cfg.vocab_size, D = g_target.cfg.hidden_size;
+    Backend *was = g_target.be;
+    g_target.be = be;
+    Qwen3State st;
+    CHECK_OK(qwen3_state_init(&st, &g_target, P, 1, 3, 1, 64, err), err);
+    int32_t pos[P], row = P - 1;
+    for (int i = 0; i < P; i++) pos[i] = i;
+    Qwen3Batch b = {.n = P, .tokens = g_ids, .pos = pos, .logit_rows = &row, .n_logits = 1, .feature_layers = layers, .n_feature_layers = 3};
+    CHECK_OK(qwen3_forward(&g_target, &st, &b, err), err);
+    *count = (size_t)V + (size_t)P * 3 * D;
+    float *o = malloc(sizeof(float) * *count);
+    memcpy(o, st.logits_host, sizeof(float) * V);
+    memcpy(o + V, st.features, sizeof(float) * (size_t)P * 3 * D);
+    qwen3_state_free(&st, &g_target);
+    g_target.be = was;
+    return o;
+}
+
+/* a drafter's block at P and its slots' logits on be (hidden, base logits, slot logits) */
+static float *drafter_outputs(Drafter *d, Backend *be, const float *feat, size_t *count) {
+    char err[DS_ERR_LEN];
+    const int B = d->cfg.block_size, D = d->cfg.base.hidden_size, V = d->cfg.base.vocab_size;
+    d->be = be;
+    DraftState st;
+    CHECK_OK(draft_state_init(&st, d, 64, 16, err), err);
+    CHECK_OK(drafter_append_context(d, &st, feat, P, 0, err), err);
+    CHECK_OK(drafter_block(d, &st, g_ids[P], P, err), err);
+    *count = (size_t)B * (D + 2 * (size_t)V);
+    float *o = calloc(*count, sizeof(float)), *bl = o + (size_t)B * D, *lg = bl + (size_t)B * V;
+    float conf;
+    for (int j = 0; j < B; j++) {
+        CHECK_OK(drafter_head(d, &st, j, g_ids[P + j], &conf, err), err);
+        memcpy(lg + (size_t)j * V, st.logits_host, sizeof(float) * V);
+    }
+    memcpy(o, st.hidden, sizeof(float) * (size_t)B * D);
+    memcpy(bl, st.base_logits, sizeof(float) * (size_t)st.logits_ready * V);
+    draft_state_free(&st, d);
+    d->be = g_be;
+    return o;
+}
+
+static void test_folded_layers(void) {
+    Backend fold = *g_be;
+    fold.matmul_norm = fold_matmul_norm;
+    fold.matmul_add = fold_matmul_add;
+    size_t n0, n1;
+    float *plain = target_outputs(g_be, &n0), *folded = target_outputs(&fold, &n1);
+    CHECK_MSG(n0 == n1 && memcmp(plain, folded, sizeof(float) * n0) == 0, "target: the folded layers differ from the plain path");
+    g_fold_eps_scale = 100.0f; /* must fail */
+    float *wrong = target_outputs(&fold, &n1);
+    g_fold_eps_scale = 1.0f;
+    CHECK_MSG(memcmp(plain, wrong, sizeof(float) * n0) != 0, "target: the fold with a wrong eps was not caught");
+    free(plain); free(folded); free(wrong);
+    const char *heads[] = {"vanilla", "gated", "rnn", "dflash"};
+    int same = 0;
+    for (int h = 0; h < 4; h++) {
+        char err[DS_ERR_LEN], dir[128];
+        snprintf(dir, sizeof dir, "tiny-qwen3/draft-%s", heads[h]);
+        Drafter d;
+        CHECK_OK(drafter_load(&d, test_data(dir), &g_target, g_be, err), err);
+        if (!d.layers) continue;
+        float *feat = target_features(&d, P);
+        float *a = drafter_outputs(&d, g_be, feat, &n0), *b = drafter_outputs(&d, &fold, feat, &n1);
+        const bool eq = n0 == n1 && memcmp(a, b, sizeof(float) * n0) == 0;
+        CHECK_MSG(eq, "%s: the drafter's folded layers differ from the plain path", heads[h]);
+        same += eq;
+        free(a); free(b); free(feat);
+        drafter_free(&d);
+    }
+    printf("  folded layers on the CPU: the target and %d of 4 drafters bitwise the plain path; a wrong eps caught\n", same);
+}
+
 int main(void) {
     char err[DS_ERR_LEN];
     g_be = backend_cpu_create(0);
@@ -308,6 +404,7 @@ int main(void) {
     RUN(test_dflash);
     RUN(test_load_errors);
     RUN(test_graph_brackets);
+    RUN(test_folded_layers);
     qwen3_free(&g_target);
     g_be->destroy(g_be);
     return test_summary();
