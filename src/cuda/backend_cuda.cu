@@ -882,7 +882,7 @@ static void cu_matmul_add(Backend *be, float *out, const float *x, const Weight 
     mm.add = 1;
     const int O = w->rows;
     if (next_norm && c->mm.np && next_norm->dtype == DS_BF16 && (size_t)next_norm->rows * next_norm->cols == (size_t)O && O % 16 == 0 &&
-        ((uintptr_t)out & 15) == 0 && (mm.np_out = xp_buffer(c, n, O)) != NULL) {
+        (mm.np_out = xp_buffer(c, n, O)) != NULL) {
         mm.np_norm = next_norm->dev;
         mm.ss_out = np_squares(c);
     }

@@ -488,21 +488,21 @@ static void cs_sample_probs(Backend *be, float *probs, const float *logits, int 
     const size_t stride = pow2_at_least(vocab); /* (ws: 8 bytes a value a row; the partials take 12 a chunk) */
     unsigned long long *w = (unsigned long long *)ws;
     const dim3 grid((unsigned)nb, (unsigned)n);
-    if (greedy && nb > 1 && nb <= SP_MAX_CHUNKS && n <= 65535) { /* the multi-block one-hot */
+    const bool many = nb > 1 && nb <= SP_MAX_CHUNKS && n <= 65535; /* one block per chunk */
+    if (greedy && many) { /* the multi-block one-hot */
         k_sp_argmax<<<grid, NT, 0, stream_of(be)>>>(logits, vocab, w, stride);
         k_sp_onehot<<<grid, NT, 0, stream_of(be)>>>(probs, vocab, w, stride);
         sc_check("sample_probs");
         return;
     }
-    if (plain && nb > 1 && nb <= SP_MAX_CHUNKS && n <= 65535) { /* the multi-block softmax */
+    if (plain && many) { /* the multi-block softmax */
         k_sp_max<<<grid, NT, 0, stream_of(be)>>>(logits, vocab, w, stride);
         k_sp_exp<<<grid, NT, 0, stream_of(be)>>>(probs, logits, vocab, temperature, w, stride);
         k_sp_scale<<<grid, NT, 0, stream_of(be)>>>(probs, vocab, w, stride);
         sc_check("sample_probs");
         return;
     }
-    k_sample_probs<<<n, NT, 0, stream_of(be)>>>(probs, logits, vocab, temperature, top_k, top_p, (unsigned long long *)ws,
-                                                pow2_at_least(vocab));
+    k_sample_probs<<<n, NT, 0, stream_of(be)>>>(probs, logits, vocab, temperature, top_k, top_p, w, stride);
     sc_check("sample_probs");
 }
 
