@@ -247,27 +247,28 @@ static void block_ops(Drafter *d, DraftState *s, const void *arg) {
     /* a backend that folds the norms and residual adds into the products runs the target's
      * folded layer (6 ops a layer instead of 17; the same values within rounding: backend.h).
      * The block's K/V go past cache_len: attended now, never kept. */
-    const bool fold = be->matmul_norm && be->matmul_add;
     const Qwen3LayerIo io = {s->x, s->h, s->q, s->kbuf, s->vbuf, s->att, s->gate, s->up, &s->kv, s->d_slot, s->d_pos, s->d_kvlen};
-    for (int l = 0; l < b->n_layers && fold; l++)
-        qwen3_layer_folded(be, b, &d->layers[l], l, l + 1 < b->n_layers ? &d->layers[l + 1].input_norm : NULL, &io, B);
-    for (int l = 0; l < b->n_layers && !fold; l++) {
-        const Qwen3Layer *L = &d->layers[l];
-        be->rmsnorm(be, s->h, s->x, &L->input_norm, B, D, b->rms_norm_eps);
-        be->matmul(be, s->q, s->h, &L->q_proj, B);
-        be->rmsnorm(be, s->q, s->q, &L->q_norm, B * H, hd, b->rms_norm_eps);
-        be->rope(be, s->q, s->d_pos, B, H, hd, b->rope_theta);
-        write_kv(d, s, l, s->h, B); /* block K/V past cache_len: attended now, never kept */
-        be->attention(be, s->att, s->q, &s->kv, l, s->d_slot, s->d_kvlen, B, H, KV, hd);
-        be->matmul(be, s->h, s->att, &L->o_proj, B);
-        be->add(be, s->x, s->h, (size_t)B * D);
-        be->rmsnorm(be, s->h, s->x, &L->post_norm, B, D, b->rms_norm_eps);
-        be->matmul(be, s->gate, s->h, &L->gate_proj, B);
-        be->matmul(be, s->up, s->h, &L->up_proj, B);
-        be->swiglu(be, s->gate, s->gate, s->up, (size_t)B * b->intermediate_size);
-        be->matmul(be, s->h, s->gate, &L->down_proj, B);
-        be->add(be, s->x, s->h, (size_t)B * D);
-    }
+    if (qwen3_folds(be))
+        for (int l = 0; l < b->n_layers; l++)
+            qwen3_layer_folded(be, b, &d->layers[l], l, l + 1 < b->n_layers ? &d->layers[l + 1].input_norm : NULL, &io, B);
+    else
+        for (int l = 0; l < b->n_layers; l++) {
+            const Qwen3Layer *L = &d->layers[l];
+            be->rmsnorm(be, s->h, s->x, &L->input_norm, B, D, b->rms_norm_eps);
+            be->matmul(be, s->q, s->h, &L->q_proj, B);
+            be->rmsnorm(be, s->q, s->q, &L->q_norm, B * H, hd, b->rms_norm_eps);
+            be->rope(be, s->q, s->d_pos, B, H, hd, b->rope_theta);
+            write_kv(d, s, l, s->h, B); /* block K/V past cache_len: attended now, never kept */
+            be->attention(be, s->att, s->q, &s->kv, l, s->d_slot, s->d_kvlen, B, H, KV, hd);
+            be->matmul(be, s->h, s->att, &L->o_proj, B);
+            be->add(be, s->x, s->h, (size_t)B * D);
+            be->rmsnorm(be, s->h, s->x, &L->post_norm, B, D, b->rms_norm_eps);
+            be->matmul(be, s->gate, s->h, &L->gate_proj, B);
+            be->matmul(be, s->up, s->h, &L->up_proj, B);
+            be->swiglu(be, s->gate, s->gate, s->up, (size_t)B * b->intermediate_size);
+            be->matmul(be, s->h, s->gate, &L->down_proj, B);
+            be->add(be, s->x, s->h, (size_t)B * D);
+        }
     be->rmsnorm(be, s->hidden, s->x, &d->norm, B, D, b->rms_norm_eps);
     be->matmul(be, s->base_logits, s->hidden, &d->lm_head, s->logits_ready);
     /* the RNN state starts at 0 in every block (s->zeros is never written) */

@@ -266,9 +266,6 @@ static void keep_feature(Backend *be, Qwen3State *s, const Qwen3Batch *b, const 
             be->gather_rows(be, s->features + (size_t)f * dim, b->n_feature_layers * dim, src, dim, NULL, b->n, dim);
 }
 
-/* the backend folds the norms and residual adds into its products (backend.h: both or neither) */
-static bool folds(const Backend *be) { return be->matmul_norm && be->matmul_add; }
-
 /* q, k, v of layer l -> att: the q/k norms, rope, the KV write and attention */
 static void layer_attention(Backend *be, const Qwen3Config *c, const Qwen3Layer *L, int l, const Qwen3LayerIo *io, int n) {
     const int H = c->n_heads, KV = c->n_kv_heads, hd = c->head_dim;
@@ -315,7 +312,7 @@ static void forward_head(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
     }
     if (!b->n_logits) return;
     be->gather_rows(be, s->rows_tmp, d, s->x, d, s->d_rows, b->n_logits, d);
-    if (folds(be)) {
+    if (qwen3_folds(be)) {
         const Weight *ws[1] = {&m->lm_head};
         float *outs[1] = {s->logits};
         be->matmul_norm(be, outs, s->rows_tmp, &m->final_norm, eps, ws, 1, b->n_logits, 0, s->rows_tmp);
@@ -345,7 +342,7 @@ static void forward_ops(Qwen3Model *m, Qwen3State *s, const Qwen3Batch *b) {
     be->embed(be, s->x, &m->embed, s->d_tokens, n);
     keep_feature(be, s, b, s->x, -1, d);
     const float eps = c->rms_norm_eps;
-    if (folds(be)) {
+    if (qwen3_folds(be)) {
         forward_layers_folded(m, s, b);
         return;
     }

@@ -51,9 +51,12 @@ typedef struct {
     KvCache *kv;
     const int32_t *slot, *pos, *kv_len;
 } Qwen3LayerIo;
+/* whether be folds the rmsnorms and residual adds into the products (backend.h's matmul_norm
+ * and matmul_add): then a model's layers run qwen3_layer_folded */
+static inline bool qwen3_folds(const Backend *be) { return be->matmul_norm && be->matmul_add; }
 /* Layer `layer` (weights L of config c) over n rows with the rmsnorms and residual adds folded
- * into the products (backend.h's matmul_norm and matmul_add; be must have both): x += the
- * layer. next_norm: the norm the next op applies to x (the next layer's input_norm), or NULL. */
+ * into the products (be must fold: qwen3_folds): x += the layer. next_norm: the norm the next
+ * op applies to x (the next layer's input_norm), or NULL. */
 void qwen3_layer_folded(Backend *be, const Qwen3Config *c, const Qwen3Layer *L, int layer, const Weight *next_norm, const Qwen3LayerIo *io,
                         int n);
 
