@@ -768,6 +768,82 @@ static void test_norm_pieces(void) {
     norm_pieces_on(all, "DSPARK_CUDA_NORM_PIECES=1");
     all->destroy(all);
 }
+
+/* The column kernel's instances that hold only their store's steps (DSPARK_CUDA_COL_EPI=1)
+ * give the generic instance's bits: a layer's calls (matmul_add with the next norm's pieces,
+ * o_proj-like; matmul_norm of two products from them, q/k/v-like, and the paired gate/up with
+ * NORM_PIECES=1) on both, every output compared. Must fail: a wrong eps on one side. */
+static void test_col_epi(void) {
+    if (!g_gpu->matmul_norm || !g_gpu->matmul_add) return;
+    const int K = 2560, F = 2080, ns[] = {1, 2, 3, 5, 6, 8, 9};
+    const int rows[3] = {K, F, F}, cols[3] = {F, K, K};
+    float *a = rand_f32((size_t)16 * F, 1.0f), *res = rand_f32((size_t)16 * K, 1.0f), *wf[3], *nf = rand_f32((size_t)K, 1.0f);
+    void *wh[3], *nh = to_dtype(nf, (size_t)K, DS_BF16);
+    for (int j = 0; j < 3; j++) {
+        wf[j] = rand_f32((size_t)rows[j] * cols[j], 1.0f / sqrtf((float)cols[j]));
+        wh[j] = to_dtype(wf[j], (size_t)rows[j] * cols[j], DS_BF16);
+    }
+    float *da = dev_from(a, sizeof(float) * 16 * F), *dres = g_gpu->alloc(g_gpu, sizeof(float) * 16 * K);
+    float *tmp = g_gpu->alloc(g_gpu, sizeof(float) * 16 * K), *d1 = g_gpu->alloc(g_gpu, sizeof(float) * 16 * F),
+          *d2 = g_gpu->alloc(g_gpu, sizeof(float) * 16 * F);
+    int bad = 0, cases = 0, caught = 0;
+    for (int np1 = 0; np1 < 2; np1++) {
+        Backend *bes[2] = {np1 ? gpu_with_env("DSPARK_CUDA_NORM_PIECES", "1", NULL, NULL) : g_gpu,
+                           gpu_with_env("DSPARK_CUDA_COL_EPI", "1", np1 ? "DSPARK_CUDA_NORM_PIECES" : NULL, "1")};
+        if (!bes[0] || !bes[1]) return;
+        Weight gw[2][3], gn[2];
+        for (int b = 0; b < 2; b++) {
+            for (int j = 0; j < 3; j++) {
+                Weight cw = weight_view(wh[j], DS_BF16, rows[j], cols[j]);
+                gw[b][j] = upload_on(bes[b], &cw);
+            }
+            Weight cn = weight_view(nh, DS_BF16, 1, K);
+            gn[b] = upload_on(bes[b], &cn);
+        }
+        g_gpu->synchronize(g_gpu);
+        for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++)
+            for (int act = 0; act < 2; act++)
+                for (int wrong = 0; wrong < 2; wrong++) { /* wrong: the second side's eps differs (must be caught) */
+                    const int n = ns[c];
+                    float *got[2][3];
+                    for (int b = 0; b < 2; b++) {
+                        Backend *be = bes[b];
+                        be->to_device(be, dres, res, sizeof(float) * n * K);
+                        be->matmul_add(be, dres, da, &gw[b][0], n, tmp, &gn[b]);
+                        float *outs[2] = {d1, d2};
+                        const Weight *ws[2] = {&gw[b][1], &gw[b][2]};
+                        be->matmul_norm(be, outs, dres, &gn[b], b && wrong ? 2e-6f : 1e-6f, ws, 2, n, act, tmp);
+                        be->synchronize(be);
+                        got[b][0] = host_from(dres, (size_t)n * K);
+                        got[b][1] = host_from(d1, (size_t)n * F);
+                        got[b][2] = host_from(d2, (size_t)n * F);
+                    }
+                    const bool same = !memcmp(got[0][0], got[1][0], sizeof(float) * n * K) && !memcmp(got[0][1], got[1][1], sizeof(float) * n * F) &&
+                                      !memcmp(got[0][2], got[1][2], sizeof(float) * n * F);
+                    if (wrong) caught += !same;
+                    else {
+                        cases++;
+                        if (!same && bad++ < 3) CHECK_MSG(0, "COL_EPI n %d act %d NORM_PIECES %d: not bitwise the generic instance", n, act, np1);
+                    }
+                    for (int b = 0; b < 2; b++)
+                        for (int q = 0; q < 3; q++) free(got[b][q]);
+                }
+        for (int b = 0; b < 2; b++) {
+            for (int j = 0; j < 3; j++) bes[b]->release_weight(bes[b], &gw[b][j]);
+            bes[b]->release_weight(bes[b], &gn[b]);
+        }
+        if (bes[0] != g_gpu) bes[0]->destroy(bes[0]);
+        bes[1]->destroy(bes[1]);
+    }
+    CHECK_MSG(bad == 0, "COL_EPI: %d of %d layer call sequences not bitwise the generic instance", bad, cases);
+    CHECK_MSG(caught == cases, "COL_EPI: a wrong eps caught in %d of %d (must be all)", caught, cases);
+    printf("  column kernel, store-specialised instances: %d of %d layer call sequences bitwise the generic instance; a wrong eps caught in "
+           "%d of %d\n", cases - bad, cases, caught, cases);
+    void *dev[] = {da, dres, tmp, d1, d2};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
+    for (int j = 0; j < 3; j++) { free(wf[j]); free(wh[j]); }
+    free(a); free(res); free(nf); free(nh);
+}
 #endif
 
 static void test_rmsnorm(void) {
@@ -1596,6 +1672,7 @@ int main(void) {
 #ifdef DSPARK_HAVE_CUDA
     RUN_IF(test_matmul_pieces);
     RUN_IF(test_norm_pieces);
+    RUN_IF(test_col_epi);
 #endif
     RUN_IF(test_rmsnorm);
     RUN_IF(test_rope);

@@ -139,6 +139,7 @@ typedef struct {
     bool np_act;   /* and the paired gate/up + swiglu store too (DSPARK_CUDA_NORM_PIECES=1; off by default) */
     int col_mt[5], col_u[4]; /* its 16-row tiles per block and k-steps per round by row bucket 1-2, 3-5, 6-8, 9-64 (DSPARK_CUDA_COL_MT, _U);
                               * col_mt[4]: 1-2 rows of a wide product (>= 4096 weight rows) with its pieces from memory */
+    bool col_epi;            /* its instances with only their store's steps (DSPARK_CUDA_COL_EPI=1) */
     int col_chunk[5];        /* its rows of x per block by the same buckets of min(n, 16), and [4]: 6-8 rows of a narrow
                               * product (< 4096 weight rows in all) (DSPARK_CUDA_COL_CHUNK; 2..16) */
     uint4 *xp_buf[2]; /* x's pieces for k_matmul_col: what an op made (CudaImpl's xp_p) or k_split_x writes; two,
@@ -563,6 +564,24 @@ static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const flo
         xp = to;
     }
     const unsigned grid = (unsigned)(G * chunks);
+    /* instances with only their store's code, for the steps of the model's calls at 1-2 and
+     * 6-8 rows (DSPARK_CUDA_COL_EPI=1; the same arithmetic as the generic instance) */
+    if (cfg->col_epi && xp) {
+        const int epi = col_epi_of(mm.ss_in != NULL, mm.add != 0, mm.np_out != NULL, mm.act != 0, mm.xp_out != NULL);
+        constexpr int ADD_NP = COL_ADD | COL_NP, SW = COL_SS | COL_SW | COL_XPO;
+#define COL_EPI(NC, U, MT, E) \
+    do { \
+        launch(st, cfg->pdl, k_matmul_col<NC, U, true, MT, E>, grid, 256, 0, mm, x, xp, n, K, cr); \
+        return; \
+    } while (0)
+        if (b == 0 && mt == 2 && epi == COL_SS) COL_EPI(1, 4, 2, COL_SS);       /* q/k/v, lm_head */
+        if (b == 0 && mt == 2 && epi == SW) COL_EPI(1, 4, 2, SW);               /* gate/up (NORM_PIECES=1) */
+        if (b == 0 && mt == 1 && epi == ADD_NP) COL_EPI(1, 4, 1, ADD_NP);       /* o_proj, down_proj */
+        if (b == 1 && mt == 1 && u == 2 && epi == ADD_NP) COL_EPI(2, 2, 1, ADD_NP); /* their 4-row chunks at 6-8 rows */
+        if (b == 2 && mt == 2 && u == 2 && epi == COL_SS) COL_EPI(3, 2, 2, COL_SS);
+        if (b == 2 && mt == 2 && u == 2 && epi == SW) COL_EPI(3, 2, 2, SW);
+#undef COL_EPI
+    }
 #define COL_MT(NC, U, MT) \
     do { \
         if (xp) launch(st, cfg->pdl, k_matmul_col<NC, U, true, MT>, grid, 256, 0, mm, x, xp, n, K, cr); \
@@ -1277,7 +1296,8 @@ static bool env_buckets(const char *s, int nb, int *v) {
  * 16-row tiles per block (1, 2) and k-steps per round (1, 2, 4) by row bucket 1-2, 3-5, 6-8,
  * 9-64 (COL_MT: a fifth value for 1-2 rows of a wide product with its pieces from memory); DSPARK_CUDA_COL_CHUNK: rows of x per block (2..16) by the bucket of min(n, 16), and a
  * fifth value for 6-8 rows of a narrow product (< 4096 weight rows; 4 values: as the others) (no
- * value changes). DSPARK_CUDA_NORM_PIECES=0: matmul_norm on k_matmul_tc's NORM (and
+ * value changes); DSPARK_CUDA_COL_EPI=1: its calls at 1-2 and 6-8 rows on instances that hold
+ * only their store's steps (less code a launch; no value changes). DSPARK_CUDA_NORM_PIECES=0: matmul_norm on k_matmul_tc's NORM (and
  * k_norm_prep), not k_matmul_col from norm pieces (other bits: before/after); =1: the paired
  * gate/up + swiglu too (by default it stays on NORM; other bits). */
 static void mm_tc_config(MmCfg *m) {
@@ -1329,6 +1349,8 @@ static void mm_tc_config(MmCfg *m) {
         for (int i = 0; i < 5; i++)
             if (v4[i] == 1 || v4[i] == 2) m->col_mt[i] = v4[i];
     }
+    const char *col_epi = getenv("DSPARK_CUDA_COL_EPI");
+    m->col_epi = col_epi && !strcmp(col_epi, "1");
     if (env_buckets(col_u, 4, v4))
         for (int i = 0; i < 4; i++)
             if (v4[i] == 1 || v4[i] == 2 || v4[i] == 4) m->col_u[i] = v4[i];

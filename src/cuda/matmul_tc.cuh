@@ -430,16 +430,29 @@ __global__ void __launch_bounds__(256) k_norm_pieces(uint16_t *xp, float *ss, co
     if (o == 0) ss[(size_t)i * (K / 16) + tt] = q;
 }
 
+/* the store's steps of a k_matmul_col instance (EPI): each a flag of mm, fixed at compile
+ * time so an instance holds only the code its calls run (COL_GENERIC: every step, by mm's
+ * fields at run time). The code a block runs once at its end is most of a kernel's (the
+ * 1-row instances: 6 KB of loop, 9-15 KB of store), and every launch fetches it anew */
+enum { COL_SS = 1, COL_ADD = 2, COL_NP = 4, COL_SW = 8, COL_XPO = 16, COL_GENERIC = -1 };
+__host__ __device__ constexpr int col_epi_of(bool ss, bool add, bool np, bool sw, bool xpo) {
+    return (ss ? COL_SS : 0) | (add ? COL_ADD : 0) | (np ? COL_NP : 0) | (sw ? COL_SW : 0) | (xpo ? COL_XPO : 0);
+}
+
 /* NC tiles of 8 columns (a chunk of up to 8 NC / 3 rows), U k-steps in flight per warp, MT
  * 16-row weight tiles per block (2: x's loads serve twice the weights). With mm.act (MT 2) the
  * two tiles are the same 16 rows of gate (w[0]) and up (w[1]), stored as tc_store_swiglu does
- * (out[1] = up, out[0] = silu(gate) * up). A tile's values are those of its product alone. */
-template <int NC, int U, bool XP, int MT>
+ * (out[1] = up, out[0] = silu(gate) * up). A tile's values are those of its product alone.
+ * EPI: the store's steps (above; the launch passes an mm that has exactly these). */
+template <int NC, int U, bool XP, int MT, int EPI = COL_GENERIC>
 __global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, const uint4 *xp, int n, int K, int cr) {
+    constexpr bool GEN = EPI == COL_GENERIC;
     __shared__ float sums[TC_WARPS][16][8 * NC + 1]; /* (+1: the lanes' stores spread over banks) */
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int chunks = (n + cr - 1) / cr, i0 = cr * (int)(blockIdx.x % chunks), nr = n - i0 < cr ? n - i0 : cr; /* (cr <= 16) */
-    const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
+    const bool sw = MT == 2 && (GEN ? mm.act != 0 : (EPI & COL_SW) != 0); /* gate and up tiles paired */
+    const bool has_ss = GEN ? mm.ss_in != NULL : (EPI & COL_SS) != 0, has_add = GEN ? mm.add != 0 : (EPI & COL_ADD) != 0;
+    const bool has_np = GEN ? mm.np_out != NULL : (EPI & COL_NP) != 0, has_xpo = GEN ? mm.xp_out != NULL : (EPI & COL_XPO) != 0;
     const MmSeg sg = tc_segment<MT>(mm, sw, blockIdx.x / chunks);
     const bool tiled = mm.layout == WL_TILES;
     const int kstep = tiled ? 64 : 4, KS = K / 32;
@@ -535,7 +548,7 @@ __global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, 
     }
     if (i >= nr) return; /* (a half-warp: one row i) */
     const unsigned half = 0xffffu << (threadIdx.x & 16);
-    if (mm.ss_in) { /* norm pieces: the sums of nw * x scaled by the row's 1 / rms */
+    if (has_ss) { /* norm pieces: the sums of nw * x scaled by the row's 1 / rms */
         const float rs = np_rscale(mm.ss_in + (size_t)(i0 + i) * (K / 16), K, mm.eps, o, half);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) y[mt] = y[mt] * rs;
@@ -546,21 +559,21 @@ __global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, 
         const float a = silu_mul(y[0], y[MT - 1]);
         mm.out[1][off] = y[MT - 1];
         mm.out[0][off] = a;
-        if (mm.xp_out) xp_store(mm.xp_out, i0 + i, r, sg.O, a); /* down_proj's pieces */
-        return;
-    }
+        if (has_xpo) xp_store(mm.xp_out, i0 + i, r, sg.O, a); /* down_proj's pieces */
+    } else {
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-        const int rm = r + 16 * mt;
-        if (rm >= sg.O) break;
-        const size_t off = (size_t)(i0 + i) * sg.O + rm;
-        float v = y[mt];
-        if (mm.add) v = sg.out[off] + v;
-        sg.out[off] = v;
-        if (mm.np_out) { /* the next matmul_norm's pieces and tile squares (O % 16 == 0: the break is the half-warp's) */
-            xp_store(mm.np_out, i0 + i, rm, sg.O, bf16_bits(((const uint16_t *)mm.np_norm)[rm]) * v);
-            const float q = np_tile_sum(v * v, half);
-            if (o == 0) mm.ss_out[(size_t)(i0 + i) * (sg.O / 16) + rm / 16] = q;
+        for (int mt = 0; mt < MT; mt++) {
+            const int rm = r + 16 * mt;
+            if (rm >= sg.O) break;
+            const size_t off = (size_t)(i0 + i) * sg.O + rm;
+            float v = y[mt];
+            if (has_add) v = sg.out[off] + v;
+            sg.out[off] = v;
+            if (has_np) { /* the next matmul_norm's pieces and tile squares (O % 16 == 0: the break is the half-warp's) */
+                xp_store(mm.np_out, i0 + i, rm, sg.O, bf16_bits(((const uint16_t *)mm.np_norm)[rm]) * v);
+                const float q = np_tile_sum(v * v, half);
+                if (o == 0) mm.ss_out[(size_t)(i0 + i) * (sg.O / 16) + rm / 16] = q;
+            }
         }
     }
 }
