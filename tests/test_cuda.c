@@ -771,8 +771,10 @@ static void test_norm_pieces(void) {
 
 /* The column kernel's instances that hold only their store's steps (DSPARK_CUDA_COL_EPI=1)
  * give the generic instance's bits: a layer's calls (matmul_add with the next norm's pieces,
- * o_proj-like; matmul_norm of two products from them, q/k/v-like, and the paired gate/up with
- * NORM_PIECES=1) on both, every output compared. Must fail: a wrong eps on one side. */
+ * o_proj- and down_proj-like, the second reading the pieces the paired gate/up store made;
+ * matmul_norm of two products from norm pieces, q/k/v-like, and of the paired gate/up) at 1-9
+ * rows on both, with and without NORM_PIECES=1, the outputs compared. Must fail: a wrong eps
+ * on one side. */
 static void test_col_epi(void) {
     if (!g_gpu->matmul_norm || !g_gpu->matmul_add) return;
     const int K = 2560, F = 2080, ns[] = {1, 2, 3, 5, 6, 8, 9};
@@ -802,32 +804,37 @@ static void test_col_epi(void) {
         }
         g_gpu->synchronize(g_gpu);
         for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++)
-            for (int act = 0; act < 2; act++)
-                for (int wrong = 0; wrong < 2; wrong++) { /* wrong: the second side's eps differs (must be caught) */
-                    const int n = ns[c];
-                    float *got[2][3];
-                    for (int b = 0; b < 2; b++) {
-                        Backend *be = bes[b];
-                        be->to_device(be, dres, res, sizeof(float) * n * K);
-                        be->matmul_add(be, dres, da, &gw[b][0], n, tmp, &gn[b]);
-                        float *outs[2] = {d1, d2};
-                        const Weight *ws[2] = {&gw[b][1], &gw[b][2]};
-                        be->matmul_norm(be, outs, dres, &gn[b], b && wrong ? 2e-6f : 1e-6f, ws, 2, n, act, tmp);
-                        be->synchronize(be);
-                        got[b][0] = host_from(dres, (size_t)n * K);
-                        got[b][1] = host_from(d1, (size_t)n * F);
-                        got[b][2] = host_from(d2, (size_t)n * F);
-                    }
-                    const bool same = !memcmp(got[0][0], got[1][0], sizeof(float) * n * K) && !memcmp(got[0][1], got[1][1], sizeof(float) * n * F) &&
-                                      !memcmp(got[0][2], got[1][2], sizeof(float) * n * F);
-                    if (wrong) caught += !same;
-                    else {
-                        cases++;
-                        if (!same && bad++ < 3) CHECK_MSG(0, "COL_EPI n %d act %d NORM_PIECES %d: not bitwise the generic instance", n, act, np1);
-                    }
-                    for (int b = 0; b < 2; b++)
-                        for (int q = 0; q < 3; q++) free(got[b][q]);
+            for (int wrong = 0; wrong < 2; wrong++) { /* wrong: the second side's eps differs (must be caught) */
+                const int n = ns[c];
+                float *got[2][3];
+                for (int b = 0; b < 2; b++) {
+                    /* a layer's tail and the next one's head: o_proj-like add (the next norm's pieces
+                     * made), the paired gate/up from them (down_proj's pieces made), down_proj-like
+                     * add of that (W0's shape again), then q/k/v-like products of the new residual */
+                    Backend *be = bes[b];
+                    const float eps = b && wrong ? 2e-6f : 1e-6f;
+                    float *outs[2] = {d1, d2};
+                    const Weight *ws[2] = {&gw[b][1], &gw[b][2]};
+                    be->to_device(be, dres, res, sizeof(float) * n * K);
+                    be->matmul_add(be, dres, da, &gw[b][0], n, tmp, &gn[b]);
+                    be->matmul_norm(be, outs, dres, &gn[b], eps, ws, 2, n, 1, tmp);
+                    be->matmul_add(be, dres, d1, &gw[b][0], n, tmp, &gn[b]);
+                    be->matmul_norm(be, outs, dres, &gn[b], eps, ws, 2, n, 0, tmp);
+                    be->synchronize(be);
+                    got[b][0] = host_from(dres, (size_t)n * K);
+                    got[b][1] = host_from(d1, (size_t)n * F);
+                    got[b][2] = host_from(d2, (size_t)n * F);
                 }
+                const bool same = !memcmp(got[0][0], got[1][0], sizeof(float) * n * K) && !memcmp(got[0][1], got[1][1], sizeof(float) * n * F) &&
+                                  !memcmp(got[0][2], got[1][2], sizeof(float) * n * F);
+                if (wrong) caught += !same;
+                else {
+                    cases++;
+                    if (!same && bad++ < 3) CHECK_MSG(0, "COL_EPI n %d NORM_PIECES %d: not bitwise the generic instance", n, np1);
+                }
+                for (int b = 0; b < 2; b++)
+                    for (int q = 0; q < 3; q++) free(got[b][q]);
+            }
         for (int b = 0; b < 2; b++) {
             for (int j = 0; j < 3; j++) bes[b]->release_weight(bes[b], &gw[b][j]);
             bes[b]->release_weight(bes[b], &gn[b]);
