@@ -577,7 +577,7 @@ static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const flo
         if (b == 0 && mt == 2 && epi == COL_SS) COL_EPI(1, 4, 2, COL_SS);       /* q/k/v, lm_head */
         if (b == 0 && mt == 2 && epi == SW) COL_EPI(1, 4, 2, SW);               /* gate/up (NORM_PIECES=1) */
         if (b == 0 && mt == 1 && epi == ADD_NP) COL_EPI(1, 4, 1, ADD_NP);       /* o_proj, down_proj */
-        if (b == 1 && mt == 1 && u == 2 && epi == ADD_NP) COL_EPI(2, 2, 1, ADD_NP); /* their 4-row chunks at 6-8 rows */
+        if (b == 1 && mt == 1 && epi == ADD_NP) COL_EPI(2, 2, 1, ADD_NP);         /* their 4-row chunks at 6-8 rows */
         if (b == 2 && mt == 2 && u == 2 && epi == COL_SS) COL_EPI(3, 2, 2, COL_SS);
         if (b == 2 && mt == 2 && u == 2 && epi == SW) COL_EPI(3, 2, 2, SW);
 #undef COL_EPI
