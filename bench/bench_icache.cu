@@ -11,7 +11,8 @@
  * Rows: (1) one warp per SM, code of 4-256 KB; (2) eight warps per SM, the same code (does one
  * warp's miss serve the others?); (3) kernel A, then kernel B of other code, then A again: is
  * A's code still cached after B (by B's size: the capacity that survives a kernel switch, as a
- * decode step switches kernels ~7 times a layer)? */
+ * decode step switches kernels ~7 times a layer)? (4) the same kernel launched twice in a row:
+ * does a launch find its code cached, or start cold whatever ran before? */
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -176,6 +177,22 @@ int main(int argc, char **argv) {
             if (best < 0 || p0 < best) best = p0;
         }
         printf("%-10s %16lld\n", others[k].name, best);
+    }
+    printf("\n(4) the same kernel twice in a row (as bench_cuda --mm launches a product 20 times): the second launch's pass 0\n");
+    printf("%-8s %12s %14s %12s\n", "code", "1st pass 0", "2nd pass 0", "warm pass");
+    for (int k = 0; k < N_CODES; k++) {
+        long long b0 = -1, b2 = -1, bw = -1;
+        for (int r = 0; r < g_reps; r++) {
+            run(others[N_CODES - 1].fn, 32, 1);
+            run(codes[k].fn, 32, 2);
+            const long long p0 = median_pass(g_sms, 0, NULL), p1 = median_pass(g_sms, 1, NULL);
+            run(codes[k].fn, 32, 1); /* does a launch start with its code still cached? */
+            const long long q0 = median_pass(g_sms, 0, NULL);
+            if (b0 < 0 || p0 < b0) b0 = p0;
+            if (bw < 0 || p1 < bw) bw = p1;
+            if (b2 < 0 || q0 < b2) b2 = q0;
+        }
+        printf("%-8s %12lld %14lld %12lld\n", codes[k].name, b0, b2, bw);
     }
     free(g_host);
     return 0;
