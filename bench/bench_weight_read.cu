@@ -14,6 +14,8 @@
  *          k-step is 1024 contiguous bytes in lane order, a tile 32 K contiguous bytes, so a
  *          warp's load is 512 contiguous bytes and a block streams its tiles end to end
  *   flat   a persistent grid reading the matrix as one contiguous array (the read ceiling)
+ *   +x     tiles, and each k-step's x pieces as k_matmul_col loads them for one row (16 bytes per
+ *          lane of lanes g < 3, after pdl_wait, from L2): the product's loads without its math
  * Each product is launched with programmatic dependent launch (the first k-steps' loads issued
  * before griddepcontrol.wait, as the backend's kernels do) inside a CUDA graph of L copies of
  * the shape (L distinct matrices: more bytes than L2 holds), and the whole step's products (L
@@ -41,8 +43,11 @@
 
 __device__ __forceinline__ uint32_t fold(uint32_t a, uint4 v) { return (a ^ v.x) + (v.y ^ v.z) + v.w; }
 
-template <int MT, int U, bool TILED>
-__global__ void __launch_bounds__(256) k_read(const uint16_t *w, int K, uint32_t *sink) {
+/* XL: also each k-step's 16 bytes of x pieces per lane (lanes g < 3, as k_matmul_col loads one
+ * row's three pieces: ld_act16 after pdl_wait, from a buffer L2 holds), folded in too: does the
+ * product's x load change how the weight stream behaves with U? */
+template <int MT, int U, bool TILED, bool XL = false>
+__global__ void __launch_bounds__(256) k_read(const uint16_t *w, int K, uint32_t *sink, const uint4 *xp) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, KS = K / 32;
     constexpr int step = TILED ? 64 : 4; /* uint4 per k-step */
     const uint4 *p[MT][2];
@@ -63,6 +68,14 @@ __global__ void __launch_bounds__(256) k_read(const uint16_t *w, int K, uint32_t
 #pragma unroll
                 for (int h = 0; h < 2; h++) v[u][mt][h] = j0 + 8 * u < KS ? ld_stream(p[mt][h] + (size_t)(j0 + 8 * u) * step) : make_uint4(0, 0, 0, 0);
         if (j0 == warp) pdl_start();
+        if constexpr (XL) {
+            uint4 xv[U];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+                xv[u] = j0 + 8 * u < KS && g < 3 ? ld_act16(xp + (size_t)(4 * (j0 + 8 * u) + t) * 3 + g) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int u = 0; u < U; u++) a = fold(a, xv[u]);
+        }
 #pragma unroll
         for (int u = 0; u < U; u++)
 #pragma unroll
@@ -104,10 +117,12 @@ static const Variant variants[] = {
     {"rows MT2 U4", (const void *)k_read<2, 4, false>, 2, false}, {"rows MT1 U8", (const void *)k_read<1, 8, false>, 1, false},
     {"tiles MT1 U4", (const void *)k_read<1, 4, true>, 1, false}, {"tiles MT1 U4 2/SM", (const void *)k_read<1, 4, true>, 1, true},
     {"tiles MT2 U4", (const void *)k_read<2, 4, true>, 2, false}, {"tiles MT1 U8", (const void *)k_read<1, 8, true>, 1, false},
+    {"tiles U4 +x", (const void *)k_read<1, 4, true, true>, 1, false}, {"tiles U8 +x", (const void *)k_read<1, 8, true, true>, 1, false},
     {"flat", (const void *)k_read_flat, 0, false}};
 enum { N_VARIANTS = sizeof variants / sizeof variants[0], SMEM_2 = 100 << 10 };
 static int g_sms;
 static uint32_t *g_sink;
+static uint4 *g_xp; /* the +x variants' pieces: one row of the largest K */
 
 static void launch(cudaStream_t st, int v, const uint16_t *w, int O, int K) {
     const Variant *vr = &variants[v];
@@ -126,7 +141,7 @@ static void launch(cudaStream_t st, int v, const uint16_t *w, int O, int K) {
         return;
     }
     c.gridDim = dim3(O / (16 * vr->mt));
-    void *args[] = {(void *)&w, (void *)&K, (void *)&g_sink};
+    void *args[] = {(void *)&w, (void *)&K, (void *)&g_sink, (void *)&g_xp};
     CK(cudaLaunchKernelExC(&c, vr->fn, args));
 }
 
@@ -180,6 +195,8 @@ int main(int argc, char **argv) {
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     CK(cudaMalloc(&g_sink, 256 * sizeof(uint32_t)));
+    CK(cudaMalloc(&g_xp, sizeof(uint4) * 3 * 9728 / 8));
+    CK(cudaMemsetAsync(g_xp, 0x3c, sizeof(uint4) * 3 * 9728 / 8, st));
     /* L copies of each layer shape, one of lm_head; the contents do not matter (timing only) */
     uint16_t *w[N_SHAPES][64];
     size_t total = 0;
