@@ -11,8 +11,8 @@
  * Rows: (1) one warp per SM, code of 4-256 KB; (2) eight warps per SM, the same code (does one
  * warp's miss serve the others?); (3) kernel A, then kernel B of other code, then A again: is
  * A's code still cached after B (by B's size: the capacity that survives a kernel switch, as a
- * decode step switches kernels ~7 times a layer)? (4) the same kernel launched twice in a row:
- * does a launch find its code cached, or start cold whatever ran before? */
+ * decode step switches kernels ~7 times a layer)? Table 1 also launches the same kernel again
+ * right after: does a launch find its code cached, or start cold whatever ran before? */
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -95,6 +95,19 @@ static void run(KFn fn, int threads, int passes) {
     CK(cudaMemcpy(g_host, g_cyc, sizeof(long long) * (size_t)g_sms * (threads / 32) * MAX_PASSES, cudaMemcpyDeviceToHost));
 }
 
+static void keep_min(long long *best, long long v) {
+    if (*best < 0 || v < *best) *best = v;
+}
+/* fn's passes 0 and 1 (medians over the warps; *slowest: pass 0's largest) after 256 KB of
+ * other code ran, so nothing of fn's is cached from before */
+static void cold_then_warm(KFn fn, int threads, long long *p0, long long *p1, long long *slowest) {
+    run(others[N_CODES - 1].fn, threads, 1);
+    run(fn, threads, 2);
+    const int warps = g_sms * (threads / 32);
+    *p0 = median_pass(warps, 0, slowest);
+    *p1 = median_pass(warps, 1, NULL);
+}
+
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
@@ -126,19 +139,21 @@ int main(int argc, char **argv) {
     printf("%s, %d SMs, clock %.0f MHz (cycles below are SM clocks; medians over the SMs' warps, best of %d launches)\n", prop.name,
            g_sms, clock_khz / 1e3, g_reps);
 
-    printf("\n(1) one warp per SM: cycles of pass 0 (cold) and pass 1 (warm), the difference per KB of code\n");
-    printf("%-8s %12s %12s %14s %12s\n", "code", "pass 0", "pass 1", "fetch cyc/KB", "fetch us");
+    printf("\n(1) one warp per SM: cycles of pass 0 (cold) and pass 1 (warm), the difference per KB of code, and pass 0\n"
+           "of the same kernel launched again right after (as bench_cuda --mm launches a product 20 times)\n");
+    printf("%-8s %12s %12s %14s %12s %16s\n", "code", "pass 0", "pass 1", "fetch cyc/KB", "fetch us", "again: pass 0");
     for (int k = 0; k < N_CODES; k++) {
-        long long best0 = -1, best1 = -1;
+        long long best0 = -1, best1 = -1, again = -1;
         for (int r = 0; r < g_reps; r++) {
-            run(others[N_CODES - 1].fn, 32, 1); /* 256 KB of other code in between: codes[k] is not cached from the last rep */
-            run(codes[k].fn, 32, 2);
-            const long long p0 = median_pass(g_sms, 0, NULL), p1 = median_pass(g_sms, 1, NULL);
-            if (best0 < 0 || p0 < best0) best0 = p0;
-            if (best1 < 0 || p1 < best1) best1 = p1;
+            long long p0, p1;
+            cold_then_warm(codes[k].fn, 32, &p0, &p1, NULL);
+            keep_min(&best0, p0);
+            keep_min(&best1, p1);
+            run(codes[k].fn, 32, 1); /* does a launch start with its code still cached? */
+            keep_min(&again, median_pass(g_sms, 0, NULL));
         }
-        printf("%-8s %12lld %12lld %14.1f %12.2f\n", codes[k].name, best0, best1, (double)(best0 - best1) / codes[k].kb,
-               (best0 - best1) * ns_per_cycle / 1e3);
+        printf("%-8s %12lld %12lld %14.1f %12.2f %16lld\n", codes[k].name, best0, best1, (double)(best0 - best1) / codes[k].kb,
+               (best0 - best1) * ns_per_cycle / 1e3, again);
     }
 
     printf("\n(2) eight warps per SM, the same code: pass 0 of the median and of the slowest warp, pass 1\n");
@@ -146,53 +161,26 @@ int main(int argc, char **argv) {
     for (int k = 0; k < N_CODES; k++) {
         long long best0 = -1, bestmx = -1, best1 = -1;
         for (int r = 0; r < g_reps; r++) {
-            run(others[N_CODES - 1].fn, 256, 1);
-            run(codes[k].fn, 256, 2);
-            long long mx;
-            const long long p0 = median_pass(g_sms * 8, 0, &mx), p1 = median_pass(g_sms * 8, 1, NULL);
-            if (best0 < 0 || p0 < best0) best0 = p0;
-            if (bestmx < 0 || mx < bestmx) bestmx = mx;
-            if (best1 < 0 || p1 < best1) best1 = p1;
+            long long p0, p1, mx;
+            cold_then_warm(codes[k].fn, 256, &p0, &p1, &mx);
+            keep_min(&best0, p0);
+            keep_min(&bestmx, mx);
+            keep_min(&best1, p1);
         }
         printf("%-8s %12lld %12lld %12lld\n", codes[k].name, best0, bestmx, best1);
     }
 
-    printf("\n(3) A (16 KB) warm, then B, then A again: A's pass 0 after B, by B's size (A's cold and warm pass for scale)\n");
-    long long a_cold = -1, a_warm = -1;
-    for (int r = 0; r < g_reps; r++) {
-        run(others[N_CODES - 1].fn, 32, 1);
-        run(codes[1].fn, 32, 2);
-        const long long p0 = median_pass(g_sms, 0, NULL), p1 = median_pass(g_sms, 1, NULL);
-        if (a_cold < 0 || p0 < a_cold) a_cold = p0;
-        if (a_warm < 0 || p1 < a_warm) a_warm = p1;
-    }
-    printf("A cold %lld, A warm %lld cycles\n%-10s %16s\n", a_cold, a_warm, "B", "A's pass 0 after");
+    printf("\n(3) A (%s: its cold and warm pass in table 1) warm, then B, then A again: A's pass 0 after B, by B's size\n", codes[1].name);
+    printf("%-10s %16s\n", "B", "A's pass 0 after");
     for (int k = 0; k < N_CODES; k++) {
         long long best = -1;
         for (int r = 0; r < g_reps; r++) {
             run(codes[1].fn, 32, 1); /* A: its code fetched */
             run(others[k].fn, 32, 1);
             run(codes[1].fn, 32, 1);
-            const long long p0 = median_pass(g_sms, 0, NULL);
-            if (best < 0 || p0 < best) best = p0;
+            keep_min(&best, median_pass(g_sms, 0, NULL));
         }
         printf("%-10s %16lld\n", others[k].name, best);
-    }
-    printf("\n(4) the same kernel twice in a row (as bench_cuda --mm launches a product 20 times): the second launch's pass 0\n");
-    printf("%-8s %12s %14s %12s\n", "code", "1st pass 0", "2nd pass 0", "warm pass");
-    for (int k = 0; k < N_CODES; k++) {
-        long long b0 = -1, b2 = -1, bw = -1;
-        for (int r = 0; r < g_reps; r++) {
-            run(others[N_CODES - 1].fn, 32, 1);
-            run(codes[k].fn, 32, 2);
-            const long long p0 = median_pass(g_sms, 0, NULL), p1 = median_pass(g_sms, 1, NULL);
-            run(codes[k].fn, 32, 1); /* does a launch start with its code still cached? */
-            const long long q0 = median_pass(g_sms, 0, NULL);
-            if (b0 < 0 || p0 < b0) b0 = p0;
-            if (bw < 0 || p1 < bw) bw = p1;
-            if (b2 < 0 || q0 < b2) b2 = q0;
-        }
-        printf("%-8s %12lld %14lld %12lld\n", codes[k].name, b0, b2, bw);
     }
     free(g_host);
     return 0;
