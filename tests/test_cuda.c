@@ -854,7 +854,7 @@ static void test_col_epi(void) {
 #endif
 
 #ifdef DSPARK_HAVE_CUDA
-/* Chains of column products (DSPARK_CUDA_COL_CHAIN=1..3: a step bracket's 1-2-row products that
+/* Chains of column products (DSPARK_CUDA_COL_CHAIN=1..3: a step bracket's column products that
  * follow each other as phases of one launch, k_col_chain) against the same calls launched one
  * by one: a layer's tail and the next one's head (test_col_epi's sequence, with products wide
  * enough that a block runs several tiles of a phase) inside a step bracket, run eagerly,
@@ -892,11 +892,15 @@ static void test_col_chain(void) {
     int bad = 0, cases = 0, caught = 0;
     long chains0, phases0, chains1, phases1;
     backend_cuda_chain_stats(&chains0, &phases0);
-    for (int setting = 0; setting < 6; setting++) { /* COL_CHAIN 1..3, each without and with NORM_PIECES=1 */
-        const int mode = 1 + setting / 2, np1 = setting % 2;
-        const char mode_s[2] = {(char)('0' + mode), 0};
-        Backend *bes[2] = {np1 ? gpu_with_env("DSPARK_CUDA_NORM_PIECES", "1", NULL, NULL) : gpu_with_env("DSPARK_CUDA_COL_CHAIN", "0", NULL, NULL),
-                           gpu_with_env("DSPARK_CUDA_COL_CHAIN", mode_s, np1 ? "DSPARK_CUDA_NORM_PIECES" : NULL, "1")};
+    /* COL_CHAIN 1..3 and 2 with the L2 prefetch at phase ends, each without and with NORM_PIECES=1 */
+    const char *chained[] = {"DSPARK_CUDA_COL_CHAIN=1", "DSPARK_CUDA_COL_CHAIN=2", "DSPARK_CUDA_COL_CHAIN=3",
+                             "DSPARK_CUDA_COL_CHAIN=2 DSPARK_CUDA_COL_CHAIN_PF=32"};
+    enum { SETTINGS = 2 * (int)(sizeof chained / sizeof chained[0]) };
+    for (int setting = 0; setting < SETTINGS; setting++) {
+        const int np1 = setting % 2;
+        char spec[160];
+        snprintf(spec, sizeof spec, "%s%s", chained[setting / 2], np1 ? " DSPARK_CUDA_NORM_PIECES=1" : "");
+        Backend *bes[2] = {gpu_with_envs(np1 ? "DSPARK_CUDA_NORM_PIECES=1" : "DSPARK_CUDA_COL_CHAIN=0"), gpu_with_envs(spec)};
         if (!bes[0] || !bes[1]) return;
         Weight gw[2][3], gn[2];
         for (int b = 0; b < 2; b++) {
@@ -926,7 +930,7 @@ static void test_col_chain(void) {
                 else {
                     cases++;
                     if (!same && bad++ < 3)
-                        CHECK_MSG(0, "COL_CHAIN=%d n %d NORM_PIECES %d run %d: not bitwise the products launched one by one", mode, n, np1, run);
+                        CHECK_MSG(0, "%s: n %d run %d: not bitwise the products launched one by one", spec, n, run);
                 }
                 for (int b = 0; b < 2; b++)
                     for (int q = 0; q < 3; q++) free(got[b][q]);
@@ -939,7 +943,7 @@ static void test_col_chain(void) {
     }
     backend_cuda_chain_stats(&chains1, &phases1);
     CHECK_MSG(bad == 0, "COL_CHAIN: %d of %d bracketed layer sequences not bitwise the products one by one", bad, cases);
-    const int wrongs = 6 * (int)(sizeof ns / sizeof ns[0]);
+    const int wrongs = SETTINGS * (int)(sizeof ns / sizeof ns[0]);
     CHECK_MSG(caught == wrongs, "COL_CHAIN: a wrong eps caught in %d of %d (must be all)", caught, wrongs);
     CHECK_MSG(chains1 > chains0, "COL_CHAIN: no chain was launched (the test would prove nothing)");
     printf("  column products chained: %d of %d bracketed layer sequences bitwise the products one by one (%ld chains of %ld "

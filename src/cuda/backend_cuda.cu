@@ -144,6 +144,7 @@ typedef struct {
     bool chain_open;         /* col_chain and a bracket that runs or captures its ops is open (graph_begin .. graph_end) */
     int chain_cap;           /* k_col_chain's blocks resident at once on the device (0: no chains) */
     unsigned *chain_bar;     /* its counters, [COL_CHAIN_MAX + 1] */
+    unsigned chain_pf;       /* bytes of a block's next weight tiles prefetched into L2 (DSPARK_CUDA_COL_CHAIN_PF, KB; 0 off) */
     int col_chunk[5];        /* its rows of x per block by the same buckets of min(n, 16), and [4]: 6-8 rows of a narrow
                               * product (< 4096 weight rows in all) (DSPARK_CUDA_COL_CHUNK; 2..16) */
     uint4 *xp_buf[2]; /* x's pieces for k_matmul_col: what an op made (CudaImpl's xp_p) or k_split_x writes; two,
@@ -516,6 +517,7 @@ static void chain_append(cudaStream_t st, const MmCfg *cfg, ColPhase p) {
     }
     g_chain.ch.ph[g_chain.ch.count++] = p;
     g_chain.ch.bar = cfg->chain_bar;
+    g_chain.ch.pf_bytes = cfg->chain_pf;
     g_chain.st = st;
     g_chain.pdl = cfg->pdl;
     g_chain.cap = cfg->chain_cap;
@@ -1562,6 +1564,9 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
      * blocks resident at once; no chains if that cannot be known or the counters not made */
     const char *chain = getenv("DSPARK_CUDA_COL_CHAIN");
     c->mm.col_chain = chain && chain[0] >= '1' && chain[0] <= '3' && !chain[1] ? chain[0] - '0' : 0;
+    const char *chain_pf = getenv("DSPARK_CUDA_COL_CHAIN_PF");
+    const int chain_pf_kb = chain_pf ? atoi(chain_pf) : 0;
+    c->mm.chain_pf = chain_pf_kb > 0 && chain_pf_kb <= 1024 ? (unsigned)chain_pf_kb * 1024 : 0;
     int chain_per_sm = c->mm.col_chain ? 1 << 20 : 0; /* the fewest of the instances' */
     for (size_t k = 0; k < sizeof chain_kernels / sizeof chain_kernels[0] && chain_per_sm > 0; k++) {
         int per = 0;

@@ -39,7 +39,10 @@
  * rounding). DSPARK_CUDA_COL_CHAIN=1 (off): inside a step bracket, column products of 1-2 rows
  * that follow each other run as phases of one persistent launch (matmul_tc.cuh's
  * k_col_chain), the same values; =2 also puts the products after a chain's first on 2-tile
- * blocks, =3 chains at most 2 products (backend_cuda.cu's chain_append). Neither do
+ * blocks, =3 chains at most 2 products (backend_cuda.cu's chain_append);
+ * DSPARK_CUDA_COL_CHAIN_PF=KB: a block done with a phase prefetches that much of each of its
+ * next phase's weight tiles into L2 before its store and wait (off). A chain's blocks wait for
+ * each other, so two streams must not run chains on one GPU at once. Neither do
  * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
  * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head).
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);

@@ -446,12 +446,12 @@ __host__ __device__ constexpr int col_epi_of(bool ss, bool add, bool np, bool sw
  * EPI: the store's steps (above; the launch passes an mm that has exactly these).
  * col_block is the body of block bid (k_matmul_col's blockIdx.x; a phase of k_col_chain);
  * each warp calls wait() once, after its first round's weight loads and before it reads
- * anything an earlier kernel (or phase) wrote. */
+ * anything an earlier kernel (or phase) wrote, and after_loop() once its k-steps are done. */
 template <int NC>
 using ColSums = float[TC_WARPS][16][8 * NC + 1]; /* a block's sums by warp (+1: the lanes' stores spread over banks) */
-template <int NC, int U, bool XP, int MT, int EPI, typename Wait>
+template <int NC, int U, bool XP, int MT, int EPI, typename Wait, typename AfterLoop>
 __device__ __forceinline__ void col_block(const MmMulti &mm, const float *x, const uint4 *xp, int n, int K, int cr, unsigned bid, unsigned tid,
-                                          ColSums<NC> &sums, Wait wait) {
+                                          ColSums<NC> &sums, Wait wait, AfterLoop after_loop) {
     constexpr bool GEN = EPI == COL_GENERIC;
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
     const int chunks = (n + cr - 1) / cr, i0 = cr * (int)(bid % chunks), nr = n - i0 < cr ? n - i0 : cr; /* (cr <= 16) */
@@ -529,6 +529,7 @@ __device__ __forceinline__ void col_block(const MmMulti &mm, const float *x, con
         }
     }
     if (warp >= KS) wait(); /* a warp without k-steps */
+    after_loop(); /* (the block's last weight loads are issued: the store follows) */
     /* thread (o, i) = (tid % 16, tid / 16): output row o of the tile, x row i of the chunk */
     const int o = tid & 15, i = tid >> 4, r = sg.o0 + o;
     float y[MT];
@@ -585,7 +586,7 @@ __device__ __forceinline__ void col_block(const MmMulti &mm, const float *x, con
 template <int NC, int U, bool XP, int MT, int EPI = COL_GENERIC>
 __global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, const uint4 *xp, int n, int K, int cr) {
     __shared__ ColSums<NC> sums;
-    col_block<NC, U, XP, MT, EPI>(mm, x, xp, n, K, cr, blockIdx.x, threadIdx.x, sums, [] { pdl_start(); });
+    col_block<NC, U, XP, MT, EPI>(mm, x, xp, n, K, cr, blockIdx.x, threadIdx.x, sums, [] { pdl_start(); }, [] {});
 }
 
 /* ---- a chain of column products in one launch (DSPARK_CUDA_COL_CHAIN, off by default) ----
@@ -607,11 +608,18 @@ typedef struct {
 typedef struct {
     ColPhase ph[COL_CHAIN_MAX];
     int count;
-    unsigned *bar; /* [COL_CHAIN_MAX + 1] counters, zero between launches (the last block clears them) */
+    unsigned pf_bytes; /* > 0: a block done with its last tile's k-steps of a phase prefetches this much of each
+                        * weight tile of its first tile of the next phase into L2 before its store and wait
+                        * (DSPARK_CUDA_COL_CHAIN_PF) */
+    unsigned *bar;     /* [COL_CHAIN_MAX + 1] counters, zero between launches (the last block clears them) */
 } ColChain;
 template <int NC_, int U_, int MT_>
 struct ColKind { /* a phase's instance, at compile time */
     static constexpr int NC = NC_, U = U_, MT = MT_;
+};
+template <typename First, typename... Rest>
+struct ChainFirst {
+    using type = First;
 };
 
 __device__ __forceinline__ unsigned ld_acquire(const unsigned *p) {
@@ -637,6 +645,24 @@ __device__ __forceinline__ void chain_wait(const unsigned *count, unsigned block
     }
     __syncwarp();
 }
+/* the first pf bytes of each 16-row weight tile of block bid of a phase (tiled weights: a tile's
+ * k-steps are contiguous, so its first rounds are a prefix) into L2: a hint, no value moves */
+template <int MT>
+__device__ __forceinline__ void chain_prefetch(const ColPhase &q, unsigned bid, unsigned pf) {
+    if (q.mm.layout != WL_TILES) return;
+    const int chunks = (q.n + q.cr - 1) / q.cr;
+    const bool sw = MT == 2 && q.mm.act != 0;
+    const MmSeg sg = tc_segment<MT>(q.mm, sw, (int)(bid / (unsigned)chunks));
+    const size_t tile = (size_t)16 * q.K; /* elements */
+    const unsigned bytes = pf < 2 * tile ? pf : (unsigned)(2 * tile);
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        const int r0 = sg.o0 + (sw ? 0 : 16 * mt);
+        if (r0 >= sg.O) break;
+        const uint16_t *w = (const uint16_t *)(sw && mt ? q.mm.w[1] : sg.w) + (size_t)(r0 >> 4) * tile;
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w), "r"(bytes) : "memory");
+    }
+}
 /* phase P of a chain (its instance Kind: fixed at compile time, as is P, so its parameters stay
  * constant operands as in the product's own launch), then the ones after it */
 template <int P, typename Kind, typename... Rest>
@@ -651,8 +677,15 @@ __device__ __forceinline__ void chain_phase(const ColChain &ch, float *sums) {
     for (unsigned bid = blockIdx.x; bid < (unsigned)ph.blocks; bid += gridDim.x) {
         unsigned b = bid, tid = threadIdx.x;
         asm volatile("" : "+r"(b), "+r"(tid)); /* (opaque: nothing of a tile is carried to the next in registers) */
+        auto prefetch_next = [&] { /* after the block's last tile of the phase: its first of the next phase */
+            if constexpr (sizeof...(Rest) > 0) {
+                using Next = typename ChainFirst<Rest...>::type;
+                if (ch.pf_bytes && tid == 0 && b + gridDim.x >= (unsigned)ph.blocks && blockIdx.x < (unsigned)ch.ph[P + 1].blocks)
+                    chain_prefetch<Next::MT>(ch.ph[P + 1], blockIdx.x, ch.pf_bytes);
+            }
+        };
         col_block<Kind::NC, Kind::U, true, Kind::MT, COL_GENERIC>(ph.mm, ph.x, ph.xp, ph.n, ph.K, ph.cr, b, tid,
-                                                                  *reinterpret_cast<ColSums<Kind::NC> *>(sums), wait);
+                                                                  *reinterpret_cast<ColSums<Kind::NC> *>(sums), wait, prefetch_next);
         waited = true;
         __syncthreads(); /* (sums reused by the next tile) */
     }
