@@ -597,12 +597,9 @@ int main(int argc, char **argv) {
     const int ns[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
     double t[9], tn[9]; /* with the step graphs, without */
     for (int i = 0; i < 9 && !fail; i++) t[i] = time_forward(&m, &st, ns[i], ctx, ns[i] <= 16 ? ns[i] : 1, ns[i] <= 64 ? reps : 3, err, &fail);
-    long caps = 0, reps_g = 0, miss = 0, chains = 0, chained = 0;
+    long caps = 0, reps_g = 0, miss = 0;
 #ifdef DSPARK_HAVE_CUDA
-    if (!strcmp(be->name, "cuda")) {
-        backend_cuda_graph_stats(be, &caps, &reps_g, &miss);
-        backend_cuda_chain_stats(&chains, &chained);
-    }
+    if (!strcmp(be->name, "cuda")) backend_cuda_graph_stats(be, &caps, &reps_g, &miss);
 #endif
     const bool graphs = be->graph_begin != NULL;
     void (*gb)(Backend *, int) = be->graph_begin;
@@ -618,8 +615,6 @@ int main(int argc, char **argv) {
     snprintf(head, sizeof head, "step (context %d)", ctx);
     printf("\nstep graphs: %s (%ld recorded, %ld replayed, %ld checks without a record)\n", graphs ? "on" : "off (DSPARK_CUDA_GRAPHS=0)",
            caps, reps_g, miss);
-    if (chains) /* (DSPARK_CUDA_COL_CHAIN: inside step brackets only, so not in the no-graphs column) */
-        printf("column-product chains: %ld launched outside replays, %ld products in them\n", chains, chained);
     printf("%-34s %10s %10s %10s %12s\n", head, "ms", "x floor", "x 1 token", "no graphs ms");
     for (int i = 0; i < 9; i++) {
         char lab[64];

@@ -768,191 +768,6 @@ static void test_norm_pieces(void) {
     norm_pieces_on(all, "DSPARK_CUDA_NORM_PIECES=1");
     all->destroy(all);
 }
-
-/* The column kernel's instances that hold only their store's steps (DSPARK_CUDA_COL_EPI=1)
- * give the generic instance's bits: a layer's calls (matmul_add with the next norm's pieces,
- * o_proj- and down_proj-like, the second reading the pieces the paired gate/up store made;
- * matmul_norm of two products from norm pieces, q/k/v-like, and of the paired gate/up) at 1-9
- * rows on both, with and without NORM_PIECES=1, the outputs compared. Must fail: a wrong eps
- * on one side. */
-static void test_col_epi(void) {
-    if (!g_gpu->matmul_norm || !g_gpu->matmul_add) return;
-    const int K = 2560, F = 2080, ns[] = {1, 2, 3, 5, 6, 8, 9};
-    const int rows[3] = {K, F, F}, cols[3] = {F, K, K};
-    float *a = rand_f32((size_t)16 * F, 1.0f), *res = rand_f32((size_t)16 * K, 1.0f), *wf[3], *nf = rand_f32((size_t)K, 1.0f);
-    void *wh[3], *nh = to_dtype(nf, (size_t)K, DS_BF16);
-    for (int j = 0; j < 3; j++) {
-        wf[j] = rand_f32((size_t)rows[j] * cols[j], 1.0f / sqrtf((float)cols[j]));
-        wh[j] = to_dtype(wf[j], (size_t)rows[j] * cols[j], DS_BF16);
-    }
-    float *da = dev_from(a, sizeof(float) * 16 * F), *dres = g_gpu->alloc(g_gpu, sizeof(float) * 16 * K);
-    float *tmp = g_gpu->alloc(g_gpu, sizeof(float) * 16 * K), *d1 = g_gpu->alloc(g_gpu, sizeof(float) * 16 * F),
-          *d2 = g_gpu->alloc(g_gpu, sizeof(float) * 16 * F);
-    int bad = 0, cases = 0, caught = 0;
-    for (int np1 = 0; np1 < 2; np1++) {
-        Backend *bes[2] = {np1 ? gpu_with_env("DSPARK_CUDA_NORM_PIECES", "1", NULL, NULL) : g_gpu,
-                           gpu_with_env("DSPARK_CUDA_COL_EPI", "1", np1 ? "DSPARK_CUDA_NORM_PIECES" : NULL, "1")};
-        if (!bes[0] || !bes[1]) return;
-        Weight gw[2][3], gn[2];
-        for (int b = 0; b < 2; b++) {
-            for (int j = 0; j < 3; j++) {
-                Weight cw = weight_view(wh[j], DS_BF16, rows[j], cols[j]);
-                gw[b][j] = upload_on(bes[b], &cw);
-            }
-            Weight cn = weight_view(nh, DS_BF16, 1, K);
-            gn[b] = upload_on(bes[b], &cn);
-        }
-        g_gpu->synchronize(g_gpu);
-        for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++)
-            for (int wrong = 0; wrong < 2; wrong++) { /* wrong: the second side's eps differs (must be caught) */
-                const int n = ns[c];
-                float *got[2][3];
-                for (int b = 0; b < 2; b++) {
-                    /* a layer's tail and the next one's head: o_proj-like add (the next norm's pieces
-                     * made), the paired gate/up from them (down_proj's pieces made), down_proj-like
-                     * add of that (W0's shape again), then q/k/v-like products of the new residual */
-                    Backend *be = bes[b];
-                    const float eps = b && wrong ? 2e-6f : 1e-6f;
-                    float *outs[2] = {d1, d2};
-                    const Weight *ws[2] = {&gw[b][1], &gw[b][2]};
-                    be->to_device(be, dres, res, sizeof(float) * n * K);
-                    be->matmul_add(be, dres, da, &gw[b][0], n, tmp, &gn[b]);
-                    be->matmul_norm(be, outs, dres, &gn[b], eps, ws, 2, n, 1, tmp);
-                    be->matmul_add(be, dres, d1, &gw[b][0], n, tmp, &gn[b]);
-                    be->matmul_norm(be, outs, dres, &gn[b], eps, ws, 2, n, 0, tmp);
-                    be->synchronize(be);
-                    got[b][0] = host_from(dres, (size_t)n * K);
-                    got[b][1] = host_from(d1, (size_t)n * F);
-                    got[b][2] = host_from(d2, (size_t)n * F);
-                }
-                const bool same = !memcmp(got[0][0], got[1][0], sizeof(float) * n * K) && !memcmp(got[0][1], got[1][1], sizeof(float) * n * F) &&
-                                  !memcmp(got[0][2], got[1][2], sizeof(float) * n * F);
-                if (wrong) caught += !same;
-                else {
-                    cases++;
-                    if (!same && bad++ < 3) CHECK_MSG(0, "COL_EPI n %d NORM_PIECES %d: not bitwise the generic instance", n, np1);
-                }
-                for (int b = 0; b < 2; b++)
-                    for (int q = 0; q < 3; q++) free(got[b][q]);
-            }
-        for (int b = 0; b < 2; b++) {
-            for (int j = 0; j < 3; j++) bes[b]->release_weight(bes[b], &gw[b][j]);
-            bes[b]->release_weight(bes[b], &gn[b]);
-        }
-        if (bes[0] != g_gpu) bes[0]->destroy(bes[0]);
-        bes[1]->destroy(bes[1]);
-    }
-    CHECK_MSG(bad == 0, "COL_EPI: %d of %d layer call sequences not bitwise the generic instance", bad, cases);
-    CHECK_MSG(caught == cases, "COL_EPI: a wrong eps caught in %d of %d (must be all)", caught, cases);
-    printf("  column kernel, store-specialised instances: %d of %d layer call sequences bitwise the generic instance; a wrong eps caught in "
-           "%d of %d\n", cases - bad, cases, caught, cases);
-    void *dev[] = {da, dres, tmp, d1, d2};
-    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
-    for (int j = 0; j < 3; j++) { free(wf[j]); free(wh[j]); }
-    free(a); free(res); free(nf); free(nh);
-}
-#endif
-
-#ifdef DSPARK_HAVE_CUDA
-/* Chains of column products (DSPARK_CUDA_COL_CHAIN=1..3: a step bracket's column products that
- * follow each other as phases of one launch, k_col_chain) against the same calls launched one
- * by one: a layer's tail and the next one's head (test_col_epi's sequence, with products wide
- * enough that a block runs several tiles of a phase) inside a step bracket, run eagerly,
- * captured and replayed, with and without NORM_PIECES=1, every output compared bitwise. Must
- * fail: a wrong eps on the chained side. */
-static int chain_sequence(Backend *be, const Weight *gw, const Weight *gn, float *dres, float *da, float *d1, float *d2, float *tmp,
-                          int n, float eps) {
-    int brackets = 0;
-    do { /* (a bracket that only checked its calls against the records is issued again) */
-        float *outs[2] = {d1, d2};
-        const Weight *ws[2] = {&gw[1], &gw[2]};
-        be->graph_begin(be, n);
-        be->matmul_add(be, dres, da, &gw[0], n, tmp, gn);
-        be->matmul_norm(be, outs, dres, gn, eps, ws, 2, n, 1, tmp);
-        be->matmul_add(be, dres, d1, &gw[0], n, tmp, gn);
-        be->matmul_norm(be, outs, dres, gn, eps, ws, 2, n, 0, tmp);
-        brackets++;
-    } while (!be->graph_end(be));
-    be->synchronize(be);
-    return brackets;
-}
-static void test_col_chain(void) {
-    if (!g_gpu->matmul_norm || !g_gpu->matmul_add) return;
-    const int K = 2560, F = 6144, ns[] = {1, 2, 3, 5, 8, 9, 17}, NMAX = 17;
-    const int rows[3] = {K, F, F}, cols[3] = {F, K, K};
-    float *a = rand_f32((size_t)NMAX * F, 1.0f), *res = rand_f32((size_t)NMAX * K, 1.0f), *wf[3], *nf = rand_f32((size_t)K, 1.0f);
-    void *wh[3], *nh = to_dtype(nf, (size_t)K, DS_BF16);
-    for (int j = 0; j < 3; j++) {
-        wf[j] = rand_f32((size_t)rows[j] * cols[j], 1.0f / sqrtf((float)cols[j]));
-        wh[j] = to_dtype(wf[j], (size_t)rows[j] * cols[j], DS_BF16);
-    }
-    float *da = dev_from(a, sizeof(float) * NMAX * F), *dres = g_gpu->alloc(g_gpu, sizeof(float) * NMAX * K);
-    float *tmp = g_gpu->alloc(g_gpu, sizeof(float) * NMAX * F), *d1 = g_gpu->alloc(g_gpu, sizeof(float) * NMAX * F),
-          *d2 = g_gpu->alloc(g_gpu, sizeof(float) * NMAX * F);
-    int bad = 0, cases = 0, caught = 0;
-    long chains0, phases0, chains1, phases1;
-    backend_cuda_chain_stats(&chains0, &phases0);
-    /* COL_CHAIN 1..3 and 2 with the L2 prefetch at phase ends, each without and with NORM_PIECES=1 */
-    const char *chained[] = {"DSPARK_CUDA_COL_CHAIN=1", "DSPARK_CUDA_COL_CHAIN=2", "DSPARK_CUDA_COL_CHAIN=3",
-                             "DSPARK_CUDA_COL_CHAIN=2 DSPARK_CUDA_COL_CHAIN_PF=32"};
-    enum { SETTINGS = 2 * (int)(sizeof chained / sizeof chained[0]) };
-    for (int setting = 0; setting < SETTINGS; setting++) {
-        const int np1 = setting % 2;
-        char spec[160];
-        snprintf(spec, sizeof spec, "%s%s", chained[setting / 2], np1 ? " DSPARK_CUDA_NORM_PIECES=1" : "");
-        Backend *bes[2] = {gpu_with_envs(np1 ? "DSPARK_CUDA_NORM_PIECES=1" : "DSPARK_CUDA_COL_CHAIN=0"), gpu_with_envs(spec)};
-        if (!bes[0] || !bes[1]) return;
-        Weight gw[2][3], gn[2];
-        for (int b = 0; b < 2; b++) {
-            for (int j = 0; j < 3; j++) {
-                Weight cw = weight_view(wh[j], DS_BF16, rows[j], cols[j]);
-                gw[b][j] = upload_on(bes[b], &cw);
-            }
-            Weight cn = weight_view(nh, DS_BF16, 1, K);
-            gn[b] = upload_on(bes[b], &cn);
-        }
-        g_gpu->synchronize(g_gpu);
-        for (size_t c = 0; c < sizeof ns / sizeof ns[0]; c++)
-            for (int run = 0; run < 4; run++) { /* runs 0-2: eager, captured, replayed; 3: a wrong eps (must be caught) */
-                const int n = ns[c];
-                const bool wrong = run == 3;
-                float *got[2][3];
-                for (int b = 0; b < 2; b++) {
-                    bes[b]->to_device(bes[b], dres, res, sizeof(float) * n * K);
-                    chain_sequence(bes[b], gw[b], &gn[b], dres, da, d1, d2, tmp, n, b && wrong ? 2e-6f : 1e-6f);
-                    got[b][0] = host_from(dres, (size_t)n * K);
-                    got[b][1] = host_from(d1, (size_t)n * F);
-                    got[b][2] = host_from(d2, (size_t)n * F);
-                }
-                const bool same = !memcmp(got[0][0], got[1][0], sizeof(float) * n * K) && !memcmp(got[0][1], got[1][1], sizeof(float) * n * F) &&
-                                  !memcmp(got[0][2], got[1][2], sizeof(float) * n * F);
-                if (wrong) caught += !same;
-                else {
-                    cases++;
-                    if (!same && bad++ < 3)
-                        CHECK_MSG(0, "%s: n %d run %d: not bitwise the products launched one by one", spec, n, run);
-                }
-                for (int b = 0; b < 2; b++)
-                    for (int q = 0; q < 3; q++) free(got[b][q]);
-            }
-        for (int b = 0; b < 2; b++) {
-            for (int j = 0; j < 3; j++) bes[b]->release_weight(bes[b], &gw[b][j]);
-            bes[b]->release_weight(bes[b], &gn[b]);
-            bes[b]->destroy(bes[b]);
-        }
-    }
-    backend_cuda_chain_stats(&chains1, &phases1);
-    CHECK_MSG(bad == 0, "COL_CHAIN: %d of %d bracketed layer sequences not bitwise the products one by one", bad, cases);
-    const int wrongs = SETTINGS * (int)(sizeof ns / sizeof ns[0]);
-    CHECK_MSG(caught == wrongs, "COL_CHAIN: a wrong eps caught in %d of %d (must be all)", caught, wrongs);
-    CHECK_MSG(chains1 > chains0, "COL_CHAIN: no chain was launched (the test would prove nothing)");
-    printf("  column products chained: %d of %d bracketed layer sequences bitwise the products one by one (%ld chains of %ld "
-           "products launched); a wrong eps caught in %d of %d\n", cases - bad, cases, chains1 - chains0, phases1 - phases0, caught, wrongs);
-    void *dev[] = {da, dres, tmp, d1, d2};
-    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
-    for (int j = 0; j < 3; j++) { free(wf[j]); free(wh[j]); }
-    free(a); free(res); free(nf); free(nh);
-}
 #endif
 
 static void test_rmsnorm(void) {
@@ -1439,17 +1254,13 @@ static void test_qk_norm_rope_kv(void) {
 
 /* programmatic dependent launch (every kernel may start before the one before it ends and
  * waits for its inputs) against plain stream order, fused and separate ops; attention's L2
- * prefetch before its wait against none; tiles against row-major weights; chained column
- * products (DSPARK_CUDA_COL_CHAIN=1, inside the forwards' step brackets) against unchained */
+ * prefetch before its wait against none */
 static void test_pdl(void) {
     const char *pairs[][2] = {{"DSPARK_CUDA_PDL=1", "DSPARK_CUDA_PDL=0"},
                               {"DSPARK_CUDA_PDL=1 DSPARK_CUDA_FUSE=0", "DSPARK_CUDA_PDL=0 DSPARK_CUDA_FOLD=0"},
                               {"DSPARK_CUDA_PDL=1", "DSPARK_CUDA_PDL=1 DSPARK_CUDA_ATT_PREFETCH=0"},
-                              {"DSPARK_CUDA_TILES=1", "DSPARK_CUDA_TILES=0"},
-                              {"DSPARK_CUDA_COL_CHAIN=1", "DSPARK_CUDA_COL_CHAIN=0"},
-                              {"DSPARK_CUDA_COL_CHAIN=1 DSPARK_CUDA_NORM_PIECES=1", "DSPARK_CUDA_NORM_PIECES=1"},
-                              {"DSPARK_CUDA_COL_CHAIN=2 DSPARK_CUDA_NORM_PIECES=1", "DSPARK_CUDA_COL_CHAIN=3 DSPARK_CUDA_NORM_PIECES=1"}};
-    for (size_t k = 0; k < sizeof pairs / sizeof pairs[0]; k++) {
+                              {"DSPARK_CUDA_TILES=1", "DSPARK_CUDA_TILES=0"}};
+    for (int k = 0; k < 4; k++) {
         Backend *a = gpu_with_envs(pairs[k][0]), *b = gpu_with_envs(pairs[k][1]);
         if (a && b) {
             char what[96];
@@ -1785,8 +1596,6 @@ int main(void) {
 #ifdef DSPARK_HAVE_CUDA
     RUN_IF(test_matmul_pieces);
     RUN_IF(test_norm_pieces);
-    RUN_IF(test_col_epi);
-    RUN_IF(test_col_chain);
 #endif
     RUN_IF(test_rmsnorm);
     RUN_IF(test_rope);

@@ -139,12 +139,6 @@ typedef struct {
     bool np_act;   /* and the paired gate/up + swiglu store too (DSPARK_CUDA_NORM_PIECES=1; off by default) */
     int col_mt[5], col_u[4]; /* its 16-row tiles per block and k-steps per round by row bucket 1-2, 3-5, 6-8, 9-64 (DSPARK_CUDA_COL_MT, _U);
                               * col_mt[4]: 1-2 rows of a wide product (>= 4096 weight rows) with its pieces from memory */
-    bool col_epi;            /* its instances with only their store's steps (DSPARK_CUDA_COL_EPI=1) */
-    int col_chain;           /* its 1-2-row products in a step bracket chained into one launch (DSPARK_CUDA_COL_CHAIN=1..3; 0 off) */
-    bool chain_open;         /* col_chain and a bracket that runs or captures its ops is open (graph_begin .. graph_end) */
-    int chain_cap;           /* k_col_chain's blocks resident at once on the device (0: no chains) */
-    unsigned *chain_bar;     /* its counters, [COL_CHAIN_MAX + 1] */
-    unsigned chain_pf;       /* bytes of a block's next weight tiles prefetched into L2 (DSPARK_CUDA_COL_CHAIN_PF, KB; 0 off) */
     int col_chunk[5];        /* its rows of x per block by the same buckets of min(n, 16), and [4]: 6-8 rows of a narrow
                               * product (< 4096 weight rows in all) (DSPARK_CUDA_COL_CHUNK; 2..16) */
     uint4 *xp_buf[2]; /* x's pieces for k_matmul_col: what an op made (CudaImpl's xp_p) or k_split_x writes; two,
@@ -228,10 +222,8 @@ static bool graph_skip(Backend *be, int op, const A &...a) {
     (glog_bytes(c, &a, sizeof a), ...);
     return c->g_mode == G_CHECK;
 }
-static void chain_flush();
 /* memory calls have no place in a bracket (backend.h): a caller's bug, said at once */
 static void graph_outside(Backend *be, const char *what) {
-    chain_flush(); /* (none is pending outside a bracket: graph_end launched it) */
     if (impl(be)->g_mode == G_OFF) return;
     fprintf(stderr, "dspark: cuda: %s inside graph_begin .. graph_end\n", what);
     abort();
@@ -239,7 +231,6 @@ static void graph_outside(Backend *be, const char *what) {
 /* a buffer that records may point to is about to be freed: no record of the old epoch is
  * replayed again (their execs are destroyed here, after the stream is idle) */
 static void graphs_new_epoch(CudaImpl *c) {
-    chain_flush();
     c->epoch++;
     CU(cudaStreamSynchronize(c->stream));
     for (int i = 0; i < N_GRAPHS; i++)
@@ -349,7 +340,6 @@ static void cu_to_host(Backend *be, void *dst, const void *src, size_t bytes) {
 }
 static void cu_copy(Backend *be, void *dst, const void *src, size_t bytes) {
     if (graph_skip(be, 1, dst, src, bytes)) return;
-    chain_flush();
     if (bytes && dst != src) CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_of(be)));
     g_writes++;
 }
@@ -415,10 +405,9 @@ static void cu_release_weight(Backend *be, Weight *w) {
 /* ---- ops ---- */
 
 /* a kernel's launch, with programmatic stream serialization when pdl (DSPARK_CUDA_PDL): see
- * pdl_wait (an error is LAUNCHED's to report); a pending chain of products goes first */
+ * pdl_wait (an error is LAUNCHED's to report) */
 template <typename... KArgs, typename... Args>
 static void launch(cudaStream_t st, bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
-    chain_flush();
     cudaLaunchConfig_t lc = {};
     lc.gridDim = grid;
     lc.blockDim = block;
@@ -434,96 +423,6 @@ static void launch(cudaStream_t st, bool pdl, void (*kernel)(KArgs...), dim3 gri
 }
 static bool pdl_of(Backend *be) { return impl(be)->mm.pdl; }
 
-/* The pending chain (DSPARK_CUDA_COL_CHAIN=1; matmul_tc.cuh's k_col_chain): matmul_col appends
- * a product of 1-2 rows here instead of launching it while a step bracket is open, and the
- * next launch of anything else, any other use of the stream and graph_end launch the chain
- * (one product alone: its own launch). Appending counts as the launch it stands for
- * (g_writes), so the pieces' bookkeeping is the same as without chains. */
-static struct {
-    ColChain ch;
-    cudaStream_t st;
-    bool pdl;
-    int cap;
-    long launched, products; /* (backend_cuda_chain_stats) */
-} g_chain;
-/* k_matmul_col<nc, u, true, mt> of one phase, launched alone */
-static void col_launch(cudaStream_t st, bool pdl, const ColPhase &p) {
-#define COL_ALONE(NC, U, MT) \
-    if (p.nc == NC && p.u == U && p.mt == MT) { \
-        launch(st, pdl, k_matmul_col<NC, U, true, MT>, (unsigned)p.blocks, 256, 0, p.mm, p.x, p.xp, p.n, p.K, p.cr); \
-        return; \
-    }
-    COL_ALONE(1, 4, 1) COL_ALONE(1, 4, 2) COL_ALONE(2, 2, 1) COL_ALONE(2, 2, 2)
-    COL_ALONE(3, 4, 1) COL_ALONE(3, 4, 2) COL_ALONE(3, 2, 1) COL_ALONE(3, 2, 2)
-#undef COL_ALONE
-    DS_ASSERT(0 && "col_launch: an instance matmul_col does not make");
-}
-/* the chains compiled, as the model's steps make them (phases: nc u mt, matmul_col's choice
- * by row count): a layer's o_proj, gate/up, down_proj and the next q/k/v (or lm_head) with
- * NORM_PIECES=1, the same with COL_MT=1 or DSPARK_CUDA_COL_CHAIN=2, and down_proj and q/k/v
- * by default (gate/up on k_matmul_tc), at 1-2, 3-5, 6-8 and 9-64 rows (8-row chunks); another pattern is launched
- * product by product. (ptxas spills 0.1-0.5 KB in the 4-phase chains whose tiles per block
- * alternate, 1 2 1 2 and the like; none in 1 2 2 2, the 2-phase ones or 2 2 2 2.) */
-#define CK(NC, U, MT) ColKind<NC, U, MT>
-#define CKN(NC, U, MT) (100 * NC + 10 * U + MT)
-static const struct {
-    int count, kinds[COL_CHAIN_MAX];
-    void (*kernel)(ColChain);
-} chain_kernels[] = {
-    {4, {CKN(1, 4, 1), CKN(1, 4, 2), CKN(1, 4, 1), CKN(1, 4, 2)}, k_col_chain<CK(1, 4, 1), CK(1, 4, 2), CK(1, 4, 1), CK(1, 4, 2)>},
-    {4, {CKN(1, 4, 1), CKN(1, 4, 2), CKN(1, 4, 1), CKN(1, 4, 1)}, k_col_chain<CK(1, 4, 1), CK(1, 4, 2), CK(1, 4, 1), CK(1, 4, 1)>},
-    {4, {CKN(1, 4, 1), CKN(1, 4, 2), CKN(1, 4, 2), CKN(1, 4, 2)}, k_col_chain<CK(1, 4, 1), CK(1, 4, 2), CK(1, 4, 2), CK(1, 4, 2)>},
-    {2, {CKN(1, 4, 1), CKN(1, 4, 2)}, k_col_chain<CK(1, 4, 1), CK(1, 4, 2)>},
-    {4, {CKN(2, 2, 1), CKN(2, 2, 2), CKN(2, 2, 1), CKN(2, 2, 1)}, k_col_chain<CK(2, 2, 1), CK(2, 2, 2), CK(2, 2, 1), CK(2, 2, 1)>},
-    {2, {CKN(2, 2, 1), CKN(2, 2, 1)}, k_col_chain<CK(2, 2, 1), CK(2, 2, 1)>},
-    {4, {CKN(2, 2, 1), CKN(3, 2, 2), CKN(2, 2, 1), CKN(3, 2, 2)}, k_col_chain<CK(2, 2, 1), CK(3, 2, 2), CK(2, 2, 1), CK(3, 2, 2)>},
-    {4, {CKN(2, 2, 1), CKN(3, 2, 2), CKN(2, 2, 2), CKN(3, 2, 2)}, k_col_chain<CK(2, 2, 1), CK(3, 2, 2), CK(2, 2, 2), CK(3, 2, 2)>},
-    {2, {CKN(2, 2, 1), CKN(3, 2, 2)}, k_col_chain<CK(2, 2, 1), CK(3, 2, 2)>},
-    {4, {CKN(3, 2, 2), CKN(3, 2, 2), CKN(3, 2, 2), CKN(3, 2, 2)}, k_col_chain<CK(3, 2, 2), CK(3, 2, 2), CK(3, 2, 2), CK(3, 2, 2)>},
-    {2, {CKN(3, 2, 2), CKN(3, 2, 2)}, k_col_chain<CK(3, 2, 2), CK(3, 2, 2)>},
-};
-#undef CK
-static void chain_flush() {
-    if (!g_chain.ch.count) return;
-    const ColChain ch = g_chain.ch;
-    g_chain.ch.count = 0; /* (before launch, which flushes) */
-    int blocks = 1;
-    for (int j = 0; j < ch.count; j++) blocks = ch.ph[j].blocks > blocks ? ch.ph[j].blocks : blocks;
-    for (size_t k = 0; k < sizeof chain_kernels / sizeof chain_kernels[0]; k++) {
-        bool match = chain_kernels[k].count == ch.count;
-        for (int j = 0; j < ch.count && match; j++) match = chain_kernels[k].kinds[j] == CKN(ch.ph[j].nc, ch.ph[j].u, ch.ph[j].mt);
-        if (match) {
-            launch(g_chain.st, g_chain.pdl, chain_kernels[k].kernel, (unsigned)(blocks < g_chain.cap ? blocks : g_chain.cap), 256, 0, ch);
-            LAUNCHED("matmul chain");
-            g_chain.launched++;
-            g_chain.products += ch.count;
-            return;
-        }
-    }
-    for (int j = 0; j < ch.count; j++) { /* each product's own launch, as without chains */
-        col_launch(g_chain.st, g_chain.pdl, ch.ph[j]);
-        LAUNCHED("matmul");
-    }
-}
-#undef CKN
-static void chain_append(cudaStream_t st, const MmCfg *cfg, ColPhase p) {
-    const int most = cfg->col_chain == 3 ? 2 : COL_CHAIN_MAX;
-    if (g_chain.ch.count && (g_chain.st != st || g_chain.ch.count >= most)) chain_flush();
-    if (cfg->col_chain == 2 && g_chain.ch.count && p.mt == 1 && !p.mm.act) {
-        int G = 0;
-        for (int j = 0; j < p.mm.count; j++) p.mm.g_end[j] = G += (p.mm.O[j] + 31) / 32;
-        p.mt = 2;
-        p.blocks = G * ((p.n + p.cr - 1) / p.cr);
-    }
-    g_chain.ch.ph[g_chain.ch.count++] = p;
-    g_chain.ch.bar = cfg->chain_bar;
-    g_chain.ch.pf_bytes = cfg->chain_pf;
-    g_chain.st = st;
-    g_chain.pdl = cfg->pdl;
-    g_chain.cap = cfg->chain_cap;
-    g_writes++;
-}
-
 static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t *ids, int n) {
     if (n <= 0 || graph_skip(be, 2, out, table->dev, (int)table->dtype, table->cols, ids, n)) return;
     launch(stream_of(be), pdl_of(be), k_embed, n, 256, 0, out, table->dev, (int)table->dtype, table->dev_layout == WL_TILES, ids, table->cols);
@@ -532,7 +431,6 @@ static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t
 
 template <int NB, int R, int DT, bool VEC>
 static void matmul_launch_ref(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
-    chain_flush();
     k_matmul_ref<NB, R, DT, VEC><<<(unsigned)((O + R - 1) / R), 256, 0, st>>>(out, x, w, n, K, O);
 }
 
@@ -665,30 +563,6 @@ static void matmul_col(cudaStream_t st, const MmCfg *cfg, MmMulti &mm, const flo
         xp = to;
     }
     const unsigned grid = (unsigned)(G * chunks);
-    if (cfg->chain_open && b <= 2 && xp) { /* (the instances below: k_matmul_col<nc, cu, true, mt>) */
-        const int nc = b + 1, cu = b == 0 ? 4 : b == 1 || u != 4 ? 2 : 4;
-        const ColPhase p = {mm, x, xp, n, K, cr, (int)grid, nc, cu, mt};
-        chain_append(st, cfg, p);
-        return;
-    }
-    /* instances with only their store's code, for the steps of the model's calls at 1-2 and
-     * 6-8 rows (DSPARK_CUDA_COL_EPI=1; the same arithmetic as the generic instance) */
-    if (cfg->col_epi && xp) {
-        const int epi = col_epi_of(mm.ss_in != NULL, mm.add != 0, mm.np_out != NULL, mm.act != 0, mm.xp_out != NULL);
-        constexpr int ADD_NP = COL_ADD | COL_NP, SW = COL_SS | COL_SW | COL_XPO;
-#define COL_EPI(NC, U, MT, E) \
-    do { \
-        launch(st, cfg->pdl, k_matmul_col<NC, U, true, MT, E>, grid, 256, 0, mm, x, xp, n, K, cr); \
-        return; \
-    } while (0)
-        if (b == 0 && mt == 2 && epi == COL_SS) COL_EPI(1, 4, 2, COL_SS);       /* q/k/v, lm_head */
-        if (b == 0 && mt == 2 && epi == SW) COL_EPI(1, 4, 2, SW);               /* gate/up (NORM_PIECES=1) */
-        if (b == 0 && mt == 1 && epi == ADD_NP) COL_EPI(1, 4, 1, ADD_NP);       /* o_proj, down_proj */
-        if (b == 1 && mt == 1 && epi == ADD_NP) COL_EPI(2, 2, 1, ADD_NP);         /* their 4-row chunks at 6-8 rows */
-        if (b == 2 && mt == 2 && u == 2 && epi == COL_SS) COL_EPI(3, 2, 2, COL_SS);
-        if (b == 2 && mt == 2 && u == 2 && epi == SW) COL_EPI(3, 2, 2, SW);
-#undef COL_EPI
-    }
 #define COL_MT(NC, U, MT) \
     do { \
         if (xp) launch(st, cfg->pdl, k_matmul_col<NC, U, true, MT>, grid, 256, 0, mm, x, xp, n, K, cr); \
@@ -781,7 +655,6 @@ static void blas_check(cublasStatus_t s, const char *what) {
     abort();
 }
 static void matmul_cublas(Backend *be, float *out, const float *x, const Weight *w, int n) {
-    chain_flush();
     g_writes++; /* (its own launches) */
     CudaImpl *c = impl(be);
     const int K = w->cols, O = w->rows;
@@ -820,7 +693,6 @@ static void matmul_tiles(CudaImpl *c, float *out, const float *x, const Weight *
     }
     for (int i0 = 0; i0 < n; i0 += CUDA_SMALL_N) {
         const int nc = n - i0 < CUDA_SMALL_N ? n - i0 : CUDA_SMALL_N;
-        chain_flush();
         CU(cudaMemcpyAsync(c->wide, x + (size_t)i0 * K, sizeof(float) * nc * K, cudaMemcpyDeviceToDevice, c->stream));
         matmul_tc(c->stream, &c->mm, out + (size_t)i0 * O, c->wide, w->dev, nc, K, O, multi, WL_TILES, i0 == 0 && nc == n ? xp : NULL);
     }
@@ -1046,7 +918,6 @@ static const float *rope_freq(Backend *be, float theta, int head_dim) {
     /* transformers: inv_freq = 1 / theta^(arange(0, hd, 2) / hd), in float32 (backend_cpu.c) */
     for (int j = 0; j < half; j++) host[j] = 1.0f / powf(theta, (float)(2 * j) / (float)head_dim);
     CU(cudaMalloc(&r->inv_freq, sizeof(float) * half));
-    chain_flush();
     CU(cudaMemcpyAsync(r->inv_freq, host, sizeof(float) * half, cudaMemcpyHostToDevice, c->stream));
     r->theta = theta;
     r->head_dim = head_dim;
@@ -1153,7 +1024,6 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
         if (c->att_count) CU(cudaFree(c->att_count));
         const size_t nc = need / ((size_t)ATT_SPLITS * (head_dim + 2)) + 1; /* >= n * n_heads of any call that fits att_part */
         CU(cudaMalloc(&c->att_count, sizeof(int) * nc));
-        chain_flush();
         CU(cudaMemsetAsync(c->att_count, 0, sizeof(int) * nc, c->stream));
         c->att_count_n = nc;
     }
@@ -1258,7 +1128,6 @@ static int graph_key_index(int key) {
 static void cu_graph_begin(Backend *be, int key) {
     CudaImpl *c = impl(be);
     DS_ASSERT(c->g_mode == G_OFF);
-    chain_flush();
     c->g_len = 0;
     c->g_key = key;
     g_capture_broken = false;
@@ -1282,7 +1151,6 @@ static void cu_graph_begin(Backend *be, int key) {
         }
     }
     c->g_mode = mode;
-    c->mm.chain_open = c->mm.col_chain && c->mm.chain_cap > 0 && (mode == G_EAGER || mode == G_CAPTURE);
 }
 
 /* the record slot for a new graph: a free one, else the least recently used (the stream is
@@ -1293,7 +1161,6 @@ static GraphRec *graph_slot(CudaImpl *c) {
         if (!c->rec[i].exec) return &c->rec[i];
         if (c->rec[i].used < lru->used) lru = &c->rec[i];
     }
-    chain_flush();
     CU(cudaStreamSynchronize(c->stream));
     CU(cudaGraphExecDestroy(lru->exec));
     ds_free(lru->log);
@@ -1303,8 +1170,6 @@ static GraphRec *graph_slot(CudaImpl *c) {
 
 static bool cu_graph_end(Backend *be) {
     CudaImpl *c = impl(be);
-    chain_flush(); /* (into the capture, or run) */
-    c->mm.chain_open = false;
     const int mode = c->g_mode;
     c->g_mode = G_OFF;
     g_writes++;
@@ -1349,10 +1214,6 @@ static bool cu_graph_end(Backend *be) {
     return true;
 }
 
-extern "C" void backend_cuda_chain_stats(long *chains, long *products) {
-    *chains = g_chain.launched;
-    *products = g_chain.products;
-}
 extern "C" void backend_cuda_graph_stats(const Backend *be, long *captures, long *replays, long *misses) {
     const CudaImpl *c = (const CudaImpl *)be->impl;
     *captures = c->g_captures;
@@ -1363,7 +1224,6 @@ extern "C" void backend_cuda_graph_stats(const Backend *be, long *captures, long
 static void cu_destroy(Backend *be) {
     CudaImpl *c = impl(be);
     if (c) {
-        chain_flush();
         cudaStreamSynchronize(c->stream);
         for (int i = 0; i < N_GRAPHS; i++)
             if (c->rec[i].exec) {
@@ -1377,7 +1237,6 @@ static void cu_destroy(Backend *be) {
         if (c->att_count) cudaFree(c->att_count);
         if (c->norm_r) cudaFree(c->norm_r);
         if (c->draw_scratch) cudaFree(c->draw_scratch);
-        if (c->mm.chain_bar) cudaFree(c->mm.chain_bar);
         for (int b = 0; b < 2; b++) {
             if (c->mm.xp_buf[b]) cudaFree(c->mm.xp_buf[b]);
             if (c->mm.ss_buf[b]) cudaFree(c->mm.ss_buf[b]);
@@ -1418,8 +1277,7 @@ static bool env_buckets(const char *s, int nb, int *v) {
  * 16-row tiles per block (1, 2) and k-steps per round (1, 2, 4) by row bucket 1-2, 3-5, 6-8,
  * 9-64 (COL_MT: a fifth value for 1-2 rows of a wide product with its pieces from memory); DSPARK_CUDA_COL_CHUNK: rows of x per block (2..16) by the bucket of min(n, 16), and a
  * fifth value for 6-8 rows of a narrow product (< 4096 weight rows; 4 values: as the others) (no
- * value changes); DSPARK_CUDA_COL_EPI=1: its calls at 1-2 and 6-8 rows on instances that hold
- * only their store's steps (less code a launch; no value changes). DSPARK_CUDA_NORM_PIECES=0: matmul_norm on k_matmul_tc's NORM (and
+ * value changes). DSPARK_CUDA_NORM_PIECES=0: matmul_norm on k_matmul_tc's NORM (and
  * k_norm_prep), not k_matmul_col from norm pieces (other bits: before/after); =1: the paired
  * gate/up + swiglu too (by default it stays on NORM; other bits). */
 static void mm_tc_config(MmCfg *m) {
@@ -1471,8 +1329,6 @@ static void mm_tc_config(MmCfg *m) {
         for (int i = 0; i < 5; i++)
             if (v4[i] == 1 || v4[i] == 2) m->col_mt[i] = v4[i];
     }
-    const char *col_epi = getenv("DSPARK_CUDA_COL_EPI");
-    m->col_epi = col_epi && !strcmp(col_epi, "1");
     if (env_buckets(col_u, 4, v4))
         for (int i = 0; i < 4; i++)
             if (v4[i] == 1 || v4[i] == 2 || v4[i] == 4) m->col_u[i] = v4[i];
@@ -1560,23 +1416,6 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
         ds_err(err, DS_ENOMEM, "--device cuda: out of GPU memory for the product's buffers");
         return NULL;
     }
-    /* DSPARK_CUDA_COL_CHAIN=1..3: chains of 1-2-row column products (k_col_chain), sized to the
-     * blocks resident at once; no chains if that cannot be known or the counters not made */
-    const char *chain = getenv("DSPARK_CUDA_COL_CHAIN");
-    c->mm.col_chain = chain && chain[0] >= '1' && chain[0] <= '3' && !chain[1] ? chain[0] - '0' : 0;
-    const char *chain_pf = getenv("DSPARK_CUDA_COL_CHAIN_PF");
-    const int chain_pf_kb = chain_pf ? atoi(chain_pf) : 0;
-    c->mm.chain_pf = chain_pf_kb > 0 && chain_pf_kb <= 1024 ? (unsigned)chain_pf_kb * 1024 : 0;
-    int chain_per_sm = c->mm.col_chain ? 1 << 20 : 0; /* the fewest of the instances' */
-    for (size_t k = 0; k < sizeof chain_kernels / sizeof chain_kernels[0] && chain_per_sm > 0; k++) {
-        int per = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, chain_kernels[k].kernel, 256, 0) != cudaSuccess) per = 0;
-        chain_per_sm = per < chain_per_sm ? per : chain_per_sm;
-    }
-    if (chain_per_sm > 0 && cudaMalloc(&c->mm.chain_bar, sizeof(unsigned) * (COL_CHAIN_MAX + 1)) == cudaSuccess &&
-        cudaMemset(c->mm.chain_bar, 0, sizeof(unsigned) * (COL_CHAIN_MAX + 1)) == cudaSuccess)
-        c->mm.chain_cap = chain_per_sm * c->mm.nsm;
-    cudaGetLastError();
     const int cols_default[4] = {4, 8, 4, 4};
     for (int i = 0; i < 4; i++) c->mm.cols[i] = cols_default[i];
     if (env_buckets(cols, 4, v)) /* "C" for every bucket or "C1,C2,C4,C8" (2, 4 or 8; benchmarks tune with it) */

@@ -36,13 +36,7 @@
  * runs there too, from the pieces of norm * x (made by the matmul_add before it or by
  * k_norm_pieces), except the paired gate/up + swiglu: DSPARK_CUDA_NORM_PIECES=0 puts all of it
  * back on k_matmul_tc's folded norm, =1 moves the paired one too (values change within float32
- * rounding). DSPARK_CUDA_COL_CHAIN=1 (off): inside a step bracket, column products of 1-2 rows
- * that follow each other run as phases of one persistent launch (matmul_tc.cuh's
- * k_col_chain), the same values; =2 also puts the products after a chain's first on 2-tile
- * blocks, =3 chains at most 2 products (backend_cuda.cu's chain_append);
- * DSPARK_CUDA_COL_CHAIN_PF=KB: a block done with a phase prefetches that much of each of its
- * next phase's weight tiles into L2 before its store and wait (off). A chain's blocks wait for
- * each other, so two streams must not run chains on one GPU at once. Neither do
+ * rounding). Neither do
  * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
  * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head).
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);
@@ -73,9 +67,6 @@ const char *backend_cuda_info(const Backend *be);
 /* step graphs so far: recorded, replayed, and checks that found no record (DSPARK_CUDA_GRAPHS=0
  * turns them off; bench_cuda and test_cuda read these) */
 void backend_cuda_graph_stats(const Backend *be, long *captures, long *replays, long *misses);
-/* chains of column products launched so far in this process (DSPARK_CUDA_COL_CHAIN=1; replays
- * of a step graph not counted) and the products in them */
-void backend_cuda_chain_stats(long *chains, long *products);
 /* the fused ops qk_norm_rope_kv and add_rmsnorm (backend.h) on or off, and with them (fold)
  * matmul_norm and matmul_add; all on by default (DSPARK_CUDA_FUSE=0 turns them off at
  * create, DSPARK_CUDA_FOLD=0 only the last two) */

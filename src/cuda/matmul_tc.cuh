@@ -430,35 +430,17 @@ __global__ void __launch_bounds__(256) k_norm_pieces(uint16_t *xp, float *ss, co
     if (o == 0) ss[(size_t)i * (K / 16) + tt] = q;
 }
 
-/* the store's steps of a k_matmul_col instance (EPI): each a flag of mm, fixed at compile
- * time so an instance holds only the code its calls run (COL_GENERIC: every step, by mm's
- * fields at run time). The code a block runs once at its end is most of a kernel's (the
- * 1-row instances: 6 KB of loop, 9-15 KB of store), and every launch fetches it anew */
-enum { COL_SS = 1, COL_ADD = 2, COL_NP = 4, COL_SW = 8, COL_XPO = 16, COL_GENERIC = -1 };
-__host__ __device__ constexpr int col_epi_of(bool ss, bool add, bool np, bool sw, bool xpo) {
-    return (ss ? COL_SS : 0) | (add ? COL_ADD : 0) | (np ? COL_NP : 0) | (sw ? COL_SW : 0) | (xpo ? COL_XPO : 0);
-}
-
 /* NC tiles of 8 columns (a chunk of up to 8 NC / 3 rows), U k-steps in flight per warp, MT
  * 16-row weight tiles per block (2: x's loads serve twice the weights). With mm.act (MT 2) the
  * two tiles are the same 16 rows of gate (w[0]) and up (w[1]), stored as tc_store_swiglu does
- * (out[1] = up, out[0] = silu(gate) * up). A tile's values are those of its product alone.
- * EPI: the store's steps (above; the launch passes an mm that has exactly these).
- * col_block is the body of block bid (k_matmul_col's blockIdx.x; a phase of k_col_chain);
- * each warp calls wait() once, after its first round's weight loads and before it reads
- * anything an earlier kernel (or phase) wrote, and after_loop() once its k-steps are done. */
-template <int NC>
-using ColSums = float[TC_WARPS][16][8 * NC + 1]; /* a block's sums by warp (+1: the lanes' stores spread over banks) */
-template <int NC, int U, bool XP, int MT, int EPI, typename Wait, typename AfterLoop>
-__device__ __forceinline__ void col_block(const MmMulti &mm, const float *x, const uint4 *xp, int n, int K, int cr, unsigned bid, unsigned tid,
-                                          ColSums<NC> &sums, Wait wait, AfterLoop after_loop) {
-    constexpr bool GEN = EPI == COL_GENERIC;
-    const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    const int chunks = (n + cr - 1) / cr, i0 = cr * (int)(bid % chunks), nr = n - i0 < cr ? n - i0 : cr; /* (cr <= 16) */
-    const bool sw = MT == 2 && (GEN ? mm.act != 0 : (EPI & COL_SW) != 0); /* gate and up tiles paired */
-    const bool has_ss = GEN ? mm.ss_in != NULL : (EPI & COL_SS) != 0, has_add = GEN ? mm.add != 0 : (EPI & COL_ADD) != 0;
-    const bool has_np = GEN ? mm.np_out != NULL : (EPI & COL_NP) != 0, has_xpo = GEN ? mm.xp_out != NULL : (EPI & COL_XPO) != 0;
-    const MmSeg sg = tc_segment<MT>(mm, sw, bid / chunks);
+ * (out[1] = up, out[0] = silu(gate) * up). A tile's values are those of its product alone. */
+template <int NC, int U, bool XP, int MT>
+__global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, const uint4 *xp, int n, int K, int cr) {
+    __shared__ float sums[TC_WARPS][16][8 * NC + 1]; /* (+1: the lanes' stores spread over banks) */
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int chunks = (n + cr - 1) / cr, i0 = cr * (int)(blockIdx.x % chunks), nr = n - i0 < cr ? n - i0 : cr; /* (cr <= 16) */
+    const bool sw = MT == 2 && mm.act; /* gate and up tiles paired */
+    const MmSeg sg = tc_segment<MT>(mm, sw, blockIdx.x / chunks);
     const bool tiled = mm.layout == WL_TILES;
     const int kstep = tiled ? 64 : 4, KS = K / 32;
     const uint4 *wr[MT][2];
@@ -484,7 +466,7 @@ __device__ __forceinline__ void col_block(const MmMulti &mm, const float *x, con
     for (int j0 = warp; j0 < KS; j0 += TC_WARPS * U) {
         uint4 wv[U][MT][2];
         tc_load_round<U, MT>(wv, wr, j0, KS, kstep);
-        if (j0 == warp) wait();
+        if (j0 == warp) pdl_start();
         uint4 pv[U][NC];
         float4 xv[XP ? 1 : U][XP ? 1 : NC][2];
 #pragma unroll
@@ -528,10 +510,9 @@ __device__ __forceinline__ void col_block(const MmMulti &mm, const float *x, con
             }
         }
     }
-    if (warp >= KS) wait(); /* a warp without k-steps */
-    after_loop(); /* (the block's last weight loads are issued: the store follows) */
+    if (warp >= KS) pdl_start(); /* a warp without k-steps */
     /* thread (o, i) = (tid % 16, tid / 16): output row o of the tile, x row i of the chunk */
-    const int o = tid & 15, i = tid >> 4, r = sg.o0 + o;
+    const int o = threadIdx.x & 15, i = threadIdx.x >> 4, r = sg.o0 + o;
     float y[MT];
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
@@ -553,8 +534,8 @@ __device__ __forceinline__ void col_block(const MmMulti &mm, const float *x, con
         y[mt] = (v[0] + v[1]) + v[2];
     }
     if (i >= nr) return; /* (a half-warp: one row i) */
-    const unsigned half = 0xffffu << (tid & 16);
-    if (has_ss) { /* norm pieces: the sums of nw * x scaled by the row's 1 / rms */
+    const unsigned half = 0xffffu << (threadIdx.x & 16);
+    if (mm.ss_in) { /* norm pieces: the sums of nw * x scaled by the row's 1 / rms */
         const float rs = np_rscale(mm.ss_in + (size_t)(i0 + i) * (K / 16), K, mm.eps, o, half);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) y[mt] = y[mt] * rs;
@@ -565,149 +546,21 @@ __device__ __forceinline__ void col_block(const MmMulti &mm, const float *x, con
         const float a = silu_mul(y[0], y[MT - 1]);
         mm.out[1][off] = y[MT - 1];
         mm.out[0][off] = a;
-        if (has_xpo) xp_store(mm.xp_out, i0 + i, r, sg.O, a); /* down_proj's pieces */
-    } else {
-#pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            const int rm = r + 16 * mt;
-            if (rm >= sg.O) break;
-            const size_t off = (size_t)(i0 + i) * sg.O + rm;
-            float v = y[mt];
-            if (has_add) v = sg.out[off] + v;
-            sg.out[off] = v;
-            if (has_np) { /* the next matmul_norm's pieces and tile squares (O % 16 == 0: the break is the half-warp's) */
-                xp_store(mm.np_out, i0 + i, rm, sg.O, bf16_bits(((const uint16_t *)mm.np_norm)[rm]) * v);
-                const float q = np_tile_sum(v * v, half);
-                if (o == 0) mm.ss_out[(size_t)(i0 + i) * (sg.O / 16) + rm / 16] = q;
-            }
-        }
+        if (mm.xp_out) xp_store(mm.xp_out, i0 + i, r, sg.O, a); /* down_proj's pieces */
+        return;
     }
-}
-template <int NC, int U, bool XP, int MT, int EPI = COL_GENERIC>
-__global__ void __launch_bounds__(256) k_matmul_col(MmMulti mm, const float *x, const uint4 *xp, int n, int K, int cr) {
-    __shared__ ColSums<NC> sums;
-    col_block<NC, U, XP, MT, EPI>(mm, x, xp, n, K, cr, blockIdx.x, threadIdx.x, sums, [] { pdl_start(); }, [] {});
-}
-
-/* ---- a chain of column products in one launch (DSPARK_CUDA_COL_CHAIN, off by default) ----
- * The products of a step that follow each other with nothing between them (a layer's o_proj,
- * gate/up, down_proj and the next layer's q/k/v, with NORM_PIECES=1) run as phases of one
- * kernel whose blocks all stay resident: phase p + 1 begins when every block has finished
- * phase p (a counter per phase), so one product's end and the next one's start cost a counter
- * instead of a grid's drain and the next grid's launch, and a block requests its first weights
- * of phase p + 1 before it waits. A phase's block bid runs col_block as block bid of its
- * product's own launch (k_matmul_col<NC, U, true, MT>) would: the same bits. */
-#define COL_CHAIN_MAX 4
-typedef struct {
-    MmMulti mm;
-    const float *x;
-    const uint4 *xp;
-    int n, K, cr, blocks; /* blocks: the product's grid alone */
-    int nc, u, mt;        /* its instance, k_matmul_col<nc, u, true, mt> */
-} ColPhase;
-typedef struct {
-    ColPhase ph[COL_CHAIN_MAX];
-    int count;
-    unsigned pf_bytes; /* > 0: a block done with its last tile's k-steps of a phase prefetches this much of each
-                        * weight tile of its first tile of the next phase into L2 before its store and wait
-                        * (DSPARK_CUDA_COL_CHAIN_PF) */
-    unsigned *bar;     /* [COL_CHAIN_MAX + 1] counters, zero between launches (the last block clears them) */
-} ColChain;
-template <int NC_, int U_, int MT_>
-struct ColKind { /* a phase's instance, at compile time */
-    static constexpr int NC = NC_, U = U_, MT = MT_;
-};
-template <typename First, typename... Rest>
-struct ChainFirst {
-    using type = First;
-};
-
-__device__ __forceinline__ unsigned ld_acquire(const unsigned *p) {
-    unsigned v;
-    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-/* the block is done with a phase: its writes before the count (cooperative groups' grid sync:
- * a barrier, then thread 0's fence and add) */
-__device__ __forceinline__ void chain_arrive(unsigned *count) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(count, 1u);
-    }
-}
-/* a warp waits for every block's count (lane 0 acquires, then fences; the warp's other lanes
- * are ordered after it by the warp barrier) */
-__device__ __forceinline__ void chain_wait(const unsigned *count, unsigned blocks) {
-    if ((threadIdx.x & 31) == 0) {
-        while (ld_acquire(count) < blocks) __nanosleep(32);
-        __threadfence();
-    }
-    __syncwarp();
-}
-/* the first pf bytes of each 16-row weight tile of block bid of a phase (tiled weights: a tile's
- * k-steps are contiguous, so its first rounds are a prefix) into L2: a hint, no value moves */
-template <int MT>
-__device__ __forceinline__ void chain_prefetch(const ColPhase &q, unsigned bid, unsigned pf) {
-    if (q.mm.layout != WL_TILES) return;
-    const int chunks = (q.n + q.cr - 1) / q.cr;
-    const bool sw = MT == 2 && q.mm.act != 0;
-    const MmSeg sg = tc_segment<MT>(q.mm, sw, (int)(bid / (unsigned)chunks));
-    const size_t tile = (size_t)16 * q.K; /* elements */
-    const unsigned bytes = pf < 2 * tile ? pf : (unsigned)(2 * tile);
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
-        const int r0 = sg.o0 + (sw ? 0 : 16 * mt);
-        if (r0 >= sg.O) break;
-        const uint16_t *w = (const uint16_t *)(sw && mt ? q.mm.w[1] : sg.w) + (size_t)(r0 >> 4) * tile;
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w), "r"(bytes) : "memory");
-    }
-}
-/* phase P of a chain (its instance Kind: fixed at compile time, as is P, so its parameters stay
- * constant operands as in the product's own launch), then the ones after it */
-template <int P, typename Kind, typename... Rest>
-__device__ __forceinline__ void chain_phase(const ColChain &ch, float *sums) {
-    const ColPhase &ph = ch.ph[P];
-    bool waited = false; /* (the same in every thread: set after each tile) */
-    auto wait = [&] {
-        if (waited) return;
-        if (P == 0) pdl_start(); /* the kernel before the chain */
-        else chain_wait(ch.bar + P - 1, gridDim.x);
-    };
-    for (unsigned bid = blockIdx.x; bid < (unsigned)ph.blocks; bid += gridDim.x) {
-        unsigned b = bid, tid = threadIdx.x;
-        asm volatile("" : "+r"(b), "+r"(tid)); /* (opaque: nothing of a tile is carried to the next in registers) */
-        auto prefetch_next = [&] { /* after the block's last tile of the phase: its first of the next phase */
-            if constexpr (sizeof...(Rest) > 0) {
-                using Next = typename ChainFirst<Rest...>::type;
-                if (ch.pf_bytes && tid == 0 && b + gridDim.x >= (unsigned)ph.blocks && blockIdx.x < (unsigned)ch.ph[P + 1].blocks)
-                    chain_prefetch<Next::MT>(ch.ph[P + 1], blockIdx.x, ch.pf_bytes);
-            }
-        };
-        col_block<Kind::NC, Kind::U, true, Kind::MT, COL_GENERIC>(ph.mm, ph.x, ph.xp, ph.n, ph.K, ph.cr, b, tid,
-                                                                  *reinterpret_cast<ColSums<Kind::NC> *>(sums), wait, prefetch_next);
-        waited = true;
-        __syncthreads(); /* (sums reused by the next tile) */
-    }
-    if (P == 0 && !waited) pdl_start(); /* before any counter is touched, and so that the next kernel may launch */
-    chain_arrive(ch.bar + P);
-    if constexpr (sizeof...(Rest) > 0) chain_phase<P + 1, Rest...>(ch, sums);
-}
-template <typename... Kinds>
-__host__ __device__ constexpr int chain_nc_max() {
-    int m = 0;
-    ((m = Kinds::NC > m ? Kinds::NC : m), ...);
-    return m;
-}
-/* the phases' instances Kinds (ch.count of them). grid <= the blocks resident at once (all
- * must be, or a wait never ends): the backend sizes it */
-template <typename... Kinds>
-__global__ void __launch_bounds__(256, 2) k_col_chain(ColChain ch) {
-    __shared__ ColSums<chain_nc_max<Kinds...>()> sums;
-    chain_phase<0, Kinds...>(ch, &sums[0][0][0]);
-    if (threadIdx.x == 0) { /* the last block out clears the counters: every block is past every wait */
-        __threadfence();
-        if (atomicAdd(ch.bar + COL_CHAIN_MAX, 1u) == gridDim.x - 1)
-            for (int p = 0; p <= COL_CHAIN_MAX; p++) atomicExch(ch.bar + p, 0u);
+        const int rm = r + 16 * mt;
+        if (rm >= sg.O) break;
+        const size_t off = (size_t)(i0 + i) * sg.O + rm;
+        float v = y[mt];
+        if (mm.add) v = sg.out[off] + v;
+        sg.out[off] = v;
+        if (mm.np_out) { /* the next matmul_norm's pieces and tile squares (O % 16 == 0: the break is the half-warp's) */
+            xp_store(mm.np_out, i0 + i, rm, sg.O, bf16_bits(((const uint16_t *)mm.np_norm)[rm]) * v);
+            const float q = np_tile_sum(v * v, half);
+            if (o == 0) mm.ss_out[(size_t)(i0 + i) * (sg.O / 16) + rm / 16] = q;
+        }
     }
 }
