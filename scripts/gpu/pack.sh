@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the CUDA binaries here and pack them with their runtime libraries for a GPU machine that
 # has a driver and libcublas but not Debian's jansson/PCRE2/utf8proc/OpenBLAS (README "On the
-# GPU"): build-cuda/gpu-pkg.tar.xz, ~20 MB. On the GPU machine, scripts/gpu/check.sh and
+# GPU"): build-cuda/gpu-pkg.tar.xz, ~13 MB. On the GPU machine, scripts/gpu/check.sh and
 # bench/gpu_ab.sh unpack it (the device tool: carry build-cuda/gpu-pkg.tar.xz).
 #   usage: scripts/gpu/pack.sh
 set -euo pipefail
