@@ -180,7 +180,7 @@ int cmd_eval(int argc, char **argv) {
     GenDefaults gd;
     char record_tmp[1200];
     FILE *rec = NULL;
-    if (backend_create(device, threads, &be, err) || qwen3_load(&m, model, be, err) || drafter_load(&d, draft, &m, be, err)) goto fail;
+    if (backend_create_for(device, threads, BACKEND_ONE_STREAM, &be, err) || qwen3_load(&m, model, be, err) || drafter_load(&d, draft, &m, be, err)) goto fail;
     char tpath[1200];
     snprintf(tpath, sizeof tpath, "%s/tokenizer.json", model);
     if (ds_file_exists(tpath) && gen_load_tokenizer(model, &tok, err)) goto fail; /* optional: prompt_ids rows need none */

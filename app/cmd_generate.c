@@ -287,7 +287,7 @@ int cmd_generate(int argc, char **argv) {
     int n_prompt = 0, n_many = 0;
     GenPrompt *many = NULL; /* --prompts */
     bool have_state = false;
-    if (backend_create(a.device, a.threads, &be, err)) goto fail;
+    if (backend_create_for(a.device, a.threads, BACKEND_ONE_STREAM, &be, err)) goto fail; /* (one sequence at a time) */
     if (qwen3_load(&m, a.model, be, err)) goto fail;
     /* the tokenizer is loaded only when text is involved */
     if (!(a.prompt_ids && a.print_ids) && gen_load_tokenizer(a.model, &tok, err)) goto fail;

@@ -4,7 +4,10 @@
  * floor = weight bytes read per step / device-to-device copy bandwidth (bytes read + written
  * per second, so a step that only reads its weights could reach it).
  *
- *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--batch 256] [--json OUT] [--profile] [--ablate]
+ *   bench_cuda [--ctx 512] [--reps 20] [--layers 36] [--batch 256] [--json OUT] [--profile] [--ablate] [--one-stream]
+ *
+ * --one-stream: the backend as `dspark generate` and `eval` create it (backend.h's
+ * BACKEND_ONE_STREAM: one sequence at a time; the default is the batched backend of serve).
  *
  * --ablate: the graphed 1- and 8-token steps again with op classes left out (attention, the
  * q/k norm + rope + KV write, the norms, swiglu, all but the products, the products): where
@@ -73,12 +76,16 @@ static double time_batch(Qwen3Model *m, Qwen3State *st, const Qwen3Batch *b, int
     return t[reps / 2];
 }
 
-/* median seconds of `reps` forwards of n tokens at positions pos0.. (n_logits rows to the host) */
-static double time_forward(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n_logits, int reps, char *err, int *fail) {
+/* median seconds of `reps` forwards of n tokens at positions pos0.. (n_logits rows to the host,
+ * or left on the device as the engine's device sampling leaves them: on_device) */
+static double time_forward_at(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n_logits, bool on_device, int reps, char *err, int *fail) {
     int32_t tok[256], pos[256], rows[256];
     for (int i = 0; i < n; i++) { tok[i] = (i * 7919 + 13) % m->cfg.vocab_size; pos[i] = pos0 + i; rows[i] = n - n_logits + i; }
-    Qwen3Batch b = {.n = n, .tokens = tok, .pos = pos, .logit_rows = rows, .n_logits = n_logits};
+    Qwen3Batch b = {.n = n, .tokens = tok, .pos = pos, .logit_rows = rows, .n_logits = n_logits, .logits_on_device = on_device};
     return time_batch(m, st, &b, reps, err, fail);
+}
+static double time_forward(Qwen3Model *m, Qwen3State *st, int n, int pos0, int n_logits, int reps, char *err, int *fail) {
+    return time_forward_at(m, st, n, pos0, n_logits, false, reps, err, fail);
 }
 
 /* median seconds of a decode step of R requests: token i at position pos in slot i (kv_len
@@ -430,7 +437,7 @@ done:
 int main(int argc, char **argv) {
     int ctx = 512, reps = 20, L = 36, batch_max = 256;
     const char *json_out = NULL;
-    bool profile = false, tiny = false, mm_only = false, host_sampling = false, draft_eager = false, ablate = false;
+    bool profile = false, tiny = false, mm_only = false, host_sampling = false, draft_eager = false, ablate = false, one_stream = false;
     const char *device = "cuda";
     setvbuf(stdout, NULL, _IOLBF, 0); /* a run cut short by a time limit keeps its finished rows */
     for (int i = 1; i < argc; i++) {
@@ -446,9 +453,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--tiny")) tiny = true; /* small sizes: checks the program, measures nothing */
         else if (!strcmp(argv[i], "--host-sampling")) host_sampling = true; /* drafting and the synthetic round sample on the host */
         else if (!strcmp(argv[i], "--draft-eager")) draft_eager = true;
+        else if (!strcmp(argv[i], "--one-stream")) one_stream = true; /* the backend as generate and eval make it (backend.h's BackendUse) */
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: bench_cuda [--ctx N] [--reps N] [--layers N] [--batch MAX_REQUESTS] [--json OUT] [--profile] [--ablate] [--mm] "
-                   "[--host-sampling] [--draft-eager] [--device cpu --tiny]\n(see the comment at the top of bench/bench_cuda.c)\n");
+                   "[--host-sampling] [--draft-eager] [--one-stream] [--device cpu --tiny]\n(see the comment at the top of bench/bench_cuda.c)\n");
             return 0;
         } else {
             fprintf(stderr, "bench_cuda: unknown flag or missing value: %s (--help for usage)\n", argv[i]);
@@ -459,7 +467,7 @@ int main(int argc, char **argv) {
     if (!json_report_check("bench_cuda", json_out)) return 2;
     char err[DS_ERR_LEN];
     Backend *be;
-    if (backend_create(device, 2, &be, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
+    if (backend_create_for(device, 2, one_stream ? BACKEND_ONE_STREAM : BACKEND_BATCHED, &be, err)) { fprintf(stderr, "bench_cuda: %s\n", err); return 1; }
     const int V = tiny ? 4096 : 151936, d = tiny ? 256 : 2560, H = tiny ? 4 : 32, KV = tiny ? 2 : 8, hd = tiny ? 64 : 128,
               ff = tiny ? 512 : 9728;
     /* one random BF16 buffer as large as the largest tensor; every weight is a view of it */
@@ -595,8 +603,12 @@ int main(int argc, char **argv) {
     double prefill = time_forward(&m, &st, 256, 0, 1, 3, err, &fail);
     for (int p = 256; p < ctx && !fail; p += 256) time_forward(&m, &st, ctx - p < 256 ? ctx - p : 256, p, 1, 1, err, &fail);
     const int ns[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
-    double t[9], tn[9]; /* with the step graphs, without */
+    double t[9], tn[9], td[9] = {0}; /* with the step graphs, without; logits left on the device (1..16 tokens) */
     for (int i = 0; i < 9 && !fail; i++) t[i] = time_forward(&m, &st, ns[i], ctx, ns[i] <= 16 ? ns[i] : 1, ns[i] <= 64 ? reps : 3, err, &fail);
+    /* the engine's verify (device sampling) reads its logits where they are: without the copy
+     * of n x vocab floats to pageable host memory, which at 8 rows (4.9 MB) is ~0.4 ms of the row above */
+    const bool dev_logits = !be->host_memory;
+    for (int i = 0; i < 5 && !fail && dev_logits; i++) td[i] = time_forward_at(&m, &st, ns[i], ctx, ns[i], true, reps, err, &fail);
     long caps = 0, reps_g = 0, miss = 0;
 #ifdef DSPARK_HAVE_CUDA
     if (!strcmp(be->name, "cuda")) backend_cuda_graph_stats(be, &caps, &reps_g, &miss);
@@ -615,13 +627,16 @@ int main(int argc, char **argv) {
     snprintf(head, sizeof head, "step (context %d)", ctx);
     printf("\nstep graphs: %s (%ld recorded, %ld replayed, %ld checks without a record)\n", graphs ? "on" : "off (DSPARK_CUDA_GRAPHS=0)",
            caps, reps_g, miss);
-    printf("%-34s %10s %10s %10s %12s\n", head, "ms", "x floor", "x 1 token", "no graphs ms");
+    printf("%-34s %10s %10s %10s %12s %16s %10s\n", head, "ms", "x floor", "x 1 token", "no graphs ms", "dev logits ms", "x 1 token");
     for (int i = 0; i < 9; i++) {
         char lab[64];
         if (i == 0) snprintf(lab, sizeof lab, "decode, 1 token");
         else snprintf(lab, sizeof lab, "%d tokens in one forward%s", ns[i], ns[i] > 64 ? " (cuBLAS)" : "");
-        printf("%-34s %10.3f %10.2f %10.2f %12.3f\n", lab, t[i] * 1e3, t[i] / floor_s, t[i] / t[0], tn[i] * 1e3);
+        printf("%-34s %10.3f %10.2f %10.2f %12.3f", lab, t[i] * 1e3, t[i] / floor_s, t[i] / t[0], tn[i] * 1e3);
+        if (td[i] > 0) printf(" %16.3f %10.2f", td[i] * 1e3, td[i] / td[0]);
+        printf("\n");
     }
+    if (dev_logits) printf("(dev logits: the logit rows left on the device, as the engine's device sampling and verify read them)\n");
     printf("%-34s %10.3f   (%.0f tokens/s)\n", "prefill 256 tokens", prefill * 1e3, 256 / prefill);
     if (profile) { /* one decode step, every op synchronised */
         op_profile_wrap(be, true);
@@ -735,8 +750,11 @@ int main(int argc, char **argv) {
         if (f) {
             fprintf(f, "{\"layers\": %d, \"weight_bytes\": %zu, \"copy_gbps\": %.1f, \"floor_ms\": %.4f, \"ctx\": %d, \"prefill256_ms\": %.3f, \"graphs\": %s, \"steps\": [",
                     L, bytes, bw / 1e9, floor_s * 1e3, ctx, prefill * 1e3, graphs ? "true" : "false");
-            for (int i = 0; i < 9; i++)
-                fprintf(f, "%s{\"tokens\": %d, \"ms\": %.4f, \"ms_no_graphs\": %.4f}", i ? ", " : "", ns[i], t[i] * 1e3, tn[i] * 1e3);
+            for (int i = 0; i < 9; i++) {
+                fprintf(f, "%s{\"tokens\": %d, \"ms\": %.4f, \"ms_no_graphs\": %.4f", i ? ", " : "", ns[i], t[i] * 1e3, tn[i] * 1e3);
+                if (td[i] > 0) fprintf(f, ", \"ms_logits_on_device\": %.4f", td[i] * 1e3);
+                fprintf(f, "}");
+            }
             fprintf(f, "], \"batch_kv_bytes\": %zu, \"batch\": [", bkv);
             for (int i = 0; i < nb; i++)
                 fprintf(f, "%s{\"requests\": %d, \"ms\": %.4f, \"tokens_per_s\": %.1f, \"ms_one_logit\": %.4f}", i ? ", " : "", rs[i],

@@ -12,6 +12,6 @@ for r in $(seq "$rounds"); do
     for s in "$@"; do
         echo "== $s (round $r)"
         env $s timeout 150 "$B/bench_cuda" --ctx 512 --reps 5 --batch 0 2>&1 |
-            grep -E "memory floor|^decode, 1|^(2|8|16|64) tokens in|tau = 5|^plain"
+            grep -E "memory floor|^decode, 1|^(2|8|16|64) tokens in|tau = 5|^plain|alone:"
     done
 done

@@ -158,6 +158,13 @@ struct Backend {
 Backend *backend_cpu_create(int n_threads);
 /* "cpu" or "cuda". Fails with a one-line error when the device is not available. */
 ds_status backend_create(const char *device, int n_threads, Backend **out, char *err);
+/* What the process runs: a batch of requests per step (the default: serve, training, data) or
+ * one sequence at a time (generate, eval: decode steps of 1 row, verify steps of <= 17). The
+ * CUDA backend picks the kernel of the paired gate/up by it (faster at 1-2 rows, slower at
+ * 16-64; docs/bench-cuda.md); within a process a row's bits never depend on the batch. The
+ * CPU backend ignores it. */
+typedef enum { BACKEND_BATCHED = 0, BACKEND_ONE_STREAM = 1 } BackendUse;
+ds_status backend_create_for(const char *device, int n_threads, BackendUse use, Backend **out, char *err);
 
 static inline Weight weight_view(const void *host, ds_dtype dtype, int rows, int cols) {
     Weight w = {host, NULL, dtype, rows, cols, 0};

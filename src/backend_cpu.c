@@ -218,10 +218,14 @@ Backend *backend_cpu_create(int n_threads) {
 }
 
 #ifdef DSPARK_HAVE_CUDA
-Backend *backend_cuda_create(int n_threads, char *err);
+Backend *backend_cuda_create(int n_threads, bool one_stream, char *err);
 #endif
 
 ds_status backend_create(const char *device, int n_threads, Backend **out, char *err) {
+    return backend_create_for(device, n_threads, BACKEND_BATCHED, out, err);
+}
+
+ds_status backend_create_for(const char *device, int n_threads, BackendUse use, Backend **out, char *err) {
     *out = NULL;
     /* the host side (argmax_f32 / sample_dist over the vocabulary, every drafted slot and
      * verified row) uses the ISA paths on every device: without this a CUDA run took the
@@ -233,9 +237,10 @@ ds_status backend_create(const char *device, int n_threads, Backend **out, char 
     }
     if (strcmp(device, "cuda") == 0) {
 #ifdef DSPARK_HAVE_CUDA
-        *out = backend_cuda_create(n_threads, err);
+        *out = backend_cuda_create(n_threads, use == BACKEND_ONE_STREAM, err);
         return *out ? DS_OK : DS_EDEVICE;
 #else
+        (void)use;
         return ds_err(err, DS_EUNSUPPORTED, "--device cuda: this build has no CUDA backend (rebuild with nvcc present)");
 #endif
     }

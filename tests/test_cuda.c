@@ -185,17 +185,20 @@ static void test_matmul(void) {
 }
 
 #ifdef DSPARK_HAVE_CUDA
-/* a second GPU backend made with env var `name` set to `value` (and name2 to value2 unless
- * NULL; then unset again) */
-static Backend *gpu_with_env(const char *name, const char *value, const char *name2, const char *value2) {
+/* a second GPU backend (batched, or one_stream: backend.h's BackendUse) made with env var
+ * `name` set to `value` unless NULL (and name2 to value2 unless NULL; then unset again) */
+static Backend *gpu_with_env_for(bool one_stream, const char *name, const char *value, const char *name2, const char *value2) {
     char err[DS_ERR_LEN];
-    setenv(name, value, 1);
+    if (name) setenv(name, value, 1);
     if (name2) setenv(name2, value2, 1);
-    Backend *be = backend_cuda_create(1, err);
-    unsetenv(name);
+    Backend *be = backend_cuda_create(1, one_stream, err);
+    if (name) unsetenv(name);
     if (name2) unsetenv(name2);
     CHECK_MSG(be != NULL, "%s", err);
     return be;
+}
+static Backend *gpu_with_env(const char *name, const char *value, const char *name2, const char *value2) {
+    return gpu_with_env_for(false, name, value, name2, value2);
 }
 
 /* a second GPU backend made with the environment `spec` ("NAME=VALUE NAME=VALUE ...", each
@@ -211,7 +214,7 @@ static Backend *gpu_with_envs(const char *spec) {
         setenv(tok, eq + 1, 1);
         names[k++] = tok;
     }
-    Backend *be = backend_cuda_create(1, err);
+    Backend *be = backend_cuda_create(1, false, err);
     for (int i = 0; i < k; i++) unsetenv(names[i]);
     CHECK_MSG(be != NULL, "%s: %s", spec, err);
     return be;
@@ -766,6 +769,57 @@ static void test_norm_pieces(void) {
     Backend *all = gpu_with_env("DSPARK_CUDA_NORM_PIECES", "1", NULL, NULL); /* the paired gate/up store too */
     if (!all) return;
     norm_pieces_on(all, "DSPARK_CUDA_NORM_PIECES=1");
+    /* BackendUse: a one-stream backend's paired gate/up is NORM_PIECES=1's, bitwise, and with
+     * DSPARK_CUDA_NORM_PIECES=2 the batched default's; the two kernels' bits differ (the case
+     * that must fail: were they equal, the choice would be untested) */
+    Backend *one = gpu_with_env_for(true, NULL, NULL, NULL, NULL), *one2 = gpu_with_env_for(true, "DSPARK_CUDA_NORM_PIECES", "2", NULL, NULL);
+    if (one && one2) {
+        const int K = 2560, F = 2080, n = 3;
+        const float eps = 1e-6f;
+        Backend *bes[4] = {one, all, one2, g_gpu};
+        float *got[4][2];
+        float *x = rand_f32((size_t)n * K, 1.0f), *nf = rand_f32((size_t)K, 1.0f), *wf[2];
+        void *nh = to_dtype(nf, (size_t)K, DS_BF16), *wh[2];
+        for (int j = 0; j < 2; j++) {
+            wf[j] = rand_f32((size_t)F * K, 1.0f / sqrtf((float)K));
+            wh[j] = to_dtype(wf[j], (size_t)F * K, DS_BF16);
+        }
+        for (int b = 0; b < 4; b++) {
+            Backend *be = bes[b];
+            Weight cn = weight_view(nh, DS_BF16, 1, K), gn = upload_on(be, &cn), cw[2], gw[2];
+            for (int j = 0; j < 2; j++) {
+                cw[j] = weight_view(wh[j], DS_BF16, F, K);
+                gw[j] = upload_on(be, &cw[j]);
+            }
+            float *dx = be->alloc(be, sizeof(float) * n * K), *tmp = be->alloc(be, sizeof(float) * n * K);
+            float *d1 = be->alloc(be, sizeof(float) * n * F), *d2 = be->alloc(be, sizeof(float) * n * F), *outs[2] = {d1, d2};
+            const Weight *ws[2] = {&gw[0], &gw[1]};
+            be->to_device(be, dx, x, sizeof(float) * n * K);
+            be->matmul_norm(be, outs, dx, &gn, eps, ws, 2, n, 1, tmp);
+            be->synchronize(be);
+            for (int j = 0; j < 2; j++) {
+                got[b][j] = malloc(sizeof(float) * n * F);
+                be->to_host(be, got[b][j], outs[j], sizeof(float) * n * F);
+            }
+            void *dev[] = {dx, tmp, d1, d2};
+            for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) be->free(be, dev[i]);
+            be->release_weight(be, &gn);
+            for (int j = 0; j < 2; j++) be->release_weight(be, &gw[j]);
+        }
+        const size_t bytes = sizeof(float) * n * F;
+        CHECK_MSG(!memcmp(got[0][0], got[1][0], bytes) && !memcmp(got[0][1], got[1][1], bytes),
+                  "one-stream backend: the paired gate/up is not bitwise DSPARK_CUDA_NORM_PIECES=1's");
+        CHECK_MSG(!memcmp(got[2][0], got[3][0], bytes) && !memcmp(got[2][1], got[3][1], bytes),
+                  "one-stream backend with DSPARK_CUDA_NORM_PIECES=2: not bitwise the batched default's");
+        CHECK_MSG(memcmp(got[0][0], got[3][0], bytes) != 0, "one-stream and batched backends: the same bits (the kernel choice is not made)");
+        printf("  BackendUse: one stream bitwise NORM_PIECES=1 and, with =2, the batched default; the two differ: %s\n",
+               memcmp(got[0][0], got[3][0], bytes) ? "yes" : "NO");
+        for (int b = 0; b < 4; b++) { free(got[b][0]); free(got[b][1]); }
+        for (int j = 0; j < 2; j++) { free(wf[j]); free(wh[j]); }
+        free(x); free(nf); free(nh);
+    }
+    if (one) one->destroy(one);
+    if (one2) one2->destroy(one2);
     all->destroy(all);
 }
 #endif

@@ -136,7 +136,7 @@ typedef struct {
     bool pdl;      /* kernels launched with programmatic stream serialization (DSPARK_CUDA_PDL=0: off) */
     bool col;      /* plain BF16 products on k_matmul_col (DSPARK_CUDA_COL=0: k_matmul_tc) */
     bool np;       /* matmul_norm on k_matmul_col from norm pieces (DSPARK_CUDA_NORM_PIECES=0: k_matmul_tc's NORM) */
-    bool np_act;   /* and the paired gate/up + swiglu store too (DSPARK_CUDA_NORM_PIECES=1; off by default) */
+    bool np_act;   /* and the paired gate/up + swiglu store too (one stream, or DSPARK_CUDA_NORM_PIECES=1; =2 off) */
     int col_mt[5], col_u[4]; /* its 16-row tiles per block and k-steps per round by row bucket 1-2, 3-5, 6-8, 9-64 (DSPARK_CUDA_COL_MT, _U);
                               * col_mt[4]: 1-2 rows of a wide product (>= 4096 weight rows) with its pieces from memory */
     int col_chunk[5];        /* its rows of x per block by the same buckets of min(n, 16), and [4]: 6-8 rows of a narrow
@@ -1279,8 +1279,9 @@ static bool env_buckets(const char *s, int nb, int *v) {
  * fifth value for 6-8 rows of a narrow product (< 4096 weight rows; 4 values: as the others) (no
  * value changes). DSPARK_CUDA_NORM_PIECES=0: matmul_norm on k_matmul_tc's NORM (and
  * k_norm_prep), not k_matmul_col from norm pieces (other bits: before/after); =1: the paired
- * gate/up + swiglu too (by default it stays on NORM; other bits). */
-static void mm_tc_config(MmCfg *m) {
+ * gate/up + swiglu too (the default of a one-stream backend; a batched one keeps it on NORM;
+ * =2 forces that; other bits). */
+static void mm_tc_config(MmCfg *m, bool one_stream) {
     const char *tc = getenv("DSPARK_CUDA_MM_TC"), *mt = getenv("DSPARK_CUDA_TC_MT"), *deep = getenv("DSPARK_CUDA_TC_DEEP");
     m->tc_deep = deep && (deep[0] == '1' || deep[0] == '2') && !deep[1] ? deep[0] - '0' : 0;
     const char *pf = getenv("DSPARK_CUDA_TC_PREFETCH");
@@ -1294,11 +1295,14 @@ static void mm_tc_config(MmCfg *m) {
     m->col = !(col && !strcmp(col, "0"));
     const char *np = getenv("DSPARK_CUDA_NORM_PIECES");
     m->np = m->col && !(np && !strcmp(np, "0"));
-    /* the paired gate/up store stays on k_matmul_tc's NORM by default: on the column product it
-     * was 0.2 ms faster a decode step but 0.8-1.2 ms slower at 32-64 rows (H200,
-     * docs/bench-cuda.md "Norm pieces"), where its separate sums per piece cost 3 times the
-     * registers and the 8-row chunks re-read the weights */
-    m->np_act = m->np && np && !strcmp(np, "1");
+    /* the paired gate/up store stays on k_matmul_tc's NORM for batches: on the column product
+     * it was 0.14-0.2 ms faster a decode step but 0.8-1.5 ms slower at 32-64 rows (H200 and
+     * H100, docs/bench-cuda.md "Norm pieces", "One stream"), where its separate sums per piece
+     * cost 3 times the registers and the 8-row chunks re-read the weights. A row must keep its
+     * bits at every row count, so the choice is per process: one stream (generate, eval) takes
+     * the column product; DSPARK_CUDA_NORM_PIECES=1 / 2 forces it on / off for the paired
+     * store (=0: all of matmul_norm on k_matmul_tc) */
+    m->np_act = m->np && (np && *np ? !strcmp(np, "1") : one_stream);
     /* (H200, bench_cuda --mm, docs/bench-cuda.md "Norm pieces": from 6 rows on, chunks of 8 rows
      * with 2 tiles and 2 k-steps per round beat 16-row chunks at every product and row count;
      * the narrow products at 6-8 rows (o_proj, down_proj: 2560 rows, 80 blocks of 2 tiles) are
@@ -1341,7 +1345,7 @@ static void mm_tc_config(MmCfg *m) {
             if (v[i] == 1 || v[i] == 2 || v[i] == 4) m->tc_mt[i] = v[i];
 }
 
-extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
+extern "C" Backend *backend_cuda_create(int n_threads, bool one_stream, char *err) {
     (void)n_threads;
     int count = 0;
     cudaError_t e = cudaGetDeviceCount(&count);
@@ -1393,7 +1397,7 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
     c->mm.chunk4 = chunk && strcmp(chunk, "4") == 0;
     c->mm.multi = !(multi && strcmp(multi, "0") == 0) && !c->mm.ref;
     c->mm.nsm = prop.multiProcessorCount;
-    mm_tc_config(&c->mm);
+    mm_tc_config(&c->mm, one_stream);
     /* BF16 matrices in tiles (read by k_matmul_tc alone: so only with it; DSPARK_CUDA_TILES=0:
      * row-major, as the F32-FMA and reference kernels read them) */
     const char *tiles = getenv("DSPARK_CUDA_TILES");
@@ -1433,6 +1437,7 @@ extern "C" Backend *backend_cuda_create(int n_threads, char *err) {
         strncat(c->info, t, sizeof c->info - strlen(c->info) - 1);
     }
     if (c->mm.pdl) strncat(c->info, ", programmatic dependent launch", sizeof c->info - strlen(c->info) - 1);
+    if (c->mm.np_act) strncat(c->info, ", paired gate/up from norm pieces", sizeof c->info - strlen(c->info) - 1);
     be->impl = c;
     be->name = "cuda";
     be->host_memory = false;

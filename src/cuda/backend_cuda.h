@@ -34,9 +34,10 @@
  * pieces from memory) set its 16-row tiles per block (1, 2) and k-steps per round
  * (1, 2, 4), DSPARK_CUDA_COL_CHUNK its rows of x per block (2..16; a fifth value: 6-8 rows of the narrow products), no value. matmul_norm
  * runs there too, from the pieces of norm * x (made by the matmul_add before it or by
- * k_norm_pieces), except the paired gate/up + swiglu: DSPARK_CUDA_NORM_PIECES=0 puts all of it
- * back on k_matmul_tc's folded norm, =1 moves the paired one too (values change within float32
- * rounding). Neither do
+ * k_norm_pieces), except the paired gate/up + swiglu in a batched backend (backend.h's
+ * BackendUse; one stream moves it too): DSPARK_CUDA_NORM_PIECES=0 puts all of it back on
+ * k_matmul_tc's folded norm, =1 moves the paired one too, =2 keeps it on k_matmul_tc's NORM
+ * (values change within float32 rounding). Neither do
  * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
  * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head).
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);
@@ -60,8 +61,10 @@ extern "C" {
 
 #define CUDA_SMALL_N 64
 
-/* NULL with a one-line error in err when no usable GPU (or driver) exists. */
-Backend *backend_cuda_create(int n_threads, char *err);
+/* NULL with a one-line error in err when no usable GPU (or driver) exists. one_stream:
+ * backend.h's BACKEND_ONE_STREAM (the paired gate/up on norm pieces unless
+ * DSPARK_CUDA_NORM_PIECES says otherwise). */
+Backend *backend_cuda_create(int n_threads, bool one_stream, char *err);
 /* one line: device name, compute capability, memory, whether cuBLAS is used */
 const char *backend_cuda_info(const Backend *be);
 /* step graphs so far: recorded, replayed, and checks that found no record (DSPARK_CUDA_GRAPHS=0
