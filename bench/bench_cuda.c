@@ -499,7 +499,11 @@ int main(int argc, char **argv) {
     be->synchronize(be);
     /* bytes one decode step reads: every layer, the final norm, lm_head once (the embedding
      * row is negligible) */
-    printf("bench_cuda: %d layers, %.2f GB of BF16 weights uploaded in %.1f s\n", L, bytes / 1e9, ds_now() - t0);
+    const char *dev_info = be->name; /* the GPU's name and the product settings on CUDA */
+#ifdef DSPARK_HAVE_CUDA
+    if (!strcmp(be->name, "cuda")) dev_info = backend_cuda_info(be);
+#endif
+    printf("bench_cuda: %s\nbench_cuda: %d layers, %.2f GB of BF16 weights uploaded in %.1f s\n", dev_info, L, bytes / 1e9, ds_now() - t0);
     /* copy bandwidth: 1 GB device to device */
     const size_t cb = (size_t)1 << 30;
     void *a = be->alloc(be, cb), *b2 = be->alloc(be, cb);
@@ -748,7 +752,10 @@ int main(int argc, char **argv) {
     {
         FILE *f = rep.f;
         if (f) {
-            fprintf(f, "{\"layers\": %d, \"weight_bytes\": %zu, \"copy_gbps\": %.1f, \"floor_ms\": %.4f, \"ctx\": %d, \"prefill256_ms\": %.3f, \"graphs\": %s, \"steps\": [",
+            fputs("{\"device\": \"", f);
+            for (const char *p = dev_info; *p; p++) /* a JSON string: the info has no control characters */
+                fprintf(f, *p == '"' || *p == '\\' ? "\\%c" : "%c", *p);
+            fprintf(f, "\", \"layers\": %d, \"weight_bytes\": %zu, \"copy_gbps\": %.1f, \"floor_ms\": %.4f, \"ctx\": %d, \"prefill256_ms\": %.3f, \"graphs\": %s, \"steps\": [",
                     L, bytes, bw / 1e9, floor_s * 1e3, ctx, prefill * 1e3, graphs ? "true" : "false");
             for (int i = 0; i < 9; i++) {
                 fprintf(f, "%s{\"tokens\": %d, \"ms\": %.4f, \"ms_no_graphs\": %.4f", i ? ", " : "", ns[i], t[i] * 1e3, tn[i] * 1e3);

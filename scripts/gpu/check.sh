@@ -8,7 +8,7 @@ cd "$(dirname "$0")/../.."
 source scripts/gpu/env.sh
 fail=0
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-for t in test_cuda test_cuda_engine test_cuda_sample; do
+for t in test_cuda test_cuda_engine test_cuda_sample test_cuda_warp_sum; do
     DSPARK_REQUIRE_CUDA=1 "$B/$t" > "/tmp/$t.log" 2>&1; rc=$?
     echo "$t: rc $rc, $(tail -1 "/tmp/$t.log")"
     [ $rc = 0 ] || { grep -iE "fail" "/tmp/$t.log" | head -5; fail=1; }

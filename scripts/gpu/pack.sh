@@ -12,7 +12,7 @@ cmake --build build-cuda -j "$(nproc)" >/dev/null
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/bin" "$tmp/lib"
-cp build-cuda/dspark build-cuda/tests/test_cuda build-cuda/tests/test_cuda_engine build-cuda/tests/test_cuda_sample \
+cp build-cuda/dspark build-cuda/tests/test_cuda build-cuda/tests/test_cuda_engine build-cuda/tests/test_cuda_sample build-cuda/tests/test_cuda_warp_sum \
    build-cuda/bench/bench_cuda build-cuda/bench/bench_icache build-cuda/bench/bench_weight_read "$tmp/bin/"
 strip --strip-debug "$tmp"/bin/*
 # the shared libraries dspark links that the GPU machine lacks (libcublas comes from its toolkit)

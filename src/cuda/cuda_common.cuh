@@ -69,14 +69,58 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-/* warp_sum of N independent values at once (each value's arithmetic is warp_sum's; the N
- * shuffle chains interleave instead of waiting on each other) */
+/* warp_sum's tree (lanes l and l ^ off added at off = 16, 8, 4, 2, 1) for each of M values
+ * at once. While a lane still holds several values, the lanes with bit `off` set keep the upper
+ * half of them and the others the lower half, each adding its partner's copy: M values cost
+ * about M shuffles instead of 5 M, and every value gets exactly the pairs (and, float addition
+ * commuting, the bits) of warp_sum. LIVE: values still held per lane. Afterwards a lane holds
+ * values base + q for q < LIVE (LIVE = max(M / 32, 1)); *base is accumulated here. */
+template <int M, int LIVE, int OFF>
+__device__ __forceinline__ void warp_sum_multi_level(float (&a)[M], int lane, int &base) {
+    if constexpr (OFF > 0) {
+        if constexpr (LIVE > 1) {
+            constexpr int H = LIVE / 2;
+            const bool up = (lane & OFF) != 0;
+#pragma unroll
+            for (int q = 0; q < H; q++) {
+                const float keep = up ? a[q + H] : a[q], send = up ? a[q] : a[q + H];
+                a[q] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+            }
+            if (up) base += H;
+            warp_sum_multi_level<M, H, OFF / 2>(a, lane, base);
+        } else {
+            a[0] += __shfl_xor_sync(0xffffffffu, a[0], OFF);
+            warp_sum_multi_level<M, 1, OFF / 2>(a, lane, base);
+        }
+    }
+}
+/* returns base: this lane holds the sums of values base .. base + max(M / 32, 1) - 1; when
+ * M < 32 the lanes that differ only in the low bits hold copies and lane & (32 / M - 1) == 0
+ * is the one to write */
+template <int M>
+__device__ __forceinline__ int warp_sum_multi(float (&a)[M], int lane) {
+    int base = 0;
+    warp_sum_multi_level<M, M, 16>(a, lane, base);
+    return base;
+}
+
+/* warp_sum of N independent values at once, every lane getting every sum: warp_sum_multi's
+ * scatter (about N shuffles instead of 5 N, each value the pairs and bits of warp_sum), then
+ * each sum read from a lane that holds it (value j: lane j * 32 / N). N a power of two <= 32;
+ * other N take warp_sum's tree per value, interleaved. */
 template <int N>
 __device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
+    if constexpr (N >= 2 && N <= 32 && (N & (N - 1)) == 0) {
+        warp_sum_multi(v, (int)(threadIdx.x & 31));
+        const float mine = v[0];
 #pragma unroll
-    for (int off = 16; off; off >>= 1)
+        for (int j = 0; j < N; j++) v[j] = __shfl_sync(0xffffffffu, mine, j * (32 / N));
+    } else {
 #pragma unroll
-        for (int i = 0; i < N; i++) v[i] += __shfl_xor_sync(0xffffffffu, v[i], off);
+        for (int off = 16; off; off >>= 1)
+#pragma unroll
+            for (int i = 0; i < N; i++) v[i] += __shfl_xor_sync(0xffffffffu, v[i], off);
+    }
 }
 
 /* swiglu's value (k_swiglu and k_matmul_tc's paired store) */

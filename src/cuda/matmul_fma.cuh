@@ -3,41 +3,6 @@
  * Part of backend_cuda.cu's translation unit (included there once, in order); not a header
  * of its own. */
 
-/* warp_sum's tree (lanes l and l ^ off added at off = 16, 8, 4, 2, 1) for each of M values
- * at once. While a lane still holds several values, the lanes with bit `off` set keep the upper
- * half of them and the others the lower half, each adding its partner's copy: M values cost
- * about M shuffles instead of 5 M, and every value gets exactly the pairs (and, float addition
- * commuting, the bits) of warp_sum. LIVE: values still held per lane. Afterwards a lane holds
- * values base + q for q < LIVE (LIVE = max(M / 32, 1)); *base is accumulated here. */
-template <int M, int LIVE, int OFF>
-__device__ __forceinline__ void warp_sum_multi_level(float (&a)[M], int lane, int &base) {
-    if constexpr (OFF > 0) {
-        if constexpr (LIVE > 1) {
-            constexpr int H = LIVE / 2;
-            const bool up = (lane & OFF) != 0;
-#pragma unroll
-            for (int q = 0; q < H; q++) {
-                const float keep = up ? a[q + H] : a[q], send = up ? a[q] : a[q + H];
-                a[q] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
-            }
-            if (up) base += H;
-            warp_sum_multi_level<M, H, OFF / 2>(a, lane, base);
-        } else {
-            a[0] += __shfl_xor_sync(0xffffffffu, a[0], OFF);
-            warp_sum_multi_level<M, 1, OFF / 2>(a, lane, base);
-        }
-    }
-}
-/* returns base: this lane holds the sums of values base .. base + max(M / 32, 1) - 1; when
- * M < 32 the lanes that differ only in the low bits hold copies and lane & (32 / M - 1) == 0
- * is the one to write */
-template <int M>
-__device__ __forceinline__ int warp_sum_multi(float (&a)[M], int lane) {
-    int base = 0;
-    warp_sum_multi_level<M, M, 16>(a, lane, base);
-    return base;
-}
-
 /* out[i][o] = sum_k x[i][k] w[o][k] for i < n (rows in chunks of NB) and C columns o0.. per
  * block of 256 threads: the block reads its columns' weights once per chunk of rows (once per
  * call for n <= NB) and applies each load to all rows of the chunk. Per (i, o) the arithmetic
