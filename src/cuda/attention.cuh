@@ -20,8 +20,8 @@ __device__ __forceinline__ int att_splits(int len, int chunk) {
 }
 
 /* the weights that merge nz <= N partial softmaxes (part z: its max m_of(z) and normaliser
- * l_of(z)), in part order: M = the largest max, f[z] = exp(m_z - M) (0 for a part without
- * keys); returns L = sum l_z f[z]. The warps' merge in k_attention and the splits' in
+ * l_of(z)), in part order: M = the largest max, f[z] = 2^(m_z - M) (the maxima are in log2
+ * units; 0 for a part without keys); returns L = sum l_z f[z]. The warps' merge in k_attention and the splits' in
  * att_merge are this one arithmetic. */
 template <int N, typename MOf, typename LOf>
 __device__ __forceinline__ float att_weights(int nz, MOf m_of, LOf l_of, float (&f)[N], float &M) {
@@ -34,7 +34,7 @@ __device__ __forceinline__ float att_weights(int nz, MOf m_of, LOf l_of, float (
     for (int z = 0; z < N; z++) {
         if (z >= nz) break;
         const float mz = m_of(z);
-        f[z] = mz == -INFINITY ? 0.0f : expf(mz - M);
+        f[z] = mz == -INFINITY ? 0.0f : exp2f(mz - M);
         L += l_of(z) * f[z];
     }
     return L;
@@ -78,7 +78,8 @@ __device__ __forceinline__ void att_prefetch(const float *kc, const float *vc, s
 
 /* Partial attention of (GQ query heads h0.. of one KV head, token i, split z): warp w takes
  * keys w, w + 8, ... of the split's chunks with an online softmax per head (a group of KB keys
- * loaded at once, their scores reduced together); the warps are merged in order into part [hd]
+ * loaded at once, their scores reduced together; scores in log2 units, so each weight is one
+ * exp2f, and the running max moves once per SG keys, not once per key); the warps are merged in order into part [hd]
  * sum, [hd] max, [hd + 1] normaliser per head; the last split block of the (token, heads) to
  * finish merges the splits (count; splits past the token's keys exit at once, att_splits).
  * GQ = 1 is the per-head kernel (4x the blocks: it wins at 1 token); GQ = group reads each
@@ -118,7 +119,9 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
         m[g] = -INFINITY;
         l[g] = 0.0f;
     }
-    constexpr int KB = GQ > 1 ? 4 : DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2; /* keys per warp loaded at once */
+    /* keys per warp loaded at once, and SG keys per softmax update (KB a multiple of SG, the
+     * same SG at every GQ for a head_dim) */
+    constexpr int KB = GQ > 1 ? (DPL >= 16 ? 2 : 4) : DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2, SG = DPL >= 16 ? 2 : 4;
     for (int c0 = z * chunk; c0 < len; c0 += ATT_SPLITS * chunk) {
         const int c1 = c0 + chunk < len ? c0 + chunk : len;
         for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * KB) {
@@ -149,25 +152,32 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
                     sc[u * GQ + g] = s;
                 }
             warp_sum_n<KB * GQ>(sc);
+            /* scores in log2 units (scale here is 1/sqrt(head_dim) log2(e)), one max
+             * update per SG keys */
 #pragma unroll
-            for (int u = 0; u < KB; u++) {
-                if (j0 + ATT_WARPS * u >= c1) break;
+            for (int u0 = 0; u0 < KB; u0 += SG) {
+                if (j0 + ATT_WARPS * u0 >= c1) break;
 #pragma unroll
                 for (int g = 0; g < GQ; g++) {
-                    const float s = sc[u * GQ + g] * scale;
-                    if (s > m[g]) {
-                        const float corr = expf(m[g] - s);
+                    float s2[SG], mg = m[g];
+#pragma unroll
+                    for (int u = 0; u < SG; u++) {
+                        s2[u] = j0 + ATT_WARPS * (u0 + u) < c1 ? sc[(u0 + u) * GQ + g] * scale : -INFINITY;
+                        mg = fmaxf(mg, s2[u]);
+                    }
+                    if (mg > m[g]) {
+                        const float corr = exp2f(m[g] - mg);
                         l[g] *= corr;
 #pragma unroll
                         for (int t = 0; t < DPL; t++) acc[g][t] *= corr;
-                        m[g] = s;
+                        m[g] = mg;
                     }
-                    const float p = expf(s - m[g]);
-                    l[g] += p;
 #pragma unroll
-                    for (int t = 0; t < DPL; t++) {
-                        const int d = lane + 32 * t;
-                        if (d < head_dim) acc[g][t] = fmaf(p, vr[u][t], acc[g][t]);
+                    for (int u = 0; u < SG; u++) {
+                        const float p = exp2f(s2[u] - m[g]);
+                        l[g] += p;
+#pragma unroll
+                        for (int t = 0; t < DPL; t++) acc[g][t] = fmaf(p, vr[u0 + u][t], acc[g][t]);
                     }
                 }
             }

@@ -1029,7 +1029,8 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     }
     /* the fused merge needs a counter per (token, head) */
     int *count = c->fuse && (size_t)n * n_heads <= c->att_count_n ? c->att_count : NULL;
-    const float scale = 1.0f / sqrtf((float)head_dim);
+    /* the scores in log2 units: 1 / sqrt(head_dim) times log2(e) (k_attention's exp2f) */
+    const float scale2 = (float)(1.4426950408889634 / sqrt((double)head_dim));
     const int group = n_heads / n_kv_heads;
     const int dpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16;
     /* a KV head's query heads per block from att_gqa_min tokens on (at 1 token the per-head
@@ -1042,7 +1043,7 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     const bool pf = c->att_pf && head_dim % 4 == 0; /* (bulk prefetch: 16-byte rows) */
     uint16_t *xp = xp_buffer(c, n, n_heads * head_dim); /* the pieces of out for o_proj */
 #define ATT(D, G) \
-    att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale, c->att_chunk, pf, out, \
+    att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale2, c->att_chunk, pf, out, \
                      xp, count)
 #define ATT_D(G) \
     do { \
