@@ -21,8 +21,8 @@ __device__ __forceinline__ int att_splits(int len, int chunk) {
 
 /* the weights that merge nz <= N partial softmaxes (part z: its max m_of(z) and normaliser
  * l_of(z)), in part order: M = the largest max, f[z] = 2^(m_z - M) (the maxima are in log2
- * units; 0 for a part without keys); returns L = sum l_z f[z]. The warps' merge in k_attention and the splits' in
- * att_merge are this one arithmetic. */
+ * units; 0 for a part without keys); returns L = sum l_z f[z]. The warps' merge in
+ * k_attention and the splits' in att_merge are this one arithmetic. */
 template <int N, typename MOf, typename LOf>
 __device__ __forceinline__ float att_weights(int nz, MOf m_of, LOf l_of, float (&f)[N], float &M) {
     M = -INFINITY;
@@ -79,8 +79,8 @@ __device__ __forceinline__ void att_prefetch(const float *kc, const float *vc, s
 /* Partial attention of (GQ query heads h0.. of one KV head, token i, split z): warp w takes
  * keys w, w + 8, ... of the split's chunks with an online softmax per head (a group of KB keys
  * loaded at once, their scores reduced together; scores in log2 units, so each weight is one
- * exp2f, and the running max moves once per SG keys, not once per key); the warps are merged in order into part [hd]
- * sum, [hd] max, [hd + 1] normaliser per head; the last split block of the (token, heads) to
+ * exp2f, and the running max moves once per SG keys, not once per key); the warps are merged
+ * in order into part [hd] sum, [hd] max, [hd + 1] normaliser per head; the last split block of the (token, heads) to
  * finish merges the splits (count; splits past the token's keys exit at once, att_splits).
  * GQ = 1 is the per-head kernel (4x the blocks: it wins at 1 token); GQ = group reads each
  * K/V row once for the KV head's query heads. Per query head the arithmetic does not depend
@@ -177,7 +177,8 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
                         const float p = exp2f(s2[u] - m[g]);
                         l[g] += p;
 #pragma unroll
-                        for (int t = 0; t < DPL; t++) acc[g][t] = fmaf(p, vr[u0 + u][t], acc[g][t]);
+                        for (int t = 0; t < DPL; t++) /* (lanes past head_dim hold v = 0 and are never stored) */
+                            acc[g][t] = fmaf(p, vr[u0 + u][t], acc[g][t]);
                     }
                 }
             }
