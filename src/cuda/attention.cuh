@@ -76,18 +76,102 @@ __device__ __forceinline__ void att_prefetch(const float *kc, const float *vc, s
     }
 }
 
+/* 2^x on the SFU alone: a weight below 2^-126 of the running max flushes to 0 (CUDA's exp2f
+ * adds a denormal fix-up around the same instruction) */
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* a lane's dims: V4 (DPL % 4 == 0, head_dim % 4 == 0) 4 consecutive ones per 128, one float4
+ * load a K or V row piece; else one in 32 (lane + 32 t) */
+template <bool V4>
+__device__ __forceinline__ int att_dim(int lane, int t) { return V4 ? 128 * (t >> 2) + 4 * lane + (t & 3) : lane + 32 * t; }
+
+/* a K or V row's DPL values of this lane; doff[t]: the lane's dims clamped into the row (a lane
+ * past head_dim reads dim 0: its q is 0 and its acc never stored, so no load is predicated) */
+template <int DPL, bool V4>
+__device__ __forceinline__ void att_row(float (&r)[DPL], const float *row, const int (&doff)[DPL]) {
+    if constexpr (V4) {
+#pragma unroll
+        for (int t = 0; t < DPL; t += 4) {
+            const float4 v = *(const float4 *)(row + doff[t]);
+            r[t] = v.x, r[t + 1] = v.y, r[t + 2] = v.z, r[t + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int t = 0; t < DPL; t++) r[t] = row[doff[t]];
+    }
+}
+
+/* one group of KB keys of a warp (keys j0, j0 + ATT_WARPS, ...) into the GQ heads' online
+ * softmax. MASK: some of the keys are past c1 (the chunk's end); their rows are read at c1 - 1
+ * (written, so finite: 0 x v adds nothing) and their scores are -inf. Scores are in log2 units
+ * (q carries 1/sqrt(head_dim) log2(e)); the running max moves once per SG keys. Per key and
+ * head this is the same arithmetic at every KB and with or without MASK, so a row's bits do not
+ * depend on GQ. */
+template <int DPL, int GQ, bool V4, bool MASK, int KB, int SG>
+__device__ __forceinline__ void att_keys(const float (&qv)[GQ][DPL], float (&acc)[GQ][DPL], float (&m)[GQ], float (&l)[GQ],
+                                         const float *kb, const float *vb, const int (&doff)[DPL], int kv_dim, int j0, int c1) {
+    float kr[KB][DPL], vr[KB][DPL];
+#pragma unroll
+    for (int u = 0; u < KB; u++) {
+        int j = j0 + ATT_WARPS * u;
+        if (MASK) j = j < c1 ? j : c1 - 1;
+        att_row<DPL, V4>(kr[u], kb + (size_t)j * kv_dim, doff);
+        att_row<DPL, V4>(vr[u], vb + (size_t)j * kv_dim, doff);
+    }
+    float sc[KB * GQ]; /* the group's scores first (the reductions interleave), then key by key */
+#pragma unroll
+    for (int u = 0; u < KB; u++)
+#pragma unroll
+        for (int g = 0; g < GQ; g++) {
+            float s = 0.0f;
+#pragma unroll
+            for (int t = 0; t < DPL; t++) s = fmaf(qv[g][t], kr[u][t], s);
+            sc[u * GQ + g] = s;
+        }
+    warp_sum_n<KB * GQ>(sc);
+#pragma unroll
+    for (int u0 = 0; u0 < KB; u0 += SG) {
+        if (MASK && j0 + ATT_WARPS * u0 >= c1) break;
+#pragma unroll
+        for (int g = 0; g < GQ; g++) {
+            float s2[SG], mg = m[g];
+#pragma unroll
+            for (int u = 0; u < SG; u++) {
+                s2[u] = !MASK || j0 + ATT_WARPS * (u0 + u) < c1 ? sc[(u0 + u) * GQ + g] : -INFINITY;
+                mg = fmaxf(mg, s2[u]);
+            }
+            if (mg > m[g]) {
+                const float corr = ex2_ftz(m[g] - mg);
+                l[g] *= corr;
+#pragma unroll
+                for (int t = 0; t < DPL; t++) acc[g][t] *= corr;
+                m[g] = mg;
+            }
+#pragma unroll
+            for (int u = 0; u < SG; u++) {
+                const float p = ex2_ftz(s2[u] - m[g]);
+                l[g] += p;
+#pragma unroll
+                for (int t = 0; t < DPL; t++) acc[g][t] = fmaf(p, vr[u0 + u][t], acc[g][t]);
+            }
+        }
+    }
+}
+
 /* Partial attention of (GQ query heads h0.. of one KV head, token i, split z): warp w takes
- * keys w, w + 8, ... of the split's chunks with an online softmax per head (a group of KB keys
- * loaded at once, their scores reduced together; scores in log2 units, so each weight is one
- * exp2f, and the running max moves once per SG keys, not once per key); the warps are merged
- * in order into part [hd] sum, [hd] max, [hd + 1] normaliser per head; the last split block of the (token, heads) to
- * finish merges the splits (count; splits past the token's keys exit at once, att_splits).
- * GQ = 1 is the per-head kernel (4x the blocks: it wins at 1 token); GQ = group reads each
- * K/V row once for the KV head's query heads. Per query head the arithmetic does not depend
- * on GQ (the same keys per warp in the same order, the same merges), so the two give the
- * same bits (DSPARK_CUDA_ATT=0/1 force one; test_attention compares them). head_dim <= 32 DPL,
- * GQ * DPL <= 32 for GQ > 1. */
-template <int DPL, int GQ>
+ * keys w, w + 8, ... of the split's chunks in groups of KB (att_keys); the warps are merged
+ * in order into part [hd] sum, [hd] max, [hd + 1] normaliser per head; the last split block of
+ * the (token, heads) to finish merges the splits (count; splits past the token's keys exit at
+ * once, att_splits). GQ = 1 is the per-head kernel (4x the blocks: it wins at 1 token); GQ =
+ * group reads each K/V row once for the KV head's query heads. Per query head the arithmetic
+ * does not depend on GQ (the same keys per warp in the same order, the same merges), so the
+ * two give the same bits (DSPARK_CUDA_ATT=0/1 force one; test_attention compares them).
+ * head_dim <= 32 DPL, GQ * DPL <= 32 for GQ > 1; V4 as att_dim. */
+template <int DPL, int GQ, bool V4>
 __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim, float scale,
@@ -107,13 +191,19 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     if (pf && (GQ > 1 || h0 % group == 0) && (i == 0 || ld_step_int(slot + i - 1) != si)) att_prefetch(kc, vc, base, kv_dim, head_dim, len, z, chunk);
     pdl_start();
     float qv[GQ][DPL], acc[GQ][DPL], m[GQ], l[GQ];
+    int doff[DPL];
+#pragma unroll
+    for (int t = 0; t < DPL; t++) {
+        const int d = att_dim<V4>(lane, t);
+        doff[t] = d < head_dim ? d : 0;
+    }
 #pragma unroll
     for (int g = 0; g < GQ; g++) {
         const float *qi = q + ((size_t)i * n_heads + h0 + g) * head_dim;
 #pragma unroll
         for (int t = 0; t < DPL; t++) {
-            const int d = lane + 32 * t;
-            qv[g][t] = d < head_dim ? qi[d] : 0.0f;
+            const int d = att_dim<V4>(lane, t);
+            qv[g][t] = d < head_dim ? qi[d] * scale : 0.0f;
             acc[g][t] = 0.0f;
         }
         m[g] = -INFINITY;
@@ -122,66 +212,12 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     /* keys per warp loaded at once, and SG keys per softmax update (KB a multiple of SG, the
      * same SG at every GQ for a head_dim) */
     constexpr int KB = GQ > 1 ? (DPL >= 16 ? 2 : 4) : DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2, SG = DPL >= 16 ? 2 : 4;
+    const float *kb = kc + base, *vb = vc + base;
     for (int c0 = z * chunk; c0 < len; c0 += ATT_SPLITS * chunk) {
         const int c1 = c0 + chunk < len ? c0 + chunk : len;
         for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * KB) {
-            float kr[KB][DPL], vr[KB][DPL];
-#pragma unroll
-            for (int u = 0; u < KB; u++) {
-                const int j = j0 + ATT_WARPS * u;
-                const float *kj = kc + base + (size_t)j * kv_dim, *vj = vc + base + (size_t)j * kv_dim;
-#pragma unroll
-                for (int t = 0; t < DPL; t++) {
-                    const int d = lane + 32 * t;
-                    const bool ok = j < c1 && d < head_dim;
-                    kr[u][t] = ok ? kj[d] : 0.0f;
-                    vr[u][t] = ok ? vj[d] : 0.0f;
-                }
-            }
-            float sc[KB * GQ]; /* the group's scores first (the reductions interleave), then key by key */
-#pragma unroll
-            for (int u = 0; u < KB; u++)
-#pragma unroll
-                for (int g = 0; g < GQ; g++) {
-                    float s = 0.0f;
-#pragma unroll
-                    for (int t = 0; t < DPL; t++) {
-                        const int d = lane + 32 * t;
-                        if (d < head_dim) s = fmaf(qv[g][t], kr[u][t], s);
-                    }
-                    sc[u * GQ + g] = s;
-                }
-            warp_sum_n<KB * GQ>(sc);
-            /* scores in log2 units (scale here is 1/sqrt(head_dim) log2(e)), one max
-             * update per SG keys */
-#pragma unroll
-            for (int u0 = 0; u0 < KB; u0 += SG) {
-                if (j0 + ATT_WARPS * u0 >= c1) break;
-#pragma unroll
-                for (int g = 0; g < GQ; g++) {
-                    float s2[SG], mg = m[g];
-#pragma unroll
-                    for (int u = 0; u < SG; u++) {
-                        s2[u] = j0 + ATT_WARPS * (u0 + u) < c1 ? sc[(u0 + u) * GQ + g] * scale : -INFINITY;
-                        mg = fmaxf(mg, s2[u]);
-                    }
-                    if (mg > m[g]) {
-                        const float corr = exp2f(m[g] - mg);
-                        l[g] *= corr;
-#pragma unroll
-                        for (int t = 0; t < DPL; t++) acc[g][t] *= corr;
-                        m[g] = mg;
-                    }
-#pragma unroll
-                    for (int u = 0; u < SG; u++) {
-                        const float p = exp2f(s2[u] - m[g]);
-                        l[g] += p;
-#pragma unroll
-                        for (int t = 0; t < DPL; t++) /* (lanes past head_dim hold v = 0 and are never stored) */
-                            acc[g][t] = fmaf(p, vr[u0 + u][t], acc[g][t]);
-                    }
-                }
-            }
+            if (j0 + ATT_WARPS * (KB - 1) < c1) att_keys<DPL, GQ, V4, false, KB, SG>(qv, acc, m, l, kb, vb, doff, kv_dim, j0, c1);
+            else att_keys<DPL, GQ, V4, true, KB, SG>(qv, acc, m, l, kb, vb, doff, kv_dim, j0, c1);
         }
     }
     float *sacc = sm, *sm_m = sm + ATT_WARPS * GQ * head_dim, *sm_l = sm_m + ATT_WARPS * GQ;
@@ -189,7 +225,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     for (int g = 0; g < GQ; g++) {
 #pragma unroll
         for (int t = 0; t < DPL; t++) {
-            const int d = lane + 32 * t;
+            const int d = att_dim<V4>(lane, t);
             if (d < head_dim) sacc[(warp * GQ + g) * head_dim + d] = acc[g][t];
         }
         if (lane == 0) { sm_m[warp * GQ + g] = m[g]; sm_l[warp * GQ + g] = l[g]; }

@@ -991,14 +991,20 @@ void backend_cuda_set_fused(Backend *be, bool on, bool fold) {
     be->matmul_add = c->fold ? cu_matmul_add : NULL;
 }
 
-/* k_attention's instances: GQ > 1 only where GQ * DPL <= 32 (the caller checks) */
+/* k_attention's instances: GQ > 1 only where GQ * DPL <= 32 (the caller checks); float4 rows
+ * (V4) where a lane's dims come in fours and rows are 16-byte aligned */
 template <int DPL, int GQ>
 static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float *part, const float *q, const KvCache *kv, const int32_t *slot,
                        const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, int chunk, bool pf,
                        float *out, uint16_t *xp, int *count) {
-    if constexpr (GQ == 1 || DPL * GQ <= 32)
-        launch(st, pdl, k_attention<DPL, GQ>, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len,
-               layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, pf, out, xp, count);
+    if constexpr (GQ == 1 || DPL * GQ <= 32) {
+        const bool v4 = DPL % 4 == 0 && head_dim % 4 == 0;
+        auto k = k_attention<DPL, GQ, false>;
+        if constexpr (DPL % 4 == 0)
+            if (v4) k = k_attention<DPL, GQ, true>;
+        launch(st, pdl, k, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len, layer,
+               kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, pf, out, xp, count);
+    }
 }
 
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
@@ -1029,7 +1035,7 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     }
     /* the fused merge needs a counter per (token, head) */
     int *count = c->fuse && (size_t)n * n_heads <= c->att_count_n ? c->att_count : NULL;
-    /* the scores in log2 units: 1 / sqrt(head_dim) times log2(e) (k_attention's exp2f) */
+    /* the scores in log2 units: 1 / sqrt(head_dim) times log2(e), folded into q (k_attention's ex2) */
     const float scale2 = (float)(1.4426950408889634 / sqrt((double)head_dim));
     const int group = n_heads / n_kv_heads;
     const int dpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16;
