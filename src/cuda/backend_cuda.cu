@@ -998,10 +998,9 @@ static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float 
                        const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, int chunk, bool pf,
                        float *out, uint16_t *xp, int *count) {
     if constexpr (GQ == 1 || DPL * GQ <= 32) {
-        const bool v4 = DPL % 4 == 0 && head_dim % 4 == 0;
         auto k = k_attention<DPL, GQ, false>;
         if constexpr (DPL % 4 == 0)
-            if (v4) k = k_attention<DPL, GQ, true>;
+            if (head_dim % 4 == 0) k = k_attention<DPL, GQ, true>;
         launch(st, pdl, k, grid, 32 * ATT_WARPS, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len, layer,
                kv->n_slots, kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, pf, out, xp, count);
     }
