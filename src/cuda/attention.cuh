@@ -162,35 +162,61 @@ __device__ __forceinline__ void att_keys(const float (&qv)[GQ][DPL], float (&acc
     }
 }
 
-/* Partial attention of (GQ query heads h0.. of one KV head, token i, split z): warp w takes
- * keys w, w + 8, ... of the split's chunks in groups of KB (att_keys); the warps are merged
- * in order into part [hd] sum, [hd] max, [hd + 1] normaliser per head; the last split block of
- * the (token, heads) to finish merges the splits (count; splits past the token's keys exit at
- * once, att_splits). GQ = 1 is the per-head kernel (4x the blocks: it wins at 1 token); GQ =
- * group reads each K/V row once for the KV head's query heads. Per query head the arithmetic
- * does not depend on GQ (the same keys per warp in the same order, the same merges), so the
- * two give the same bits (DSPARK_CUDA_ATT=0/1 force one; test_attention compares them).
- * head_dim <= 32 DPL, GQ * DPL <= 32 for GQ > 1; V4 as att_dim. */
+/* a split's partial result from its warps' (sacc, sm_m, sm_l, written by k_attention), merged in
+ * warp order into part: [hd] sum, [hd] max, [hd + 1] normaliser per head; the GQ heads side
+ * by side, head g on threads [g tph, (g + 1) tph). Not inlined: in k_attention's loop over
+ * splits its registers added to the key loop's (the 8-token instance: 120 against 104) */
+template <int GQ>
+__device__ __noinline__ void att_store_part(float *part, const float *sacc, const float *sm_m, const float *sm_l, int i, int n_heads, int h0,
+                                            int z, int head_dim) {
+    constexpr int tph = 32 * ATT_WARPS / GQ;
+    const int g = threadIdx.x / tph, tl = threadIdx.x % tph;
+    float M, f[ATT_WARPS];
+    const float L = att_weights<ATT_WARPS>(ATT_WARPS, [&](int w) { return sm_m[w * GQ + g]; }, [&](int w) { return sm_l[w * GQ + g]; }, f, M);
+    float *pz = part + (((size_t)i * n_heads + h0 + g) * ATT_SPLITS + z) * (head_dim + 2);
+    for (int d = tl; d < head_dim; d += tph) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) o += sacc[(w * GQ + g) * head_dim + d] * f[w];
+        pz[d] = o;
+    }
+    if (tl == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
+}
+
+/* Partial attention of (GQ query heads h0.. of one KV head, token i, splits z = blockIdx.z,
+ * z + gridDim.z, ...): warp w takes keys w, w + 8, ... of a split's chunks in groups of KB
+ * (att_keys); the warps are merged in order into the split's part (att_store_part); the last
+ * block of the (token, heads) to finish merges the splits (count; splits past the token's keys
+ * exit at once, att_splits). GQ = 1 is the per-head kernel (4x the blocks: it wins at 1
+ * token); GQ = group reads each K/V row once for the KV head's query heads. Per query head the
+ * arithmetic depends neither on GQ nor on gridDim.z (the same keys per warp in the same order,
+ * the same merges), so all give the same bits (DSPARK_CUDA_ATT=0/1 and DSPARK_CUDA_ATT_Z force
+ * them; test_attention compares them). head_dim <= 32 DPL, GQ * DPL <= 32 for GQ > 1; V4 as
+ * att_dim. */
 template <int DPL, int GQ, bool V4>
 __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const float *q, const float *kc, const float *vc,
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim, float scale,
                                                               int chunk, bool pf, float *out, uint16_t *xp, int *count) {
     extern __shared__ float sm[]; /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
-    const int h0 = blockIdx.x * GQ, i = blockIdx.y, z = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int h0 = blockIdx.x * GQ, i = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    /* this block's splits: zb, zb + gridDim.z, ... (gridDim.z <= ATT_SPLITS: fewer blocks than
+     * splits where a launch has blocks enough without them, cu_attention) */
+    const int zb = blockIdx.z;
     /* kv_len and slot before pdl_wait: the caller writes them at least two kernels earlier (a
      * copy at the step's start; the PDL note in cuda_common.cuh: once this kernel runs, the
      * one before the kernel before it has finished); q and the cache after it */
     const int len = ld_step_int(kv_len + i), nz = att_splits(len, chunk), si = ld_step_int(slot + i);
     chunk = att_chunk_of(len, chunk);
-    if (z >= nz) return; /* no keys */
+    if (zb >= nz) return; /* no keys */
     const size_t base = ((size_t)layer * n_slots + si) * max_ctx * kv_dim + (size_t)(h0 / group) * head_dim;
     /* one block per (KV head, split) of a sequence prefetches: the first query head's, of the
      * first token of a run of the sequence's tokens (its keys are the run's but for the run's
      * own, which the kernel before has just written through L2) */
-    if (pf && (GQ > 1 || h0 % group == 0) && (i == 0 || ld_step_int(slot + i - 1) != si)) att_prefetch(kc, vc, base, kv_dim, head_dim, len, z, chunk);
+    if (pf && (GQ > 1 || h0 % group == 0) && (i == 0 || ld_step_int(slot + i - 1) != si))
+        for (int z = zb; z < nz; z += gridDim.z) att_prefetch(kc, vc, base, kv_dim, head_dim, len, z, chunk);
     pdl_start();
-    float qv[GQ][DPL], acc[GQ][DPL], m[GQ], l[GQ];
+    float qv[GQ][DPL];
     int doff[DPL];
 #pragma unroll
     for (int t = 0; t < DPL; t++) {
@@ -204,62 +230,58 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
         for (int t = 0; t < DPL; t++) {
             const int d = att_dim<V4>(lane, t);
             qv[g][t] = d < head_dim ? qi[d] * scale : 0.0f;
-            acc[g][t] = 0.0f;
         }
-        m[g] = -INFINITY;
-        l[g] = 0.0f;
     }
     /* keys per warp loaded at once, and SG keys per softmax update (KB a multiple of SG, the
      * same SG at every GQ for a head_dim) */
     constexpr int KB = GQ > 1 ? (DPL >= 16 ? 2 : 4) : DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2, SG = DPL >= 16 ? 2 : 4;
     const float *kb = kc + base, *vb = vc + base;
-    for (int c0 = z * chunk; c0 < len; c0 += ATT_SPLITS * chunk) {
-        const int c1 = c0 + chunk < len ? c0 + chunk : len;
-        for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * KB) {
-            if (j0 + ATT_WARPS * (KB - 1) < c1) att_keys<DPL, GQ, V4, false, KB, SG>(qv, acc, m, l, kb, vb, doff, kv_dim, j0, c1);
-            else att_keys<DPL, GQ, V4, true, KB, SG>(qv, acc, m, l, kb, vb, doff, kv_dim, j0, c1);
-        }
-    }
     float *sacc = sm, *sm_m = sm + ATT_WARPS * GQ * head_dim, *sm_l = sm_m + ATT_WARPS * GQ;
+    for (int z = zb; z < nz; z += gridDim.z) {
+        float acc[GQ][DPL], m[GQ], l[GQ];
 #pragma unroll
-    for (int g = 0; g < GQ; g++) {
+        for (int g = 0; g < GQ; g++) {
 #pragma unroll
-        for (int t = 0; t < DPL; t++) {
-            const int d = att_dim<V4>(lane, t);
-            if (d < head_dim) sacc[(warp * GQ + g) * head_dim + d] = acc[g][t];
+            for (int t = 0; t < DPL; t++) acc[g][t] = 0.0f;
+            m[g] = -INFINITY;
+            l[g] = 0.0f;
         }
-        if (lane == 0) { sm_m[warp * GQ + g] = m[g]; sm_l[warp * GQ + g] = l[g]; }
-    }
-    __syncthreads();
-    /* the merges of the GQ heads side by side: head g on threads [g tph, (g + 1) tph) */
-    constexpr int tph = 32 * ATT_WARPS / GQ;
-    const int g = threadIdx.x / tph, tl = threadIdx.x % tph;
-    {
-        float M, f[ATT_WARPS];
-        const float L = att_weights<ATT_WARPS>(ATT_WARPS, [&](int w) { return sm_m[w * GQ + g]; }, [&](int w) { return sm_l[w * GQ + g]; }, f, M);
-        float *pz = part + (((size_t)i * n_heads + h0 + g) * ATT_SPLITS + z) * (head_dim + 2);
-        for (int d = tl; d < head_dim; d += tph) {
-            float o = 0.0f;
-#pragma unroll
-            for (int w = 0; w < ATT_WARPS; w++) o += sacc[(w * GQ + g) * head_dim + d] * f[w];
-            pz[d] = o;
+        for (int c0 = z * chunk; c0 < len; c0 += ATT_SPLITS * chunk) {
+            const int c1 = c0 + chunk < len ? c0 + chunk : len;
+            for (int j0 = c0 + warp; j0 < c1; j0 += ATT_WARPS * KB) {
+                if (j0 + ATT_WARPS * (KB - 1) < c1) att_keys<DPL, GQ, V4, false, KB, SG>(qv, acc, m, l, kb, vb, doff, kv_dim, j0, c1);
+                else att_keys<DPL, GQ, V4, true, KB, SG>(qv, acc, m, l, kb, vb, doff, kv_dim, j0, c1);
+            }
         }
-        if (tl == 0) { pz[head_dim] = M; pz[head_dim + 1] = L; }
+        if (z != zb) __syncthreads(); /* (the split before has read sacc) */
+#pragma unroll
+        for (int g = 0; g < GQ; g++) {
+#pragma unroll
+            for (int t = 0; t < DPL; t++) {
+                const int d = att_dim<V4>(lane, t);
+                if (d < head_dim) sacc[(warp * GQ + g) * head_dim + d] = acc[g][t];
+            }
+            if (lane == 0) { sm_m[warp * GQ + g] = m[g]; sm_l[warp * GQ + g] = l[g]; }
+        }
+        __syncthreads();
+        att_store_part<GQ>(part, sacc, sm_m, sm_l, i, n_heads, h0, z, head_dim);
     }
     if (!count) return;
+    constexpr int tph = 32 * ATT_WARPS / GQ; /* (att_store_part's) */
+    const int units = (nz - zb + gridDim.z - 1) / gridDim.z, hg = threadIdx.x / tph, tl = threadIdx.x % tph;
     /* fused merge: one counter per (token, block of heads) (the entry of its first head) */
     __shared__ int last;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
         int *cnt = count + (size_t)i * n_heads + h0;
-        last = atomicAdd(cnt, 1) == nz - 1;
+        last = atomicAdd(cnt, units) == nz - units;
         if (last) *cnt = 0;
     }
     __syncthreads();
     if (!last) return;
     __threadfence();
-    att_merge(out, xp, part, h0 + g, i, n_heads, head_dim, nz, tl, tph);
+    att_merge(out, xp, part, h0 + hg, i, n_heads, head_dim, nz, tl, tph);
 }
 
 __global__ void k_attention_merge(float *out, uint16_t *xp, const float *part, const int32_t *kv_len, int n_heads, int head_dim, int chunk) {

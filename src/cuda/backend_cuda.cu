@@ -185,6 +185,7 @@ typedef struct {
     int att_gqa_min;   /* k_attention with a KV head's query heads per block from this many tokens on (DSPARK_CUDA_ATT) */
     bool att_pf;       /* k_attention prefetches its K/V rows into L2 before pdl_wait (DSPARK_CUDA_ATT_PREFETCH=0: off) */
     int att_chunk;     /* k_attention's keys per chunk (DSPARK_CUDA_ATT_CHUNK; 0: by key count, att_chunk_of) */
+    int att_z;         /* k_attention's blocks per (token, head block) (DSPARK_CUDA_ATT_Z 1..ATT_SPLITS; 0: by the launch, cu_attention) */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
     MmCfg mm;
@@ -1041,7 +1042,13 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     /* a KV head's query heads per block from att_gqa_min tokens on (at 1 token the per-head
      * blocks, 4x as many, win: docs/bench-cuda.md) */
     const int gq = n >= c->att_gqa_min && (group == 2 || group == 4 || group == 8) && group * dpl <= 32 ? group : 1;
-    const dim3 grid((unsigned)(n_heads / gq), (unsigned)n, ATT_SPLITS);
+    /* blocks per (token, head block): the splits a token may have (ATT_SPLITS) while a launch
+     * has fewer blocks than 2 an SM; beyond that a block takes several splits in turn. The
+     * splits a short token lacks would be blocks that exit at once after the rest have run
+     * (H100, context 512: 64 tokens 16.0 -> 15.4 ms, 8 tokens level; docs/bench-cuda.md) */
+    const int per_z = n_heads / gq * n, z_auto = 2 * c->mm.nsm / per_z;
+    const int nzb = c->att_z ? c->att_z : z_auto < 1 ? 1 : z_auto > ATT_SPLITS ? ATT_SPLITS : z_auto;
+    const dim3 grid((unsigned)(n_heads / gq), (unsigned)n, (unsigned)nzb);
     const size_t smem = sizeof(float) * ATT_WARPS * (size_t)gq * ((size_t)head_dim + 2);
     cudaStream_t st = c->stream;
     float *part = c->att_part;
@@ -1478,6 +1485,11 @@ extern "C" Backend *backend_cuda_create(int n_threads, bool one_stream, char *er
     const char *att_chunk = getenv("DSPARK_CUDA_ATT_CHUNK");
     const int ch = att_chunk ? atoi(att_chunk) : 0;
     c->att_chunk = ch >= 8 && ch <= 1024 && ch % 8 == 0 ? ch : 0;
+    /* DSPARK_CUDA_ATT_Z: attention's blocks per (token, head block), 1..ATT_SPLITS (default 0:
+     * by the launch's size, cu_attention; no value changes) */
+    const char *att_z = getenv("DSPARK_CUDA_ATT_Z");
+    const int az = att_z ? atoi(att_z) : 0;
+    c->att_z = az >= 1 && az <= ATT_SPLITS ? az : 0;
     const char *att_pf = getenv("DSPARK_CUDA_ATT_PREFETCH");
     c->att_pf = !(att_pf && !strcmp(att_pf, "0"));
     be->swiglu = cu_swiglu;

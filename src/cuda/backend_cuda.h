@@ -41,6 +41,8 @@
  * DSPARK_CUDA_PDL=0 (kernels in plain stream order, not programmatic dependent launch) and
  * DSPARK_CUDA_ATT=0/1 (attention always per query head / grouped per KV head).
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);
+ * DSPARK_CUDA_ATT_Z=N fixes its blocks per (token, head block), each taking every N-th split
+ * (the same values);
  * DSPARK_CUDA_ATT_PREFETCH=0: attention does not prefetch its K/V rows into L2 before it waits
  * for the kernel before (the same values);
  * DSPARK_CUDA_FUSE=0 runs the fused ops apart (bitwise the same); DSPARK_CUDA_FOLD=0 keeps
