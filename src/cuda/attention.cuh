@@ -4,15 +4,15 @@
  * of its own. */
 
 #define ATT_WARPS 8
-#define ATT_SPLITS 16  /* blocks per (token, head): 512 for a decode step of 32 heads (128 grouped by KV head) */
+#define ATT_SPLITS 16  /* the most splits a token has (a (token, head block) has at most this many blocks: cu_attention) */
 /* keys per chunk: the backend's att_chunk (DSPARK_CUDA_ATT_CHUNK) or, where that is 0 (the
  * default), 128 up to 1024 keys and 256 beyond (H200, Qwen3-4B shape: a block should take
  * 128-256 keys; at 32 per chunk a decode step at context 512 was 3.98 ms, at 128 3.81 ms;
- * docs/bench-cuda.md). Block z takes chunks z, z + ATT_SPLITS, ... */
+ * docs/bench-cuda.md). Split z takes chunks z, z + ATT_SPLITS, ... */
 __device__ __forceinline__ int att_chunk_of(int len, int chunk) { return chunk > 0 ? chunk : len <= 1024 ? 128 : 256; }
 
-/* the splits that hold keys of a token with len keys (the rest exit at once and are not
- * merged): like the chunk, a property of the token alone, so a row is the same alone or in a
+/* the splits that hold keys of a token with len keys (blocks past them exit at once; the rest
+ * are not merged): like the chunk, a property of the token alone, so a row is the same alone or in a
  * batch */
 __device__ __forceinline__ int att_splits(int len, int chunk) {
     const int ch = att_chunk_of(len, chunk), c = (len + ch - 1) / ch;
