@@ -187,13 +187,31 @@ static void test_matmul(void) {
 #ifdef DSPARK_HAVE_CUDA
 /* a second GPU backend (batched, or one_stream: backend.h's BackendUse) made with env var
  * `name` set to `value` unless NULL (and name2 to value2 unless NULL; then unset again) */
+/* an environment variable set for a backend's create only: its old value (or none) back after */
+typedef struct {
+    const char *name;
+    char *old; /* strdup'd, or NULL: unset */
+} EnvSave;
+static void env_push(EnvSave *e, const char *name, const char *value) {
+    const char *o = getenv(name);
+    e->name = name;
+    e->old = o ? strdup(o) : NULL;
+    setenv(name, value, 1);
+}
+static void env_pop(EnvSave *e) {
+    if (e->old) setenv(e->name, e->old, 1);
+    else unsetenv(e->name);
+    free(e->old);
+}
+
 static Backend *gpu_with_env_for(bool one_stream, const char *name, const char *value, const char *name2, const char *value2) {
     char err[DS_ERR_LEN];
-    if (name) setenv(name, value, 1);
-    if (name2) setenv(name2, value2, 1);
+    EnvSave e1 = {0}, e2 = {0};
+    if (name) env_push(&e1, name, value);
+    if (name2) env_push(&e2, name2, value2);
     Backend *be = backend_cuda_create(1, one_stream, err);
-    if (name) unsetenv(name);
-    if (name2) unsetenv(name2);
+    if (name2) env_pop(&e2);
+    if (name) env_pop(&e1);
     CHECK_MSG(be != NULL, "%s", err);
     return be;
 }
@@ -204,18 +222,18 @@ static Backend *gpu_with_env(const char *name, const char *value, const char *na
 /* a second GPU backend made with the environment `spec` ("NAME=VALUE NAME=VALUE ...", each
  * set for the create only) */
 static Backend *gpu_with_envs(const char *spec) {
-    char buf[512], err[DS_ERR_LEN], *names[8];
+    char buf[512], err[DS_ERR_LEN];
+    EnvSave saved[8];
     int k = 0;
     snprintf(buf, sizeof buf, "%s", spec);
     for (char *tok = strtok(buf, " "); tok && k < 8; tok = strtok(NULL, " ")) {
         char *eq = strchr(tok, '=');
         if (!eq) continue;
         *eq = 0;
-        setenv(tok, eq + 1, 1);
-        names[k++] = tok;
+        env_push(&saved[k++], tok, eq + 1);
     }
     Backend *be = backend_cuda_create(1, false, err);
-    for (int i = 0; i < k; i++) unsetenv(names[i]);
+    while (k > 0) env_pop(&saved[--k]);
     CHECK_MSG(be != NULL, "%s: %s", spec, err);
     return be;
 }
@@ -910,22 +928,31 @@ static void att_then_product(const char *name, const KvCache *gk, const float *d
 #endif
 
 static void test_attention(void) {
-    /* heads, kv heads, hd, context: a KV head's query heads per block for groups 2, 4, 8 with
-     * group * ceil(hd / 32) <= 32, else one head per block (group 1 and 3; group 8 at hd 256);
-     * hd 66: 4 dims a lane one in 32 apart (not a multiple of 4: no float4 rows) */
+    /* heads, kv heads, hd, context: the scalar kernels take a KV head's query heads per block
+     * for groups 2, 4, 8 with group * ceil(hd / 32) <= 32, else one head per block (group 1 and
+     * 3; group 8 at hd 256); hd 66: 4 dims a lane one in 32 apart (not a multiple of 4: no float4
+     * rows). The tensor cores (hd 16..128) take 16 rows: groups 2, 4, 8 and 16 by 8, 4, 2 tokens
+     * and 1 and 3 by 16 tokens of one head; 1500 keys: 128- and 256-key chunks in one block */
     const int cfg[][4] = {{4, 2, 16, 300}, {8, 2, 128, 1500}, {6, 3, 80, 300}, {2, 1, 256, 700}, {16, 2, 64, 600}, {6, 2, 32, 200},
-                          {8, 1, 256, 100}, {32, 8, 128, 530}, {8, 2, 66, 300}};
-    /* the per-head kernel (DSPARK_CUDA_ATT=0) and the grouped one wherever it applies (=1), with
-     * the default chunks (128 or 256 keys by key count: bitwise the default backend's) and fixed
-     * ones: each checked against the CPU, per head == grouped, and a token alone == its row of
-     * the batch; the last: a block taking all of a token's splits in turn, or every third
-     * (DSPARK_CUDA_ATT_Z), bitwise the default */
-    enum { NCH = 5 };
-    static const char *const chunk_env[NCH][2] = {{"DSPARK_CUDA_ATT=0", "DSPARK_CUDA_ATT=1"},
-                                                  {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=32", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=32"},
-                                                  {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=24", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=24"},
-                                                  {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=64", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=64"},
-                                                  {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_Z=1", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_Z=3"}};
+                          {8, 1, 256, 100}, {32, 8, 128, 530}, {8, 2, 66, 300}, {16, 1, 32, 400}};
+    /* the scalar kernels, per head (DSPARK_CUDA_ATT=0) and grouped wherever that applies (=1),
+     * with the default chunks (128 or 256 keys by key count: bitwise the default backend's) and
+     * fixed ones: each checked against the CPU, per head == grouped, and a token alone == its
+     * row of the batch; row 4: a block taking all of a token's splits in turn, or every third
+     * (DSPARK_CUDA_ATT_Z), bitwise the default. Rows 5-7: the tensor-core kernel
+     * (DSPARK_CUDA_ATT_TC=1, hd % 16 == 0 and <= 128; else the scalar ones) the same way: rows 5
+     * and 7, other blocks (splits in turn, tokens per block: ATT_Z, ATT_TG), bitwise row 5's
+     * first; row 6 at 64-key chunks (several chunks a split from 1024 keys on) */
+    enum { NCH = 8 };
+    static const char *const chunk_env[NCH][2] = {
+        {"DSPARK_CUDA_ATT=0", "DSPARK_CUDA_ATT=1"},
+        {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=32", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=32"},
+        {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=24", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=24"},
+        {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=64", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=64"},
+        {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_Z=1", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_Z=3"},
+        {"DSPARK_CUDA_ATT_TC=1", "DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_Z=1 DSPARK_CUDA_ATT_TG=1"},
+        {"DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_CHUNK=64", "DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_CHUNK=64 DSPARK_CUDA_ATT_TG=2 DSPARK_CUDA_ATT_Z=2"},
+        {"DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_Z=3 DSPARK_CUDA_ATT_TG=3", "DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_Z=2 DSPARK_CUDA_ATT_TG=2"}};
     Backend *chunk_be[NCH][2] = {{NULL}};
 #ifdef DSPARK_HAVE_CUDA
     for (int ch = 0; ch < NCH; ch++)
@@ -946,6 +973,12 @@ static void test_attention(void) {
             pos[i] = len[i] - 1;
         }
         slot[2] = slot[3]; /* two tokens of one sequence */
+        if (c % 2) /* and a verify's run: 4 of one sequence, consecutive */
+            for (int i = 5; i < 8; i++) {
+                slot[i] = slot[4];
+                len[i] = len[4] + (i - 4) <= T ? len[4] + (i - 4) : len[4] - (i - 4);
+                pos[i] = len[i] - 1;
+            }
         for (int i = 1; i < n; i++) /* distinct (slot, pos): concurrent writes to one row would race */
             for (int j = 0; j < i; j++)
                 if (slot[j] == slot[i] && pos[j] == pos[i]) { len[i] = 1 + (len[i] % (T - 1)); pos[i] = len[i] - 1; j = -1; }
@@ -973,6 +1006,11 @@ static void test_attention(void) {
         g_gpu->attention(g_gpu, dout, dq + (size_t)5 * H * hd, &gk, 1, dslot + 5, dlen + 5, 1, H, KV, hd);
         float *one = host_from(dout, (size_t)H * hd);
         CHECK_MSG(memcmp(one, got + (size_t)5 * H * hd, sizeof(float) * H * hd) == 0, "%s: token alone differs from the batch", name);
+        float *tc_ref = NULL; /* row 5's first */
+        /* the default backend's kernel: the scalar ones, or with DSPARK_CUDA_ATT_TC=1 set for the
+         * whole run the tensor cores where they apply (then rows 5 and 7 are the default) */
+        const char *tc_env = getenv("DSPARK_CUDA_ATT_TC");
+        const bool tc_default = tc_env && !strcmp(tc_env, "1") && hd % 16 == 0 && hd <= 128;
         for (int ch = 0; ch < NCH; ch++) {
             float *first = NULL;
             for (int b = 0; b < 2; b++) {
@@ -988,14 +1026,19 @@ static void test_attention(void) {
                 snprintf(cname, sizeof cname, "%s (%s)", name, chunk_env[ch][b]);
                 CHECK_NSE(cname, all, ref, (size_t)n * H * hd, NSE_F32);
                 CHECK_MSG(memcmp(alone, all + (size_t)5 * H * hd, sizeof(float) * H * hd) == 0, "%s: token alone differs from the batch", cname);
-                if (ch == 0 || ch == 4) CHECK_MSG(memcmp(all, got, sizeof(float) * n * H * hd) == 0, "%s: differs from the default", cname);
-                if (first) CHECK_MSG(memcmp(first, all, sizeof(float) * n * H * hd) == 0, "%s: per head and grouped differ", cname);
+                if (tc_default ? ch == 5 || ch == 7 : ch == 0 || ch == 4)
+                    CHECK_MSG(memcmp(all, got, sizeof(float) * n * H * hd) == 0, "%s: differs from the default", cname);
+                if ((ch == 5 || ch == 7) && tc_ref)
+                    CHECK_MSG(memcmp(all, tc_ref, sizeof(float) * n * H * hd) == 0, "%s: differs from %s", cname, chunk_env[5][0]);
+                if (first) CHECK_MSG(memcmp(first, all, sizeof(float) * n * H * hd) == 0, "%s: differs from %s", cname, chunk_env[ch][0]);
                 free(alone);
                 if (first) free(all);
                 else first = all;
             }
-            free(first);
+            if (ch == 5) tc_ref = first;
+            else free(first);
         }
+        free(tc_ref);
         void *dev[] = {gk.k, gk.v, dk, dv, dq, dout, dslot, dpos, dlen};
         for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) g_gpu->free(g_gpu, dev[i]);
         free(ck.k); free(ck.v); free(k); free(v); free(q); free(gkh); free(gvh); free(ref); free(got); free(one);

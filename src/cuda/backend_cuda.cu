@@ -185,6 +185,8 @@ typedef struct {
     int att_gqa_min;   /* k_attention with a KV head's query heads per block from this many tokens on (DSPARK_CUDA_ATT) */
     bool att_pf;       /* k_attention prefetches its K/V rows into L2 before pdl_wait (DSPARK_CUDA_ATT_PREFETCH=0: off) */
     int att_chunk;     /* k_attention's keys per chunk (DSPARK_CUDA_ATT_CHUNK; 0: by key count, att_chunk_of) */
+    bool att_tc;       /* k_attention_tc where it applies (DSPARK_CUDA_ATT_TC=1) */
+    int att_tg;        /* its tokens per block (DSPARK_CUDA_ATT_TG; 0: 16 / its heads) */
     int att_z;         /* k_attention's blocks per (token, head block) (DSPARK_CUDA_ATT_Z 1..ATT_SPLITS; 0: by the launch, cu_attention) */
     RopeFreq rope[N_ROPE_TABLES];
     int rope_next;
@@ -402,6 +404,7 @@ static void cu_release_weight(Backend *be, Weight *w) {
 #include "matmul_tc.cuh"
 #include "norm_rope.cuh"
 #include "attention.cuh"
+#include "attention_tc.cuh"
 
 /* ---- ops ---- */
 
@@ -1007,6 +1010,27 @@ static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float 
     }
 }
 
+/* attention on the tensor cores (DSPARK_CUDA_ATT_TC=1) where k_attention_tc applies: 16 rows a
+ * block, a KV head's gq query heads (the largest power of 2 <= 16 dividing the group) times tg
+ * tokens; false: not launched */
+static bool att_tc_launch(CudaImpl *c, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
+                          int n, int n_heads, int group, int head_dim, float scale2, bool pf, uint16_t *xp, int *count) {
+    const int chunk_max = c->att_chunk ? c->att_chunk : 256;
+    if (!c->att_tc || head_dim % 16 || head_dim > 128 || chunk_max % 64 || chunk_max > 256 || (size_t)kv->max_ctx * kv->kv_dim >= INT_MAX)
+        return false; /* (its row offsets are ints) */
+    cudaStream_t st = c->stream;
+    int gq = ATC_ROWS;
+    while (group % gq) gq /= 2;
+    const int tg = c->att_tg >= 1 && c->att_tg <= ATC_ROWS / gq ? c->att_tg : ATC_ROWS / gq, nby = (n + tg - 1) / tg;
+    const int per_z = n_heads / gq * nby, z_auto = 2 * c->mm.nsm / per_z;
+    const int nzb = c->att_z ? c->att_z : z_auto < 1 ? 1 : z_auto > ATT_SPLITS ? ATT_SPLITS : z_auto;
+    launch(st, c->mm.pdl, k_attention_tc, dim3((unsigned)(n_heads / gq), (unsigned)nby, (unsigned)nzb), 32 * ATT_WARPS,
+           atc_smem(head_dim, chunk_max), c->att_part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len, layer, kv->n_slots,
+           kv->max_ctx, kv->kv_dim, n, n_heads, group, gq, tg, head_dim, scale2, c->att_chunk, chunk_max, pf, out, xp, count);
+    LAUNCHED("attention (tensor cores)");
+    return true;
+}
+
 static void cu_attention(Backend *be, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot,
                          const int32_t *kv_len, int n, int n_heads, int n_kv_heads, int head_dim) {
     if (n <= 0 || graph_skip(be, 7, out, q, kv->k, kv->v, kv->n_slots, kv->max_ctx, kv->kv_dim, layer, slot, kv_len, n, n_heads, n_kv_heads,
@@ -1038,40 +1062,42 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     /* the scores in log2 units: 1 / sqrt(head_dim) times log2(e), folded into q (k_attention's ex2) */
     const float scale2 = (float)(1.4426950408889634 / sqrt((double)head_dim));
     const int group = n_heads / n_kv_heads;
-    const int dpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16;
-    /* a KV head's query heads per block from att_gqa_min tokens on (at 1 token the per-head
-     * blocks, 4x as many, win: docs/bench-cuda.md) */
-    const int gq = n >= c->att_gqa_min && (group == 2 || group == 4 || group == 8) && group * dpl <= 32 ? group : 1;
-    /* blocks per (token, head block): the splits a token may have (ATT_SPLITS) while a launch
-     * has fewer blocks than 2 an SM; beyond that a block takes several splits in turn. The
-     * splits a short token lacks would be blocks that exit at once after the rest have run
-     * (H100, context 512: 64 tokens 16.0 -> 15.4 ms, 8 tokens level; docs/bench-cuda.md) */
-    const int per_z = n_heads / gq * n, z_auto = 2 * c->mm.nsm / per_z;
-    const int nzb = c->att_z ? c->att_z : z_auto < 1 ? 1 : z_auto > ATT_SPLITS ? ATT_SPLITS : z_auto;
-    const dim3 grid((unsigned)(n_heads / gq), (unsigned)n, (unsigned)nzb);
-    const size_t smem = sizeof(float) * ATT_WARPS * (size_t)gq * ((size_t)head_dim + 2);
     cudaStream_t st = c->stream;
     float *part = c->att_part;
     const bool pf = c->att_pf && head_dim % 4 == 0; /* (bulk prefetch: 16-byte rows) */
     uint16_t *xp = xp_buffer(c, n, n_heads * head_dim); /* the pieces of out for o_proj */
+    if (!att_tc_launch(c, out, q, kv, layer, slot, kv_len, n, n_heads, group, head_dim, scale2, pf, xp, count)) {
+        const int dpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16;
+        /* a KV head's query heads per block from att_gqa_min tokens on (at 1 token the per-head
+         * blocks, 4x as many, win: docs/bench-cuda.md) */
+        const int gq = n >= c->att_gqa_min && (group == 2 || group == 4 || group == 8) && group * dpl <= 32 ? group : 1;
+        /* blocks per (token, head block): the splits a token may have (ATT_SPLITS) while a launch
+         * has fewer blocks than 2 an SM; beyond that a block takes several splits in turn. The
+         * splits a short token lacks would be blocks that exit at once after the rest have run
+         * (H100, context 512: 64 tokens 16.0 -> 15.4 ms, 8 tokens level; docs/bench-cuda.md) */
+        const int per_z = n_heads / gq * n, z_auto = 2 * c->mm.nsm / per_z;
+        const int nzb = c->att_z ? c->att_z : z_auto < 1 ? 1 : z_auto > ATT_SPLITS ? ATT_SPLITS : z_auto;
+        const dim3 grid((unsigned)(n_heads / gq), (unsigned)n, (unsigned)nzb);
+        const size_t smem = sizeof(float) * ATT_WARPS * (size_t)gq * ((size_t)head_dim + 2);
 #define ATT(D, G) \
-    att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale2, c->att_chunk, pf, out, \
-                     xp, count)
+        att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale2, c->att_chunk, pf, out, \
+                         xp, count)
 #define ATT_D(G) \
-    do { \
-        if (dpl == 1) ATT(1, G); \
-        else if (dpl == 2) ATT(2, G); \
-        else if (dpl == 4) ATT(4, G); \
-        else if (dpl == 8) ATT(8, G); \
-        else ATT(16, G); \
-    } while (0)
-    if (gq == 1) ATT_D(1);
-    else if (gq == 2) ATT_D(2);
-    else if (gq == 4) ATT_D(4);
-    else ATT_D(8);
+        do { \
+            if (dpl == 1) ATT(1, G); \
+            else if (dpl == 2) ATT(2, G); \
+            else if (dpl == 4) ATT(4, G); \
+            else if (dpl == 8) ATT(8, G); \
+            else ATT(16, G); \
+        } while (0)
+        if (gq == 1) ATT_D(1);
+        else if (gq == 2) ATT_D(2);
+        else if (gq == 4) ATT_D(4);
+        else ATT_D(8);
 #undef ATT_D
 #undef ATT
-    LAUNCHED("attention");
+        LAUNCHED("attention");
+    }
     if (!count) {
         launch(st, c->mm.pdl, k_attention_merge, dim3((unsigned)n_heads, (unsigned)n), 128, 0, out, xp, (const float *)part, kv_len, n_heads,
                head_dim, c->att_chunk);
@@ -1479,6 +1505,12 @@ extern "C" Backend *backend_cuda_create(int n_threads, bool one_stream, char *er
      * that applies, else auto */
     const char *att = getenv("DSPARK_CUDA_ATT");
     c->att_gqa_min = att && !strcmp(att, "0") ? INT_MAX : att && !strcmp(att, "1") ? 1 : 2;
+    /* DSPARK_CUDA_ATT_TC=1: the tensor-core kernel where it applies (off by default: slower up to
+     * 16 tokens, faster from 64 and at long contexts; docs/bench-cuda.md); DSPARK_CUDA_ATT_TG: its
+     * tokens per block (default 16 / its query heads). Neither changes a value across calls. */
+    const char *att_tc = getenv("DSPARK_CUDA_ATT_TC"), *att_tg = getenv("DSPARK_CUDA_ATT_TG");
+    c->att_tc = att_tc && !strcmp(att_tc, "1") && !(att && (!strcmp(att, "0") || !strcmp(att, "1")));
+    c->att_tg = att_tg ? atoi(att_tg) : 0;
     /* DSPARK_CUDA_ATT_CHUNK: keys per chunk for every length, 8..1024 in steps of 8 (default
      * 0: by the token's key count, att_chunk_of; changes values within rounding, never across
      * calls of one backend) */
@@ -1492,6 +1524,8 @@ extern "C" Backend *backend_cuda_create(int n_threads, bool one_stream, char *er
     c->att_z = az >= 1 && az <= ATT_SPLITS ? az : 0;
     const char *att_pf = getenv("DSPARK_CUDA_ATT_PREFETCH");
     c->att_pf = !(att_pf && !strcmp(att_pf, "0"));
+    /* (the tensor-core kernel's shared memory passes the 48 KB default at 128 dims, 256 keys) */
+    CU(cudaFuncSetAttribute(k_attention_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)atc_smem(128, 256)));
     be->swiglu = cu_swiglu;
     be->add = cu_add;
     be->gather_rows = cu_gather_rows;
