@@ -61,6 +61,22 @@ __device__ __forceinline__ void att_merge(float *out, uint16_t *xp, const float 
     }
 }
 
+/* the fused merge's turnstile: the block adds the units (splits) it did to its counter; true in
+ * the block that completes total, which resets the counter for the next launch and may then
+ * read every other block's parts */
+__device__ __forceinline__ bool att_last_block(int *cnt, int units, int total) {
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(cnt, units) == total - units;
+        if (last) *cnt = 0;
+    }
+    __syncthreads();
+    if (last) __threadfence();
+    return last;
+}
+
 /* the K and V rows (head_dim floats each, 16-byte aligned) of the block's keys into L2, one
  * bulk prefetch per row: issued before pdl_wait so their memory latency overlaps the kernel
  * before (a hint that moves no value into the kernel: L2 is coherent, and a row the kernel
@@ -270,17 +286,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     constexpr int tph = 32 * ATT_WARPS / GQ; /* (att_store_part's) */
     const int units = (nz - zb + gridDim.z - 1) / gridDim.z, hg = threadIdx.x / tph, tl = threadIdx.x % tph;
     /* fused merge: one counter per (token, block of heads) (the entry of its first head) */
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int *cnt = count + (size_t)i * n_heads + h0;
-        last = atomicAdd(cnt, units) == nz - units;
-        if (last) *cnt = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!att_last_block(count + (size_t)i * n_heads + h0, units, nz)) return;
     att_merge(out, xp, part, h0 + hg, i, n_heads, head_dim, nz, tl, tph);
 }
 

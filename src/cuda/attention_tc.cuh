@@ -67,7 +67,6 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
     float *sp = (float *)(ql + 16 * head_dim), *rcorr = (float *)(pl + 16 * chunk_max);
     __shared__ int row_len[ATC_ROWS];           /* the pass's key count of a row; 0: not in the pass */
     __shared__ int t_slot[ATC_ROWS], t_len[ATC_ROWS]; /* the block's tokens' */
-    __shared__ int last;
     const int h0 = blockIdx.x * gq, i0 = blockIdx.y * tg, zb = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int nt = n_tok - i0 < tg ? n_tok - i0 : tg; /* tokens of this block */
@@ -294,16 +293,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
     }
     if (!count) return;
     /* fused merge: one counter per (first token, first head) of the block */
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int *cnt = count + (size_t)i0 * n_heads + h0;
-        last = atomicAdd(cnt, units) == NZ - units;
-        if (last) *cnt = 0;
-    }
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
+    if (!att_last_block(count + (size_t)i0 * n_heads + h0, units, NZ)) return;
     /* every thread on the block's rows (fewer rows, more threads a row: fewer dims a thread) */
     const int rows = gq * nt, tpr = 32 * ATT_WARPS / rows, r = threadIdx.x / tpr;
     if (r < rows) att_merge(out, xp, part, h0 + r % gq, i0 + r / gq, n_heads, head_dim, att_splits(t_len[r / gq], chunk), threadIdx.x % tpr, tpr);
