@@ -19,6 +19,11 @@ __device__ __forceinline__ int att_splits(int len, int chunk) {
     return c < ATT_SPLITS ? c : ATT_SPLITS;
 }
 
+/* where split z's part of (token i, head h) starts in part: [head_dim] sum, max, normaliser */
+__device__ __forceinline__ size_t att_part(int i, int h, int z, int n_heads, int head_dim) {
+    return (((size_t)i * n_heads + h) * ATT_SPLITS + z) * (head_dim + 2);
+}
+
 /* the weights that merge nz <= N partial softmaxes (part z: its max m_of(z) and normaliser
  * l_of(z)), in part order: M = the largest max, f[z] = 2^(m_z - M) (the maxima are in log2
  * units; 0 for a part without keys); returns L = sum l_z f[z]. The warps' merge in
@@ -44,7 +49,7 @@ __device__ __forceinline__ float att_weights(int nz, MOf m_of, LOf l_of, float (
  * L2: the fused path reads what other blocks of its own launch wrote) */
 __device__ __forceinline__ void att_merge(float *out, uint16_t *xp, const float *part, int h, int i, int n_heads, int head_dim, int nz,
                                           int tid, int nthreads) {
-    const float *p = part + ((size_t)i * n_heads + h) * ATT_SPLITS * (head_dim + 2);
+    const float *p = part + att_part(i, h, 0, n_heads, head_dim);
     float M, f[ATT_SPLITS];
     const float L = att_weights<ATT_SPLITS>(
         nz, [&](int z) { return __ldcg(p + z * (head_dim + 2) + head_dim); }, [&](int z) { return __ldcg(p + z * (head_dim + 2) + head_dim + 1); },
@@ -61,10 +66,11 @@ __device__ __forceinline__ void att_merge(float *out, uint16_t *xp, const float 
     }
 }
 
-/* the fused merge's turnstile: the block adds the units (splits) it did to its counter; true in
- * the block that completes total, which resets the counter for the next launch and may then
- * read every other block's parts */
-__device__ __forceinline__ bool att_last_block(int *cnt, int units, int total) {
+/* the fused merge's turnstile: the block adds the splits it did (zb, zb + gridDim.z, ... below
+ * total) to its counter; true in the block that completes total, which resets the counter for
+ * the next launch and may then read every other block's parts */
+__device__ __forceinline__ bool att_last_block(int *cnt, int zb, int total) {
+    const int units = (total - zb + gridDim.z - 1) / gridDim.z;
     __shared__ int last;
     __threadfence();
     __syncthreads();
@@ -189,7 +195,7 @@ __device__ __noinline__ void att_store_part(float *part, const float *sacc, cons
     const int g = threadIdx.x / tph, tl = threadIdx.x % tph;
     float M, f[ATT_WARPS];
     const float L = att_weights<ATT_WARPS>(ATT_WARPS, [&](int w) { return sm_m[w * GQ + g]; }, [&](int w) { return sm_l[w * GQ + g]; }, f, M);
-    float *pz = part + (((size_t)i * n_heads + h0 + g) * ATT_SPLITS + z) * (head_dim + 2);
+    float *pz = part + att_part(i, h0 + g, z, n_heads, head_dim);
     for (int d = tl; d < head_dim; d += tph) {
         float o = 0.0f;
 #pragma unroll
@@ -284,9 +290,9 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
     }
     if (!count) return;
     constexpr int tph = 32 * ATT_WARPS / GQ; /* (att_store_part's) */
-    const int units = (nz - zb + gridDim.z - 1) / gridDim.z, hg = threadIdx.x / tph, tl = threadIdx.x % tph;
+    const int hg = threadIdx.x / tph, tl = threadIdx.x % tph;
     /* fused merge: one counter per (token, block of heads) (the entry of its first head) */
-    if (!att_last_block(count + (size_t)i * n_heads + h0, units, nz)) return;
+    if (!att_last_block(count + (size_t)i * n_heads + h0, zb, nz)) return;
     att_merge(out, xp, part, h0 + hg, i, n_heads, head_dim, nz, tl, tph);
 }
 

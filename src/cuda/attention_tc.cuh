@@ -40,7 +40,7 @@ __device__ __forceinline__ int atc_frag(int s, int r, int k) { return (s * 32 + 
  * rescale factors [16] (64 KB at 128 dims and 256 keys: backend_cuda raises the kernel's
  * limit) */
 __host__ __device__ inline size_t atc_smem(int head_dim, int chunk_max) {
-    return sizeof(float) * ((size_t)2 * 16 * head_dim + (size_t)16 * (chunk_max + 8) + (size_t)2 * 16 * chunk_max + 16);
+    return sizeof(float) * ((size_t)2 * ATC_ROWS * head_dim + (size_t)ATC_ROWS * (chunk_max + 8) + (size_t)2 * ATC_ROWS * chunk_max + ATC_ROWS);
 }
 
 /* Partial attention of 16 rows: row r = query head h0 + r % gq of token i0 + r / gq (tg tokens
@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
                                                                  uint16_t *xp, int *count) {
     extern __shared__ float sm[];
     const int ss = chunk_max + 8;
-    uint32_t *qh = (uint32_t *)sm, *ql = qh + 16 * head_dim, *ph = ql + 16 * head_dim + 16 * ss, *pl = ph + 16 * chunk_max;
-    float *sp = (float *)(ql + 16 * head_dim), *rcorr = (float *)(pl + 16 * chunk_max);
+    uint32_t *qh = (uint32_t *)sm, *ql = qh + ATC_ROWS * head_dim, *ph = ql + ATC_ROWS * (head_dim + ss), *pl = ph + ATC_ROWS * chunk_max;
+    float *sp = (float *)(ql + ATC_ROWS * head_dim), *rcorr = (float *)(pl + ATC_ROWS * chunk_max);
     __shared__ int row_len[ATC_ROWS];           /* the pass's key count of a row; 0: not in the pass */
     __shared__ int t_slot[ATC_ROWS], t_len[ATC_ROWS]; /* the block's tokens' */
     const int h0 = blockIdx.x * gq, i0 = blockIdx.y * tg, zb = blockIdx.z;
@@ -130,7 +130,6 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
                 ql[f] = lo;
             }
     }
-    const int units = (NZ - zb + gridDim.z - 1) / gridDim.z;
     const int sr = threadIdx.x >> 4, sq = threadIdx.x & 15; /* the softmax's row and its thread */
     for (int u = 0; u < nt; u++) {
         if (!first_of_pass(u)) continue;
@@ -272,7 +271,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 if (!rl[h]) continue;
-                float *pz = part + (((size_t)(i0 + rr[h] / gq) * n_heads + h0 + rr[h] % gq) * ATT_SPLITS + z) * (head_dim + 2);
+                float *pz = part + att_part(i0 + rr[h] / gq, h0 + rr[h] % gq, z, n_heads, head_dim);
                 /* D[row][n = 2t + c] of n-tile j is dim 16 w + 2 (2t + c) + j: a lane's 4 dims 16 w + 4t.. */
                 if (pv) { /* (a part is 8-byte aligned) */
                     float o[2][4];
@@ -285,7 +284,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
                 }
             }
             if (sq == 0 && len_s) {
-                float *pz = part + (((size_t)(i0 + sr / gq) * n_heads + h0 + sr % gq) * ATT_SPLITS + z) * (head_dim + 2);
+                float *pz = part + att_part(i0 + sr / gq, h0 + sr % gq, z, n_heads, head_dim);
                 pz[head_dim] = m_run;
                 pz[head_dim + 1] = l_run;
             }
@@ -293,7 +292,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
     }
     if (!count) return;
     /* fused merge: one counter per (first token, first head) of the block */
-    if (!att_last_block(count + (size_t)i0 * n_heads + h0, units, NZ)) return;
+    if (!att_last_block(count + (size_t)i0 * n_heads + h0, zb, NZ)) return;
     /* every thread on the block's rows (fewer rows, more threads a row: fewer dims a thread) */
     const int rows = gq * nt, tpr = 32 * ATT_WARPS / rows, r = threadIdx.x / tpr;
     if (r < rows) att_merge(out, xp, part, h0 + r % gq, i0 + r / gq, n_heads, head_dim, att_splits(t_len[r / gq], chunk), threadIdx.x % tpr, tpr);

@@ -1010,6 +1010,16 @@ static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float 
     }
 }
 
+/* attention's blocks per (token, head block), for per_z blocks in each: the splits a token may
+ * have (ATT_SPLITS) while a launch has fewer blocks than 2 an SM; beyond that a block takes
+ * several splits in turn. The splits a short token lacks would be blocks that exit at once
+ * after the rest have run (H100, context 512: 64 tokens 16.0 -> 15.4 ms, 8 tokens level;
+ * docs/bench-cuda.md). DSPARK_CUDA_ATT_Z fixes it. */
+static int att_grid_z(const CudaImpl *c, int per_z) {
+    const int z = 2 * c->mm.nsm / per_z;
+    return c->att_z ? c->att_z : z < 1 ? 1 : z > ATT_SPLITS ? ATT_SPLITS : z;
+}
+
 /* attention on the tensor cores (DSPARK_CUDA_ATT_TC=1) where k_attention_tc applies: 16 rows a
  * block, a KV head's gq query heads (the largest power of 2 <= 16 dividing the group) times tg
  * tokens; false: not launched */
@@ -1022,10 +1032,8 @@ static bool att_tc_launch(CudaImpl *c, float *out, const float *q, const KvCache
     int gq = ATC_ROWS;
     while (group % gq) gq /= 2;
     const int tg = c->att_tg >= 1 && c->att_tg <= ATC_ROWS / gq ? c->att_tg : ATC_ROWS / gq, nby = (n + tg - 1) / tg;
-    const int per_z = n_heads / gq * nby, z_auto = 2 * c->mm.nsm / per_z;
-    const int nzb = c->att_z ? c->att_z : z_auto < 1 ? 1 : z_auto > ATT_SPLITS ? ATT_SPLITS : z_auto;
-    launch(st, c->mm.pdl, k_attention_tc, dim3((unsigned)(n_heads / gq), (unsigned)nby, (unsigned)nzb), 32 * ATT_WARPS,
-           atc_smem(head_dim, chunk_max), c->att_part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len, layer, kv->n_slots,
+    const dim3 grid((unsigned)(n_heads / gq), (unsigned)nby, (unsigned)att_grid_z(c, n_heads / gq * nby));
+    launch(st, c->mm.pdl, k_attention_tc, grid, 32 * ATT_WARPS, atc_smem(head_dim, chunk_max), c->att_part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len, layer, kv->n_slots,
            kv->max_ctx, kv->kv_dim, n, n_heads, group, gq, tg, head_dim, scale2, c->att_chunk, chunk_max, pf, out, xp, count);
     LAUNCHED("attention (tensor cores)");
     return true;
@@ -1071,13 +1079,7 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
         /* a KV head's query heads per block from att_gqa_min tokens on (at 1 token the per-head
          * blocks, 4x as many, win: docs/bench-cuda.md) */
         const int gq = n >= c->att_gqa_min && (group == 2 || group == 4 || group == 8) && group * dpl <= 32 ? group : 1;
-        /* blocks per (token, head block): the splits a token may have (ATT_SPLITS) while a launch
-         * has fewer blocks than 2 an SM; beyond that a block takes several splits in turn. The
-         * splits a short token lacks would be blocks that exit at once after the rest have run
-         * (H100, context 512: 64 tokens 16.0 -> 15.4 ms, 8 tokens level; docs/bench-cuda.md) */
-        const int per_z = n_heads / gq * n, z_auto = 2 * c->mm.nsm / per_z;
-        const int nzb = c->att_z ? c->att_z : z_auto < 1 ? 1 : z_auto > ATT_SPLITS ? ATT_SPLITS : z_auto;
-        const dim3 grid((unsigned)(n_heads / gq), (unsigned)n, (unsigned)nzb);
+        const dim3 grid((unsigned)(n_heads / gq), (unsigned)n, (unsigned)att_grid_z(c, n_heads / gq * n));
         const size_t smem = sizeof(float) * ATT_WARPS * (size_t)gq * ((size_t)head_dim + 2);
 #define ATT(D, G) \
         att_launch<D, G>(st, c->mm.pdl, grid, smem, part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale2, c->att_chunk, pf, out, \
