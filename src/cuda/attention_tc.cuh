@@ -29,43 +29,73 @@ __device__ __forceinline__ void mma_3x(float (&big)[4], float (&sa)[4], float (&
     mma_tf32(sb, l, bh);
     mma_tf32(big, h, bh);
 }
+/* the same three products on one accumulator, the small ones first (where the accumulators are
+ * many, independent chains already) */
+__device__ __forceinline__ void mma_3x1(float (&d)[4], const uint4 &ah, const uint4 &al, const uint32_t (&bh)[2], const uint32_t (&bl)[2]) {
+    const uint32_t h[4] = {ah.x, ah.y, ah.z, ah.w}, l[4] = {al.x, al.y, al.z, al.w};
+    mma_tf32(d, h, bl);
+    mma_tf32(d, l, bh);
+    mma_tf32(d, h, bh);
+}
 
-/* The A operands sit in shared memory in fragment order, one uint4 a lane and k-step (one
- * 16-byte load, no moves): Q's k-step 2p + e takes dims 16p + 4t + 2e (its k = t) and + 1 (k =
- * t + 4), the pairing of a lane's float4 of a K row; P's k-step s keys 8s + 2t, 8s + 2t + 1.
- * Element (row r, k) of k-step s: [s][lane (r % 8) 4 + k % 4][(k / 4) 2 + r / 8] */
+/* Q's A operands sit in shared memory in fragment order, one uint4 a lane and k-step (one
+ * 16-byte load, no moves): k-step 2p + e takes dims 16p + 4t + 2e (its k = t) and + 1 (k = t +
+ * 4), the pairing of a lane's float4 of a K row. Element (row r, k) of k-step s: [s][lane (r %
+ * 8) 4 + k % 4][(k / 4) 2 + r / 8] */
 __device__ __forceinline__ int atc_frag(int s, int r, int k) { return (s * 32 + (r & 7) * 4 + (k & 3)) * 4 + (k >> 2) * 2 + (r >> 3); }
-/* the shared memory of k_attention_tc, in floats: Q's hi and lo [head_dim / 8][32][4] each, the
- * scores [16][chunk_max + 8], the weights' hi and lo [chunk_max / 8][32][4] each, the rows'
- * rescale factors [16] (64 KB at 128 dims and 256 keys: backend_cuda raises the kernel's
- * limit) */
-__host__ __device__ inline size_t atc_smem(int head_dim, int chunk_max) {
-    return sizeof(float) * ((size_t)2 * ATC_ROWS * head_dim + (size_t)ATC_ROWS * (chunk_max + 8) + (size_t)2 * ATC_ROWS * chunk_max + ATC_ROWS);
+/* the shared memory of k_attention_tc, in floats: Q's hi and lo [head_dim / 8][32][4] each, then
+ * the warps' partial results for their merge, [ATT_WARPS][16] rows of head_dim + 4 (the pad
+ * spreads a fragment's rows over the banks) and their maxima and normalisers [ATT_WARPS][16]
+ * each (85 KB at 128 dims: backend_cuda raises the kernel's limit) */
+__host__ __device__ inline size_t atc_smem(int head_dim) {
+    return sizeof(float) * ((size_t)2 * ATC_ROWS * head_dim + (size_t)ATT_WARPS * ATC_ROWS * (head_dim + 4) + (size_t)2 * ATT_WARPS * ATC_ROWS);
+}
+
+/* a split's part of the block's rows from its warps' (sacc, sm_m, sm_l), merged in warp order
+ * (att_store_part's arithmetic, 16 threads a row); rows with len_of(r) == 0 are not in the pass */
+template <int HD, typename LenOf>
+__device__ __forceinline__ void atc_store_part(float *part, const float *sacc, const float *sm_m, const float *sm_l, int i0, int gq, int h0,
+                                               int z, int n_heads, LenOf len_of) {
+    const int r = threadIdx.x >> 4, tl = threadIdx.x & 15;
+    if (!len_of(r)) return;
+    float M, f[ATT_WARPS];
+    const float L = att_weights<ATT_WARPS>(ATT_WARPS, [&](int w) { return sm_m[w * ATC_ROWS + r]; }, [&](int w) { return sm_l[w * ATC_ROWS + r]; },
+                                           f, M);
+    float *pz = part + att_part(i0 + r / gq, h0 + r % gq, z, n_heads, HD);
+#pragma unroll
+    for (int d = tl; d < HD; d += 16) {
+        float o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) o += sacc[(w * ATC_ROWS + r) * (HD + 4) + d] * f[w];
+        pz[d] = o;
+    }
+    if (tl == 0) { pz[HD] = M; pz[HD + 1] = L; }
 }
 
 /* Partial attention of 16 rows: row r = query head h0 + r % gq of token i0 + r / gq (tg tokens
  * from blockIdx.y * tg on; gq heads of one KV head from blockIdx.x * gq), splits z = blockIdx.z,
- * z + gridDim.z, ... A pass takes the rows whose token has one slot and one chunk size (a run
- * of a sequence's tokens: one pass). Per chunk of a split: warp w scores keys [w ch/8, (w+1)
- * ch/8) of it (S = Q K^T), one online-softmax step per row over the chunk's scores (16 threads
- * a row), then warp w's O dims [16 w, 16 w + 16) (O = P V). Parts and the fused merge as
+ * z + gridDim.z, ... A pass takes the rows whose token has one slot and one chunk size (a run of
+ * a sequence's tokens: one pass). Warp w takes keys [w ch/8, (w+1) ch/8) of each chunk of a
+ * split, 16 at a time, on its own (FlashAttention-2's warp: no block barrier in the key loop):
+ * S = Q K^T on two n-tiles of 8 keys, an online-softmax step per row (the 4 lanes of a row
+ * reduce by shuffles), whose weights are the accumulator's own layout of PV's A operand, then O
+ * += P V over all head_dim dims (NQ = head_dim / 8 n-tiles, one accumulator each). The warps
+ * are merged in order at a split's end (atc_store_part); parts and the fused merge are
  * k_attention's. A row's arithmetic depends on its own token alone (its keys, their order and
- * grouping, and the mma rows are independent), so a row is the same bits at every gq, tg and
- * gridDim.z, alone or in a batch (not the bits of k_attention: other sums). head_dim % 16 ==
- * 0, <= 128; chunks of a multiple of 64 keys, <= chunk_max. Opt-in (DSPARK_CUDA_ATT_TC=1):
- * H100, Qwen3-4B shape, context 512, a decode step 3.48 -> 3.70-3.73 ms and 8 tokens 3.91 ->
- * 4.05, 64 tokens 15.6 -> 14.6-14.8 (docs/bench-cuda.md: it issues about 3x the instructions
- * its mma work needs). */
+ * grouping; the mma rows are independent), so a row is the same bits at every gq, tg and
+ * gridDim.z, alone or in a batch (not the bits of k_attention: other sums). head_dim = 8 NQ, a
+ * multiple of 16, <= 128. Opt-in (DSPARK_CUDA_ATT_TC=1; docs/bench-cuda.md). */
+template <int NQ>
 __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part, const float *q, const float *kc, const float *vc,
                                                                  const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                                  int max_ctx, int kv_dim, int n_tok, int n_heads, int group, int gq, int tg,
-                                                                 int head_dim, float scale, int chunk, int chunk_max, bool pf, float *out,
-                                                                 uint16_t *xp, int *count) {
+                                                                 float scale, int chunk, bool pf, float *out, uint16_t *xp, int *count) {
+    constexpr int HD = 8 * NQ, DG = NQ % 4 == 0 ? 4 : 2; /* DG: PV's n-tiles a lane's V load feeds (a float4 or float2 of a row) */
+    static_assert(NQ % 2 == 0 && NQ <= 16, "head_dim: a multiple of 16, <= 128");
     extern __shared__ float sm[];
-    const int ss = chunk_max + 8;
-    uint32_t *qh = (uint32_t *)sm, *ql = qh + ATC_ROWS * head_dim, *ph = ql + ATC_ROWS * (head_dim + ss), *pl = ph + ATC_ROWS * chunk_max;
-    float *sp = (float *)(ql + ATC_ROWS * head_dim), *rcorr = (float *)(pl + ATC_ROWS * chunk_max);
-    __shared__ int row_len[ATC_ROWS];           /* the pass's key count of a row; 0: not in the pass */
+    uint32_t *qh = (uint32_t *)sm, *ql = qh + ATC_ROWS * HD;
+    float *sacc = (float *)(ql + ATC_ROWS * HD), *sm_m = sacc + ATT_WARPS * ATC_ROWS * (HD + 4), *sm_l = sm_m + ATT_WARPS * ATC_ROWS;
+    __shared__ int row_len[ATC_ROWS];                 /* the pass's key count of a row; 0: not in the pass */
     __shared__ int t_slot[ATC_ROWS], t_len[ATC_ROWS]; /* the block's tokens' */
     const int h0 = blockIdx.x * gq, i0 = blockIdx.y * tg, zb = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -92,7 +122,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
             if (same_pass(u, v)) len = max(len, t_len[v]);
         return len;
     };
-    const size_t head_off = (size_t)(h0 / group) * head_dim;
+    const size_t head_off = (size_t)(h0 / group) * HD;
     /* each pass's K/V rows of the block's splits into L2 (one block per KV head: the first
      * query head's; not where the token before the block is of the slot: that block did) */
     if (pf && (gq == group || h0 % group == 0))
@@ -100,7 +130,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
             if (!first_of_pass(u) || (u == 0 && i0 > 0 && ld_step_int(slot + i0 - 1) == t_slot[0])) continue;
             const int maxlen = pass_len(u), ch = att_chunk_of(t_len[u], chunk);
             const size_t base = ((size_t)layer * n_slots + t_slot[u]) * max_ctx * kv_dim + head_off;
-            for (int z = zb; z < att_splits(maxlen, chunk); z += gridDim.z) att_prefetch(kc, vc, base, kv_dim, head_dim, maxlen, z, ch);
+            for (int z = zb; z < att_splits(maxlen, chunk); z += gridDim.z) att_prefetch(kc, vc, base, kv_dim, HD, maxlen, z, ch);
         }
     pdl_start();
     /* Q's rows, scaled and split (rows past the block's tokens: 0): warp w's rows 2w, 2w + 1,
@@ -110,11 +140,11 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             const int r = 2 * warp + j, u = r / gq;
-            const float *qr = q + ((size_t)(i0 + u) * n_heads + h0 + r - u * gq) * head_dim;
+            const float *qr = q + ((size_t)(i0 + u) * n_heads + h0 + r - u * gq) * HD;
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int d = lane + 32 * k;
-                x[j][k] = r < gq * nt && d < head_dim ? qr[d] : 0.0f;
+                x[j][k] = r < gq * nt && d < HD ? qr[d] : 0.0f;
             }
         }
 #pragma unroll
@@ -122,7 +152,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
 #pragma unroll
             for (int k = 0; k < 4; k++) {
                 const int r = 2 * warp + j, d = lane + 32 * k;
-                if (d >= head_dim) break;
+                if (d >= HD) break;
                 uint32_t hi, lo;
                 tf32_split(x[j][k] * scale, hi, lo);
                 const int e = d & 15, f = atc_frag(2 * (d >> 4) + ((e & 3) >> 1), r, (e >> 2) + 4 * (e & 1));
@@ -130,44 +160,41 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
                 ql[f] = lo;
             }
     }
-    const int sr = threadIdx.x >> 4, sq = threadIdx.x & 15; /* the softmax's row and its thread */
     for (int u = 0; u < nt; u++) {
         if (!first_of_pass(u)) continue;
         const int si = t_slot[u], ch = att_chunk_of(t_len[u], chunk), maxlen = pass_len(u);
-        __syncthreads(); /* (the pass before has read row_len) */
+        __syncthreads(); /* (the pass before has read row_len and sacc) */
         if (threadIdx.x < ATC_ROWS) {
             const int r = threadIdx.x, v = r / gq;
             row_len[r] = r < gq * nt && same_pass(u, v) ? t_len[v] : 0;
         }
         __syncthreads();
-        const int nzp = att_splits(maxlen, chunk), kpw = ch / ATT_WARPS; /* keys a warp scores */
+        const int nzp = att_splits(maxlen, chunk), kpw = ch / ATT_WARPS; /* a warp's keys of a chunk */
         const float *kb = kc + ((size_t)layer * n_slots + si) * max_ctx * kv_dim + head_off, *vb = vc + (kb - kc);
-        const int len_g = row_len[g], len_g8 = row_len[g + 8], len_s = row_len[sr];
-        const bool pv = 16 * warp < head_dim;     /* this warp has O dims (head_dim % 16 == 0) */
-        const float *vlane = vb + (pv ? 16 * warp + 2 * g : 0); /* (PV: below) */
+        const int len_g = row_len[g], len_g8 = row_len[g + 8];
         for (int z = zb; z < nzp; z += gridDim.z) {
-            float ob[2][4] = {}, oa[2][4] = {}, oc[2][4] = {}, m_run = -INFINITY, l_run = 0.0f;
+            /* the warp's running state of rows g and g + 8: O (n-tile j: dims as below), max, and
+             * this lane's share of the normaliser */
+            float o[NQ][4] = {}, m_g = -INFINITY, m_g8 = -INFINITY, l_g = 0.0f, l_g8 = 0.0f;
             for (int c0 = z * ch; c0 < maxlen; c0 += ATT_SPLITS * ch) {
-                const int kend = c0 + ch < maxlen ? c0 + ch : maxlen, n_ks = (kend - c0 + 7) / 8;
-                /* S = Q K^T: the warp's n-tiles of 8 keys, two at a time (registers); a lane's
-                 * float4 of a K row gives k-steps 2p and 2p + 1 */
-                for (int n2 = 0; n2 < kpw / 8; n2 += 2) {
+                const int kend = c0 + ch < maxlen ? c0 + ch : maxlen, wk0 = c0 + warp * kpw, wend = wk0 + kpw < kend ? wk0 + kpw : kend;
+                const int lim_g = wend < len_g ? wend : len_g, lim_g8 = wend < len_g8 ? wend : len_g8; /* a row's keys end */
+                for (int kb0 = wk0; kb0 < wend; kb0 += 16) {
+                    /* S = Q K^T, n-tile n: keys kb0 + 8n.. (past the chunk: its last row, masked);
+                     * a lane's float4 of a K row gives k-steps 2p and 2p + 1 */
                     float sb[2][4] = {}, sa[2][4] = {}, sc[2][4] = {};
                     const float *krow[2];
-                    bool live[2];
 #pragma unroll
                     for (int n = 0; n < 2; n++) {
-                        const int key0 = c0 + warp * kpw + 8 * (n2 + n), key = key0 + g < kend ? key0 + g : kend - 1;
-                        live[n] = n2 + n < kpw / 8 && key0 < kend;
-                        krow[n] = kb + key * kv_dim + 4 * t;
+                        const int key = kb0 + 8 * n + g;
+                        krow[n] = kb + (key < kend ? key : kend - 1) * kv_dim + 4 * t;
                     }
-#pragma unroll 4
-                    for (int p = 0; p < head_dim / 16; p++) {
+#pragma unroll
+                    for (int p = 0; p < NQ / 2; p++) {
                         const uint4 ah0 = *(const uint4 *)(qh + atc_frag(2 * p, g, t)), al0 = *(const uint4 *)(ql + atc_frag(2 * p, g, t));
                         const uint4 ah1 = *(const uint4 *)(qh + atc_frag(2 * p + 1, g, t)), al1 = *(const uint4 *)(ql + atc_frag(2 * p + 1, g, t));
 #pragma unroll
                         for (int n = 0; n < 2; n++) {
-                            if (!live[n]) continue;
                             const float4 kv4 = *(const float4 *)(krow[n] + 16 * p);
                             uint32_t bh[2], bl[2];
                             tf32_split(kv4.x, bh[0], bl[0]);
@@ -178,116 +205,102 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
                             mma_3x(sb[n], sa[n], sc[n], ah1, al1, bh, bl);
                         }
                     }
+                    /* the scores of rows g (e < 2) and g + 8, keys kb0 + 8n + 2t + e % 2; -inf past a
+                     * row's keys or the warp's */
+                    float s[2][4], mx_g = -INFINITY, mx_g8 = -INFINITY;
 #pragma unroll
-                    for (int n = 0; n < 2; n++) {
-                        if (n2 + n >= kpw / 8) break;
-                        const int kc0 = c0 + warp * kpw + 8 * (n2 + n) + 2 * t; /* this lane's two keys (masked past kend: past every row's keys) */
-                        float v[4];
-#pragma unroll
-                        for (int e = 0; e < 4; e++) v[e] = sb[n][e] + (sa[n][e] + sc[n][e]);
-                        *(float2 *)(sp + g * ss + (kc0 - c0)) = make_float2(kc0 < len_g ? v[0] : -INFINITY, kc0 + 1 < len_g ? v[1] : -INFINITY);
-                        *(float2 *)(sp + (g + 8) * ss + (kc0 - c0)) = make_float2(kc0 < len_g8 ? v[2] : -INFINITY, kc0 + 1 < len_g8 ? v[3] : -INFINITY);
-                    }
-                }
-                /* V's loads of 8 k-steps at a time, ping-pong (the first 8 before the softmax: they
-                 * do not wait for it). Warp w's dims [16 w, 16 w + 16): its two n-tiles j = 0, 1
-                 * take dims 16 w + 2 n + j, so a lane's float2 of a V row is its b of both */
-                auto load_v = [&](float2(&vv)[8][2], int s0) {
-#pragma unroll
-                    for (int j = 0; j < 8; j++) {
-                        const int k0 = c0 + 8 * (s0 + j) + 2 * t, ka = k0 < kend ? k0 : kend - 1, kz = k0 + 1 < kend ? k0 + 1 : kend - 1;
-                        vv[j][0] = *(const float2 *)(vlane + ka * kv_dim);
-                        vv[j][1] = *(const float2 *)(vlane + kz * kv_dim);
-                    }
-                };
-                float2 va[8][2], vz[8][2];
-                load_v(va, 0);
-                __syncthreads();
-                /* one online-softmax step per row: the chunk's max, the rescale of what came
-                 * before, the weights 2^(s - m) split into P's fragments (a row without keys so
-                 * far: weights 0, rescale 1) */
-                {
-                    const float *srow = sp + sr * ss;
-                    float mx = -INFINITY;
-                    for (int j = sq; j < ch; j += 16) mx = fmaxf(mx, srow[j]);
-#pragma unroll
-                    for (int o = 8; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-                    const float m_new = fmaxf(m_run, mx);
-                    const float corr = m_new == -INFINITY ? 1.0f : ex2_ftz(m_run - m_new);
-                    float ls = 0.0f;
-                    for (int j = sq; j < ch; j += 16) {
-                        const float p = m_new == -INFINITY ? 0.0f : ex2_ftz(srow[j] - m_new);
-                        uint32_t hi, lo;
-                        tf32_split(p, hi, lo);
-                        const int f = atc_frag(j >> 3, sr, ((j & 7) >> 1) + 4 * (j & 1));
-                        ph[f] = hi;
-                        pl[f] = lo;
-                        ls += p;
-                    }
-#pragma unroll
-                    for (int o = 8; o > 0; o >>= 1) ls += __shfl_xor_sync(0xffffffffu, ls, o);
-                    l_run = l_run * corr + ls;
-                    m_run = m_new;
-                    if (sq == 0) rcorr[sr] = corr;
-                }
-                __syncthreads();
-                /* O = O corr + P V */
-                {
-                    const float c_g = rcorr[g], c_g8 = rcorr[g + 8];
-#pragma unroll
-                    for (int w = 0; w < 2; w++)
+                    for (int n = 0; n < 2; n++)
 #pragma unroll
                         for (int e = 0; e < 4; e++) {
-                            const float c = e < 2 ? c_g : c_g8;
-                            ob[w][e] *= c, oa[w][e] *= c, oc[w][e] *= c;
+                            const int key = kb0 + 8 * n + 2 * t + (e & 1);
+                            const float v = sb[n][e] + (sa[n][e] + sc[n][e]);
+                            s[n][e] = key < (e < 2 ? lim_g : lim_g8) ? v : -INFINITY;
+                            if (e < 2) mx_g = fmaxf(mx_g, s[n][e]);
+                            else mx_g8 = fmaxf(mx_g8, s[n][e]);
                         }
-                    auto pv_steps = [&](const float2(&vv)[8][2], int s0) {
 #pragma unroll
-                        for (int j = 0; j < 8; j++) {
-                            const int s = s0 + j;
-                            if (s >= n_ks) break;
-                            const uint4 ah = *(const uint4 *)(ph + atc_frag(s, g, t)), al = *(const uint4 *)(pl + atc_frag(s, g, t));
-                            uint32_t bh[2], bl[2];
-                            tf32_split(vv[j][0].x, bh[0], bl[0]);
-                            tf32_split(vv[j][1].x, bh[1], bl[1]);
-                            mma_3x(ob[0], oa[0], oc[0], ah, al, bh, bl);
-                            tf32_split(vv[j][0].y, bh[0], bl[0]);
-                            tf32_split(vv[j][1].y, bh[1], bl[1]);
-                            mma_3x(ob[1], oa[1], oc[1], ah, al, bh, bl);
+                    for (int off = 1; off <= 2; off <<= 1) {
+                        mx_g = fmaxf(mx_g, __shfl_xor_sync(0xffffffffu, mx_g, off));
+                        mx_g8 = fmaxf(mx_g8, __shfl_xor_sync(0xffffffffu, mx_g8, off));
+                    }
+                    /* the online step: a row without keys so far has O = 0 and l = 0 exactly, so
+                     * its rescale is 1; a row without keys yet: weights 0 */
+                    const float mn_g = fmaxf(m_g, mx_g), mn_g8 = fmaxf(m_g8, mx_g8);
+                    const float cr_g = m_g == -INFINITY ? 1.0f : ex2_ftz(m_g - mn_g), cr_g8 = m_g8 == -INFINITY ? 1.0f : ex2_ftz(m_g8 - mn_g8);
+                    m_g = mn_g, m_g8 = mn_g8;
+                    float pw[2][4], ps_g = 0.0f, ps_g8 = 0.0f;
+#pragma unroll
+                    for (int n = 0; n < 2; n++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            const float mn = e < 2 ? mn_g : mn_g8;
+                            pw[n][e] = mn == -INFINITY ? 0.0f : ex2_ftz(s[n][e] - mn);
+                            if (e < 2) ps_g += pw[n][e];
+                            else ps_g8 += pw[n][e];
                         }
-                    };
-                    if (pv)
-                        for (int s0 = 0; s0 < n_ks; s0 += 16) {
-                            load_v(vz, s0 + 8); /* (past the keys: clamped to the last, not used) */
-                            pv_steps(va, s0);
-                            if (s0 + 16 < n_ks) load_v(va, s0 + 16);
-                            pv_steps(vz, s0 + 8);
+                    l_g = l_g * cr_g + ps_g;
+                    l_g8 = l_g8 * cr_g8 + ps_g8;
+                    if (__any_sync(0xffffffffu, cr_g != 1.0f || cr_g8 != 1.0f))
+#pragma unroll
+                        for (int j = 0; j < NQ; j++) o[j][0] *= cr_g, o[j][1] *= cr_g, o[j][2] *= cr_g8, o[j][3] *= cr_g8;
+                    /* O += P V: k-step n is n-tile n's keys, k = t key 2t, k = t + 4 key 2t + 1, so
+                     * the weights a lane holds are its A operand; V's n-tile j = DG a + e takes dims
+                     * 8 DG a + DG n + e (a lane's DG-float load of a row feeds DG n-tiles) */
+#pragma unroll
+                    for (int n = 0; n < 2; n++) {
+                        uint4 ah, al;
+                        tf32_split(pw[n][0], ah.x, al.x);
+                        tf32_split(pw[n][2], ah.y, al.y);
+                        tf32_split(pw[n][1], ah.z, al.z);
+                        tf32_split(pw[n][3], ah.w, al.w);
+                        const int ka = kb0 + 8 * n + 2 * t, kz = ka + 1;
+                        const float *va = vb + (ka < kend ? ka : kend - 1) * kv_dim + DG * g, *vz = vb + (kz < kend ? kz : kend - 1) * kv_dim + DG * g;
+#pragma unroll
+                        for (int a = 0; a < NQ / DG; a++) {
+                            float x0[DG], x1[DG];
+                            if constexpr (DG == 4) {
+                                const float4 v0 = *(const float4 *)(va + 32 * a), v1 = *(const float4 *)(vz + 32 * a);
+                                x0[0] = v0.x, x0[1] = v0.y, x0[2] = v0.z, x0[3] = v0.w, x1[0] = v1.x, x1[1] = v1.y, x1[2] = v1.z, x1[3] = v1.w;
+                            } else {
+                                const float2 v0 = *(const float2 *)(va + 16 * a), v1 = *(const float2 *)(vz + 16 * a);
+                                x0[0] = v0.x, x0[1] = v0.y, x1[0] = v1.x, x1[1] = v1.y;
+                            }
+#pragma unroll
+                            for (int e = 0; e < DG; e++) {
+                                uint32_t bh[2], bl[2];
+                                tf32_split(x0[e], bh[0], bl[0]);
+                                tf32_split(x1[e], bh[1], bl[1]);
+                                mma_3x1(o[DG * a + e], ah, al, bh, bl);
+                            }
                         }
+                    }
                 }
-                __syncthreads(); /* (before the next chunk's scores overwrite the weights) */
             }
-            /* the split's part of each row of the pass: [hd] sum, max, normaliser */
-            const int rr[2] = {g, g + 8}, rl[2] = {len_g, len_g8};
+            /* the split's part: the warps' states into shared memory, merged in warp order. O's
+             * D[row][n = 2t + c] of n-tile DG a + e is dim 8 DG a + 2 DG t + DG c + e: a lane's
+             * 2 DG dims from 8 DG a + 2 DG t */
+#pragma unroll
+            for (int off = 1; off <= 2; off <<= 1) { /* (every lane of a row gets the same sum: a + b == b + a) */
+                l_g += __shfl_xor_sync(0xffffffffu, l_g, off);
+                l_g8 += __shfl_xor_sync(0xffffffffu, l_g8, off);
+            }
+            __syncthreads(); /* (the split before has read sacc) */
 #pragma unroll
             for (int h = 0; h < 2; h++) {
-                if (!rl[h]) continue;
-                float *pz = part + att_part(i0 + rr[h] / gq, h0 + rr[h] % gq, z, n_heads, head_dim);
-                /* D[row][n = 2t + c] of n-tile j is dim 16 w + 2 (2t + c) + j: a lane's 4 dims 16 w + 4t.. */
-                if (pv) { /* (a part is 8-byte aligned) */
-                    float o[2][4];
+                float *srow = sacc + (warp * ATC_ROWS + g + 8 * h) * (HD + 4) + 2 * DG * t;
 #pragma unroll
-                    for (int w = 0; w < 2; w++)
+                for (int a = 0; a < NQ / DG; a++)
 #pragma unroll
-                        for (int e = 0; e < 4; e++) o[w][e] = ob[w][e] + (oa[w][e] + oc[w][e]);
-                    *(float2 *)(pz + 16 * warp + 4 * t) = make_float2(o[0][2 * h], o[1][2 * h]);
-                    *(float2 *)(pz + 16 * warp + 4 * t + 2) = make_float2(o[0][2 * h + 1], o[1][2 * h + 1]);
-                }
+                    for (int c = 0; c < 2; c++)
+#pragma unroll
+                        for (int e = 0; e < DG; e++) srow[8 * DG * a + DG * c + e] = o[DG * a + e][2 * h + c];
             }
-            if (sq == 0 && len_s) {
-                float *pz = part + att_part(i0 + sr / gq, h0 + sr % gq, z, n_heads, head_dim);
-                pz[head_dim] = m_run;
-                pz[head_dim + 1] = l_run;
+            if (t == 0) {
+                sm_m[warp * ATC_ROWS + g] = m_g, sm_l[warp * ATC_ROWS + g] = l_g;
+                sm_m[warp * ATC_ROWS + g + 8] = m_g8, sm_l[warp * ATC_ROWS + g + 8] = l_g8;
             }
+            __syncthreads();
+            atc_store_part<HD>(part, sacc, sm_m, sm_l, i0, gq, h0, z, n_heads, [&](int r) { return row_len[r]; });
         }
     }
     if (!count) return;
@@ -295,5 +308,5 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
     if (!att_last_block(count + (size_t)i0 * n_heads + h0, zb, NZ)) return;
     /* every thread on the block's rows (fewer rows, more threads a row: fewer dims a thread) */
     const int rows = gq * nt, tpr = 32 * ATT_WARPS / rows, r = threadIdx.x / tpr;
-    if (r < rows) att_merge(out, xp, part, h0 + r % gq, i0 + r / gq, n_heads, head_dim, att_splits(t_len[r / gq], chunk), threadIdx.x % tpr, tpr);
+    if (r < rows) att_merge(out, xp, part, h0 + r % gq, i0 + r / gq, n_heads, HD, att_splits(t_len[r / gq], chunk), threadIdx.x % tpr, tpr);
 }

@@ -1025,16 +1025,20 @@ static int att_grid_z(const CudaImpl *c, int per_z) {
  * tokens; false: not launched */
 static bool att_tc_launch(CudaImpl *c, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
                           int n, int n_heads, int group, int head_dim, float scale2, bool pf, uint16_t *xp, int *count) {
-    const int chunk_max = c->att_chunk ? c->att_chunk : 256;
-    if (!c->att_tc || head_dim % 16 || head_dim > 128 || chunk_max % 64 || chunk_max > 256 || (size_t)kv->max_ctx * kv->kv_dim >= INT_MAX)
-        return false; /* (its row offsets are ints) */
+    if (!c->att_tc || head_dim % 16 || head_dim > 128 || (size_t)kv->max_ctx * kv->kv_dim >= INT_MAX) return false; /* (its row offsets are ints) */
     cudaStream_t st = c->stream;
     int gq = ATC_ROWS;
     while (group % gq) gq /= 2;
     const int tg = c->att_tg >= 1 && c->att_tg <= ATC_ROWS / gq ? c->att_tg : ATC_ROWS / gq, nby = (n + tg - 1) / tg;
     const dim3 grid((unsigned)(n_heads / gq), (unsigned)nby, (unsigned)att_grid_z(c, n_heads / gq * nby));
-    launch(st, c->mm.pdl, k_attention_tc, grid, 32 * ATT_WARPS, atc_smem(head_dim, chunk_max), c->att_part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len, layer, kv->n_slots,
-           kv->max_ctx, kv->kv_dim, n, n_heads, group, gq, tg, head_dim, scale2, c->att_chunk, chunk_max, pf, out, xp, count);
+#define ATC(NQ) \
+    case NQ: \
+        launch(st, c->mm.pdl, k_attention_tc<NQ>, grid, 32 * ATT_WARPS, atc_smem(head_dim), c->att_part, q, (const float *)kv->k, \
+               (const float *)kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n, n_heads, group, gq, tg, scale2, c->att_chunk, pf, \
+               out, xp, count); \
+        break;
+    switch (head_dim / 8) { ATC(2) ATC(4) ATC(6) ATC(8) ATC(10) ATC(12) ATC(14) ATC(16) }
+#undef ATC
     LAUNCHED("attention (tensor cores)");
     return true;
 }
@@ -1526,8 +1530,10 @@ extern "C" Backend *backend_cuda_create(int n_threads, bool one_stream, char *er
     c->att_z = az >= 1 && az <= ATT_SPLITS ? az : 0;
     const char *att_pf = getenv("DSPARK_CUDA_ATT_PREFETCH");
     c->att_pf = !(att_pf && !strcmp(att_pf, "0"));
-    /* (the tensor-core kernel's shared memory passes the 48 KB default at 128 dims, 256 keys) */
-    CU(cudaFuncSetAttribute(k_attention_tc, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)atc_smem(128, 256)));
+    /* (the tensor-core kernel's shared memory passes the 48 KB default from 64 dims on) */
+#define ATC(NQ) CU(cudaFuncSetAttribute(k_attention_tc<NQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)atc_smem(8 * NQ)));
+    ATC(2) ATC(4) ATC(6) ATC(8) ATC(10) ATC(12) ATC(14) ATC(16)
+#undef ATC
     be->swiglu = cu_swiglu;
     be->add = cu_add;
     be->gather_rows = cu_gather_rows;
