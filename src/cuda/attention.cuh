@@ -15,7 +15,7 @@ __device__ __forceinline__ int att_chunk_of(int len, int chunk) { return chunk >
  * are not merged): like the chunk, a property of the token alone, so a row is the same alone or in a
  * batch */
 __device__ __forceinline__ int att_splits(int len, int chunk) {
-    const int ch = att_chunk_of(len, chunk), c = (len + ch - 1) / ch;
+    const int c = chunk > 0 ? (len + chunk - 1) / chunk : len <= 1024 ? (len + 127) >> 7 : (len + 255) >> 8; /* (att_chunk_of's, no division) */
     return c < ATT_SPLITS ? c : ATT_SPLITS;
 }
 

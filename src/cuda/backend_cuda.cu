@@ -1027,17 +1027,17 @@ static bool att_tc_launch(CudaImpl *c, float *out, const float *q, const KvCache
                           int n, int n_heads, int group, int head_dim, float scale2, bool pf, uint16_t *xp, int *count) {
     if (!c->att_tc || head_dim % 16 || head_dim > 128 || (size_t)kv->max_ctx * kv->kv_dim >= INT_MAX) return false; /* (its row offsets are ints) */
     cudaStream_t st = c->stream;
-    int gq = ATC_ROWS;
-    while (group % gq) gq /= 2;
-    const int tg = c->att_tg >= 1 && c->att_tg <= ATC_ROWS / gq ? c->att_tg : ATC_ROWS / gq, nby = (n + tg - 1) / tg;
+    int lgq = 4; /* log2 of the query heads a block takes */
+    while (group % (1 << lgq)) lgq--;
+    const int gq = 1 << lgq, tg = c->att_tg >= 1 && c->att_tg <= ATC_ROWS / gq ? c->att_tg : ATC_ROWS / gq, nby = (n + tg - 1) / tg;
     const dim3 grid((unsigned)(n_heads / gq), (unsigned)nby, (unsigned)att_grid_z(c, n_heads / gq * nby));
-#define ATC(NQ) \
-    case NQ: \
-        launch(st, c->mm.pdl, k_attention_tc<NQ>, grid, 32 * ATT_WARPS, atc_smem(head_dim), c->att_part, q, (const float *)kv->k, \
-               (const float *)kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n, n_heads, group, gq, tg, scale2, c->att_chunk, pf, \
+#define ATC(MT) \
+    case MT: \
+        launch(st, c->mm.pdl, k_attention_tc<MT>, grid, 32 * ATT_WARPS, atc_smem(head_dim), c->att_part, q, (const float *)kv->k, \
+               (const float *)kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n, n_heads, group, lgq, tg, scale2, c->att_chunk, pf, \
                out, xp, count); \
         break;
-    switch (head_dim / 8) { ATC(2) ATC(4) ATC(6) ATC(8) ATC(10) ATC(12) ATC(14) ATC(16) }
+    switch (head_dim / 16) { ATC(1) ATC(2) ATC(3) ATC(4) ATC(5) ATC(6) ATC(7) ATC(8) }
 #undef ATC
     LAUNCHED("attention (tensor cores)");
     return true;
@@ -1531,8 +1531,8 @@ extern "C" Backend *backend_cuda_create(int n_threads, bool one_stream, char *er
     const char *att_pf = getenv("DSPARK_CUDA_ATT_PREFETCH");
     c->att_pf = !(att_pf && !strcmp(att_pf, "0"));
     /* (the tensor-core kernel's shared memory passes the 48 KB default from 64 dims on) */
-#define ATC(NQ) CU(cudaFuncSetAttribute(k_attention_tc<NQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)atc_smem(8 * NQ)));
-    ATC(2) ATC(4) ATC(6) ATC(8) ATC(10) ATC(12) ATC(14) ATC(16)
+#define ATC(MT) CU(cudaFuncSetAttribute(k_attention_tc<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)atc_smem(16 * MT)));
+    ATC(1) ATC(2) ATC(3) ATC(4) ATC(5) ATC(6) ATC(7) ATC(8)
 #undef ATC
     be->swiglu = cu_swiglu;
     be->add = cu_add;
