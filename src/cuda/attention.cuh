@@ -9,13 +9,14 @@
  * default), 128 up to 1024 keys and 256 beyond (H200, Qwen3-4B shape: a block should take
  * 128-256 keys; at 32 per chunk a decode step at context 512 was 3.98 ms, at 128 3.81 ms;
  * docs/bench-cuda.md). Split z takes chunks z, z + ATT_SPLITS, ... */
-__device__ __forceinline__ int att_chunk_of(int len, int chunk) { return chunk > 0 ? chunk : len <= 1024 ? 128 : 256; }
+__device__ __forceinline__ int att_chunk_log2(int len) { return len <= 1024 ? 7 : 8; } /* the default chunk's */
+__device__ __forceinline__ int att_chunk_of(int len, int chunk) { return chunk > 0 ? chunk : 1 << att_chunk_log2(len); }
 
 /* the splits that hold keys of a token with len keys (blocks past them exit at once; the rest
  * are not merged): like the chunk, a property of the token alone, so a row is the same alone or in a
  * batch */
 __device__ __forceinline__ int att_splits(int len, int chunk) {
-    const int c = chunk > 0 ? (len + chunk - 1) / chunk : len <= 1024 ? (len + 127) >> 7 : (len + 255) >> 8; /* (att_chunk_of's, no division) */
+    const int lg = att_chunk_log2(len), c = chunk > 0 ? (len + chunk - 1) / chunk : (len + (1 << lg) - 1) >> lg; /* (the default: no division) */
     return c < ATT_SPLITS ? c : ATT_SPLITS;
 }
 

@@ -317,3 +317,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
     if (r < rows)
         att_merge(out, xp, part, h0 + (r & (gq - 1)), i0 + (r >> lgq), n_heads, HD, att_splits(t_len[r >> lgq], chunk), threadIdx.x % tpr, tpr);
 }
+
+/* the kernel's instances, head_dim = 16 MT (backend_cuda: the launch's switch and the shared
+ * memory limits) */
+#define ATC_EACH_MT(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8)

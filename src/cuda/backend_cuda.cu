@@ -1037,7 +1037,7 @@ static bool att_tc_launch(CudaImpl *c, float *out, const float *q, const KvCache
                (const float *)kv->v, slot, kv_len, layer, kv->n_slots, kv->max_ctx, kv->kv_dim, n, n_heads, group, lgq, tg, scale2, c->att_chunk, pf, \
                out, xp, count); \
         break;
-    switch (head_dim / 16) { ATC(1) ATC(2) ATC(3) ATC(4) ATC(5) ATC(6) ATC(7) ATC(8) }
+    switch (head_dim / 16) { ATC_EACH_MT(ATC) }
 #undef ATC
     LAUNCHED("attention (tensor cores)");
     return true;
@@ -1532,7 +1532,7 @@ extern "C" Backend *backend_cuda_create(int n_threads, bool one_stream, char *er
     c->att_pf = !(att_pf && !strcmp(att_pf, "0"));
     /* (the tensor-core kernel's shared memory passes the 48 KB default from 64 dims on) */
 #define ATC(MT) CU(cudaFuncSetAttribute(k_attention_tc<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)atc_smem(16 * MT)));
-    ATC(1) ATC(2) ATC(3) ATC(4) ATC(5) ATC(6) ATC(7) ATC(8)
+    ATC_EACH_MT(ATC)
 #undef ATC
     be->swiglu = cu_swiglu;
     be->add = cu_add;
