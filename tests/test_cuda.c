@@ -942,8 +942,10 @@ static void test_attention(void) {
      * (DSPARK_CUDA_ATT_Z), bitwise the default. Rows 5-7: the tensor-core kernel
      * (DSPARK_CUDA_ATT_TC=1, hd % 16 == 0 and <= 128; else the scalar ones) the same way: rows 5
      * and 7, other blocks (splits in turn, tokens per block: ATT_Z, ATT_TG), bitwise row 5's
-     * first; row 6 at 64-key chunks (several chunks a split from 1024 keys on) */
-    enum { NCH = 8 };
+     * first; row 6 at 64-key chunks (several chunks a split from 1024 keys on). Rows 8-9: 8
+     * lanes a row (DSPARK_CUDA_ATT_R8=1, hd 32, 64, 128, 256; else the scalar ones) per head and
+     * grouped, at the default chunks and 64-key ones, the same way */
+    enum { NCH = 10 };
     static const char *const chunk_env[NCH][2] = {
         {"DSPARK_CUDA_ATT=0", "DSPARK_CUDA_ATT=1"},
         {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=32", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=32"},
@@ -952,7 +954,9 @@ static void test_attention(void) {
         {"DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_Z=1", "DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_Z=3"},
         {"DSPARK_CUDA_ATT_TC=1", "DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_Z=1 DSPARK_CUDA_ATT_TG=1"},
         {"DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_CHUNK=64", "DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_CHUNK=64 DSPARK_CUDA_ATT_TG=2 DSPARK_CUDA_ATT_Z=2"},
-        {"DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_Z=3 DSPARK_CUDA_ATT_TG=3", "DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_Z=2 DSPARK_CUDA_ATT_TG=2"}};
+        {"DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_Z=3 DSPARK_CUDA_ATT_TG=3", "DSPARK_CUDA_ATT_TC=1 DSPARK_CUDA_ATT_Z=2 DSPARK_CUDA_ATT_TG=2"},
+        {"DSPARK_CUDA_ATT_R8=1 DSPARK_CUDA_ATT=0", "DSPARK_CUDA_ATT_R8=1 DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_Z=3"},
+        {"DSPARK_CUDA_ATT_R8=1 DSPARK_CUDA_ATT=0 DSPARK_CUDA_ATT_CHUNK=64 DSPARK_CUDA_ATT_Z=1", "DSPARK_CUDA_ATT_R8=1 DSPARK_CUDA_ATT=1 DSPARK_CUDA_ATT_CHUNK=64"}};
     Backend *chunk_be[NCH][2] = {{NULL}};
 #ifdef DSPARK_HAVE_CUDA
     for (int ch = 0; ch < NCH; ch++)
@@ -1011,6 +1015,9 @@ static void test_attention(void) {
          * whole run the tensor cores where they apply (then rows 5 and 7 are the default) */
         const char *tc_env = getenv("DSPARK_CUDA_ATT_TC");
         const bool tc_default = tc_env && !strcmp(tc_env, "1") && hd % 16 == 0 && hd <= 128;
+        /* (and with DSPARK_CUDA_ATT_R8=1 for the whole run, 8 lanes a row where they apply: row 8) */
+        const char *r8_env = getenv("DSPARK_CUDA_ATT_R8");
+        const bool r8_default = !tc_default && r8_env && !strcmp(r8_env, "1") && (hd == 32 || hd == 64 || hd == 128 || hd == 256);
         for (int ch = 0; ch < NCH; ch++) {
             float *first = NULL;
             for (int b = 0; b < 2; b++) {
@@ -1026,7 +1033,7 @@ static void test_attention(void) {
                 snprintf(cname, sizeof cname, "%s (%s)", name, chunk_env[ch][b]);
                 CHECK_NSE(cname, all, ref, (size_t)n * H * hd, NSE_F32);
                 CHECK_MSG(memcmp(alone, all + (size_t)5 * H * hd, sizeof(float) * H * hd) == 0, "%s: token alone differs from the batch", cname);
-                if (tc_default ? ch == 5 || ch == 7 : ch == 0 || ch == 4)
+                if (tc_default ? ch == 5 || ch == 7 : r8_default ? ch == 8 : ch == 0 || ch == 4)
                     CHECK_MSG(memcmp(all, got, sizeof(float) * n * H * hd) == 0, "%s: differs from the default", cname);
                 if ((ch == 5 || ch == 7) && tc_ref)
                     CHECK_MSG(memcmp(all, tc_ref, sizeof(float) * n * H * hd) == 0, "%s: differs from %s", cname, chunk_env[5][0]);

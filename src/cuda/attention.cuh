@@ -80,9 +80,7 @@ __device__ __forceinline__ bool att_last_block(int *cnt, int zb, int total) {
     __shared__ int last;
     __syncthreads();
     if (threadIdx.x == 0) {
-        int old;
-        asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;" : "=r"(old) : "l"(cnt), "r"(units) : "memory");
-        last = old == total - units;
+        last = atom_add_acq_rel(cnt, units) == total - units;
         if (last) *cnt = 0;
     }
     __syncthreads();
@@ -99,17 +97,9 @@ __device__ __forceinline__ void att_prefetch(const float *kc, const float *vc, s
         const int n = chunk < len - c0 ? chunk : len - c0;
         for (int r = threadIdx.x; r < 2 * n; r += blockDim.x) {
             const float *row = (r < n ? kc : vc) + base + (size_t)(c0 + (r < n ? r : r - n)) * kv_dim;
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(row), "r"(head_dim * 4) : "memory");
+            prefetch_l2(row, (uint32_t)head_dim * 4);
         }
     }
-}
-
-/* 2^x on the SFU alone: a weight below 2^-126 of the running max flushes to 0 (CUDA's exp2f
- * adds a denormal fix-up around the same instruction) */
-__device__ __forceinline__ float ex2_ftz(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
 }
 
 /* a lane's dims: V4 (DPL % 4 == 0, head_dim % 4 == 0) 4 consecutive ones per 128, one float4
@@ -190,14 +180,15 @@ __device__ __forceinline__ void att_keys(const float (&qv)[GQ][DPL], float (&acc
     }
 }
 
-/* a split's partial result from its warps' (sacc, sm_m, sm_l, written by k_attention), merged in
- * warp order into part: [hd] sum, [hd] max, [hd + 1] normaliser per head; the GQ heads side
- * by side, head g on threads [g tph, (g + 1) tph). Not inlined: in k_attention's loop over
- * splits its registers added to the key loop's (the 8-token instance: 120 against 104) */
-template <int GQ>
+/* a split's partial result from its warps' (sacc, sm_m, sm_l, written by k_attention; by
+ * k_attention_r8 its key streams'), merged in warp order into part: [hd] sum, [hd] max, [hd + 1]
+ * normaliser per head; the GQ heads side by side, head g on threads [g tph, (g + 1) tph) of the
+ * block's NT. Not inlined: in k_attention's loop over splits its registers added to the key
+ * loop's (the 8-token instance: 120 against 104) */
+template <int GQ, int NT = 32 * ATT_WARPS>
 __device__ __noinline__ void att_store_part(float *part, const float *sacc, const float *sm_m, const float *sm_l, int i, int n_heads, int h0,
                                             int z, int head_dim) {
-    constexpr int tph = 32 * ATT_WARPS / GQ;
+    constexpr int tph = NT / GQ;
     const int g = threadIdx.x / tph, tl = threadIdx.x % tph;
     float M, f[ATT_WARPS];
     const float L = att_weights<ATT_WARPS>(ATT_WARPS, [&](int w) { return sm_m[w * GQ + g]; }, [&](int w) { return sm_l[w * GQ + g]; }, f, M);
@@ -226,7 +217,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
                                                               const int32_t *slot, const int32_t *kv_len, int layer, int n_slots,
                                                               int max_ctx, int kv_dim, int n_heads, int group, int head_dim, float scale,
                                                               int chunk, bool pf, float *out, uint16_t *xp, int *count) {
-    extern __shared__ float sm[]; /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
+    DYN_SHARED(float, sm); /* [ATT_WARPS][GQ][head_dim] acc, [ATT_WARPS][GQ] m, [ATT_WARPS][GQ] l */
     const int h0 = blockIdx.x * GQ, i = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     /* this block's splits: zb, zb + gridDim.z, ... (gridDim.z <= ATT_SPLITS: fewer blocks than
      * splits where a launch has blocks enough without them, cu_attention) */

@@ -13,15 +13,8 @@ __device__ __forceinline__ void tf32_split(float x, uint32_t &hi, uint32_t &lo) 
     hi = __float_as_uint(x) & 0xffffe000u;
     lo = __float_as_uint(x - __uint_as_float(hi));
 }
-/* d += a b, m16n8k8: lane (g = lane / 4, t = lane % 4) holds a = A[g][t], A[g+8][t], A[g][t+4],
- * A[g+8][t+4]; b = B[t][g], B[t+4][g]; d = D[g][2t], D[g][2t+1], D[g+8][2t], D[g+8][2t+1] */
-__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-/* the three products of the split operands, on three accumulators (shorter dependency chains):
- * big += ah bh, sa += ah bl, sb += al bh */
+/* the three products of the split operands (ptx.cuh's mma_tf32), on three accumulators (shorter
+ * dependency chains): big += ah bh, sa += ah bl, sb += al bh */
 __device__ __forceinline__ void mma_3x(float (&big)[4], float (&sa)[4], float (&sb)[4], const uint4 &ah, const uint4 &al,
                                        const uint32_t (&bh)[2], const uint32_t (&bl)[2]) {
     const uint32_t h[4] = {ah.x, ah.y, ah.z, ah.w}, l[4] = {al.x, al.y, al.z, al.w};
@@ -93,7 +86,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS, 1) k_attention_tc(float *part,
                                                                  float scale, int chunk, bool pf, float *out, uint16_t *xp, int *count) {
     constexpr int HD = 16 * MT;
     static_assert(MT >= 1 && MT <= 8, "head_dim: a multiple of 16, <= 128");
-    extern __shared__ float sm[];
+    DYN_SHARED(float, sm);
     uint32_t *qh = (uint32_t *)sm, *ql = qh + ATC_ROWS * HD;
     float *sacc = (float *)(ql + ATC_ROWS * HD), *sm_m = sacc + ATT_WARPS * ATC_ROWS * (HD + 4), *sm_l = sm_m + ATT_WARPS * ATC_ROWS;
     __shared__ int row_len[ATC_ROWS];                 /* the pass's key count of a row; 0: not in the pass */

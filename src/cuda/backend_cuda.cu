@@ -186,6 +186,7 @@ typedef struct {
     bool att_pf;       /* k_attention prefetches its K/V rows into L2 before pdl_wait (DSPARK_CUDA_ATT_PREFETCH=0: off) */
     int att_chunk;     /* k_attention's keys per chunk (DSPARK_CUDA_ATT_CHUNK; 0: by key count, att_chunk_of) */
     bool att_tc;       /* k_attention_tc where it applies (DSPARK_CUDA_ATT_TC=1) */
+    bool att_r8;       /* k_attention_r8 where it applies and att_tc does not (DSPARK_CUDA_ATT_R8=1) */
     int att_tg;        /* its tokens per block (DSPARK_CUDA_ATT_TG; 0: 16 / its heads) */
     int att_z;         /* k_attention's blocks per (token, head block) (DSPARK_CUDA_ATT_Z 1..ATT_SPLITS; 0: by the launch, cu_attention) */
     RopeFreq rope[N_ROPE_TABLES];
@@ -404,6 +405,7 @@ static void cu_release_weight(Backend *be, Weight *w) {
 #include "matmul_tc.cuh"
 #include "norm_rope.cuh"
 #include "attention.cuh"
+#include "attention_r8.cuh"
 #include "attention_tc.cuh"
 
 /* ---- ops ---- */
@@ -1010,6 +1012,16 @@ static void att_launch(cudaStream_t st, bool pdl, dim3 grid, size_t smem, float 
     }
 }
 
+/* k_attention_r8's instances (head_dim = 8 DPL) */
+template <int DPL>
+static void atr_launch(cudaStream_t st, bool pdl, int gq, dim3 grid, size_t smem, float *part, const float *q, const KvCache *kv, const int32_t *slot,
+                       const int32_t *kv_len, int layer, int n_heads, int group, int head_dim, float scale, int chunk, bool pf, float *out,
+                       uint16_t *xp, int *count) {
+    auto k = gq == 8 ? k_attention_r8<DPL, 8> : gq == 4 ? k_attention_r8<DPL, 4> : gq == 2 ? k_attention_r8<DPL, 2> : k_attention_r8<DPL, 1>;
+    launch(st, pdl, k, grid, 8 * ATR_STREAMS * gq, smem, part, q, (const float *)kv->k, (const float *)kv->v, slot, kv_len, layer, kv->n_slots,
+           kv->max_ctx, kv->kv_dim, n_heads, group, head_dim, scale, chunk, pf, out, xp, count);
+}
+
 /* attention's blocks per (token, head block), for per_z blocks in each: the splits a token may
  * have (ATT_SPLITS) while a launch has fewer blocks than 2 an SM; beyond that a block takes
  * several splits in turn. The splits a short token lacks would be blocks that exit at once
@@ -1040,6 +1052,29 @@ static bool att_tc_launch(CudaImpl *c, float *out, const float *q, const KvCache
     switch (head_dim / 16) { ATC_EACH_MT(ATC) }
 #undef ATC
     LAUNCHED("attention (tensor cores)");
+    return true;
+}
+
+/* attention with 8 lanes a row (DSPARK_CUDA_ATT_R8=1) where k_attention_r8 applies: a KV head's
+ * query heads per block by k_attention's rule where their shared memory fits the default 48 KB
+ * (else per head: the same bits); false: not launched */
+static bool att_r8_launch(CudaImpl *c, float *out, const float *q, const KvCache *kv, int layer, const int32_t *slot, const int32_t *kv_len,
+                          int n, int n_heads, int group, int head_dim, float scale2, bool pf, uint16_t *xp, int *count) {
+    if (!c->att_r8 || !(head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256)) return false;
+    const size_t smem1 = sizeof(float) * ATR_STREAMS * ((size_t)head_dim + 2);
+    const int gq = n >= c->att_gqa_min && (group == 2 || group == 4 || group == 8) && group * smem1 <= 48 * 1024 ? group : 1;
+    const dim3 grid((unsigned)(n_heads / gq), (unsigned)n, (unsigned)att_grid_z(c, n_heads / gq * n));
+#define ATR(D) \
+    atr_launch<D>(c->stream, c->mm.pdl, gq, grid, gq * smem1, c->att_part, q, kv, slot, kv_len, layer, n_heads, group, head_dim, scale2, \
+                  c->att_chunk, pf, out, xp, count)
+    switch (head_dim) {
+    case 32: ATR(4); break;
+    case 64: ATR(8); break;
+    case 128: ATR(16); break;
+    default: ATR(32);
+    }
+#undef ATR
+    LAUNCHED("attention (8 lanes a row)");
     return true;
 }
 
@@ -1078,7 +1113,8 @@ static void cu_attention(Backend *be, float *out, const float *q, const KvCache 
     float *part = c->att_part;
     const bool pf = c->att_pf && head_dim % 4 == 0; /* (bulk prefetch: 16-byte rows) */
     uint16_t *xp = xp_buffer(c, n, n_heads * head_dim); /* the pieces of out for o_proj */
-    if (!att_tc_launch(c, out, q, kv, layer, slot, kv_len, n, n_heads, group, head_dim, scale2, pf, xp, count)) {
+    if (!att_tc_launch(c, out, q, kv, layer, slot, kv_len, n, n_heads, group, head_dim, scale2, pf, xp, count) &&
+        !att_r8_launch(c, out, q, kv, layer, slot, kv_len, n, n_heads, group, head_dim, scale2, pf, xp, count)) {
         const int dpl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : head_dim <= 128 ? 4 : head_dim <= 256 ? 8 : 16;
         /* a KV head's query heads per block from att_gqa_min tokens on (at 1 token the per-head
          * blocks, 4x as many, win: docs/bench-cuda.md) */
@@ -1517,6 +1553,10 @@ extern "C" Backend *backend_cuda_create(int n_threads, bool one_stream, char *er
     const char *att_tc = getenv("DSPARK_CUDA_ATT_TC"), *att_tg = getenv("DSPARK_CUDA_ATT_TG");
     c->att_tc = att_tc && !strcmp(att_tc, "1") && !(att && (!strcmp(att, "0") || !strcmp(att, "1")));
     c->att_tg = att_tg ? atoi(att_tg) : 0;
+    /* DSPARK_CUDA_ATT_R8=1: k_attention_r8 (8 lanes a row; opt-in, not yet timed) for head_dim
+     * 32, 64, 128 and 256 where the tensor cores do not run; its own bits, the same across calls */
+    const char *att_r8 = getenv("DSPARK_CUDA_ATT_R8");
+    c->att_r8 = att_r8 && !strcmp(att_r8, "1");
     /* DSPARK_CUDA_ATT_CHUNK: keys per chunk for every length, 8..1024 in steps of 8 (default
      * 0: by the token's key count, att_chunk_of; changes values within rounding, never across
      * calls of one backend) */

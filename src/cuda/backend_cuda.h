@@ -43,6 +43,8 @@
  * DSPARK_CUDA_ATT_CHUNK=N fixes attention's keys per chunk (values change within rounding);
  * DSPARK_CUDA_ATT_Z=N fixes its blocks per (token, head block), each taking every N-th split
  * (the same values);
+ * DSPARK_CUDA_ATT_R8=1: attention with 8 lanes a row (k_attention_r8, head_dim 32, 64, 128 or
+ * 256; values change within rounding, never across calls of one backend);
  * DSPARK_CUDA_ATT_PREFETCH=0: attention does not prefetch its K/V rows into L2 before it waits
  * for the kernel before (the same values);
  * DSPARK_CUDA_FUSE=0 runs the fused ops apart (bitwise the same); DSPARK_CUDA_FOLD=0 keeps

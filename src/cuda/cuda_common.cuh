@@ -1,7 +1,12 @@
 /* cuda_common.cuh - device helpers of the CUDA kernels: weight loads, warp sums, programmatic
  * dependent launch.
  * Part of backend_cuda.cu's translation unit (included there once, in order); not a header
- * of its own. */
+ * of its own. Its inline PTX is in ptx.cuh, which a host build of the kernels
+ * (tests/cuda_emu.h, DS_CUDA_EMU) replaces with plain C++. */
+
+#ifndef DS_CUDA_EMU
+#include "ptx.cuh"
+#endif
 
 __device__ __forceinline__ float bf16_bits(uint32_t hi16) { return __uint_as_float(hi16 << 16); }
 
@@ -27,13 +32,6 @@ __host__ __device__ __forceinline__ size_t tile_at(size_t r, size_t k, size_t K)
 __device__ __forceinline__ float weight_rc(const void *w, int dt, bool tiles, size_t r, size_t k, size_t K) {
     return weight_at(w, dt, tiles ? tile_at(r, k, K) : r * K + k);
 }
-/* weights are read once: past L1 (x stays there) */
-__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
-
 /* 8 weights of a 16-bit dtype from one 16-byte load, widened to F32 */
 template <int DT>
 __device__ __forceinline__ void unpack8(uint4 u, float *o) {
@@ -126,41 +124,6 @@ __device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
 /* swiglu's value (k_swiglu and k_matmul_tc's paired store) */
 __device__ __forceinline__ float silu_mul(float g, float u) { return (g / (1.0f + expf(-g))) * u; }
 
-/* Programmatic dependent launch (DSPARK_CUDA_PDL, launch() below): a kernel launched with it may
- * start while the kernel before it in the stream is still running. pdl_wait() returns once that
- * kernel has finished and its writes are visible (and so, since it waited too, everything
- * before it); pdl_trigger() lets the next kernel launch. Every kernel in this file calls
- * pdl_wait() before it reads or writes anything the kernel before it may touch, and triggers
- * only after its own wait, so once a kernel runs every kernel two or more before it has
- * finished. Before their wait the products load only their constant weights, and attention
- * reads kv_len and slot (copied in at the step's start) and prefetches its K/V rows into L2
- * (a hint: no value moves). So a launch with or without PDL computes the same bits. Both are
- * no-ops in a kernel launched without it. */
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-/* 4 floats of an activation (an input written by an earlier kernel), read after pdl_wait: a
- * volatile coherent load. The products read x this way, never with __ldg, and no activation
- * parameter is __restrict__: with PDL an ld.global.nc of a const __restrict__ pointer was
- * moved above the wait (k_matmul_tc gave other bits with PDL on until its x loads were these;
- * test_cuda's test_pdl) */
-__device__ __forceinline__ float4 ld_act4(const float4 *p) {
-    float4 v;
-    asm volatile("ld.global.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p) : "memory");
-    return v;
-}
-/* one float of an activation, read after pdl_wait (ld_act4's load) */
-__device__ __forceinline__ float ld_act(const float *p) {
-    float v;
-    asm volatile("ld.global.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
-    return v;
-}
-/* 16-byte group of pieces, read after pdl_wait (an activation: ld_act4's load) */
-__device__ __forceinline__ uint4 ld_act16(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
-    return v;
-}
-
 __device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
     const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half: the smaller k */
     return *reinterpret_cast<const uint32_t *>(&v);
@@ -179,14 +142,8 @@ __device__ __forceinline__ void xp_store(uint16_t *xp, size_t i, size_t k, size_
         v = v - __uint_as_float(u << 16);
     }
 }
-/* an int of the step's inputs that a copy wrote before the step's kernels (attention's kv_len
- * and slot), read before pdl_wait: ld.global.cv, which tests/pdl_ptx_check.sh allows there */
-__device__ __forceinline__ int ld_step_int(const int32_t *p) {
-    int v;
-    asm volatile("ld.global.cv.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
-/* the start of a kernel with nothing to do before its inputs are ready */
+/* the start of a kernel with nothing to do before its inputs are ready (ptx.cuh's pdl_wait and
+ * pdl_trigger) */
 __device__ __forceinline__ void pdl_start() {
     pdl_wait();
     pdl_trigger();

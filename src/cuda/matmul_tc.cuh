@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(256, tc_min_blocks(MT, NT)) k_matmul_tc(MmMult
      * warps' registers can hold in flight; the warps' loads then mostly hit L2 */
     if (pf_bytes > 0 && !sw && threadIdx.x < 16 * MT && sg.o0 + (int)threadIdx.x < sg.O) {
         const uint32_t bytes = (uint32_t)(2 * K < pf_bytes ? 2 * K : pf_bytes);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(w + (size_t)(sg.o0 + threadIdx.x) * K), "r"(bytes) : "memory");
+        prefetch_l2(w + (size_t)(sg.o0 + threadIdx.x) * K, bytes);
     }
     /* the lane's 16 bytes of rows g, g + 8 of each tile at k-step 0, and the step to the next
      * k-step (in uint4): row-major 4 (the next 32 k of the row), tiled 64 (the next 1024 bytes) */
