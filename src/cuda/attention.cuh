@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS) k_attention(float *part, const
      * splits where a launch has blocks enough without them, cu_attention) */
     const int zb = blockIdx.z;
     /* kv_len and slot before pdl_wait: the caller writes them at least two kernels earlier (a
-     * copy at the step's start; the PDL note in cuda_common.cuh: once this kernel runs, the
+     * copy at the step's start; the PDL note in ptx.cuh: once this kernel runs, the
      * one before the kernel before it has finished); q and the cache after it */
     const int len = ld_step_int(kv_len + i), nz = att_splits(len, chunk), si = ld_step_int(slot + i);
     chunk = att_chunk_of(len, chunk);
