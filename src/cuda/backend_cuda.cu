@@ -255,6 +255,24 @@ static inline unsigned blocks_for(size_t n, unsigned per) {
 /* kernels launched and device writes issued so far (the pieces' validity, CudaImpl's xp_seq) */
 static uint64_t g_writes;
 
+/* a kernel's launch, with programmatic stream serialization when pdl (DSPARK_CUDA_PDL): see
+ * pdl_wait (an error is LAUNCHED's to report) */
+template <typename... KArgs, typename... Args>
+static void launch(cudaStream_t st, bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = grid;
+    lc.blockDim = block;
+    lc.dynamicSmemBytes = smem;
+    lc.stream = st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    lc.attrs = at;
+    lc.numAttrs = pdl ? 1 : 0;
+    cudaLaunchKernelEx(&lc, kernel, args...);
+    g_writes++;
+}
+
 /* x's pieces (k_matmul_col): the buffer an op writing x [n][K] stores them in, or NULL (then the
  * product makes them itself); xp_made after its launches; xp_of: the pieces of x, if they are
  * still those in the buffer */
@@ -377,7 +395,7 @@ static ds_status cu_upload_weight(Backend *be, Weight *w, char *err) {
     cudaError_t e = cudaMemcpyAsync(tiles ? rows : p, w->host, bytes, cudaMemcpyHostToDevice, stream_of(be));
     if (e == cudaSuccess && tiles) {
         const int padded = (w->rows + 15) / 16 * 16;
-        k_tile<<<blocks_for(dev_bytes / 16, 256 * 4), 256, 0, stream_of(be)>>>((uint4 *)p, (const uint4 *)rows, w->rows, w->cols, padded);
+        launch(stream_of(be), false, k_tile, blocks_for(dev_bytes / 16, 256 * 4), 256, 0, (uint4 *)p, (const uint4 *)rows, w->rows, w->cols, padded);
         if ((e = cudaGetLastError()) == cudaSuccess) e = cudaStreamSynchronize(stream_of(be)); /* before rows is freed */
     }
     if (rows) cudaFree(rows);
@@ -410,23 +428,6 @@ static void cu_release_weight(Backend *be, Weight *w) {
 
 /* ---- ops ---- */
 
-/* a kernel's launch, with programmatic stream serialization when pdl (DSPARK_CUDA_PDL): see
- * pdl_wait (an error is LAUNCHED's to report) */
-template <typename... KArgs, typename... Args>
-static void launch(cudaStream_t st, bool pdl, void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, Args... args) {
-    cudaLaunchConfig_t lc = {};
-    lc.gridDim = grid;
-    lc.blockDim = block;
-    lc.dynamicSmemBytes = smem;
-    lc.stream = st;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    lc.attrs = at;
-    lc.numAttrs = pdl ? 1 : 0;
-    cudaLaunchKernelEx(&lc, kernel, args...);
-    g_writes++;
-}
 static bool pdl_of(Backend *be) { return impl(be)->mm.pdl; }
 
 static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t *ids, int n) {
@@ -437,7 +438,7 @@ static void cu_embed(Backend *be, float *out, const Weight *table, const int32_t
 
 template <int NB, int R, int DT, bool VEC>
 static void matmul_launch_ref(cudaStream_t st, float *out, const float *x, const void *w, int n, int K, int O) {
-    k_matmul_ref<NB, R, DT, VEC><<<(unsigned)((O + R - 1) / R), 256, 0, st>>>(out, x, w, n, K, O);
+    launch(st, false, k_matmul_ref<NB, R, DT, VEC>, (unsigned)((O + R - 1) / R), 256, 0, out, x, w, n, K, O);
 }
 
 /* the reference: rows in chunks of 32, R (columns per block) growing with the rows */
@@ -675,7 +676,7 @@ static void matmul_cublas(Backend *be, float *out, const float *x, const Weight 
     for (int r0 = 0; r0 < O; r0 += rows_per) {
         const int rc = O - r0 < rows_per ? O - r0 : rows_per;
         const size_t count = (size_t)rc * K;
-        k_widen<<<blocks_for(count, 256 * 8), 256, 0, c->stream>>>(c->wide, w->dev, w->dtype, w->dev_layout == WL_TILES, K, (size_t)r0, count);
+        launch(c->stream, false, k_widen, blocks_for(count, 256 * 8), 256, 0, c->wide, w->dev, w->dtype, w->dev_layout == WL_TILES, K, (size_t)r0, count);
         LAUNCHED("widen");
         blas_check(c->blas.sgemm(c->blas.h, CUBLAS_OP_T, CUBLAS_OP_N, rc, n, K, &one, c->wide, K, x, K, &zero, out + r0, O), "sgemm");
     }

@@ -41,14 +41,9 @@ __device__ __forceinline__ void tc_split(float (&r)[8], uint32_t (&p)[P][4]) {
             }
         }
 }
-__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 /* one k-step of one 16-row tile: rows g, g + 8 (lo, hi) times x's 8 values f (split into P
- * pieces), the 32 k into a fresh accumulator, then one F32 add into the sum s: the mma's own
+ * pieces; ptx.cuh's mma_bf16), the 32 k into a fresh accumulator, then one F32 add into the sum s: the mma's own
  * accumulation (not IEEE-rounded) spans 2 P mma, not the whole K */
 template <int P>
 __device__ __forceinline__ void tc_kstep(float *s, uint4 lo, uint4 hi, const uint32_t (&p)[P][4]) {

@@ -1,6 +1,6 @@
 /* ptx.cuh - the inline PTX of the CUDA kernels: loads with cache and ordering qualifiers,
  * programmatic dependent launch, the merge's atomic, L2 bulk prefetch, the SFU's 2^x, the TF32
- * mma of the tensor-core attention; and the dynamic shared memory's declaration. Every asm
+ * and BF16 mma; and the dynamic shared memory's declaration. Every asm
  * statement that cuda_common.cuh and the attention kernels need is here, so that
  * tests/cuda_emu.h can give the same names in plain C++ and run those kernels on the CPU.
  * Part of backend_cuda.cu's translation unit (through cuda_common.cuh). */
@@ -87,4 +87,13 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
     asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* c += a b, m16n8k16 in BF16 (a warp's): lane (g = lane / 4, t = lane % 4) holds a0 = A[g][2t, 2t
+ * + 1], a1 = A[g+8][2t, 2t + 1], a2 = A[g][2t + 8, 2t + 9], a3 = A[g+8][2t + 8, 2t + 9] (the
+ * smaller k in the low half); b0 = B[2t, 2t + 1][g], b1 = B[2t + 8, 2t + 9][g]; c as mma_tf32's */
+__device__ __forceinline__ void mma_bf16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }

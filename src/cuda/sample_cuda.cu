@@ -469,6 +469,17 @@ __global__ void __launch_bounds__(NT) k_verify(int32_t *out, const float *pt, co
 
 static cudaStream_t stream_of(Backend *be) { return (cudaStream_t)backend_cuda_stream(be); }
 
+/* a kernel of this file's, NT threads a block, on the backend's stream (the launch the
+ * backend's own kernels take, without programmatic dependent launch) */
+template <typename... KArgs, typename... Args>
+static void sp_launch(Backend *be, void (*kernel)(KArgs...), dim3 grid, Args... args) {
+    cudaLaunchConfig_t lc = {};
+    lc.gridDim = grid;
+    lc.blockDim = NT;
+    lc.stream = stream_of(be);
+    cudaLaunchKernelEx(&lc, kernel, args...);
+}
+
 static size_t pow2_at_least(int v) {
     size_t p = 1;
     while (p < (size_t)v) p <<= 1;
@@ -490,19 +501,19 @@ static void cs_sample_probs(Backend *be, float *probs, const float *logits, int 
     const dim3 grid((unsigned)nb, (unsigned)n);
     const bool many = nb > 1 && nb <= SP_MAX_CHUNKS && n <= 65535; /* one block per chunk */
     if (greedy && many) { /* the multi-block one-hot */
-        k_sp_argmax<<<grid, NT, 0, stream_of(be)>>>(logits, vocab, w, stride);
-        k_sp_onehot<<<grid, NT, 0, stream_of(be)>>>(probs, vocab, w, stride);
+        sp_launch(be, k_sp_argmax, grid, logits, vocab, w, stride);
+        sp_launch(be, k_sp_onehot, grid, probs, vocab, w, stride);
         sc_check("sample_probs");
         return;
     }
     if (plain && many) { /* the multi-block softmax */
-        k_sp_max<<<grid, NT, 0, stream_of(be)>>>(logits, vocab, w, stride);
-        k_sp_exp<<<grid, NT, 0, stream_of(be)>>>(probs, logits, vocab, temperature, w, stride);
-        k_sp_scale<<<grid, NT, 0, stream_of(be)>>>(probs, vocab, w, stride);
+        sp_launch(be, k_sp_max, grid, logits, vocab, w, stride);
+        sp_launch(be, k_sp_exp, grid, probs, logits, vocab, temperature, w, stride);
+        sp_launch(be, k_sp_scale, grid, probs, vocab, w, stride);
         sc_check("sample_probs");
         return;
     }
-    k_sample_probs<<<n, NT, 0, stream_of(be)>>>(probs, logits, vocab, temperature, top_k, top_p, w, stride);
+    sp_launch(be, k_sample_probs, n, probs, logits, vocab, temperature, top_k, top_p, w, stride);
     sc_check("sample_probs");
 }
 
@@ -510,12 +521,12 @@ static void cs_draw(Backend *be, int32_t *out, const float *probs, int vocab, do
     const int nb = (vocab + SP_CHUNK - 1) / SP_CHUNK;
     void *sc = backend_cuda_draw_scratch(be, (size_t)SP_MAX_CHUNKS * (sizeof(double) + sizeof(int)));
     if (nb > 1 && nb <= SP_MAX_CHUNKS && sc) {
-        k_dr_part<<<nb, NT, 0, stream_of(be)>>>(probs, vocab, sc);
-        k_dr_find<<<1, NT, 0, stream_of(be)>>>(out, probs, vocab, sc, nb, u);
+        sp_launch(be, k_dr_part, nb, probs, vocab, sc);
+        sp_launch(be, k_dr_find, 1, out, probs, vocab, sc, nb, u);
         sc_check("draw");
         return;
     }
-    k_draw<<<1, NT, 0, stream_of(be)>>>(out, probs, vocab, u);
+    sp_launch(be, k_draw, 1, out, probs, vocab, u);
     sc_check("draw");
 }
 
@@ -528,7 +539,7 @@ static void cs_verify(Backend *be, int32_t *out, const float *pt, const float *q
     Uniforms un;
     memset(&un, 0, sizeof un);
     if (!greedy) memcpy(un.u, u, sizeof(double) * (size_t)(k + 1));
-    k_verify<<<1, NT, 0, stream_of(be)>>>(out, pt, q, drafts, k, vocab, greedy, un, bug, q_ratio);
+    sp_launch(be, k_verify, 1, out, pt, q, drafts, k, vocab, greedy, un, bug, q_ratio);
     sc_check("verify");
 }
 

@@ -1,0 +1,2 @@
+/* tests/emu/cuda_bf16.h - its types are in tests/cuda_emu.h */
+#include "cuda_runtime.h"
