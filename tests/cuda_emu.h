@@ -1,22 +1,25 @@
 /* cuda_emu.h - CUDA kernels run on the CPU, for tests that need no GPU (C++17, g++).
  *
- * A launch runs its blocks one after another; each thread of a block is a fiber with its own
- * stack, and a fiber switches only where a thread must wait for others: a warp
- * shuffle (every lane of the warp has given its value), __syncthreads, the block's end. So
- * a kernel's own code, its indexing, shared memory, barriers and warp reductions run as
- * written, in a deterministic order. What is not the GPU's: the float arithmetic of the host
- * (the kernels are built with --fmad=false, this with -ffp-contract=off, so the adds and
- * multiplies round alike; fmaf is libm's; -fno-strict-aliasing, as the kernels read floats
- * through float4 pointers), ex2.approx is exp2f with the same flush to zero,
- * and blocks never run at once (a kernel that waits for another block would deadlock here:
- * reported, then abort). The lanes of a shuffle's mask meet apart from the others (a half-warp
- * its own); a collective that needs a lane which is at another collective (divergent code),
- * has exited or is past the block's threads is reported, then abort.
- * Warp collectives: __shfl_sync, _xor, _up, _down, __any_sync, __syncwarp and the TF32 and BF16
- * mma (ptx.cuh's: the products exact, summed in k order; not the tensor core's bits).
+ * A launch runs its blocks one after another. Each thread of a block is a fiber with its own
+ * stack, which gives way only where it must wait for others: a warp collective (every lane of
+ * its mask has come), __syncthreads, its end. So a kernel's own code, its indexing, shared
+ * memory, barriers and warp reductions run as written, in a deterministic order.
+ *
+ * What is not the GPU's: the host's float arithmetic (the kernels are built with --fmad=false,
+ * this with -ffp-contract=off, so adds and multiplies round alike; fmaf is libm's;
+ * -fno-strict-aliasing, as the kernels read floats through float4 pointers); ex2.approx is
+ * exp2f with the same flush to zero; the mma sums its exact products in k order; and blocks
+ * never run at once (a kernel that waits for another block deadlocks here: reported, then
+ * abort).
+ *
+ * Warp collectives: __shfl_sync, _xor, _up, _down, __any_sync, __syncwarp and ptx.cuh's TF32
+ * and BF16 mma. The lanes of a mask meet apart from the others (a half-warp its own). A
+ * collective that needs a lane which is at another collective (divergent code), has exited or
+ * is past the block's threads is reported, then abort.
  *
  * Use: #include this, then "base.h", "cuda/cuda_common.cuh" and the kernels' .cuh; launch with
- * emu::launch(grid, block, smem_bytes, [&] { kernel<...>(args...); }). */
+ * emu::launch(grid, block, smem_bytes, [&] { kernel<...>(args...); }). tests/emu/ builds the
+ * whole backend on it. */
 #ifndef DSPARK_CUDA_EMU_H
 #define DSPARK_CUDA_EMU_H
 
@@ -58,9 +61,9 @@ inline uint3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 
 /* Fibers switch by a few instructions on x86-64 (the callee-saved registers, the stack pointer,
- * the FP control words: what a call may not clobber), 20x faster than swapcontext, which also
- * makes a system call for the signal mask. Under AddressSanitizer, which follows swapcontext
- * only, and elsewhere: ucontext. */
+ * the FP control words: what a call may not clobber); swapcontext also makes a system call for
+ * the signal mask (test_attention_emu: 33 s with it, 3.5 s without). Under AddressSanitizer,
+ * which follows swapcontext only, and elsewhere: ucontext. */
 #if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
 #define EMU_FAST_SWITCH 1
 /* saves this fiber's state on its stack and *from = its stack pointer, then resumes to's */
