@@ -12,7 +12,7 @@
  * never run at once (a kernel that waits for another block deadlocks here: reported, then
  * abort).
  *
- * Warp collectives: __shfl_sync, _xor, _up, _down, __any_sync, __syncwarp and ptx.cuh's TF32
+ * Warp collectives: __shfl_sync, _xor, _up, __any_sync, __syncwarp and ptx.cuh's TF32
  * and BF16 mma. The lanes of a mask meet apart from the others (a half-warp its own). A
  * collective that needs a lane which is at another collective (divergent code), has exited or
  * is past the block's threads is reported, then abort.
@@ -433,40 +433,11 @@ inline T __shfl_up_sync(unsigned mask, T v, unsigned d, const char *file = __bui
     const int l = (int)emu::lane();
     return emu::shfl(mask, v, l >= (int)d ? l - (int)d : l, {file, line});
 }
-template <typename T>
-inline T __shfl_down_sync(unsigned mask, T v, unsigned d, const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
-    const int l = (int)emu::lane();
-    return emu::shfl(mask, v, l + (int)d < 32 ? l + (int)d : l, {file, line});
-}
 /* atomics: a fiber gives way only at a collective or barrier, so a read-modify-write is atomic */
 template <typename T>
 inline T atomicAdd(T *p, T v) {
     const T old = *p;
     *p = old + v;
-    return old;
-}
-template <typename T>
-inline T atomicMax(T *p, T v) {
-    const T old = *p;
-    if (v > old) *p = v;
-    return old;
-}
-template <typename T>
-inline T atomicMin(T *p, T v) {
-    const T old = *p;
-    if (v < old) *p = v;
-    return old;
-}
-template <typename T>
-inline T atomicExch(T *p, T v) {
-    const T old = *p;
-    *p = v;
-    return old;
-}
-template <typename T>
-inline T atomicCAS(T *p, T cmp, T v) {
-    const T old = *p;
-    if (old == cmp) *p = v;
     return old;
 }
 inline void __threadfence() {}
